@@ -1,0 +1,52 @@
+/*
+ * simcfg - lmsim's command line: the simulated machine (slots, context,
+ * speeds), the model it pretends to serve, and the faults it injects.
+ * Defaults model an M4 Pro running an 8B Q4 model under LM Studio.
+ */
+#ifndef LMSIM_CONFIG_H
+#define LMSIM_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Upper bounds on what the command line may ask for; they keep memory and
+ * arithmetic bounded, not a limit of the model. */
+#define SIMCFG_MAX_SLOTS 256u
+#define SIMCFG_MAX_CTX (1u << 24)
+#define SIMCFG_MAX_MODEL_NAME 256u
+
+typedef struct sim_config {
+    int port;               /* 0: pick a free port */
+    const char *port_file;  /* NULL: none; points into argv */
+    unsigned slots;         /* parallel sequences (LM Studio "parallel") */
+    unsigned ctx;           /* context per slot, tokens */
+    const char *model;      /* model key; points into argv or a literal */
+    int64_t model_size;     /* bytes, reported as size_bytes */
+    double slot_similarity; /* fraction of the prompt a cached prefix must cover */
+    double prefill_tps;     /* prompt tokens/s shared by all prefilling sequences */
+    double decode_tps;      /* tokens/s of one sequence decoding alone */
+    double batch_slowdown;  /* per extra active sequence, see docs/simulator.md */
+    double time_scale;      /* simulated seconds per wall-clock second */
+    unsigned reply_tokens;  /* natural reply length */
+    double fail_rate;       /* fraction answered 500 Channel Error */
+    unsigned
+        crash_after;   /* 0: never; else crash when the Nth request starts generating */
+    bool crash_exit;   /* exit(3) at the crash instead of continuing */
+    double spike_rate; /* fraction delayed before prefill */
+    double spike_ms;   /* simulated ms of that delay */
+    double malformed_rate; /* fraction of streams given one invalid chunk */
+    unsigned refuse_ms;    /* wall ms to wait before listening */
+    uint64_t seed;
+    int log_level; /* enum simlog_level */
+} sim_config;
+
+/* Fills cfg with the defaults. */
+void simcfg_init(sim_config *cfg);
+
+/* Parses argv into cfg (string fields point into argv afterwards). Returns 0
+ * to run, 1 when --help or --version was printed to out (exit 0), -1 after
+ * printing an error to err (exit 2). Not thread-safe (getopt). */
+int simcfg_parse(sim_config *cfg, int argc, char **argv, FILE *out, FILE *err);
+
+#endif /* LMSIM_CONFIG_H */
