@@ -91,7 +91,7 @@ void oa_classify_curl(int curlcode, const char *errbuf, oa_error *out);
 typedef struct oa_model_info {
     char *model;              /* model key / id / alias */
     int64_t size_bytes;       /* model file size */
-    int64_t context_length;   /* context of the loaded instance (all slots together for llama.cpp n_ctx) */
+    int64_t context_length;   /* context one request can use (LM Studio's loaded context, llama.cpp's per-slot n_ctx) */
     int64_t parallel;         /* parallel slots */
 } oa_model_info;
 
