@@ -1,0 +1,286 @@
+/*
+ * config - `lmsched serve` flags. getopt_long, strict number parsing, and
+ * one usage text that documents every default.
+ */
+#include "scheduler/config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lmsched/agent.h"
+#include "scheduler/budget.h"
+
+void config_defaults(sched_config *cfg, const char *default_listen)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->listen, sizeof(cfg->listen), "%s", default_listen);
+    const char *be = getenv("LMSCHED_BACKEND");
+    snprintf(cfg->backend, sizeof(cfg->backend), "%s",
+             be && *be ? be : "http://127.0.0.1:1234");
+    snprintf(cfg->backend_kind, sizeof(cfg->backend_kind), "auto");
+    snprintf(cfg->policy, sizeof(cfg->policy), "fifo");
+    cfg->cache_prompt = true;
+    cfg->ram_fraction = 0.60;
+    cfg->max_queue = 1024;
+    cfg->max_retries = 3;
+    cfg->request_timeout_ms = 600000;
+    cfg->connect_timeout_ms = 2000;
+    cfg->drain_timeout_ms = 30000;
+    cfg->probe_interval_ms = 10000;
+    cfg->default_max_tokens = -1;
+    cfg->log_level = LOG_INFO;
+}
+
+void config_usage(FILE *out)
+{
+    fprintf(out,
+        "usage: lmsched serve [options]\n"
+        "\n"
+        "Runs the scheduler daemon in front of an LM Studio or llama.cpp server.\n"
+        "\n"
+        "  --listen URL            nng URL to listen on (default: $LMSCHED_URL, else\n"
+        "                          ipc://$XDG_RUNTIME_DIR/lmsched.sock or ipc:///tmp/lmsched.sock)\n"
+        "  --backend URL           LLM server base URL (default: $LMSCHED_BACKEND, else\n"
+        "                          http://127.0.0.1:1234); LM_API_TOKEN is sent as a Bearer token\n"
+        "  --backend-kind KIND     auto|lmstudio|llamacpp|openai (default auto: probe)\n"
+        "  --no-cache-prompt       do not send \"cache_prompt\": true\n"
+        "  --ram-fraction F        share of RAM for the model and KV caches (default 0.60)\n"
+        "  --total-ram SIZE        assume this much RAM instead of reading it\n"
+        "  --model-size SIZE       model size when the backend does not report it\n"
+        "  --kv-per-request SIZE   KV cache bytes one request may use (default: context\n"
+        "                          tokens x 128 KiB, see docs/memory-budget.md)\n"
+        "  --context TOKENS        per-slot context when the backend does not report it\n"
+        "  --slots N               parallel slots when the backend does not report them\n"
+        "  --max-concurrent N      never more than N requests at the backend at once\n"
+        "  --max-queue N           queued requests before BUSY (default 1024)\n"
+        "  --force                 start even if the model alone exceeds the budget\n"
+        "  --max-retries N         retries of transient backend errors (default 3)\n"
+        "  --request-timeout MS    per backend request (default 600000)\n"
+        "  --connect-timeout MS    backend TCP connect (default 2000)\n"
+        "  --drain-timeout MS      shutdown waits this long for in-flight requests (default 30000)\n"
+        "  --probe-interval MS     re-read the backend's model info (default 10000)\n"
+        "  --default-max-tokens N  max_tokens for requests that give none (default: backend's)\n"
+        "  --policy NAME           queue policy (default fifo)\n"
+        "  --log-level LEVEL       error|warn|info|debug (default info)\n"
+        "  --help, --version\n"
+        "\n"
+        "SIZE takes K, M, G, T suffixes (powers of 1024). Exit status: 0 after a clean\n"
+        "shutdown (SIGINT/SIGTERM), 1 on a runtime failure, 2 on a usage error, 4 when it\n"
+        "refuses to start (the model alone exceeds the memory budget, or it cannot listen).\n");
+}
+
+static int config_num(const char *flag, const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "lmsched serve: %s: expected an integer from %lld to %lld, got '%s'\n",
+                flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int config_size(const char *flag, const char *s, uint64_t *out)
+{
+    if (budget_parse_size(s, out) != 0) {
+        fprintf(stderr, "lmsched serve: %s: expected a size like 4G or 512MiB, got '%s'\n",
+                flag, s);
+        return -1;
+    }
+    return 0;
+}
+
+static int config_str(const char *flag, const char *s, char *dst, size_t len)
+{
+    if (strlen(s) >= len || *s == '\0') {
+        fprintf(stderr, "lmsched serve: %s: value empty or too long\n", flag);
+        return -1;
+    }
+    memcpy(dst, s, strlen(s) + 1);
+    return 0;
+}
+
+enum {
+    OPT_LISTEN = 256, OPT_BACKEND, OPT_BACKEND_KIND, OPT_NO_CACHE, OPT_FRACTION, OPT_TOTAL_RAM,
+    OPT_MODEL_SIZE, OPT_KV, OPT_CONTEXT, OPT_SLOTS, OPT_MAXC, OPT_MAXQ, OPT_FORCE,
+    OPT_RETRIES, OPT_REQ_TO, OPT_CONN_TO, OPT_DRAIN, OPT_PROBE, OPT_DEF_MAXTOK, OPT_POLICY,
+    OPT_LOG, OPT_HELP, OPT_VERSION,
+};
+
+int config_parse(sched_config *cfg, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"backend", required_argument, NULL, OPT_BACKEND},
+        {"backend-kind", required_argument, NULL, OPT_BACKEND_KIND},
+        {"no-cache-prompt", no_argument, NULL, OPT_NO_CACHE},
+        {"ram-fraction", required_argument, NULL, OPT_FRACTION},
+        {"total-ram", required_argument, NULL, OPT_TOTAL_RAM},
+        {"model-size", required_argument, NULL, OPT_MODEL_SIZE},
+        {"kv-per-request", required_argument, NULL, OPT_KV},
+        {"context", required_argument, NULL, OPT_CONTEXT},
+        {"slots", required_argument, NULL, OPT_SLOTS},
+        {"max-concurrent", required_argument, NULL, OPT_MAXC},
+        {"max-queue", required_argument, NULL, OPT_MAXQ},
+        {"force", no_argument, NULL, OPT_FORCE},
+        {"max-retries", required_argument, NULL, OPT_RETRIES},
+        {"request-timeout", required_argument, NULL, OPT_REQ_TO},
+        {"connect-timeout", required_argument, NULL, OPT_CONN_TO},
+        {"drain-timeout", required_argument, NULL, OPT_DRAIN},
+        {"probe-interval", required_argument, NULL, OPT_PROBE},
+        {"default-max-tokens", required_argument, NULL, OPT_DEF_MAXTOK},
+        {"policy", required_argument, NULL, OPT_POLICY},
+        {"log-level", required_argument, NULL, OPT_LOG},
+        {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+    long long v;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_LISTEN:
+            if (config_str("--listen", optarg, cfg->listen, sizeof(cfg->listen)))
+                return 2;
+            break;
+        case OPT_BACKEND: {
+            if (config_str("--backend", optarg, cfg->backend, sizeof(cfg->backend)))
+                return 2;
+            size_t n = strlen(cfg->backend);
+            while (n > 0 && cfg->backend[n - 1] == '/')
+                cfg->backend[--n] = '\0';
+            if (strncmp(cfg->backend, "http://", 7) != 0 &&
+                strncmp(cfg->backend, "https://", 8) != 0) {
+                fprintf(stderr, "lmsched serve: --backend: expected an http:// URL, got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
+        case OPT_BACKEND_KIND:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "lmstudio") &&
+                strcmp(optarg, "llamacpp") && strcmp(optarg, "openai")) {
+                fprintf(stderr, "lmsched serve: --backend-kind: expected auto, lmstudio, "
+                                "llamacpp or openai, got '%s'\n", optarg);
+                return 2;
+            }
+            config_str("--backend-kind", optarg, cfg->backend_kind, sizeof(cfg->backend_kind));
+            break;
+        case OPT_NO_CACHE:
+            cfg->cache_prompt = false;
+            break;
+        case OPT_FRACTION: {
+            char *end;
+            errno = 0;
+            double f = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(f > 0.0 && f <= 1.0)) {
+                fprintf(stderr, "lmsched serve: --ram-fraction: expected a number in (0, 1], "
+                                "got '%s'\n", optarg);
+                return 2;
+            }
+            cfg->ram_fraction = f;
+            break;
+        }
+        case OPT_TOTAL_RAM:
+            if (config_size("--total-ram", optarg, &cfg->total_ram) || cfg->total_ram == 0)
+                return 2;
+            break;
+        case OPT_MODEL_SIZE:
+            if (config_size("--model-size", optarg, &cfg->model_size))
+                return 2;
+            break;
+        case OPT_KV:
+            if (config_size("--kv-per-request", optarg, &cfg->kv_per_request) ||
+                cfg->kv_per_request == 0)
+                return 2;
+            break;
+        case OPT_CONTEXT:
+            if (config_num("--context", optarg, 1, 1 << 24, &v))
+                return 2;
+            cfg->context = v;
+            break;
+        case OPT_SLOTS:
+            if (config_num("--slots", optarg, 1, 4096, &v))
+                return 2;
+            cfg->slots = (unsigned)v;
+            break;
+        case OPT_MAXC:
+            if (config_num("--max-concurrent", optarg, 1, 4096, &v))
+                return 2;
+            cfg->max_concurrent = (unsigned)v;
+            break;
+        case OPT_MAXQ:
+            if (config_num("--max-queue", optarg, 1, 1000000, &v))
+                return 2;
+            cfg->max_queue = (unsigned)v;
+            break;
+        case OPT_FORCE:
+            cfg->force = true;
+            break;
+        case OPT_RETRIES:
+            if (config_num("--max-retries", optarg, 0, 100, &v))
+                return 2;
+            cfg->max_retries = (unsigned)v;
+            break;
+        case OPT_REQ_TO:
+            if (config_num("--request-timeout", optarg, 1, INT_MAX, &v))
+                return 2;
+            cfg->request_timeout_ms = (int)v;
+            break;
+        case OPT_CONN_TO:
+            if (config_num("--connect-timeout", optarg, 1, INT_MAX, &v))
+                return 2;
+            cfg->connect_timeout_ms = (int)v;
+            break;
+        case OPT_DRAIN:
+            if (config_num("--drain-timeout", optarg, 0, INT_MAX, &v))
+                return 2;
+            cfg->drain_timeout_ms = (int)v;
+            break;
+        case OPT_PROBE:
+            if (config_num("--probe-interval", optarg, 100, INT_MAX, &v))
+                return 2;
+            cfg->probe_interval_ms = (int)v;
+            break;
+        case OPT_DEF_MAXTOK:
+            if (config_num("--default-max-tokens", optarg, -1, 1 << 20, &v))
+                return 2;
+            cfg->default_max_tokens = (int32_t)v;
+            break;
+        case OPT_POLICY:
+            if (config_str("--policy", optarg, cfg->policy, sizeof(cfg->policy)))
+                return 2;
+            break;
+        case OPT_LOG:
+            if (log_parse_level(optarg, &cfg->log_level) != 0) {
+                fprintf(stderr, "lmsched serve: --log-level: expected error, warn, info or "
+                                "debug, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_HELP:
+            config_usage(stdout);
+            return 1;
+        case OPT_VERSION:
+            printf("lmsched %s (protocol %d)\n", LMSCHED_VERSION, LMSCHED_PROTOCOL_VERSION);
+            return 1;
+        default:
+            fprintf(stderr, "lmsched serve: unknown or incomplete option '%s' (see --help)\n",
+                    argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "lmsched serve: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return 2;
+    }
+    return 0;
+}

@@ -1,0 +1,48 @@
+/*
+ * config - the flags of `lmsched serve`, parsed into one struct the rest of
+ * the daemon reads. Defaults live here and in config_usage() only.
+ */
+#ifndef LMSCHED_CONFIG_H
+#define LMSCHED_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "scheduler/log.h"
+
+typedef struct sched_config {
+    char listen[512];          /* nng URL the daemon listens on */
+    char backend[512];         /* base URL of the LLM server, no trailing '/' */
+    char backend_kind[16];     /* "auto", "lmstudio", "llamacpp", "openai" */
+    char policy[16];           /* queue policy name */
+    bool cache_prompt;         /* send "cache_prompt": true */
+    double ram_fraction;       /* share of RAM the model plus KV caches may use */
+    uint64_t total_ram;        /* 0: read from the system (a flag for tests and what-ifs) */
+    uint64_t model_size;       /* 0: from the backend */
+    uint64_t kv_per_request;   /* 0: derived from the context length */
+    int64_t context;           /* fallback per-slot context; 0: none */
+    unsigned slots;            /* fallback parallel slots; 0: none */
+    unsigned max_concurrent;   /* user cap; 0: none */
+    unsigned max_queue;
+    bool force;                /* start even if the model alone exceeds the budget */
+    unsigned max_retries;      /* retries of transient backend errors before any token */
+    int request_timeout_ms;    /* whole backend transfer */
+    int connect_timeout_ms;    /* TCP connect to the backend */
+    int drain_timeout_ms;      /* how long shutdown waits for in-flight requests */
+    int probe_interval_ms;     /* how often /api/v1/models (or /props) is re-read */
+    int32_t default_max_tokens;/* used when a request gives none; -1: let the backend decide */
+    log_level log_level;
+} sched_config;
+
+/* Fills defaults. default_listen is the agent library's default URL. */
+void config_defaults(sched_config *cfg, const char *default_listen);
+
+/* Parses `serve` arguments (argv[0] is "serve"). Returns 0 to run, 1 when
+ * --help or --version was handled (exit 0), 2 on a usage error (message
+ * already printed to stderr). */
+int config_parse(sched_config *cfg, int argc, char **argv);
+
+void config_usage(FILE *out);
+
+#endif /* LMSCHED_CONFIG_H */

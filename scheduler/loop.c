@@ -1,0 +1,812 @@
+/*
+ * loop - the scheduler's single thread of control.
+ *
+ * Design notes:
+ * - Inbox. nng callbacks (request arrived, reply sent, agent gone) and the
+ *   signal thread append a sched_event under inbox_mtx and call
+ *   backend_wakeup (curl_multi_wakeup), which is safe from any thread.
+ *   Wakeups coalesce; each turn drains the whole inbox.
+ * - One turn: drain inbox -> run curl -> handle finished transfers -> retry
+ *   timers -> expire queued deadlines -> dispatch -> probe timer -> sleep in
+ *   curl_multi_poll until the earliest of those deadlines.
+ * - Exactly one reply per accepted request: every path that ends a job goes
+ *   through job_finish, which sends the reply and frees the job. A request
+ *   that could not be decoded gets an error reply straight away.
+ * - Retries: a transient backend error (connection refused, "Channel Error",
+ *   5xx, a stream cut before the first token) is retried with exponential
+ *   backoff while the job keeps its concurrency slot; once any token has been
+ *   streamed the error goes to the agent, since a retry would restart the
+ *   answer.
+ */
+#include "scheduler/loop.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "scheduler/clock.h"
+#include "scheduler/log.h"
+
+enum ev_type { EV_REQUEST = 1, EV_IDLE, EV_PIPE_GONE, EV_STOP };
+
+struct sched_event {
+    enum ev_type type;
+    srv_ctx *ctx;
+    nng_msg *msg;
+    uint32_t pipe;
+    sched_event *next;
+};
+
+/* Most bytes of one backend response body we hold (probes, whole replies). */
+#define SCHED_MAX_BODY (8u << 20)
+/* Probe order for --backend-kind auto. */
+static const char *const probe_paths[] = {"/api/v1/models", "/props", "/v1/models"};
+static const char *const probe_kinds[] = {"lmstudio", "llamacpp", "openai"};
+#define PROBE_STAGES 3
+/* While the backend is unreachable it is probed this often. */
+#define PROBE_RETRY_MS 2000
+
+/* ---- inbox (any thread) ------------------------------------------------ */
+
+static void sched_post(sched *s, sched_event *e)
+{
+    pthread_mutex_lock(&s->inbox_mtx);
+    e->next = NULL;
+    if (s->inbox_tail)
+        s->inbox_tail->next = e;
+    else
+        s->inbox_head = e;
+    s->inbox_tail = e;
+    pthread_mutex_unlock(&s->inbox_mtx);
+    backend_wakeup(s->bk);
+}
+
+static void sched_post_new(sched *s, enum ev_type type, srv_ctx *c, nng_msg *m, uint32_t pipe)
+{
+    sched_event *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        /* Cannot queue the event: the request is lost to us, but its agent
+         * still gets an answer from its own timeout. Log loudly. */
+        log_error("out of memory posting an event; dropping it");
+        if (m)
+            nng_msg_free(m);
+        return;
+    }
+    e->type = type;
+    e->ctx = c;
+    e->msg = m;
+    e->pipe = pipe;
+    sched_post(s, e);
+}
+
+static void sched_request_cb(void *arg, srv_ctx *c, nng_msg *msg)
+{
+    sched_post_new(arg, EV_REQUEST, c, msg, 0);
+}
+
+static void sched_idle_cb(void *arg, srv_ctx *c)
+{
+    sched_post_new(arg, EV_IDLE, c, NULL, 0);
+}
+
+static void sched_pipe_gone_cb(void *arg, uint32_t pipe)
+{
+    sched_post_new(arg, EV_PIPE_GONE, NULL, NULL, pipe);
+}
+
+void sched_request_stop(sched *s)
+{
+    sched_post_new(s, EV_STOP, NULL, NULL, 0);
+}
+
+/* ---- stats ------------------------------------------------------------- */
+
+static void lat_add(lat_ring *r, double v)
+{
+    r->v[r->pos] = v;
+    r->pos = (r->pos + 1) % LAT_SAMPLES;
+    if (r->n < LAT_SAMPLES)
+        r->n++;
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void sched_send(sched *s, srv_ctx *c, const lms_msg *m)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = lms_encode(m, &buf, &len);
+    if (rc != LMSCHED_OK) {
+        /* Only our own bug or ENOMEM gets here; still answer. */
+        log_error("cannot encode %s reply: %s", lms_kind_name(m->kind), lmsched_strerror(rc));
+        rc = lms_encode_error(m->id, LMSCHED_EINTERNAL, "scheduler could not encode its reply",
+                             NULL, &buf, &len);
+        if (rc != LMSCHED_OK) {
+            srv_ctx_recycle(s->srv, c);
+            return;
+        }
+    }
+    srv_reply(s->srv, c, buf, len);
+    free(buf);
+}
+
+static void sched_send_error(sched *s, srv_ctx *c, uint64_t id, int code, const char *msg,
+                             const char *field)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (lms_encode_error(id, code, msg, field, &buf, &len) != LMSCHED_OK) {
+        log_error("cannot encode error reply");
+        srv_ctx_recycle(s->srv, c);
+        return;
+    }
+    srv_reply(s->srv, c, buf, len);
+    free(buf);
+}
+
+static void job_unlink(sched *s, job *j)
+{
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        s->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+}
+
+static void job_free(job *j)
+{
+    lms_chat_req tmp = j->req;
+    lms_msg m;
+    memset(&m, 0, sizeof(m));
+    m.kind = LMS_KIND_CHAT;
+    m.u.chat = tmp;
+    lms_msg_fini(&m);
+    free(j);
+}
+
+/* Detaches j from whatever holds it (policy, transfer, concurrency slot). */
+static void job_detach(sched *s, job *j)
+{
+    if (j->state == JOB_QUEUED) {
+        policy_remove(s->pol, &j->pi);
+        s->queued--;
+    } else {
+        if (j->xfer) {
+            backend_xfer_free(j->xfer);
+            j->xfer = NULL;
+        }
+        s->inflight--;
+    }
+}
+
+/* Ends a job with an error reply. */
+static void job_fail(sched *s, job *j, int code, const char *msg)
+{
+    job_detach(s, j);
+    job_unlink(s, j);
+    s->st.failed++;
+    if (code >= 0 && code < (int)(sizeof(s->st.failed_by_code) / sizeof(s->st.failed_by_code[0])))
+        s->st.failed_by_code[code]++;
+    log_debug("request %" PRIu64 " from %s failed: %s: %s", j->id,
+              j->req.agent ? j->req.agent : "?", lms_err_name(code), msg);
+    sched_send_error(s, j->ctx, j->id, code, msg, NULL);
+    job_free(j);
+}
+
+/* ---- budget ------------------------------------------------------------- */
+
+static void sched_budget(sched *s)
+{
+    budget_in *in = &s->bin;
+    int64_t ctx = s->be.context_length > 0 ? s->be.context_length : s->cfg.context;
+    in->ram_fraction = s->cfg.ram_fraction;
+    in->model_size = s->be.size_bytes > 0 ? (uint64_t)s->be.size_bytes : s->cfg.model_size;
+    in->kv_per_request =
+        s->cfg.kv_per_request ? s->cfg.kv_per_request : budget_default_kv_per_request(ctx);
+    in->slots = s->be.slots > 0 ? (unsigned)s->be.slots : s->cfg.slots;
+    in->max_concurrent = s->cfg.max_concurrent;
+    if (budget_compute(in, &s->bout) != 0) {
+        log_error("memory budget: %s", s->bout.explain);
+        s->max_concurrent = 1;
+        s->limited_by = "memory";
+        return;
+    }
+    unsigned old = s->max_concurrent;
+    s->max_concurrent = s->bout.max_concurrent;
+    if (s->bout.cap && s->bout.fit >= s->bout.cap)
+        s->limited_by = in->max_concurrent ? "flag" : "slots";
+    else
+        s->limited_by = "memory";
+    /* Before the first probe the numbers are provisional; say them once known. */
+    if (old != s->max_concurrent && s->be.checked_us != 0)
+        log_info("memory budget: %s", s->bout.explain);
+}
+
+/* ---- probing the backend ----------------------------------------------- */
+
+static int probe_first_stage(const sched *s)
+{
+    for (int i = 0; i < PROBE_STAGES; i++)
+        if (strcmp(s->cfg.backend_kind, probe_kinds[i]) == 0)
+            return i;
+    /* auto: once a kind was learned, keep probing that endpoint */
+    for (int i = 0; i < PROBE_STAGES; i++)
+        if (strcmp(s->be.kind, probe_kinds[i]) == 0)
+            return i;
+    return 0;
+}
+
+static void probe_start(sched *s, int stage)
+{
+    s->probe_stage = stage;
+    int rc = backend_get_start(s->bk, probe_paths[stage], NULL, stage, &s->probe);
+    if (rc != LMSCHED_OK) {
+        log_error("cannot start backend probe: %s", lmsched_strerror(rc));
+        s->probe = NULL;
+        s->next_probe_us = clock_now_us() + PROBE_RETRY_MS * 1000LL;
+    }
+}
+
+static void be_set_down(sched *s, const char *why)
+{
+    if (s->be.healthy || strcmp(s->be.last_error, why) != 0)
+        log_warn("backend %s unhealthy: %s", s->cfg.backend, why);
+    s->be.healthy = false;
+    snprintf(s->be.last_error, sizeof(s->be.last_error), "%s", why);
+}
+
+static void be_set_up(sched *s)
+{
+    if (!s->be.healthy)
+        log_info("backend %s healthy (%s)", s->cfg.backend, s->be.kind);
+    s->be.healthy = true;
+    s->be.last_error[0] = '\0';
+}
+
+static void probe_done(sched *s, bk_xfer *x)
+{
+    int stage = x->tag;
+    int64_t now = clock_now_us();
+    s->probe = NULL;
+    s->be.checked_us = now;
+    bool forced = strcmp(s->cfg.backend_kind, "auto") != 0;
+    if (x->err.code == LMSCHED_OK) {
+        oa_model_info mi;
+        oa_model_info_init(&mi);
+        int rc;
+        if (stage == 0)
+            rc = oa_parse_lmstudio_models(x->raw ? x->raw : "", x->raw_len, &mi);
+        else if (stage == 1)
+            rc = oa_parse_llamacpp_props(x->raw ? x->raw : "", x->raw_len, &mi);
+        else
+            rc = oa_parse_openai_models(x->raw ? x->raw : "", x->raw_len, &mi);
+        if (rc == LMSCHED_OK || (stage == 0 && rc == LMSCHED_EINVAL)) {
+            snprintf(s->be.kind, sizeof(s->be.kind), "%s", probe_kinds[stage]);
+            if (rc == LMSCHED_EINVAL)
+                log_warn("LM Studio answers but has no LLM loaded; it loads one on the first "
+                         "request (just-in-time loading)");
+            s->be.model[0] = '\0';
+            if (mi.model)
+                snprintf(s->be.model, sizeof(s->be.model), "%s", mi.model);
+            s->be.size_bytes = mi.size_bytes;
+            s->be.context_length = mi.context_length;
+            s->be.slots = mi.parallel;
+            be_set_up(s);
+            sched_budget(s);
+            oa_model_info_fini(&mi);
+            s->next_probe_us = now + (int64_t)s->cfg.probe_interval_ms * 1000;
+            return;
+        }
+        oa_model_info_fini(&mi);
+        /* Answered, but not in this dialect: try the next one. */
+        if (!forced && stage + 1 < PROBE_STAGES) {
+            probe_start(s, stage + 1);
+            return;
+        }
+        be_set_up(s); /* it answers HTTP; chat may still work */
+        snprintf(s->be.kind, sizeof(s->be.kind), "%s", forced ? s->cfg.backend_kind : "unknown");
+        s->next_probe_us = now + (int64_t)s->cfg.probe_interval_ms * 1000;
+        return;
+    }
+    if (x->err.code == LMSCHED_EBACKEND_HTTP || x->err.code == LMSCHED_EAUTH) {
+        if (x->err.code == LMSCHED_EAUTH)
+            log_warn("backend refused the probe: %s (set LM_API_TOKEN)", x->err.message);
+        if (!forced && stage + 1 < PROBE_STAGES && x->err.code != LMSCHED_EAUTH) {
+            probe_start(s, stage + 1);
+            return;
+        }
+        be_set_up(s);
+        if (s->be.kind[0] == '\0' || strcmp(s->be.kind, "unknown") == 0)
+            snprintf(s->be.kind, sizeof(s->be.kind), "%s",
+                     forced ? s->cfg.backend_kind : "unknown");
+        s->next_probe_us = now + (int64_t)s->cfg.probe_interval_ms * 1000;
+        return;
+    }
+    be_set_down(s, x->err.message);
+    s->next_probe_us = now + PROBE_RETRY_MS * 1000LL;
+}
+
+/* ---- requests ------------------------------------------------------------- */
+
+static void sched_on_request(sched *s, srv_ctx *c, nng_msg *msg)
+{
+    lms_msg m;
+    lms_decode_err de;
+    srv_take(s->srv, c);
+    int rc = lms_decode(nng_msg_body(msg), nng_msg_len(msg), &s->limits, &m, &de);
+    nng_msg_free(msg);
+    if (rc != LMSCHED_OK) {
+        s->st.bad_messages++;
+        log_warn("rejected a message from pipe %u: %s", srv_ctx_pipe(c), de.message);
+        sched_send_error(s, c, de.have_id ? de.id : 0, rc, de.message,
+                         de.field[0] ? de.field : NULL);
+        return;
+    }
+    if (m.kind == LMS_KIND_STATUS) {
+        s->st.status_requests++;
+        lms_msg r;
+        lms_msg_init(&r, LMS_KIND_STATUS_REPLY);
+        r.id = m.id;
+        r.u.status_reply.json = status_json(s);
+        if (r.u.status_reply.json == NULL)
+            sched_send_error(s, c, m.id, LMSCHED_ENOMEM, "out of memory building status", NULL);
+        else
+            sched_send(s, c, &r);
+        lms_msg_fini(&r);
+        lms_msg_fini(&m);
+        return;
+    }
+    if (m.kind != LMS_KIND_CHAT) {
+        char why[96];
+        snprintf(why, sizeof(why), "message kind '%s' is not a request", lms_kind_name(m.kind));
+        sched_send_error(s, c, m.id, LMSCHED_EPROTO, why, "kind");
+        s->st.bad_messages++;
+        lms_msg_fini(&m);
+        return;
+    }
+    s->st.received++;
+    if (s->draining) {
+        s->st.failed++;
+        s->st.failed_by_code[LMSCHED_ESHUTDOWN]++;
+        sched_send_error(s, c, m.id, LMSCHED_ESHUTDOWN,
+                         "lmsched is shutting down and accepts no new requests", NULL);
+        lms_msg_fini(&m);
+        return;
+    }
+    job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        sched_send_error(s, c, m.id, LMSCHED_ENOMEM, "scheduler out of memory", NULL);
+        lms_msg_fini(&m);
+        return;
+    }
+    j->ctx = c;
+    j->pipe = srv_ctx_pipe(c);
+    j->id = m.id;
+    j->req = m.u.chat; /* ownership moves to the job */
+    j->recv_us = clock_now_us();
+    j->pi.enq_us = j->recv_us;
+    j->pi.deadline_us = j->req.deadline_ms ? j->recv_us + (int64_t)j->req.deadline_ms * 1000 : 0;
+    j->pi.priority = j->req.priority;
+    if (policy_push(s->pol, &j->pi) != 0) {
+        s->st.rejected_busy++;
+        char why[128];
+        snprintf(why, sizeof(why), "scheduler queue is full (%u requests waiting); retry later",
+                 s->cfg.max_queue);
+        sched_send_error(s, c, j->id, LMSCHED_EBUSY, why, NULL);
+        job_free(j);
+        return;
+    }
+    j->state = JOB_QUEUED;
+    s->queued++;
+    j->next = s->jobs;
+    if (s->jobs)
+        s->jobs->prev = j;
+    s->jobs = j;
+}
+
+static void sched_on_pipe_gone(sched *s, uint32_t pipe)
+{
+    /* The agent is gone: stop spending backend time on its requests. The
+     * replies go nowhere, but sending them frees their contexts. */
+    unsigned n = 0;
+    job *next;
+    for (job *j = s->jobs; j; j = next) {
+        next = j->next;
+        if (j->pipe == pipe) {
+            job_fail(s, j, LMSCHED_ECANCELED, "agent disconnected");
+            n++;
+        }
+    }
+    if (n)
+        log_info("agent connection %u closed: canceled %u request(s)", pipe, n);
+}
+
+static void sched_drain_inbox(sched *s)
+{
+    pthread_mutex_lock(&s->inbox_mtx);
+    sched_event *e = s->inbox_head;
+    s->inbox_head = s->inbox_tail = NULL;
+    pthread_mutex_unlock(&s->inbox_mtx);
+    while (e) {
+        sched_event *next = e->next;
+        switch (e->type) {
+        case EV_REQUEST:
+            sched_on_request(s, e->ctx, e->msg);
+            break;
+        case EV_IDLE:
+            srv_ctx_recycle(s->srv, e->ctx);
+            break;
+        case EV_PIPE_GONE:
+            sched_on_pipe_gone(s, e->pipe);
+            break;
+        case EV_STOP:
+            if (!s->draining) {
+                s->draining = true;
+                s->drain_deadline_us = clock_now_us() + (int64_t)s->cfg.drain_timeout_ms * 1000;
+                log_info("shutting down: %u queued request(s) get a shutdown error, waiting up "
+                         "to %d ms for %u in flight", s->queued, s->cfg.drain_timeout_ms,
+                         s->inflight);
+            }
+            break;
+        }
+        free(e);
+        e = next;
+    }
+}
+
+/* ---- dispatch and completion ---------------------------------------------- */
+
+static void job_start(sched *s, job *j)
+{
+    oa_body_opts o = {
+        .stream = true,
+        .cache_prompt = s->cfg.cache_prompt,
+        .model = s->be.model[0] ? s->be.model : NULL,
+        .max_tokens = s->cfg.default_max_tokens,
+        .id_slot = -1,
+    };
+    j->attempts++;
+    j->dispatch_us = j->dispatch_us ? j->dispatch_us : clock_now_us();
+    int rc = backend_chat_start(s->bk, &j->req, &o, j, &j->xfer);
+    if (rc != LMSCHED_OK) {
+        j->xfer = NULL;
+        job_fail(s, j, rc, "scheduler could not start the backend request");
+        return;
+    }
+    j->state = JOB_INFLIGHT;
+}
+
+static void sched_dispatch(sched *s, int64_t now)
+{
+    if (s->draining)
+        return;
+    while (s->inflight < s->max_concurrent) {
+        pol_item *it = policy_pop(s->pol, now);
+        if (it == NULL)
+            break;
+        job *j = (job *)it;
+        s->queued--;
+        s->inflight++;
+        lat_add(&s->st.queue_wait, (double)(now - j->recv_us) / 1000.0);
+        job_start(s, j);
+    }
+}
+
+static int64_t retry_backoff_us(unsigned attempt)
+{
+    /* 200 ms, 400 ms, 800 ms ... capped at 5 s, with up to 25% jitter so a
+     * burst of failures does not retry in lockstep. */
+    int64_t base = 200000LL << (attempt > 5 ? 5 : attempt - 1);
+    if (base > 5000000)
+        base = 5000000;
+    return base + (int64_t)(rand() % (int)(base / 4 + 1));
+}
+
+static void job_done(sched *s, job *j, bk_xfer *x)
+{
+    int64_t now = clock_now_us();
+    j->xfer = NULL;
+    if (x->err.code == LMSCHED_EBACKEND_DOWN)
+        be_set_down(s, x->err.message);
+    else if (x->http_status > 0)
+        be_set_up(s);
+
+    if (x->err.code != LMSCHED_OK) {
+        bool can_retry = x->err.transient && !x->resp.got_token && !s->draining &&
+                         j->attempts <= s->cfg.max_retries;
+        if (can_retry) {
+            s->st.retried++;
+            j->state = JOB_RETRY_WAIT;
+            j->retry_at_us = now + retry_backoff_us(j->attempts);
+            log_info("request %" PRIu64 " attempt %u failed (%s); retrying in %" PRId64 " ms",
+                     j->id, j->attempts, x->err.message, (j->retry_at_us - now) / 1000);
+            backend_xfer_free(x);
+            return;
+        }
+        char msg[sizeof(x->err.message) + sizeof(s->cfg.backend) + 64];
+        if (j->attempts > 1)
+            snprintf(msg, sizeof(msg), "%s (backend %s, after %u attempts)", x->err.message,
+                     s->cfg.backend, j->attempts);
+        else
+            snprintf(msg, sizeof(msg), "%s (backend %s)", x->err.message, s->cfg.backend);
+        int code = x->err.code;
+        backend_xfer_free(x);
+        j->state = JOB_RETRY_WAIT; /* no transfer attached any more */
+        job_fail(s, j, code, msg);
+        return;
+    }
+
+    lms_msg r;
+    lms_msg_init(&r, LMS_KIND_CHAT_REPLY);
+    r.id = j->id;
+    lms_chat_reply *cr = &r.u.chat_reply;
+    cr->content = x->resp.content;
+    cr->finish_reason = x->resp.finish_reason ? x->resp.finish_reason : "stop";
+    cr->model = x->resp.model;
+    cr->usage.prompt_tokens = x->resp.prompt_tokens;
+    cr->usage.completion_tokens = x->resp.completion_tokens;
+    cr->usage.cached_tokens = x->resp.cached_tokens;
+    cr->timings.queue_ms = (double)(j->dispatch_us - j->recv_us) / 1000.0;
+    cr->timings.ttft_ms =
+        x->first_token_us ? (double)(x->first_token_us - j->dispatch_us) / 1000.0 : -1.0;
+    cr->timings.total_ms = (double)(now - j->recv_us) / 1000.0;
+    cr->retries = j->attempts - 1;
+
+    s->st.completed++;
+    if (x->resp.prompt_tokens > 0)
+        s->st.tokens_prompt += (uint64_t)x->resp.prompt_tokens;
+    if (x->resp.completion_tokens > 0)
+        s->st.tokens_completion += (uint64_t)x->resp.completion_tokens;
+    if (x->resp.cached_tokens > 0)
+        s->st.tokens_cached += (uint64_t)x->resp.cached_tokens;
+    if (cr->timings.ttft_ms >= 0)
+        lat_add(&s->st.ttft, cr->timings.ttft_ms);
+    lat_add(&s->st.total, cr->timings.total_ms);
+
+    s->inflight--;
+    job_unlink(s, j);
+    sched_send(s, j->ctx, &r);
+    /* The strings belong to the transfer; do not let fini free them. */
+    memset(cr, 0, sizeof(*cr));
+    lms_msg_fini(&r);
+    backend_xfer_free(x);
+    job_free(j);
+}
+
+static void sched_retries(sched *s, int64_t now)
+{
+    job *next;
+    for (job *j = s->jobs; j; j = next) {
+        next = j->next;
+        if (j->state != JOB_RETRY_WAIT || j->retry_at_us > now)
+            continue;
+        if (s->draining) {
+            job_fail(s, j, LMSCHED_ESHUTDOWN, "lmsched is shutting down; request canceled "
+                                              "while waiting to retry");
+            continue;
+        }
+        job_start(s, j);
+    }
+}
+
+static void sched_expire(sched *s, int64_t now)
+{
+    pol_item *it;
+    while ((it = policy_pop_expired(s->pol, now)) != NULL) {
+        job *j = (job *)it;
+        char why[160];
+        snprintf(why, sizeof(why), "deadline of %u ms passed while queued (%u others queued, "
+                 "%u in flight)", j->req.deadline_ms, s->queued - 1, s->inflight);
+        job_fail(s, j, LMSCHED_EDEADLINE, why); /* policy_remove is a no-op now */
+    }
+}
+
+static void sched_backend_events(sched *s)
+{
+    bk_xfer *x;
+    while ((x = backend_done(s->bk)) != NULL) {
+        if (x->is_chat && x->owner) {
+            job_done(s, (job *)x->owner, x);
+        } else {
+            probe_done(s, x);
+            backend_xfer_free(x);
+        }
+    }
+}
+
+/* ---- shutdown ------------------------------------------------------------ */
+
+static void sched_drain_step(sched *s, int64_t now)
+{
+    job *next;
+    for (job *j = s->jobs; j; j = next) {
+        next = j->next;
+        if (j->state == JOB_QUEUED)
+            job_fail(s, j, LMSCHED_ESHUTDOWN, "lmsched is shutting down; the request was still "
+                                              "queued and did not run");
+        else if (now >= s->drain_deadline_us)
+            job_fail(s, j, LMSCHED_ESHUTDOWN, "lmsched is shutting down; the request was "
+                                              "canceled after the drain timeout");
+    }
+    if (s->jobs == NULL && srv_sending(s->srv) == 0)
+        s->stopped = true;
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+int sched_init(sched *s, const sched_config *cfg)
+{
+    memset(s, 0, sizeof(*s));
+    s->cfg = *cfg;
+    pthread_mutex_init(&s->inbox_mtx, NULL);
+    lms_limits_default(&s->limits);
+    s->start_us = clock_now_us();
+    snprintf(s->be.kind, sizeof(s->be.kind), "unknown");
+    s->be.context_length = s->be.slots = s->be.size_bytes = -1;
+    const char *tok = getenv("LM_API_TOKEN");
+    if (tok && *tok)
+        s->token = strdup(tok);
+
+    backend_opts bo = {
+        .base_url = cfg->backend,
+        .token = s->token,
+        .connect_timeout_ms = cfg->connect_timeout_ms,
+        .request_timeout_ms = cfg->request_timeout_ms,
+        .max_body = SCHED_MAX_BODY,
+        .max_content = s->limits.max_text_bytes,
+    };
+    if (backend_alloc(&s->bk, &bo) != LMSCHED_OK) {
+        log_error("cannot set up the HTTP client");
+        return 1;
+    }
+    int rc = policy_alloc(&s->pol, cfg->policy, cfg->max_queue);
+    if (rc != 0) {
+        log_error("unknown queue policy '%s'", cfg->policy);
+        return 1;
+    }
+    uint64_t ram = cfg->total_ram;
+    if (ram == 0 && budget_total_ram(&ram) != 0) {
+        log_error("cannot read the total RAM; pass --total-ram");
+        return 1;
+    }
+    s->bin.total_ram = ram;
+    sched_budget(s);
+    return 0;
+}
+
+int sched_probe_initial(sched *s, int wait_ms)
+{
+    probe_start(s, probe_first_stage(s));
+    int64_t until = clock_now_us() + (int64_t)wait_ms * 1000;
+    while (s->probe && clock_now_us() < until) {
+        backend_poll(s->bk, 50);
+        bk_xfer *x;
+        while ((x = backend_done(s->bk)) != NULL) {
+            probe_done(s, x);
+            backend_xfer_free(x);
+        }
+    }
+    if (s->probe) {
+        backend_xfer_free(s->probe);
+        s->probe = NULL;
+        be_set_down(s, "backend did not answer the first probe in time");
+        s->next_probe_us = clock_now_us() + PROBE_RETRY_MS * 1000LL;
+    }
+    sched_budget(s);
+    char b1[32], b2[32], b3[32];
+    log_info("backend %s: %s, %s, model %s, context %" PRId64 ", slots %" PRId64, s->cfg.backend,
+             s->be.kind, s->be.healthy ? "healthy" : "unreachable",
+             s->be.model[0] ? s->be.model : "unknown", s->be.context_length, s->be.slots);
+    log_info("memory: RAM %s, model %s, KV per request %s; %s",
+             budget_fmt_size(s->bin.total_ram, b1, sizeof(b1)),
+             budget_fmt_size(s->bin.model_size, b2, sizeof(b2)),
+             budget_fmt_size(s->bin.kv_per_request, b3, sizeof(b3)), s->bout.explain);
+    if (s->bout.model_too_big) {
+        if (!s->cfg.force) {
+            fprintf(stderr, "lmsched serve: refusing to start: %s\n", s->bout.explain);
+            return 4;
+        }
+        log_warn("--force: starting although %s", s->bout.explain);
+    }
+    return 0;
+}
+
+int sched_listen(sched *s)
+{
+    srv_events ev = {
+        .request = sched_request_cb,
+        .idle = sched_idle_cb,
+        .pipe_gone = sched_pipe_gone_cb,
+        .arg = s,
+    };
+    char err[600];
+    int rv = srv_open(&s->srv, s->cfg.listen, s->limits.max_msg_bytes + 1024, &ev, err,
+                      sizeof(err));
+    if (rv != 0) {
+        fprintf(stderr, "lmsched serve: %s\n", err);
+        return 4;
+    }
+    log_info("listening on %s (policy %s, max %u concurrent, queue %u)", s->cfg.listen,
+             policy_name(s->pol), s->max_concurrent, s->cfg.max_queue);
+    return 0;
+}
+
+static int64_t sched_next_wake(sched *s, int64_t now)
+{
+    int64_t t = s->probe ? now + 1000000 : s->next_probe_us;
+    int64_t d = policy_next_deadline(s->pol);
+    if (d < t)
+        t = d;
+    for (job *j = s->jobs; j; j = j->next)
+        if (j->state == JOB_RETRY_WAIT && j->retry_at_us < t)
+            t = j->retry_at_us;
+    if (s->draining) {
+        int64_t dd = s->drain_deadline_us;
+        if (dd < t)
+            t = dd;
+        if (now + 100000 < t)
+            t = now + 100000; /* check pending sends often while draining */
+    }
+    return t;
+}
+
+void sched_run(sched *s)
+{
+    while (!s->stopped) {
+        sched_drain_inbox(s);
+        backend_perform(s->bk);
+        sched_backend_events(s);
+        int64_t now = clock_now_us();
+        sched_retries(s, now);
+        sched_expire(s, now);
+        sched_dispatch(s, now);
+        if (!s->probe && now >= s->next_probe_us && !s->draining)
+            probe_start(s, probe_first_stage(s));
+        if (s->draining)
+            sched_drain_step(s, now);
+        if (s->stopped)
+            break;
+        backend_perform(s->bk); /* start what was just added */
+        sched_backend_events(s);
+        int64_t wake = sched_next_wake(s, now);
+        int64_t ms = (wake - clock_now_us() + 999) / 1000;
+        if (ms > 1000)
+            ms = 1000;
+        backend_poll(s->bk, (int)(ms < 0 ? 0 : ms));
+    }
+    log_info("stopped: %" PRIu64 " completed, %" PRIu64 " failed, %" PRIu64 " busy",
+             s->st.completed, s->st.failed, s->st.rejected_busy);
+}
+
+void sched_fini(sched *s)
+{
+    /* Order: stop nng (no more callbacks), drop events, then curl. */
+    srv_close(s->srv);
+    s->srv = NULL;
+    sched_event *e = s->inbox_head;
+    while (e) {
+        sched_event *n = e->next;
+        if (e->msg)
+            nng_msg_free(e->msg);
+        free(e);
+        e = n;
+    }
+    s->inbox_head = s->inbox_tail = NULL;
+    while (s->jobs) {
+        job *j = s->jobs;
+        s->jobs = j->next;
+        job_free(j);
+    }
+    if (s->probe)
+        backend_xfer_free(s->probe);
+    backend_free(s->bk);
+    policy_free(s->pol);
+    if (s->token) {
+        memset(s->token, 0, strlen(s->token));
+        free(s->token);
+    }
+    pthread_mutex_destroy(&s->inbox_mtx);
+}
