@@ -1,0 +1,1008 @@
+/*
+ * agent.c - the client side of lmsched: one nng req0 socket per client, one
+ * nng context and aio per request in flight, and the blocking calls
+ * (lmsched_chat, lmsched_chat_batch, lmsched_status) built on the
+ * asynchronous one.
+ *
+ * Design notes
+ *
+ * A call (agent_call) goes through two phases on one aio. SEND: the request
+ * waits for a connected pipe, at most the connect timeout at a time; when
+ * it runs out with no pipe connected the call fails with LMSCHED_ENODAEMON,
+ * while with a pipe connected (the daemon is slow to read) it is tried again
+ * until the call's own deadline. RECV: the reply is awaited until that
+ * deadline. The call's callback (agent_call_cb) runs on nng's threads and
+ * either starts the next phase or completes the call.
+ *
+ * nng's req0 would resend a request whose reply has not come within its
+ * resend time (60 s by default), and a chat can wait longer than that in the
+ * daemon's queue, so it would run twice. The resend time is set to
+ * NNG_DURATION_INFINITE, which nng 1.5 reads as "never" (req0 arms its
+ * resend timer only for a positive value). A side effect, from the same
+ * code: when the pipe a request went out on closes (the daemon stopped or
+ * restarted), req0 does not resend it on the next pipe but fails the receive
+ * with NNG_ECONNRESET, which this library reports as LMSCHED_ENODAEMON. A
+ * request that had not gone out yet waits for the next connection.
+ *
+ * Locking: c->mtx guards the client's fields and the list of calls. Every
+ * operation on a call's aio is started while holding it, so close (which
+ * sets c->closing and cancels the listed aios under the same lock) either
+ * cancels the operation or the callback sees c->closing; no call slips past
+ * close. nng never holds one of its locks while running our callbacks, and
+ * finishes an aio from our threads only by dispatching its callback to a
+ * task thread, so holding c->mtx across nng_ctx_send/recv/aio_cancel cannot
+ * deadlock.
+ *
+ * Freeing: an aio must not be freed or stopped from its own callback (nng
+ * #508: nng_aio_free waits for the callback, i.e. for itself). A finished
+ * call hands its aio to nng_aio_reap, whose reaper thread frees it once the
+ * callback has returned; the context is closed in the callback, which is
+ * safe because no operation is pending on it. c->inflight counts calls that
+ * have started and not yet run their user callback; close waits for it to
+ * reach zero, so every callback has run before close returns.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/util/platform.h>
+
+#include "agentlib/request.h"
+#include "lmsched/agent.h"
+#include "proto/proto.h"
+
+#define AGENT_CONNECT_TIMEOUT_MS 2000
+#define AGENT_RECONNECT_MIN_MS 100
+#define AGENT_RECONNECT_MAX_MS 1000
+/* nng drops a received message over NNG_OPT_RECVMAXSZ (and closes the
+ * pipe); allow the protocol's message limit plus room for nng's header so
+ * that every message the decoder could accept gets through. */
+#define AGENT_RECV_SLACK (64u * 1024)
+/* Longest URL accepted: a Unix socket path is at most ~108 bytes, a tcp://
+ * host name at most 253, so this is only a guard. */
+#define AGENT_URL_MAX 1024
+/* The blocking calls wait this much past their timeout before giving up on
+ * a callback; it only guards against a bug (the library always completes a
+ * call by its deadline), never fires in normal operation. */
+#define AGENT_GUARD_MS 10000
+
+typedef struct agent_call agent_call;
+
+struct lmsched_client {
+    nng_socket sock;
+    char *url;
+    size_t max_msg; /* largest request sent, the daemon's default limit */
+    pthread_mutex_t mtx;
+    pthread_cond_t idle_cv; /* signalled when inflight drops to 0 */
+    /* Guarded by mtx: */
+    bool closing;
+    int connect_timeout_ms;
+    int npipes; /* pipes between ADD_PRE and REM_POST */
+    uint64_t next_id;
+    size_t inflight;   /* starting or started calls whose callback has not run */
+    agent_call *calls; /* calls with an operation pending on their aio */
+};
+
+enum agent_phase { AGENT_SEND = 1, AGENT_RECV = 2 };
+
+/* How a call ended, before it is turned into a result. */
+enum agent_outcome {
+    AGENT_GOT_REPLY,
+    AGENT_NO_DAEMON,
+    AGENT_CONN_LOST,
+    AGENT_TIMED_OUT,
+    AGENT_CLOSED,
+    AGENT_NNG_FAILED,
+};
+
+struct agent_call {
+    lmsched_client *c;
+    nng_ctx ctx;
+    bool have_ctx;
+    nng_aio *aio;
+    enum agent_phase phase;
+    lms_kind expect; /* LMS_KIND_CHAT_REPLY or LMS_KIND_STATUS_REPLY */
+    uint64_t id;
+    int timeout_ms;
+    nng_time deadline;
+    lmsched_chat_cb cb;
+    void *arg;
+    /* Allocated up front so the callback always gets a result, even when
+     * building the real one runs out of memory. */
+    lmsched_result *spare;
+    agent_call *prev, *next; /* c->calls */
+};
+
+const char *lmsched_version(void)
+{
+    return LMSCHED_VERSION;
+}
+
+void lmsched_free(void *p)
+{
+    free(p);
+}
+
+/* ---- URLs -------------------------------------------------------------- */
+
+int lmsched_default_url(char *buf, size_t len)
+{
+    const char *env = getenv("LMSCHED_URL");
+    const char *dir = getenv("XDG_RUNTIME_DIR");
+    int n;
+
+    if (buf == NULL || len == 0) {
+        return buf == NULL ? LMSCHED_EINVAL : LMSCHED_ETOOLARGE;
+    }
+    /* An empty variable counts as unset, as with most Unix tools, so that
+     * "LMSCHED_URL= cmd" does not make every call fail. */
+    if (env != NULL && env[0] != '\0') {
+        n = snprintf(buf, len, "%s", env);
+    } else if (dir != NULL && dir[0] != '\0') {
+        n = snprintf(buf, len, "ipc://%s/lmsched.sock", dir);
+    } else {
+        n = snprintf(buf, len, "ipc:///tmp/lmsched.sock");
+    }
+    if (n < 0 || (size_t)n >= len) {
+        buf[0] = '\0';
+        return LMSCHED_ETOOLARGE;
+    }
+    return LMSCHED_OK;
+}
+
+/* ---- client ------------------------------------------------------------ */
+
+/* Counts pipes so that a send that times out can tell "no daemon" from "a
+ * daemon slow to read". ADD_PRE is counted rather than ADD_POST because nng
+ * runs REM_POST for every pipe that saw ADD_PRE (including ones rejected
+ * afterwards), and may run it before ADD_POST has returned. */
+static void agent_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    lmsched_client *c = arg;
+
+    (void)p;
+    pthread_mutex_lock(&c->mtx);
+    if (ev == NNG_PIPE_EV_ADD_PRE) {
+        c->npipes++;
+    } else if (ev == NNG_PIPE_EV_REM_POST) {
+        c->npipes--;
+    }
+    pthread_mutex_unlock(&c->mtx);
+}
+
+/* nng errors from open and dial, translated. */
+static int agent_nng_err(int rv)
+{
+    switch (rv) {
+    case 0:
+        return LMSCHED_OK;
+    case NNG_ENOMEM:
+        return LMSCHED_ENOMEM;
+    case NNG_EADDRINVAL:
+    case NNG_EINVAL:
+    case NNG_ENOTSUP:
+    case NNG_ENOENT:
+        return LMSCHED_EINVAL;
+    case NNG_ECLOSED:
+        return LMSCHED_ECLOSED;
+    default:
+        return LMSCHED_EINTERNAL;
+    }
+}
+
+int lmsched_client_open(lmsched_client **clientp, const char *url)
+{
+    char defurl[AGENT_URL_MAX + 1];
+    lmsched_client *c = NULL;
+    lms_limits lim;
+    bool have_mtx = false, have_cv = false, have_sock = false;
+    pthread_condattr_t ca;
+    int rc, rv;
+
+    if (clientp == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    *clientp = NULL;
+    if (url == NULL) {
+        if ((rc = lmsched_default_url(defurl, sizeof(defurl))) != LMSCHED_OK) {
+            return LMSCHED_EINVAL;
+        }
+        url = defurl;
+    }
+    if (url[0] == '\0' || strlen(url) > AGENT_URL_MAX) {
+        return LMSCHED_EINVAL;
+    }
+    if ((c = calloc(1, sizeof(*c))) == NULL) {
+        return LMSCHED_ENOMEM;
+    }
+    lms_limits_default(&lim);
+    c->max_msg = lim.max_msg_bytes;
+    c->connect_timeout_ms = AGENT_CONNECT_TIMEOUT_MS;
+    if ((c->url = strdup(url)) == NULL) {
+        rc = LMSCHED_ENOMEM;
+        goto fail;
+    }
+    if (pthread_mutex_init(&c->mtx, NULL) != 0) {
+        rc = LMSCHED_ENOMEM;
+        goto fail;
+    }
+    have_mtx = true;
+    if (pthread_condattr_init(&ca) != 0) {
+        rc = LMSCHED_ENOMEM;
+        goto fail;
+    }
+    rv = pthread_cond_init(&c->idle_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rv != 0) {
+        rc = LMSCHED_ENOMEM;
+        goto fail;
+    }
+    have_cv = true;
+
+    if ((rv = nng_req0_open(&c->sock)) != 0) {
+        rc = agent_nng_err(rv);
+        goto fail;
+    }
+    have_sock = true;
+    /* Options are set before the dial so the dialer and every context
+     * inherit them. See the design notes for the resend time. */
+    rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    if (rv == 0) {
+        rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, AGENT_RECONNECT_MIN_MS);
+    }
+    if (rv == 0) {
+        rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, AGENT_RECONNECT_MAX_MS);
+    }
+    if (rv == 0) {
+        rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ,
+                                 c->max_msg + AGENT_RECV_SLACK);
+    }
+    if (rv == 0) {
+        rv = nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_PRE, agent_pipe_cb, c);
+    }
+    if (rv == 0) {
+        rv = nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, agent_pipe_cb, c);
+    }
+    if (rv != 0) {
+        rc = agent_nng_err(rv);
+        goto fail;
+    }
+    /* Non-blocking: the dialer keeps retrying in the background, so a
+     * client can be opened before the daemon starts. */
+    if ((rv = nng_dial(c->sock, c->url, NULL, NNG_FLAG_NONBLOCK)) != 0) {
+        rc = agent_nng_err(rv);
+        goto fail;
+    }
+    *clientp = c;
+    return LMSCHED_OK;
+
+fail:
+    if (have_sock) {
+        nng_close(c->sock);
+    }
+    if (have_cv) {
+        pthread_cond_destroy(&c->idle_cv);
+    }
+    if (have_mtx) {
+        pthread_mutex_destroy(&c->mtx);
+    }
+    free(c->url);
+    free(c);
+    return rc;
+}
+
+int lmsched_client_set_connect_timeout(lmsched_client *c, int ms)
+{
+    if (c == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    pthread_mutex_lock(&c->mtx);
+    c->connect_timeout_ms = ms > 0 ? ms : AGENT_CONNECT_TIMEOUT_MS;
+    pthread_mutex_unlock(&c->mtx);
+    return LMSCHED_OK;
+}
+
+void lmsched_client_close(lmsched_client *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&c->mtx);
+    c->closing = true;
+    /* Cancelling only dispatches the callbacks; they take c->mtx, which
+     * the wait below releases. */
+    for (agent_call *call = c->calls; call != NULL; call = call->next) {
+        nng_aio_cancel(call->aio);
+    }
+    while (c->inflight > 0) {
+        pthread_cond_wait(&c->idle_cv, &c->mtx);
+    }
+    pthread_mutex_unlock(&c->mtx);
+
+    /* Every context is closed by now; after nng_close returns no pipe
+     * callback can run, so c can go. */
+    nng_close(c->sock);
+    pthread_cond_destroy(&c->idle_cv);
+    pthread_mutex_destroy(&c->mtx);
+    free(c->url);
+    free(c);
+}
+
+/* ---- one call ---------------------------------------------------------- */
+
+static void agent_link(lmsched_client *c, agent_call *call)
+{
+    call->prev = NULL;
+    call->next = c->calls;
+    if (c->calls != NULL) {
+        c->calls->prev = call;
+    }
+    c->calls = call;
+}
+
+static void agent_unlink(lmsched_client *c, agent_call *call)
+{
+    if (call->prev != NULL) {
+        call->prev->next = call->next;
+    } else {
+        c->calls = call->next;
+    }
+    if (call->next != NULL) {
+        call->next->prev = call->prev;
+    }
+    call->prev = call->next = NULL;
+}
+
+/* Milliseconds left until the call's deadline (negative when past). */
+static int64_t agent_left(const agent_call *call)
+{
+    return (int64_t)call->deadline - (int64_t)nng_clock();
+}
+
+/* Drops one count of c->inflight, waking close at zero. Called with
+ * c->mtx held; c may be freed as soon as the caller unlocks. */
+static void agent_release(lmsched_client *c)
+{
+    if (--c->inflight == 0) {
+        pthread_cond_broadcast(&c->idle_cv);
+    }
+}
+
+/*
+ * Decides what follows the completion of the call's current operation
+ * (result rv). Either starts the next operation and returns true, or
+ * returns false with *out set. Called with c->mtx held. *msgp is the
+ * message the aio held: the request given back after a failed send, which
+ * is reused for another attempt (then *msgp becomes NULL), or the reply.
+ */
+static bool agent_advance(agent_call *call, int rv, nng_msg **msgp,
+                          enum agent_outcome *out)
+{
+    lmsched_client *c = call->c;
+    int64_t left = agent_left(call);
+
+    if (rv == NNG_ECONNRESET) {
+        *out = AGENT_CONN_LOST;
+        return false;
+    }
+    if (rv == NNG_ECANCELED || rv == NNG_ECLOSED) {
+        *out = c->closing ? AGENT_CLOSED : AGENT_NNG_FAILED;
+        return false;
+    }
+    if (call->phase == AGENT_RECV) {
+        /* A reply that made it in is delivered even when closing. */
+        if (rv == 0) {
+            *out = AGENT_GOT_REPLY;
+        } else if (rv == NNG_ETIMEDOUT) {
+            *out = AGENT_TIMED_OUT;
+        } else {
+            *out = AGENT_NNG_FAILED;
+        }
+        return false;
+    }
+    if (c->closing) {
+        *out = AGENT_CLOSED;
+        return false;
+    }
+    if (rv == 0) {
+        if (left <= 0) {
+            *out = AGENT_TIMED_OUT;
+            return false;
+        }
+        call->phase = AGENT_RECV;
+        nng_aio_set_timeout(call->aio, (nng_duration)left);
+        nng_ctx_recv(call->ctx, call->aio);
+        return true;
+    }
+    if (rv != NNG_ETIMEDOUT) {
+        *out = AGENT_NNG_FAILED;
+        return false;
+    }
+    if (c->npipes == 0) {
+        *out = AGENT_NO_DAEMON;
+        return false;
+    }
+    if (left <= 0 || *msgp == NULL) {
+        *out = AGENT_TIMED_OUT;
+        return false;
+    }
+    /* Connected but the request was not taken: try again, still within
+     * the call's deadline. */
+    if (left > c->connect_timeout_ms) {
+        left = c->connect_timeout_ms;
+    }
+    nng_aio_set_timeout(call->aio, (nng_duration)left);
+    nng_aio_set_msg(call->aio, *msgp);
+    *msgp = NULL;
+    nng_ctx_send(call->ctx, call->aio);
+    return true;
+}
+
+/* The result for a reply message: the reply, the daemon's error, or
+ * LMSCHED_EPROTO for anything that does not answer this call. */
+static lmsched_result *agent_decode(const agent_call *call, nng_msg *msg)
+{
+    lmsched_result *res = NULL;
+    lms_decode_err de;
+    lms_msg m;
+    const char *want = lms_kind_name(call->expect);
+
+    if (lms_decode(nng_msg_body(msg), nng_msg_len(msg), NULL, &m, &de) != LMSCHED_OK) {
+        return lma_result_error(LMSCHED_EPROTO, "malformed reply from lmsched: %s",
+                                de.message);
+    }
+    if (m.kind == LMS_KIND_ERROR) {
+        const lms_error_reply *e = &m.u.error;
+        /* id 0 is what the daemon sends when it could not read ours. */
+        if (m.id != call->id && m.id != 0) {
+            res = lma_result_error(LMSCHED_EPROTO,
+                                   "error reply id %" PRIu64
+                                   " does not match request id %" PRIu64,
+                                   m.id, call->id);
+        } else if (e->code == LMSCHED_OK || e->code > INT_MAX) {
+            res = lma_result_error(LMSCHED_EPROTO,
+                                   "error reply with invalid code %" PRIu32 ": %s",
+                                   e->code, e->message);
+        } else if (e->field != NULL) {
+            res = lma_result_error((int)e->code, "%s (field: %s)", e->message, e->field);
+        } else {
+            res = lma_result_error((int)e->code, "%s", e->message);
+        }
+    } else if (m.kind != call->expect) {
+        res = lma_result_error(LMSCHED_EPROTO,
+                               "lmsched sent a '%s' reply where '%s' was expected",
+                               lms_kind_name(m.kind), want);
+    } else if (m.id != call->id) {
+        res = lma_result_error(LMSCHED_EPROTO,
+                               "reply id %" PRIu64 " does not match request id %" PRIu64,
+                               m.id, call->id);
+    } else if (m.kind == LMS_KIND_CHAT_REPLY) {
+        res = lma_result_reply(&m.u.chat_reply);
+    } else {
+        res = lma_result_status(&m.u.status_reply.json);
+    }
+    lms_msg_fini(&m);
+    return res;
+}
+
+static lmsched_result *agent_result(const agent_call *call, enum agent_outcome out,
+                                    int rv, nng_msg *msg)
+{
+    const char *url = call->c->url;
+
+    switch (out) {
+    case AGENT_GOT_REPLY:
+        return agent_decode(call, msg);
+    case AGENT_NO_DAEMON:
+        return lma_result_error(
+            LMSCHED_ENODAEMON,
+            "lmsched daemon not reachable at %s (is `lmsched serve` running?)", url);
+    case AGENT_CONN_LOST:
+        return lma_result_error(
+            LMSCHED_ENODAEMON,
+            "connection to the lmsched daemon at %s was lost before the "
+            "reply arrived (daemon stopped or restarted?); the request "
+            "may or may not have run",
+            url);
+    case AGENT_TIMED_OUT:
+        return lma_result_error(LMSCHED_ETIMEDOUT, "no reply from lmsched within %d ms",
+                                call->timeout_ms);
+    case AGENT_CLOSED:
+        return lma_result_error(LMSCHED_ECLOSED,
+                                "client closed before the reply arrived");
+    case AGENT_NNG_FAILED:
+        break;
+    }
+    return lma_result_error(LMSCHED_EINTERNAL, "nng: %s", nng_strerror(rv));
+}
+
+/* Frees a call that never started or has finished. Not for use from the
+ * call's own aio callback (see the design notes). */
+static void agent_call_free(agent_call *call)
+{
+    if (call == NULL) {
+        return;
+    }
+    if (call->aio != NULL) {
+        nng_msg_free(nng_aio_get_msg(call->aio));
+        nng_aio_free(call->aio);
+    }
+    if (call->have_ctx) {
+        nng_ctx_close(call->ctx);
+    }
+    lmsched_result_free(call->spare);
+    free(call);
+}
+
+static void agent_call_cb(void *arg)
+{
+    agent_call *call = arg;
+    lmsched_client *c = call->c;
+    int rv = nng_aio_result(call->aio);
+    nng_msg *msg = nng_aio_get_msg(call->aio);
+    enum agent_outcome out;
+    lmsched_result *res;
+
+    nng_aio_set_msg(call->aio, NULL);
+    pthread_mutex_lock(&c->mtx);
+    if (agent_advance(call, rv, &msg, &out)) {
+        pthread_mutex_unlock(&c->mtx);
+        return;
+    }
+    agent_unlink(c, call);
+    pthread_mutex_unlock(&c->mtx);
+
+    res = agent_result(call, out, rv, msg);
+    nng_msg_free(msg);
+    if (res == NULL) {
+        res = call->spare;
+        call->spare = NULL;
+    }
+    nng_ctx_close(call->ctx);
+    call->cb(res, call->arg);
+
+    pthread_mutex_lock(&c->mtx);
+    agent_release(c);
+    pthread_mutex_unlock(&c->mtx);
+    /* c may be gone from here on. */
+    lmsched_result_free(call->spare);
+    nng_aio_reap(call->aio);
+    free(call);
+}
+
+/*
+ * Starts one call: a chat request (chat != NULL) or a status request. On
+ * success the callback will run exactly once and LMSCHED_OK is returned;
+ * otherwise returns the error and writes a message for it to errbuf.
+ */
+static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_ms,
+                       lmsched_chat_cb cb, void *arg, char *errbuf, size_t errlen)
+{
+    agent_call *call = NULL;
+    nng_msg *msg = NULL;
+    void *buf = NULL;
+    size_t len = 0;
+    lms_msg m;
+    int rc, rv;
+
+    snprintf(errbuf, errlen, "invalid argument");
+    if (c == NULL || cb == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    if (chat != NULL && chat->n_messages == 0) {
+        snprintf(errbuf, errlen, "the request has no messages");
+        return LMSCHED_EINVAL;
+    }
+    if (timeout_ms <= 0) {
+        timeout_ms = LMSCHED_DEFAULT_TIMEOUT_MS;
+    }
+
+    /* Counted from here so that a close running meanwhile waits for us. */
+    pthread_mutex_lock(&c->mtx);
+    if (c->closing) {
+        pthread_mutex_unlock(&c->mtx);
+        snprintf(errbuf, errlen, "client is closed");
+        return LMSCHED_ECLOSED;
+    }
+    c->inflight++;
+    pthread_mutex_unlock(&c->mtx);
+
+    if ((call = calloc(1, sizeof(*call))) == NULL) {
+        rc = LMSCHED_ENOMEM;
+        goto fail;
+    }
+    call->c = c;
+    call->cb = cb;
+    call->arg = arg;
+    call->timeout_ms = timeout_ms;
+    call->expect = chat != NULL ? LMS_KIND_CHAT_REPLY : LMS_KIND_STATUS_REPLY;
+    call->spare =
+        lma_result_error(LMSCHED_ENOMEM, "out of memory while reading the reply");
+    if (call->spare == NULL) {
+        rc = LMSCHED_ENOMEM;
+        goto fail;
+    }
+
+    lms_msg_init(&m, chat != NULL ? LMS_KIND_CHAT : LMS_KIND_STATUS);
+    if (chat != NULL) {
+        /* A shallow copy: lms_encode only reads it, and it is not finied. */
+        m.u.chat = *chat;
+        if (m.u.chat.system == NULL) {
+            m.u.chat.system = (char *)"";
+        }
+    }
+    pthread_mutex_lock(&c->mtx);
+    m.id = call->id = ++c->next_id;
+    pthread_mutex_unlock(&c->mtx);
+    if ((rc = lms_encode(&m, &buf, &len)) != LMSCHED_OK) {
+        goto fail;
+    }
+    /* Over the daemon's limit it would only come back as an error, and far
+     * over nng's receive limit the daemon would drop the connection. */
+    if (len > c->max_msg) {
+        snprintf(errbuf, errlen, "request is %zu bytes, over the %zu byte message limit",
+                 len, c->max_msg);
+        rc = LMSCHED_ETOOLARGE;
+        goto fail;
+    }
+    if ((rv = nng_msg_alloc(&msg, 0)) != 0 || (rv = nng_msg_append(msg, buf, len)) != 0 ||
+        (rv = nng_aio_alloc(&call->aio, agent_call_cb, call)) != 0) {
+        rc = agent_nng_err(rv);
+        goto fail;
+    }
+    free(buf);
+    buf = NULL;
+    if ((rv = nng_ctx_open(&call->ctx, c->sock)) != 0) {
+        rc = agent_nng_err(rv);
+        goto fail;
+    }
+    call->have_ctx = true;
+    nng_aio_set_msg(call->aio, msg);
+    msg = NULL;
+
+    pthread_mutex_lock(&c->mtx);
+    if (c->closing) {
+        pthread_mutex_unlock(&c->mtx);
+        rc = LMSCHED_ECLOSED;
+        goto fail;
+    }
+    call->phase = AGENT_SEND;
+    call->deadline = nng_clock() + (nng_time)timeout_ms;
+    /* The first attempt waits for a connection at most the connect
+     * timeout (see agent_advance for what follows). */
+    nng_aio_set_timeout(call->aio, timeout_ms < c->connect_timeout_ms
+                                       ? timeout_ms
+                                       : c->connect_timeout_ms);
+    agent_link(c, call);
+    nng_ctx_send(call->ctx, call->aio);
+    pthread_mutex_unlock(&c->mtx);
+    return LMSCHED_OK;
+
+fail:
+    switch (rc) {
+    case LMSCHED_ENOMEM:
+        snprintf(errbuf, errlen, "out of memory");
+        break;
+    case LMSCHED_ECLOSED:
+        snprintf(errbuf, errlen, "client is closed");
+        break;
+    case LMSCHED_ETOOLARGE:
+        break;
+    default:
+        snprintf(errbuf, errlen, "could not start the request: %s", lmsched_strerror(rc));
+        break;
+    }
+    nng_msg_free(msg);
+    free(buf);
+    agent_call_free(call);
+    pthread_mutex_lock(&c->mtx);
+    agent_release(c);
+    pthread_mutex_unlock(&c->mtx);
+    return rc;
+}
+
+int lmsched_chat_async(lmsched_client *c, const lmsched_request *req, int timeout_ms,
+                       lmsched_chat_cb cb, void *arg)
+{
+    char err[128];
+
+    if (req == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    return agent_start(c, lma_request_chat(req), timeout_ms, cb, arg, err, sizeof(err));
+}
+
+/* ---- waiting for calls ------------------------------------------------- */
+
+/*
+ * A group of calls the caller's thread waits for. It is shared with the
+ * callbacks and reference counted: should the hang guard ever fire, the
+ * caller leaves and the last callback frees it.
+ */
+typedef struct agent_wait agent_wait;
+
+typedef struct agent_slot {
+    agent_wait *w;
+    size_t i;
+} agent_slot;
+
+struct agent_wait {
+    pthread_mutex_t mtx;
+    pthread_cond_t cv; /* on CLOCK_MONOTONIC */
+    size_t refs;       /* the caller + one per started call */
+    size_t pending;    /* started calls whose callback has not run */
+    bool abandoned;    /* the caller left; callbacks free their results */
+    size_t n;
+    lmsched_result **results;
+    agent_slot *slots;
+};
+
+static void agent_wait_free(agent_wait *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mtx);
+    free(w->results);
+    free(w->slots);
+    free(w);
+}
+
+static agent_wait *agent_wait_alloc(size_t n)
+{
+    agent_wait *w;
+    pthread_condattr_t ca;
+    bool have_mtx = false;
+
+    if ((w = calloc(1, sizeof(*w))) == NULL) {
+        return NULL;
+    }
+    w->n = n;
+    w->refs = 1;
+    if ((w->results = calloc(n, sizeof(*w->results))) == NULL ||
+        (w->slots = calloc(n, sizeof(*w->slots))) == NULL) {
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        w->slots[i].w = w;
+        w->slots[i].i = i;
+    }
+    if (pthread_mutex_init(&w->mtx, NULL) != 0) {
+        goto fail;
+    }
+    have_mtx = true;
+    if (pthread_condattr_init(&ca) != 0) {
+        goto fail;
+    }
+    /* Monotonic, so a change of the wall clock cannot fire the guard. */
+    if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
+        pthread_cond_init(&w->cv, &ca) != 0) {
+        pthread_condattr_destroy(&ca);
+        goto fail;
+    }
+    pthread_condattr_destroy(&ca);
+    return w;
+
+fail:
+    if (have_mtx) {
+        pthread_mutex_destroy(&w->mtx);
+    }
+    free(w->results);
+    free(w->slots);
+    free(w);
+    return NULL;
+}
+
+static void agent_wait_cb(lmsched_result *res, void *arg)
+{
+    agent_slot *slot = arg;
+    agent_wait *w = slot->w;
+    bool last;
+
+    pthread_mutex_lock(&w->mtx);
+    if (w->abandoned) {
+        lmsched_result_free(res);
+    } else {
+        w->results[slot->i] = res;
+    }
+    if (--w->pending == 0) {
+        pthread_cond_signal(&w->cv);
+    }
+    last = --w->refs == 0;
+    pthread_mutex_unlock(&w->mtx);
+    if (last) {
+        agent_wait_free(w);
+    }
+}
+
+/* Starts call i of w; on failure stores an error result for it (unless out
+ * of memory) and returns the error. */
+static int agent_wait_start(agent_wait *w, size_t i, lmsched_client *c,
+                            const lms_chat_req *chat, int timeout_ms)
+{
+    char err[192];
+    int rc;
+
+    pthread_mutex_lock(&w->mtx);
+    w->refs++;
+    w->pending++;
+    pthread_mutex_unlock(&w->mtx);
+    rc = agent_start(c, chat, timeout_ms, agent_wait_cb, &w->slots[i], err, sizeof(err));
+    if (rc != LMSCHED_OK) {
+        pthread_mutex_lock(&w->mtx);
+        w->refs--;
+        w->pending--;
+        w->results[i] = lma_result_error(rc, "%s", err);
+        pthread_mutex_unlock(&w->mtx);
+    }
+    return rc;
+}
+
+/*
+ * Waits until every started call of w has completed, moves the results to
+ * out[0..n) and releases the caller's reference (w may be freed). The hang
+ * guard fills in whatever is still missing at timeout_ms + AGENT_GUARD_MS.
+ */
+static void agent_wait_finish(agent_wait *w, int timeout_ms, lmsched_result **out)
+{
+    struct timespec until;
+    int64_t ms = (int64_t)timeout_ms + AGENT_GUARD_MS;
+    bool last;
+
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)(ms / 1000);
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->mtx);
+    while (w->pending > 0) {
+        if (pthread_cond_timedwait(&w->cv, &w->mtx, &until) == ETIMEDOUT) {
+            break;
+        }
+    }
+    if (w->pending > 0) {
+        w->abandoned = true;
+    }
+    for (size_t i = 0; i < w->n; i++) {
+        out[i] = w->results[i];
+        w->results[i] = NULL;
+        /* Only a call whose callback never ran is missing here, or one
+         * that could not start for lack of memory. */
+        if (out[i] == NULL && w->abandoned) {
+            out[i] = lma_result_error(
+                LMSCHED_ETIMEDOUT, "no reply from lmsched within %d ms (gave up waiting)",
+                timeout_ms);
+        }
+    }
+    last = --w->refs == 0;
+    pthread_mutex_unlock(&w->mtx);
+    if (last) {
+        agent_wait_free(w);
+    }
+}
+
+/* The common body of lmsched_chat and lmsched_status: one call, waited
+ * for. Returns its code; *resp gets the result except for EINVAL/ENOMEM
+ * failures to start. */
+static int agent_call_sync(lmsched_client *c, const lms_chat_req *chat, int timeout_ms,
+                           lmsched_result **resp)
+{
+    agent_wait *w;
+    int rc;
+
+    if (timeout_ms <= 0) {
+        timeout_ms = LMSCHED_DEFAULT_TIMEOUT_MS;
+    }
+    if ((w = agent_wait_alloc(1)) == NULL) {
+        return LMSCHED_ENOMEM;
+    }
+    rc = agent_wait_start(w, 0, c, chat, timeout_ms);
+    agent_wait_finish(w, timeout_ms, resp);
+    if (rc == LMSCHED_EINVAL || rc == LMSCHED_ENOMEM) {
+        /* agent.h promises no result for these two. */
+        lmsched_result_free(*resp);
+        *resp = NULL;
+        return rc;
+    }
+    return *resp != NULL ? lmsched_result_error(*resp) : LMSCHED_ENOMEM;
+}
+
+int lmsched_chat(lmsched_client *c, const lmsched_request *req, int timeout_ms,
+                 lmsched_result **resp)
+{
+    if (resp == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    *resp = NULL;
+    if (c == NULL || req == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    return agent_call_sync(c, lma_request_chat(req), timeout_ms, resp);
+}
+
+int lmsched_chat_batch(lmsched_client *c, const lmsched_request *const *reqs, size_t n,
+                       int timeout_ms, lmsched_result **results)
+{
+    agent_wait *w;
+    size_t started = 0;
+    int first_err = LMSCHED_OK;
+
+    if (c == NULL || (n > 0 && (reqs == NULL || results == NULL))) {
+        return LMSCHED_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        results[i] = NULL;
+    }
+    if (n == 0) {
+        return LMSCHED_OK;
+    }
+    if (timeout_ms <= 0) {
+        timeout_ms = LMSCHED_DEFAULT_TIMEOUT_MS;
+    }
+    if ((w = agent_wait_alloc(n)) == NULL) {
+        return LMSCHED_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int rc;
+        if (reqs[i] == NULL) {
+            rc = LMSCHED_EINVAL;
+            w->results[i] = lma_result_error(rc, "request %zu is NULL", i);
+        } else {
+            rc = agent_wait_start(w, i, c, lma_request_chat(reqs[i]), timeout_ms);
+        }
+        if (rc == LMSCHED_OK) {
+            started++;
+        } else if (first_err == LMSCHED_OK) {
+            first_err = rc;
+        }
+    }
+    agent_wait_finish(w, timeout_ms, results);
+    if (started == 0) {
+        /* Nothing went out: report it as the batch's failure, with no
+         * results to free. */
+        for (size_t i = 0; i < n; i++) {
+            lmsched_result_free(results[i]);
+            results[i] = NULL;
+        }
+        return first_err;
+    }
+    return LMSCHED_OK;
+}
+
+int lmsched_status(lmsched_client *c, int timeout_ms, char **jsonp, char **errmsg)
+{
+    lmsched_result *res = NULL;
+    int rc;
+
+    if (errmsg != NULL) {
+        *errmsg = NULL;
+    }
+    if (jsonp == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    *jsonp = NULL;
+    if (c == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    rc = agent_call_sync(c, NULL, timeout_ms, &res);
+    if (rc == LMSCHED_OK) {
+        *jsonp = lma_result_take_status(res);
+        if (*jsonp == NULL) {
+            rc = LMSCHED_EPROTO;
+        }
+    } else if (errmsg != NULL && lmsched_result_message(res) != NULL) {
+        *errmsg = strdup(lmsched_result_message(res));
+    }
+    lmsched_result_free(res);
+    return rc;
+}

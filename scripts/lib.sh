@@ -1,0 +1,51 @@
+# Shared by scripts/test and scripts/demo: dependency install and build.
+# shellcheck shell=bash
+
+LMSCHED_APT_PACKAGES="build-essential cmake pkg-config curl libnng-dev libcurl4-openssl-dev \
+libmsgpack-dev libjansson-dev libcmocka-dev libmicrohttpd-dev"
+
+lmsched_missing_deps() {
+    local missing=""
+    for cmd in cc cmake pkg-config curl; do
+        command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
+    done
+    for mod in libcurl jansson cmocka libmicrohttpd msgpack; do
+        pkg-config --exists "$mod" 2>/dev/null || missing="$missing $mod"
+    done
+    [ -f /usr/include/nng/nng.h ] || [ -f /usr/local/include/nng/nng.h ] || missing="$missing nng"
+    echo "$missing"
+}
+
+# Installs the Debian packages when something is missing (as root, or with sudo).
+lmsched_install_deps() {
+    local missing
+    missing=$(lmsched_missing_deps)
+    [ -z "$missing" ] && return 0
+    echo "lmsched: missing:$missing; installing Debian packages" >&2
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo="sudo"
+        else
+            echo "lmsched: not root and no sudo; install these packages: $LMSCHED_APT_PACKAGES" >&2
+            return 1
+        fi
+    fi
+    # shellcheck disable=SC2086
+    $sudo apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+            $LMSCHED_APT_PACKAGES >/dev/null || return 1
+    missing=$(lmsched_missing_deps)
+    if [ -n "$missing" ]; then
+        echo "lmsched: still missing after install:$missing" >&2
+        return 1
+    fi
+}
+
+# lmsched_build BUILD_DIR [cmake args...]
+lmsched_build() {
+    local dir=$1
+    shift
+    cmake -S "$LMSCHED_ROOT" -B "$dir" -DLMSCHED_WERROR=ON "$@" >/dev/null &&
+        cmake --build "$dir" -j"$(nproc 2>/dev/null || echo 2)"
+}

@@ -1,0 +1,502 @@
+/*
+ * daemon_test - the daemon end to end: real lmsim over loopback HTTP, real
+ * `lmsched serve`, real nng ipc:// sockets, driven through agentlib.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include "integration/harness.h"
+#include "lmsched/agent.h"
+#include "proto/proto.h"
+
+/* lmsim clock runs this much faster than wall time in these tests. */
+#define FAST "--time-scale", "50"
+
+static int setup(void **state)
+{
+    h_env *e = calloc(1, sizeof(*e));
+    h_env_init(e);
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    h_env *e = *state;
+    h_env_fini(e);
+    free(e);
+    return 0;
+}
+
+static lmsched_request *mkreq(const char *system, const char *user, int max_tokens)
+{
+    lmsched_request *r = NULL;
+    assert_int_equal(lmsched_request_alloc(&r), LMSCHED_OK);
+    assert_int_equal(lmsched_request_set_system(r, system), LMSCHED_OK);
+    assert_int_equal(lmsched_request_add_message(r, "user", user), LMSCHED_OK);
+    if (max_tokens > 0)
+        assert_int_equal(lmsched_request_set_max_tokens(r, max_tokens), LMSCHED_OK);
+    return r;
+}
+
+static void start_all(h_env *e, const char *const *sim_args, const char *const *daemon_args)
+{
+    if (h_sim_start(e, 0, sim_args) != 0) {
+        h_dump_logs(e);
+        fail_msg("lmsim did not start");
+    }
+    if (h_daemon_start(e, daemon_args) != 0) {
+        h_dump_logs(e);
+        fail_msg("lmsched serve did not start");
+    }
+}
+
+/* One chat: content, usage and timings come back. */
+static void test_one_chat(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, NULL};
+    start_all(e, sim, NULL);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    lmsched_request *r = mkreq("You are a terse assistant.", "Say hello.", 8);
+    lmsched_result *res = NULL;
+    int rc = lmsched_chat(c, r, 10000, &res);
+    if (rc != LMSCHED_OK)
+        h_dump_logs(e);
+    assert_int_equal(rc, LMSCHED_OK);
+    assert_non_null(lmsched_result_content(res));
+    assert_true(strlen(lmsched_result_content(res)) > 0);
+    assert_string_equal(lmsched_result_finish_reason(res), "length");
+    assert_true(lmsched_result_prompt_tokens(res) > 0);
+    assert_int_equal(lmsched_result_completion_tokens(res), 8);
+    assert_true(lmsched_result_ttft_ms(res) > 0);
+    assert_true(lmsched_result_total_ms(res) >= lmsched_result_ttft_ms(res));
+    lmsched_result_free(res);
+
+    /* The same system prompt again: the backend reports cached tokens. */
+    rc = lmsched_chat(c, r, 10000, &res);
+    assert_int_equal(rc, LMSCHED_OK);
+    assert_true(lmsched_result_cached_tokens(res) > 0);
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* 200 requests from 20 threads; the memory budget allows 2 at once, and the
+ * backend (4 slots) never sees more than 2. */
+typedef struct load_arg {
+    h_env *e;
+    int n;
+    int ok;
+    int idx;
+} load_arg;
+
+static void *load_thread(void *p)
+{
+    load_arg *a = p;
+    lmsched_client *c;
+    if (lmsched_client_open(&c, a->e->url) != LMSCHED_OK)
+        return NULL;
+    char sys[128], user[64];
+    snprintf(sys, sizeof(sys), "You are agent %d of a team; your role is role-%d.", a->idx,
+             a->idx % 4);
+    for (int i = 0; i < a->n; i++) {
+        snprintf(user, sizeof(user), "question %d", i);
+        lmsched_request *r = NULL;
+        lmsched_request_alloc(&r);
+        lmsched_request_set_system(r, sys);
+        lmsched_request_add_message(r, "user", user);
+        lmsched_request_set_max_tokens(r, 4);
+        lmsched_result *res = NULL;
+        if (lmsched_chat(c, r, 60000, &res) == LMSCHED_OK)
+            a->ok++;
+        else if (res)
+            fprintf(stderr, "agent %d: %s\n", a->idx, lmsched_result_message(res));
+        lmsched_result_free(res);
+        lmsched_request_free(r);
+    }
+    lmsched_client_close(c);
+    return NULL;
+}
+
+static void test_concurrency_limit(void **state)
+{
+    h_env *e = *state;
+    /* The backend reports a 1 GiB model and 4 slots. budget = 0.5 x 10 GiB - 1 GiB =
+     * 4 GiB; 2 GiB per request -> 2 at once, below the 4 slots. */
+    const char *sim[] = {FAST, "--slots", "4", "--model-size", "1073741824", NULL};
+    const char *d[] = {"--total-ram", "10G", "--ram-fraction", "0.5", "--kv-per-request", "2G",
+                       NULL};
+    start_all(e, sim, d);
+    json_t *st = h_status(e);
+    assert_non_null(st);
+    assert_int_equal(h_json_int(st, "memory.max_concurrent"), 2);
+    json_decref(st);
+
+    enum { THREADS = 20, PER = 10 };
+    pthread_t t[THREADS];
+    load_arg a[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        a[i] = (load_arg){.e = e, .n = PER, .idx = i};
+        pthread_create(&t[i], NULL, load_thread, &a[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        ok += a[i].ok;
+    }
+    if (ok != THREADS * PER)
+        h_dump_logs(e);
+    assert_int_equal(ok, THREADS * PER);
+    json_t *stats = h_sim_get(e, "/sim/stats");
+    assert_non_null(stats);
+    int64_t max_active = h_json_int(stats, "max_active");
+    printf("concurrency: %d requests, lmsim max_active %lld (limit 2)\n", ok,
+           (long long)max_active);
+    assert_true(max_active >= 1);
+    assert_true(max_active <= 2);
+    assert_int_equal(h_json_int(stats, "requests"), THREADS * PER);
+    json_decref(stats);
+    st = h_status(e);
+    assert_int_equal(h_json_int(st, "requests.completed"), THREADS * PER);
+    assert_int_equal(h_json_int(st, "inflight"), 0);
+    json_decref(st);
+}
+
+/* Async helpers: count outcomes by error code. */
+typedef struct tally {
+    pthread_mutex_t mtx;
+    pthread_cond_t cv;
+    int done;
+    int by_code[32];
+    int calls;          /* callback invocations, to prove exactly one per request */
+} tally;
+
+static void tally_cb(lmsched_result *res, void *arg)
+{
+    tally *t = arg;
+    pthread_mutex_lock(&t->mtx);
+    int code = lmsched_result_error(res);
+    if (code >= 0 && code < 32)
+        t->by_code[code]++;
+    t->done++;
+    t->calls++;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mtx);
+    lmsched_result_free(res);
+}
+
+static void tally_init(tally *t)
+{
+    memset(t, 0, sizeof(*t));
+    pthread_mutex_init(&t->mtx, NULL);
+    pthread_cond_init(&t->cv, NULL);
+}
+
+static int tally_wait(tally *t, int n, int timeout_s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_s;
+    pthread_mutex_lock(&t->mtx);
+    while (t->done < n)
+        if (pthread_cond_timedwait(&t->cv, &t->mtx, &ts) != 0)
+            break;
+    int d = t->done;
+    pthread_mutex_unlock(&t->mtx);
+    return d;
+}
+
+/* A full queue answers BUSY at once; everything accepted completes. */
+static void test_queue_full_busy(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {"--time-scale", "5", NULL};
+    const char *d[] = {"--max-concurrent", "1", "--max-queue", "3", NULL};
+    start_all(e, sim, d);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    tally t;
+    tally_init(&t);
+    lmsched_request *r = mkreq("sys", "hello", 16);
+    enum { N = 12 };
+    for (int i = 0; i < N; i++)
+        assert_int_equal(lmsched_chat_async(c, r, 30000, tally_cb, &t), LMSCHED_OK);
+    assert_int_equal(tally_wait(&t, N, 30), N);
+    printf("queue full: ok %d busy %d\n", t.by_code[LMSCHED_OK], t.by_code[LMSCHED_EBUSY]);
+    assert_true(t.by_code[LMSCHED_EBUSY] >= 1);
+    /* At least the 3 the queue holds (the burst may all arrive before the first
+     * one is dispatched, so the running one may have been among the 3). */
+    assert_true(t.by_code[LMSCHED_OK] >= 3);
+    assert_int_equal(t.by_code[LMSCHED_OK] + t.by_code[LMSCHED_EBUSY], N);
+    assert_int_equal(t.calls, N);
+    json_t *st = h_status(e);
+    assert_int_equal(h_json_int(st, "requests.rejected_busy"), t.by_code[LMSCHED_EBUSY]);
+    json_decref(st);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* A request whose deadline passes in the queue gets DEADLINE. */
+static void test_deadline(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {"--time-scale", "2", NULL};
+    const char *d[] = {"--max-concurrent", "1", NULL};
+    start_all(e, sim, d);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    tally t;
+    tally_init(&t);
+    /* 60 tokens at 45 tok/s x2 = ~0.7 s holding the only slot */
+    lmsched_request *slow = mkreq("sys", "a long answer please", 60);
+    assert_int_equal(lmsched_chat_async(c, slow, 30000, tally_cb, &t), LMSCHED_OK);
+    usleep(100000);
+    lmsched_request *r = mkreq("sys", "quick", 4);
+    assert_int_equal(lmsched_request_set_deadline_ms(r, 150), LMSCHED_OK);
+    lmsched_result *res = NULL;
+    int rc = lmsched_chat(c, r, 30000, &res);
+    assert_int_equal(rc, LMSCHED_EDEADLINE);
+    assert_non_null(strstr(lmsched_result_message(res), "deadline"));
+    lmsched_result_free(res);
+    assert_int_equal(tally_wait(&t, 1, 30), 1);
+    assert_int_equal(t.by_code[LMSCHED_OK], 1);
+    json_t *st = h_status(e);
+    assert_int_equal(h_json_int(st, "requests.failed_by_class.deadline"), 1);
+    json_decref(st);
+    lmsched_request_free(slow);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* Backend down: a clear error; when it comes up, service resumes. */
+static void test_backend_down_then_up(void **state)
+{
+    h_env *e = *state;
+    int port = h_free_port();
+    assert_true(port > 0);
+    snprintf(e->backend, sizeof(e->backend), "http://127.0.0.1:%d", port);
+    const char *d[] = {"--max-retries", "1", NULL};
+    if (h_daemon_start(e, d) != 0) {
+        h_dump_logs(e);
+        fail_msg("daemon did not start with the backend down");
+    }
+    json_t *st = h_status(e);
+    assert_non_null(st);
+    assert_true(json_is_false(h_json_get(st, "backend.healthy")));
+    json_decref(st);
+
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    lmsched_request *r = mkreq("sys", "hello", 4);
+    lmsched_result *res = NULL;
+    int rc = lmsched_chat(c, r, 30000, &res);
+    assert_int_equal(rc, LMSCHED_EBACKEND_DOWN);
+    printf("backend down: %s\n", lmsched_result_message(res));
+    assert_non_null(strstr(lmsched_result_message(res), "127.0.0.1"));
+    lmsched_result_free(res);
+
+    const char *sim[] = {FAST, NULL};
+    assert_int_equal(h_sim_start(e, port, sim), 0);
+    rc = lmsched_chat(c, r, 30000, &res);
+    if (rc != LMSCHED_OK)
+        h_dump_logs(e);
+    assert_int_equal(rc, LMSCHED_OK);
+    lmsched_result_free(res);
+    st = h_status(e);
+    assert_true(json_is_true(h_json_get(st, "backend.healthy")));
+    assert_int_equal(h_json_int(st, "requests.failed_by_class.backend_down"), 1);
+    json_decref(st);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* Garbage on the socket gets an error reply, and the daemon keeps serving. */
+static void test_malformed_message(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, NULL};
+    start_all(e, sim, NULL);
+    nng_socket s;
+    assert_int_equal(nng_req0_open(&s), 0);
+    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 5000);
+    nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 5000);
+    assert_int_equal(nng_dial(s, e->url, NULL, 0), 0);
+    const char *bad[] = {"\xc1", "not msgpack at all", "\x81\xa1v\xa1x", "\x93\x01\x02\x03"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(nng_send(s, (void *)bad[i], strlen(bad[i]), 0), 0);
+        char *buf = NULL;
+        size_t len = 0;
+        assert_int_equal(nng_recv(s, &buf, &len, NNG_FLAG_ALLOC), 0);
+        lms_msg m;
+        lms_decode_err de;
+        assert_int_equal(lms_decode(buf, len, NULL, &m, &de), LMSCHED_OK);
+        assert_int_equal(m.kind, LMS_KIND_ERROR);
+        assert_int_equal(m.u.error.code, LMSCHED_EPROTO);
+        assert_true(strlen(m.u.error.message) > 0);
+        lms_msg_fini(&m);
+        nng_free(buf, len);
+    }
+    /* A reply kind sent as a request is refused by name. */
+    lms_msg m;
+    lms_msg_init(&m, LMS_KIND_CHAT_REPLY);
+    m.u.chat_reply.content = "x";
+    m.u.chat_reply.finish_reason = "stop";
+    void *enc;
+    size_t elen;
+    assert_int_equal(lms_encode(&m, &enc, &elen), LMSCHED_OK);
+    assert_int_equal(nng_send(s, enc, elen, 0), 0);
+    free(enc);
+    char *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(nng_recv(s, &buf, &len, NNG_FLAG_ALLOC), 0);
+    lms_decode_err de;
+    assert_int_equal(lms_decode(buf, len, NULL, &m, &de), LMSCHED_OK);
+    assert_int_equal(m.u.error.code, LMSCHED_EPROTO);
+    assert_non_null(strstr(m.u.error.message, "chat_reply"));
+    lms_msg_fini(&m);
+    nng_free(buf, len);
+    nng_close(s);
+
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    lmsched_request *r = mkreq("sys", "still there?", 4);
+    lmsched_result *res = NULL;
+    assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_OK);
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+    json_t *st = h_status(e);
+    assert_int_equal(h_json_int(st, "requests.bad_messages"), 5);
+    json_decref(st);
+}
+
+/* The status document has the documented keys with correct values. */
+static void test_status_json(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, "--slots", "3", "--ctx", "4096", "--model-size", "2147483648",
+                         NULL};
+    const char *d[] = {"--total-ram", "16G", "--ram-fraction", "0.5", NULL};
+    start_all(e, sim, d);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    lmsched_request *r = mkreq("sys", "count me", 4);
+    for (int i = 0; i < 3; i++) {
+        lmsched_result *res = NULL;
+        assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_OK);
+        lmsched_result_free(res);
+    }
+    json_t *st = h_status(e);
+    assert_non_null(st);
+    const int64_t gib = 1024LL * 1024 * 1024;
+    assert_int_equal(h_json_int(st, "memory.total_bytes"), 16 * gib);
+    /* 0.5 x 16 GiB - 2 GiB model (reported by the backend) = 6 GiB */
+    assert_int_equal(h_json_int(st, "memory.budget_bytes"), 6 * gib);
+    /* KV per request: 4096 tokens x 128 KiB = 512 MiB -> fits 12, capped at 3 slots */
+    assert_int_equal(h_json_int(st, "memory.kv_per_request_bytes"), 4096LL * 131072);
+    assert_int_equal(h_json_int(st, "memory.max_concurrent"), 3);
+    assert_string_equal(json_string_value(h_json_get(st, "memory.limited_by")), "slots");
+    assert_int_equal(h_json_int(st, "queue.depth"), 0);
+    assert_int_equal(h_json_int(st, "inflight"), 0);
+    assert_int_equal(h_json_int(st, "requests.completed"), 3);
+    assert_int_equal(h_json_int(st, "requests.failed"), 0);
+    assert_string_equal(json_string_value(h_json_get(st, "backend.url")), e->backend);
+    assert_true(json_is_true(h_json_get(st, "backend.healthy")));
+    assert_string_equal(json_string_value(h_json_get(st, "backend.kind")), "lmstudio");
+    assert_int_equal(h_json_int(st, "backend.slots"), 3);
+    assert_int_equal(h_json_int(st, "backend.context_length"), 4096);
+    assert_true(h_json_int(st, "tokens.prompt") > 0);
+    json_decref(st);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* SIGTERM with requests in flight and queued: every one gets exactly one
+ * reply (in flight ones finish, queued ones get SHUTDOWN), exit status 0. */
+static void test_sigterm_loses_nothing(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {"--time-scale", "5", NULL};
+    const char *d[] = {"--max-concurrent", "4", NULL};
+    start_all(e, sim, d);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    tally t;
+    tally_init(&t);
+    lmsched_request *r = mkreq("sys", "answer slowly", 40);
+    enum { N = 30 };
+    for (int i = 0; i < N; i++)
+        assert_int_equal(lmsched_chat_async(c, r, 30000, tally_cb, &t), LMSCHED_OK);
+    /* Wait until requests are in flight at the backend. */
+    for (int i = 0; i < 100; i++) {
+        json_t *st = h_status(e);
+        int64_t inflight = st ? h_json_int(st, "inflight") : 0;
+        json_decref(st);
+        if (inflight == 4)
+            break;
+        usleep(20000);
+    }
+    int status = h_proc_stop(&e->daemon, SIGTERM, 20000);
+    assert_int_equal(tally_wait(&t, N, 30), N);
+    printf("sigterm: ok %d shutdown %d other %d, exit %d\n", t.by_code[LMSCHED_OK],
+           t.by_code[LMSCHED_ESHUTDOWN],
+           N - t.by_code[LMSCHED_OK] - t.by_code[LMSCHED_ESHUTDOWN], status);
+    assert_int_equal(status, 0);
+    assert_int_equal(t.calls, N);
+    assert_true(t.by_code[LMSCHED_OK] >= 4);
+    assert_true(t.by_code[LMSCHED_ESHUTDOWN] >= 1);
+    assert_int_equal(t.by_code[LMSCHED_OK] + t.by_code[LMSCHED_ESHUTDOWN], N);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* The model alone over the budget: serve refuses with the numbers. */
+static void test_refuses_oversized_model(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, "--model-size", "40000000000", NULL};
+    assert_int_equal(h_sim_start(e, 0, sim), 0);
+    const char *d[] = {"--total-ram", "32G", NULL};
+    assert_int_not_equal(h_daemon_start(e, d), 0);
+    FILE *f = fopen(e->daemon.log, "r");
+    assert_non_null(f);
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    assert_non_null(strstr(buf, "refusing to start"));
+    assert_non_null(strstr(buf, "--force"));
+    /* --force starts anyway */
+    const char *df[] = {"--total-ram", "32G", "--force", NULL};
+    assert_int_equal(h_daemon_start(e, df), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_one_chat, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_full_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backend_down_then_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_message, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_loses_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refuses_oversized_model, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);
+}
