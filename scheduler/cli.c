@@ -43,6 +43,11 @@ enum {
  * so `status --timeout 500` gives up after 500 ms, not 2 s. */
 #define CLI_CONNECT_TIMEOUT_MS 2000
 
+/* JSON output: 12 significant digits show every figure the daemon measures
+ * (microseconds of a ten-minute request) without the binary-rounding noise
+ * of 17 ("24.870999999999999"). */
+#define CLI_JSON_FLAGS (JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12))
+
 /* Longest string from the daemon shown in one table field. */
 #define CLI_FIELD_MAX 200
 
@@ -461,7 +466,7 @@ static int cli_print_json_text(const char *text)
     json_t *doc = json_loads(text, 0, &jerr);
     if (doc == NULL)
         return cli_report(LMSCHED_EPROTO, "the daemon's status reply is not JSON");
-    int rc = json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    int rc = json_dumpf(doc, stdout, CLI_JSON_FLAGS);
     json_decref(doc);
     if (rc != 0)
         return cli_report(LMSCHED_ENOMEM, "cannot print the status document");
@@ -698,7 +703,7 @@ static int cli_print_reply(const lmsched_result *res, bool as_json)
                   (json_int_t)lmsched_result_retries(res));
     if (doc == NULL)
         return cli_report(LMSCHED_ENOMEM, "cannot build the JSON reply");
-    int rc = json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    int rc = json_dumpf(doc, stdout, CLI_JSON_FLAGS);
     json_decref(doc);
     if (rc != 0)
         return cli_report(LMSCHED_ENOMEM, "cannot print the JSON reply");

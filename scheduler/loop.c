@@ -378,6 +378,8 @@ static void sched_on_request(sched *s, srv_ctx *c, nng_msg *msg)
     }
     job *j = calloc(1, sizeof(*j));
     if (j == NULL) {
+        s->st.failed++;
+        s->st.failed_by_code[LMSCHED_ENOMEM]++;
         sched_send_error(s, c, m.id, LMSCHED_ENOMEM, "scheduler out of memory", NULL);
         lms_msg_fini(&m);
         return;

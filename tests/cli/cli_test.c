@@ -354,7 +354,7 @@ static void fake_answer(nng_msg *in)
         reply.u.chat_reply.usage.completion_tokens = 9;
         reply.u.chat_reply.usage.cached_tokens = -1;
         reply.u.chat_reply.timings.queue_ms = 12;
-        reply.u.chat_reply.timings.ttft_ms = 180;
+        reply.u.chat_reply.timings.ttft_ms = 24.871;
         reply.u.chat_reply.timings.total_ms = 900;
         reply.u.chat_reply.retries = 2;
         lms_encode(&reply, &buf, &len);
@@ -521,6 +521,7 @@ static void test_status_json(void **state)
     assert_true(json_equal(got, want));
     json_decref(got);
     json_decref(want);
+    assert_contains(r.out, "\"ram_fraction\": 0.6,");
     /* pretty-printed, in the daemon's key order */
     assert_contains(r.out,
                     "{\n  \"version\": \"0.1.0\",\n  \"protocol\": 1,\n  \"pid\": 4242,");
@@ -687,7 +688,9 @@ static void test_chat_json(void **state)
     assert_true(json_is_null(json_object_get(usage, "cached_tokens"))); /* not reported */
     json_t *t = json_object_get(doc, "timings");
     assert_true(json_number_value(json_object_get(t, "queue_ms")) == 12);
-    assert_true(json_number_value(json_object_get(t, "ttft_ms")) == 180);
+    assert_true(json_number_value(json_object_get(t, "ttft_ms")) == 24.871);
+    /* printed short, not as 24.870999999999999 */
+    assert_contains(r.out, "\"ttft_ms\": 24.871,");
     assert_true(json_number_value(json_object_get(t, "total_ms")) == 900);
     assert_int_equal(json_integer_value(json_object_get(doc, "retries")), 2);
     json_decref(doc);
