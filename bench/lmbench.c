@@ -1,0 +1,893 @@
+/*
+ * lmbench - runs a named workload through the lmsched daemon against an LLM
+ * server (lmsim), once per queue policy, each time with a fresh backend
+ * (POST /sim/reset) and a fresh daemon, and prints one JSON object per
+ * policy: the backend's own token counts (GET /sim/stats), latency figures
+ * from the per-request results, and the workload's clairvoyant optimum
+ * (optimum.c). docs/benchmarks.md describes the workloads and the figures.
+ *
+ * Every agent is a thread with its own lmsched_client, as separate agent
+ * processes would be. Exit status: 0 when every policy ran (requests may
+ * still have failed: see "errors"), 1 when a policy could not be run, 2 on a
+ * usage error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "bench/bench.h"
+#include "lmsched/agent.h"
+#include "proto/proto.h"
+
+#define BN_MAX_POLICIES 8
+#define BN_MAX_DAEMON_ARGS 32
+/* /sim/stats is a few hundred bytes; anything near this is not lmsim. */
+#define BN_MAX_HTTP_BODY (1u << 20)
+/* Hang guards only: a healthy run never gets close. */
+#define BN_DAEMON_START_MS 15000
+#define BN_DAEMON_STOP_MS 40000
+#define BN_REQUEST_TIMEOUT_MS 900000
+
+typedef struct bn_opts {
+    bn_kind kind;
+    const char *policies[BN_MAX_POLICIES];
+    int npolicies;
+    const char *backend;
+    const char *lmsched;
+    const char *daemon_args[BN_MAX_DAEMON_ARGS];
+    int ndaemon_args;
+    unsigned slots;
+    uint64_t seed;
+    double scale;
+    bool json;
+} bn_opts;
+
+static void bn_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: lmbench --workload rounds|roles|many|chat [--policy P[,P...]]\n"
+            "               [--backend URL] [--lmsched PATH] [--daemon-arg ARG]...\n"
+            "               [--slots N] [--seed N] [--scale F] [--json]\n"
+            "\n"
+            "Runs the workload through `lmsched serve` against the backend (lmsim) once\n"
+            "per policy (default fifo), resetting the backend before each, and prints\n"
+            "one result per policy (a JSON object per line with --json).\n"
+            "\n"
+            "  --workload W      rounds, roles, many or chat (see docs/benchmarks.md)\n"
+            "  --policy LIST     comma-separated queue policies (default fifo)\n"
+            "  --backend URL     lmsim base URL (default http://127.0.0.1:1234)\n"
+            "  --lmsched PATH    the lmsched command (default: next to lmbench)\n"
+            "  --daemon-arg ARG  one more argument for `lmsched serve` (repeatable)\n"
+            "  --slots N         slots assumed by the optimum (default 4)\n"
+            "  --seed N          workload seed (default 1)\n"
+            "  --scale F         multiply the requests per agent by F (default 1)\n"
+            "  --json            print only the JSON lines\n");
+}
+
+static int bn_parse_num(const char *flag, const char *s, double lo, double hi,
+                        double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "lmbench: %s: expected a number from %g to %g, got '%s'\n", flag,
+                lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Returns 0 to run, 1 after --help, 2 on a usage error (reported). */
+static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
+{
+    enum {
+        OPT_WORKLOAD = 256,
+        OPT_POLICY,
+        OPT_BACKEND,
+        OPT_LMSCHED,
+        OPT_DAEMON_ARG,
+        OPT_SLOTS,
+        OPT_SEED,
+        OPT_SCALE,
+        OPT_JSON
+    };
+    static const struct option opts[] = {
+        {"workload", required_argument, NULL, OPT_WORKLOAD},
+        {"policy", required_argument, NULL, OPT_POLICY},
+        {"backend", required_argument, NULL, OPT_BACKEND},
+        {"lmsched", required_argument, NULL, OPT_LMSCHED},
+        {"daemon-arg", required_argument, NULL, OPT_DAEMON_ARG},
+        {"slots", required_argument, NULL, OPT_SLOTS},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"scale", required_argument, NULL, OPT_SCALE},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *workload = NULL, *policy = "fifo";
+    double v;
+    int c;
+    *o = (bn_opts){.backend = "http://127.0.0.1:1234", .slots = 4, .seed = 1, .scale = 1};
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_WORKLOAD:
+            workload = optarg;
+            break;
+        case OPT_POLICY:
+            policy = optarg;
+            break;
+        case OPT_BACKEND:
+            o->backend = optarg;
+            break;
+        case OPT_LMSCHED:
+            o->lmsched = optarg;
+            break;
+        case OPT_DAEMON_ARG:
+            if (o->ndaemon_args == BN_MAX_DAEMON_ARGS) {
+                fprintf(stderr, "lmbench: at most %d --daemon-arg\n", BN_MAX_DAEMON_ARGS);
+                return 2;
+            }
+            o->daemon_args[o->ndaemon_args++] = optarg;
+            break;
+        case OPT_SLOTS:
+            if (bn_parse_num("--slots", optarg, 1, 16, &v) != 0 || v != floor(v))
+                return 2;
+            o->slots = (unsigned)v;
+            break;
+        case OPT_SEED:
+            if (bn_parse_num("--seed", optarg, 0, 9007199254740991.0, &v) != 0 ||
+                v != floor(v))
+                return 2;
+            o->seed = (uint64_t)v;
+            break;
+        case OPT_SCALE:
+            if (bn_parse_num("--scale", optarg, 0.01, 100, &v) != 0)
+                return 2;
+            o->scale = v;
+            break;
+        case OPT_JSON:
+            o->json = true;
+            break;
+        case 'h':
+            bn_usage(stdout);
+            return 1;
+        default:
+            fprintf(stderr, "lmbench: %s '%s' (see --help)\n",
+                    c == ':' ? "option needs a value" : "unknown option",
+                    argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "lmbench: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (workload == NULL || bn_kind_parse(workload, &o->kind) != 0) {
+        fprintf(stderr, "lmbench: --workload must be rounds, roles, many or chat\n");
+        return 2;
+    }
+    /* split the policy list in a copy; the pointers point into it */
+    if ((*policy_buf = strdup(policy)) == NULL)
+        return 2;
+    for (char *save = NULL, *p = strtok_r(*policy_buf, ",", &save); p != NULL;
+         p = strtok_r(NULL, ",", &save)) {
+        if (o->npolicies == BN_MAX_POLICIES) {
+            fprintf(stderr, "lmbench: at most %d policies\n", BN_MAX_POLICIES);
+            return 2;
+        }
+        o->policies[o->npolicies++] = p;
+    }
+    if (o->npolicies == 0) {
+        fprintf(stderr, "lmbench: --policy needs at least one name\n");
+        return 2;
+    }
+    return 0;
+}
+
+static double bn_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void bn_sleep_ms(double ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(fmod(ms, 1000) * 1e6)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* ---- the backend's HTTP side (libcurl) ---------------------------------- */
+
+typedef struct bn_body {
+    char *p;
+    size_t len;
+} bn_body;
+
+static size_t bn_body_write_cb(char *data, size_t size, size_t n, void *arg)
+{
+    bn_body *b = arg;
+    size_t add = size * n;
+    if (b->len + add > BN_MAX_HTTP_BODY)
+        return 0; /* curl fails the transfer: not lmsim */
+    char *p = realloc(b->p, b->len + add + 1);
+    if (p == NULL)
+        return 0;
+    memcpy(p + b->len, data, add);
+    b->p = p;
+    b->len += add;
+    b->p[b->len] = '\0';
+    return add;
+}
+
+/* GETs (post false) or POSTs an empty body to base + path and parses the
+ * JSON answer (*outp owned by the caller). Returns 0 or -1 (reported). */
+static int bn_http_json(const char *base, const char *path, bool post, json_t **outp)
+{
+    CURL *h = curl_easy_init();
+    bn_body body = {0};
+    char url[1024];
+    long status = 0;
+    json_error_t jerr;
+    int rc = -1;
+    *outp = NULL;
+    snprintf(url, sizeof(url), "%s%s", base, path);
+    if (h == NULL)
+        goto out;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, bn_body_write_cb);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    if (post)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+    CURLcode cc = curl_easy_perform(h);
+    if (cc != CURLE_OK) {
+        fprintf(stderr, "lmbench: %s: %s\n", url, curl_easy_strerror(cc));
+        goto out;
+    }
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200) {
+        fprintf(stderr, "lmbench: %s: HTTP %ld (is the backend lmsim?)\n", url, status);
+        goto out;
+    }
+    if ((*outp = json_loadb(body.p ? body.p : "", body.len, 0, &jerr)) == NULL) {
+        fprintf(stderr, "lmbench: %s: invalid JSON: %s\n", url, jerr.text);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(body.p);
+    curl_easy_cleanup(h);
+    return rc;
+}
+
+static int64_t bn_json_int(const json_t *o, const char *key)
+{
+    const json_t *v = json_object_get(o, key);
+    return json_is_integer(v) ? (int64_t)json_integer_value(v) : -1;
+}
+
+/* ---- the daemon ----------------------------------------------------------- */
+
+typedef struct bn_daemon {
+    pid_t pid;
+    char dir[64];
+    char url[128];
+} bn_daemon;
+
+/* The lmsched command next to this program (build/bin). */
+static int bn_default_lmsched(char *buf, size_t len)
+{
+    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
+    if (n <= 0 || (size_t)n >= len - 16)
+        return -1;
+    buf[n] = '\0';
+    char *slash = strrchr(buf, '/');
+    if (slash == NULL)
+        return -1;
+    strcpy(slash + 1, "lmsched");
+    return 0;
+}
+
+/* Waits up to ms for the child to exit; returns its wait status or -1. */
+static int bn_wait_child(pid_t pid, double ms)
+{
+    double end = bn_now_ms() + ms;
+    int st;
+    do {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return st;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        bn_sleep_ms(20);
+    } while (bn_now_ms() < end);
+    return -1;
+}
+
+static void bn_daemon_stop(bn_daemon *d)
+{
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        if (bn_wait_child(d->pid, BN_DAEMON_STOP_MS) < 0) {
+            fprintf(stderr, "lmbench: the daemon did not stop on SIGTERM; killing it\n");
+            kill(d->pid, SIGKILL);
+            waitpid(d->pid, NULL, 0);
+        }
+        d->pid = 0;
+    }
+    if (d->dir[0] != '\0') {
+        char sock[128];
+        snprintf(sock, sizeof(sock), "%s/b.sock", d->dir);
+        unlink(sock);
+        rmdir(d->dir);
+        d->dir[0] = '\0';
+    }
+}
+
+/* Starts `lmsched serve` for one policy and waits until it answers a status
+ * request. Returns 0, or -1 with *why set (a static string or errno text). */
+static int bn_daemon_start(bn_daemon *d, const bn_opts *o, const char *lmsched,
+                           const char *policy, char *why, size_t whylen)
+{
+    const char *argv[16 + BN_MAX_DAEMON_ARGS];
+    lmsched_client *c = NULL;
+    int n = 0, rc = -1;
+    memset(d, 0, sizeof(*d));
+    strcpy(d->dir, "/tmp/lmbench.XXXXXX");
+    if (mkdtemp(d->dir) == NULL) {
+        snprintf(why, whylen, "mkdtemp: %s", strerror(errno));
+        d->dir[0] = '\0';
+        return -1;
+    }
+    snprintf(d->url, sizeof(d->url), "ipc://%s/b.sock", d->dir);
+    argv[n++] = lmsched;
+    argv[n++] = "serve";
+    argv[n++] = "--listen";
+    argv[n++] = d->url;
+    argv[n++] = "--backend";
+    argv[n++] = o->backend;
+    argv[n++] = "--policy";
+    argv[n++] = policy;
+    argv[n++] = "--log-level";
+    argv[n++] = "warn";
+    for (int i = 0; i < o->ndaemon_args; i++)
+        argv[n++] = o->daemon_args[i];
+    argv[n] = NULL;
+
+    fflush(NULL);
+    d->pid = fork();
+    if (d->pid < 0) {
+        snprintf(why, whylen, "fork: %s", strerror(errno));
+        d->pid = 0;
+        goto out;
+    }
+    if (d->pid == 0) {
+        /* its stdout would mix with our JSON lines */
+        dup2(STDERR_FILENO, STDOUT_FILENO);
+        execv(lmsched, (char *const *)argv);
+        fprintf(stderr, "lmbench: cannot run %s: %s\n", lmsched, strerror(errno));
+        _exit(127);
+    }
+    if (lmsched_client_open(&c, d->url) != LMSCHED_OK) {
+        snprintf(why, whylen, "cannot open a client for %s", d->url);
+        goto out;
+    }
+    lmsched_client_set_connect_timeout(c, 200);
+    for (double end = bn_now_ms() + BN_DAEMON_START_MS; bn_now_ms() < end;) {
+        char *json = NULL;
+        int st;
+        if (lmsched_status(c, 500, &json, NULL) == LMSCHED_OK) {
+            lmsched_free(json);
+            rc = 0;
+            goto out;
+        }
+        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+            d->pid = 0;
+            snprintf(why, whylen, "`lmsched serve --policy %s` exited with status %d",
+                     policy, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+            goto out;
+        }
+        bn_sleep_ms(50);
+    }
+    snprintf(why, whylen, "the daemon did not answer within %d ms", BN_DAEMON_START_MS);
+out:
+    lmsched_client_close(c);
+    if (rc != 0)
+        bn_daemon_stop(d);
+    return rc;
+}
+
+/* ---- agents --------------------------------------------------------------- */
+
+typedef struct bn_run bn_run;
+
+typedef struct bn_agent {
+    bn_run *run;
+    int index;
+    lmsched_client *client;
+    pthread_t thread;
+    bool started;
+    /* BN_MANY: answers still outstanding */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int pending;
+} bn_agent;
+
+struct bn_run {
+    bn_workload *w;
+    double t0;         /* workload start, monotonic ms */
+    double time_scale; /* lmsim's simulated ms per wall ms */
+    pthread_barrier_t start;
+    pthread_barrier_t round; /* BN_ROUNDS */
+    bn_agent agents[BN_MAX_AGENTS];
+};
+
+/* Copies the outcome into the request's record. Runs on the agent thread,
+ * or on a library thread for async calls: each record has one writer. */
+static void bn_record(bn_run *run, bn_req *q, lmsched_result *res, int rc)
+{
+    q->done_ms = bn_now_ms() - run->t0;
+    q->err = res != NULL ? lmsched_result_error(res) : (rc != 0 ? rc : LMSCHED_EINTERNAL);
+    if (res != NULL) {
+        q->queue_ms = lmsched_result_queue_ms(res);
+        q->ttft_ms = lmsched_result_ttft_ms(res);
+        q->total_ms = lmsched_result_total_ms(res);
+        if (q->err == LMSCHED_OK && lmsched_result_content(res) != NULL)
+            q->reply = strdup(lmsched_result_content(res));
+        else if (lmsched_result_message(res) != NULL)
+            q->errmsg = strdup(lmsched_result_message(res));
+    }
+}
+
+/* Builds request i of the workload and renders it for the optimum. */
+static lmsched_request *bn_build(bn_run *run, size_t i)
+{
+    bn_workload *w = run->w;
+    bn_req *q = &w->reqs[i];
+    lmsched_request *req = NULL;
+    bn_msg *m = NULL;
+    char agent[32];
+    int n = bn_request_messages(w, i, &m);
+    if (n < 0 || bn_request_render(w, i) != 0)
+        goto fail;
+    snprintf(agent, sizeof(agent), "%s-%d", w->name, q->agent + 1);
+    if (lmsched_request_alloc(&req) != LMSCHED_OK ||
+        lmsched_request_set_system(req, w->systems[q->system]) != LMSCHED_OK ||
+        lmsched_request_set_max_tokens(req, w->max_tokens) != LMSCHED_OK ||
+        lmsched_request_set_agent(req, agent) != LMSCHED_OK)
+        goto fail;
+    for (int k = 0; k < n; k++)
+        if (lmsched_request_add_message(req, m[k].role, m[k].content) != LMSCHED_OK)
+            goto fail;
+    free(m);
+    q->sent = true;
+    return req;
+fail:
+    free(m);
+    lmsched_request_free(req);
+    return NULL;
+}
+
+/* The run in progress (one at a time), for the async callbacks, whose
+ * argument is the request's record. */
+static bn_run *bn_current_run;
+
+static void bn_async_done_cb(lmsched_result *res, void *arg)
+{
+    bn_req *q = arg;
+    bn_run *run = bn_current_run;
+    bn_agent *ag = &run->agents[q->agent];
+    bn_record(run, q, res, 0);
+    lmsched_result_free(res);
+    pthread_mutex_lock(&ag->mu);
+    ag->pending--;
+    pthread_cond_signal(&ag->cv);
+    pthread_mutex_unlock(&ag->mu);
+}
+
+static void *bn_agent_main(void *arg)
+{
+    bn_agent *ag = arg;
+    bn_run *run = ag->run;
+    bn_workload *w = run->w;
+    size_t first = (size_t)ag->index * (size_t)w->per_agent;
+
+    pthread_barrier_wait(&run->start);
+    for (int j = 0; j < w->per_agent; j++) {
+        size_t i = first + (size_t)j;
+        bn_req *q = &w->reqs[i];
+        lmsched_result *res = NULL;
+        lmsched_request *req;
+        int rc;
+        if (w->kind == BN_MANY) {
+            double at = run->t0 + q->arrival_sim_ms / run->time_scale;
+            double now = bn_now_ms();
+            if (at > now)
+                bn_sleep_ms(at - now);
+        }
+        if ((req = bn_build(run, i)) == NULL) {
+            q->sent = true;
+            q->err = LMSCHED_ENOMEM;
+            goto next;
+        }
+        if (w->kind == BN_MANY) {
+            pthread_mutex_lock(&ag->mu);
+            ag->pending++;
+            pthread_mutex_unlock(&ag->mu);
+            rc = lmsched_chat_async(ag->client, req, BN_REQUEST_TIMEOUT_MS,
+                                    bn_async_done_cb, q);
+            if (rc != LMSCHED_OK) {
+                bn_record(run, q, NULL, rc);
+                pthread_mutex_lock(&ag->mu);
+                ag->pending--;
+                pthread_mutex_unlock(&ag->mu);
+            }
+        } else {
+            rc = lmsched_chat(ag->client, req, BN_REQUEST_TIMEOUT_MS, &res);
+            bn_record(run, q, res, rc);
+            lmsched_result_free(res);
+        }
+        lmsched_request_free(req);
+    next:
+        if (w->kind == BN_ROUNDS)
+            pthread_barrier_wait(&run->round);
+    }
+    pthread_mutex_lock(&ag->mu);
+    while (ag->pending > 0)
+        pthread_cond_wait(&ag->cv, &ag->mu);
+    pthread_mutex_unlock(&ag->mu);
+    return NULL;
+}
+
+/* Runs the workload against the daemon at url; returns the makespan in ms,
+ * or -1 if the agents could not be started. */
+static double bn_run_workload(bn_workload *w, const char *url, double time_scale)
+{
+    bn_run *run = calloc(1, sizeof(*run));
+    double makespan = -1;
+    int started = 0;
+    if (run == NULL)
+        return -1;
+    run->w = w;
+    run->time_scale = time_scale > 0 ? time_scale : 1;
+    bn_current_run = run;
+    pthread_barrier_init(&run->start, NULL, (unsigned)w->nagents + 1);
+    pthread_barrier_init(&run->round, NULL, (unsigned)w->nagents);
+    for (int a = 0; a < w->nagents; a++) {
+        bn_agent *ag = &run->agents[a];
+        ag->run = run;
+        ag->index = a;
+        pthread_mutex_init(&ag->mu, NULL);
+        pthread_cond_init(&ag->cv, NULL);
+        if (lmsched_client_open(&ag->client, url) != LMSCHED_OK) {
+            fprintf(stderr, "lmbench: cannot open a client for %s\n", url);
+            goto out;
+        }
+    }
+    for (int a = 0; a < w->nagents; a++) {
+        if (pthread_create(&run->agents[a].thread, NULL, bn_agent_main,
+                           &run->agents[a]) != 0) {
+            /* the barrier counts every agent: without all of them nobody
+             * would start, so this is fatal */
+            fprintf(stderr, "lmbench: cannot start agent threads\n");
+            exit(1);
+        }
+        run->agents[a].started = true;
+        started++;
+    }
+    run->t0 = bn_now_ms();
+    pthread_barrier_wait(&run->start);
+    for (int a = 0; a < started; a++)
+        pthread_join(run->agents[a].thread, NULL);
+    makespan = 0;
+    for (size_t i = 0; i < w->nreqs; i++)
+        if (w->reqs[i].sent && w->reqs[i].done_ms > makespan)
+            makespan = w->reqs[i].done_ms;
+out:
+    for (int a = 0; a < w->nagents; a++) {
+        lmsched_client_close(run->agents[a].client);
+        pthread_mutex_destroy(&run->agents[a].mu);
+        pthread_cond_destroy(&run->agents[a].cv);
+    }
+    pthread_barrier_destroy(&run->start);
+    pthread_barrier_destroy(&run->round);
+    bn_current_run = NULL;
+    free(run);
+    return makespan;
+}
+
+/* ---- figures -------------------------------------------------------------- */
+
+static int bn_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct bn_dist {
+    double mean, p50, p95, p99;
+    size_t n;
+} bn_dist;
+
+/* Nearest-rank percentiles of v (sorted in place). */
+static bn_dist bn_distribution(double *v, size_t n)
+{
+    bn_dist d = {0};
+    double sum = 0;
+    if (n == 0)
+        return d;
+    qsort(v, n, sizeof(*v), bn_cmp_double);
+    for (size_t i = 0; i < n; i++)
+        sum += v[i];
+    d.n = n;
+    d.mean = sum / (double)n;
+#define BN_RANK(p) v[(size_t)ceil((p) / 100.0 * (double)n) - 1]
+    d.p50 = BN_RANK(50);
+    d.p95 = BN_RANK(95);
+    d.p99 = BN_RANK(99);
+#undef BN_RANK
+    return d;
+}
+
+static json_t *bn_ms(double v)
+{
+    return json_real(round(v * 10) / 10);
+}
+
+static json_t *bn_ratio(double a, double b)
+{
+    return b > 0 && a >= 0 ? json_real(round(a / b * 1000) / 1000) : json_null();
+}
+
+/* Builds the result object of one policy run. */
+static json_t *bn_result(const bn_opts *o, const bn_workload *w, const char *policy,
+                         const json_t *stats, double makespan, int64_t optimum)
+{
+    size_t n = 0, errors = 0, sent = 0;
+    double *ttft = malloc((w->nreqs + 1) * sizeof(double));
+    double *e2e = malloc((w->nreqs + 1) * sizeof(double));
+    double *wait = malloc((w->nreqs + 1) * sizeof(double));
+    json_t *r = json_object();
+    if (ttft == NULL || e2e == NULL || wait == NULL || r == NULL) {
+        json_decref(r);
+        r = NULL;
+        goto out;
+    }
+    for (size_t i = 0; i < w->nreqs; i++) {
+        const bn_req *q = &w->reqs[i];
+        if (!q->sent)
+            continue;
+        sent++;
+        if (q->err != LMSCHED_OK) {
+            errors++;
+            continue;
+        }
+        ttft[n] = q->ttft_ms;
+        e2e[n] = q->queue_ms + q->ttft_ms;
+        wait[n] = q->queue_ms;
+        n++;
+    }
+    bn_dist dt = bn_distribution(ttft, n), de = bn_distribution(e2e, n),
+            dw = bn_distribution(wait, n);
+    int64_t prefill = bn_json_int(stats, "prefill_tokens");
+    const json_t *cfg = json_object_get(stats, "config");
+    json_object_set_new(r, "workload", json_string(w->name));
+    json_object_set_new(r, "policy", json_string(policy));
+    json_object_set_new(r, "seed", json_integer((json_int_t)o->seed));
+    json_object_set_new(r, "scale", json_real(o->scale));
+    json_object_set_new(r, "agents", json_integer(w->nagents));
+    json_object_set_new(r, "slots", json_integer(o->slots));
+    json_object_set_new(r, "requests", json_integer((json_int_t)sent));
+    json_object_set_new(r, "errors", json_integer((json_int_t)errors));
+    json_object_set_new(r, "backend_requests",
+                        json_integer(bn_json_int(stats, "requests")));
+    json_object_set_new(r, "prompt_tokens",
+                        json_integer(bn_json_int(stats, "prompt_tokens")));
+    json_object_set_new(r, "prefill_tokens", json_integer(prefill));
+    json_object_set_new(r, "cached_tokens",
+                        json_integer(bn_json_int(stats, "cached_tokens")));
+    json_object_set_new(r, "max_active", json_integer(bn_json_int(stats, "max_active")));
+    json_object_set_new(r, "optimal_prefill_tokens",
+                        optimum >= 0 ? json_integer(optimum) : json_null());
+    json_object_set_new(r, "prefill_vs_optimal",
+                        bn_ratio((double)prefill, (double)optimum));
+    json_object_set_new(r, "ttft_mean_ms", bn_ms(dt.mean));
+    json_object_set_new(r, "ttft_p50_ms", bn_ms(dt.p50));
+    json_object_set_new(r, "ttft_p95_ms", bn_ms(dt.p95));
+    json_object_set_new(r, "e2e_ttft_mean_ms", bn_ms(de.mean));
+    json_object_set_new(r, "e2e_ttft_p95_ms", bn_ms(de.p95));
+    json_object_set_new(r, "wait_mean_ms", bn_ms(dw.mean));
+    json_object_set_new(r, "wait_p50_ms", bn_ms(dw.p50));
+    json_object_set_new(r, "wait_p95_ms", bn_ms(dw.p95));
+    json_object_set_new(r, "wait_p99_ms", bn_ms(dw.p99));
+    json_object_set_new(r, "makespan_ms", bn_ms(makespan));
+    json_object_set_new(
+        r, "sim_ms",
+        json_real(round(json_number_value(json_object_get(stats, "sim_ms")))));
+    json_object_set_new(r, "time_scale",
+                        json_real(json_number_value(json_object_get(cfg, "time_scale"))));
+out:
+    free(ttft);
+    free(e2e);
+    free(wait);
+    return r;
+}
+
+static void bn_print_human(const json_t *r)
+{
+    printf("%-6s %-7s requests %lld errors %lld  prefill %lld (optimum %lld, x%.2f)  "
+           "cached %lld of %lld\n"
+           "               ttft mean %.0f p50 %.0f p95 %.0f ms  queue+ttft mean %.0f ms  "
+           "wait p99 %.0f ms  makespan %.0f ms\n",
+           json_string_value(json_object_get(r, "workload")),
+           json_string_value(json_object_get(r, "policy")),
+           (long long)json_integer_value(json_object_get(r, "requests")),
+           (long long)json_integer_value(json_object_get(r, "errors")),
+           (long long)json_integer_value(json_object_get(r, "prefill_tokens")),
+           (long long)json_integer_value(json_object_get(r, "optimal_prefill_tokens")),
+           json_number_value(json_object_get(r, "prefill_vs_optimal")),
+           (long long)json_integer_value(json_object_get(r, "cached_tokens")),
+           (long long)json_integer_value(json_object_get(r, "prompt_tokens")),
+           json_number_value(json_object_get(r, "ttft_mean_ms")),
+           json_number_value(json_object_get(r, "ttft_p50_ms")),
+           json_number_value(json_object_get(r, "ttft_p95_ms")),
+           json_number_value(json_object_get(r, "e2e_ttft_mean_ms")),
+           json_number_value(json_object_get(r, "wait_p99_ms")),
+           json_number_value(json_object_get(r, "makespan_ms")));
+}
+
+/* Runs the workload once under one policy and prints its line. Returns 0 or
+ * -1 (the policy could not be run; a JSON line with "error" says why). */
+static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
+                         const char *policy)
+{
+    bn_daemon d = {0};
+    json_t *stats = NULL, *reset = NULL, *r = NULL;
+    char why[256] = "";
+    int rc = -1;
+    double makespan;
+
+    bn_workload_reset(w);
+    if (bn_http_json(o->backend, "/sim/reset", true, &reset) != 0) {
+        snprintf(why, sizeof(why), "cannot reset the backend at %s (is it lmsim?)",
+                 o->backend);
+        goto out;
+    }
+    json_decref(reset);
+    reset = NULL;
+    /* lmsim's clock speed, to send `many`'s arrivals at simulated times */
+    if (bn_http_json(o->backend, "/sim/stats", false, &stats) != 0) {
+        snprintf(why, sizeof(why), "cannot read %s/sim/stats", o->backend);
+        goto out;
+    }
+    double time_scale = json_number_value(
+        json_object_get(json_object_get(stats, "config"), "time_scale"));
+    json_decref(stats);
+    stats = NULL;
+
+    if (bn_daemon_start(&d, o, lmsched, policy, why, sizeof(why)) != 0)
+        goto out;
+    makespan = bn_run_workload(w, d.url, time_scale);
+    if (makespan < 0) {
+        snprintf(why, sizeof(why), "the agents could not start");
+        goto out;
+    }
+    if (bn_http_json(o->backend, "/sim/stats", false, &stats) != 0) {
+        snprintf(why, sizeof(why), "cannot read %s/sim/stats", o->backend);
+        goto out;
+    }
+    bn_daemon_stop(&d);
+
+    /* The optimum uses the prompts as rendered here; if lmsim counted
+     * different prompt tokens, the rendering no longer matches lmsim's. */
+    int64_t model = bn_model_prompt_tokens(w), seen = bn_json_int(stats, "prompt_tokens");
+    if (model != seen)
+        fprintf(stderr,
+                "lmbench: warning: %s/%s: lmsim counted %lld prompt tokens, the workload "
+                "renders to %lld (failed requests, or a rendering mismatch)\n",
+                w->name, policy, (long long)seen, (long long)model);
+    int shown = 0;
+    for (size_t i = 0; i < w->nreqs && shown < 5; i++)
+        if (w->reqs[i].sent && w->reqs[i].err != LMSCHED_OK) {
+            fprintf(
+                stderr, "lmbench: %s/%s: agent %d request %d: %s: %s\n", w->name, policy,
+                w->reqs[i].agent + 1, w->reqs[i].seq + 1, lms_err_name(w->reqs[i].err),
+                w->reqs[i].errmsg ? w->reqs[i].errmsg : lmsched_strerror(w->reqs[i].err));
+            shown++;
+        }
+    if ((r = bn_result(o, w, policy, stats, makespan, bn_optimum(w, o->slots))) == NULL) {
+        snprintf(why, sizeof(why), "out of memory");
+        goto out;
+    }
+    rc = 0;
+out:
+    bn_daemon_stop(&d);
+    if (rc != 0) {
+        fprintf(stderr, "lmbench: %s/%s: %s\n", w->name, policy, why);
+        r = json_pack("{s:s, s:s, s:s}", "workload", w->name, "policy", policy, "error",
+                      why);
+    }
+    if (r != NULL) {
+        if (o->json || rc != 0) {
+            char *line = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER |
+                                           JSON_REAL_PRECISION(12));
+            if (line != NULL)
+                printf("%s\n", line);
+            free(line);
+        } else {
+            bn_print_human(r);
+        }
+        fflush(stdout);
+    }
+    json_decref(r);
+    json_decref(stats);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    bn_opts o;
+    bn_workload *w = NULL;
+    char *policy_buf = NULL;
+    char lmsched[PATH_MAX];
+    int code = 2;
+
+    switch (bn_parse(argc, argv, &o, &policy_buf)) {
+    case 0:
+        break;
+    case 1:
+        code = 0;
+        goto out;
+    default:
+        goto out;
+    }
+    if (o.lmsched != NULL) {
+        snprintf(lmsched, sizeof(lmsched), "%s", o.lmsched);
+    } else if (bn_default_lmsched(lmsched, sizeof(lmsched)) != 0) {
+        fprintf(stderr, "lmbench: cannot find lmsched next to lmbench; use --lmsched\n");
+        goto out;
+    }
+    if (access(lmsched, X_OK) != 0) {
+        fprintf(stderr, "lmbench: %s: %s\n", lmsched, strerror(errno));
+        goto out;
+    }
+    code = 1;
+    /* A daemon that dies must not take lmbench with it through a write to a
+     * closed socket. */
+    signal(SIGPIPE, SIG_IGN);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        goto out;
+    if (bn_workload_alloc(&w, o.kind, o.seed, o.scale) != 0) {
+        fprintf(stderr, "lmbench: out of memory\n");
+        goto out_curl;
+    }
+    code = 0;
+    for (int i = 0; i < o.npolicies; i++)
+        if (bn_run_policy(&o, w, lmsched, o.policies[i]) != 0)
+            code = 1;
+out_curl:
+    curl_global_cleanup();
+out:
+    bn_workload_free(w);
+    free(policy_buf);
+    return code;
+}
