@@ -433,6 +433,37 @@ int cli_render_status(const char *json, FILE *out)
             st_count(b, sizeof(b), tok, "completion"),
             st_count(c, sizeof(c), tok, "cached"), f);
 
+    /* Per prefix group: demand, placement and hit rate. */
+    json_t *groups = st_get(doc, "groups");
+    if (json_is_array(groups) && json_array_size(groups) > 0) {
+        fprintf(out, "groups    %-5s %-8s %-10s %-8s %-6s %s\n", "queue", "inflight", "slots",
+                "requests", "hit", "system prompt");
+        size_t i;
+        json_t *g;
+        json_array_foreach(groups, i, g) {
+            char slots[64] = "-";
+            json_t *sl = st_get(g, "cached_in_slots");
+            if (json_is_array(sl) && json_array_size(sl) > 0) {
+                size_t k, n = 0;
+                json_t *v;
+                json_array_foreach(sl, k, v) {
+                    if (n + 8 >= sizeof(slots))
+                        break;
+                    n += (size_t)snprintf(slots + n, sizeof(slots) - n, "%s%lld", k ? "," : "",
+                                          (long long)json_integer_value(v));
+                }
+            }
+            double hit;
+            char hits[16] = "-";
+            if (st_num(g, "hit_rate", &hit))
+                snprintf(hits, sizeof(hits), "%.0f%%", hit * 100.0);
+            fprintf(out, "          %-5s %-8s %-10s %-8s %-6s \"%s\"\n",
+                    st_int(a, sizeof(a), g, "queued"), st_int(b, sizeof(b), g, "inflight"),
+                    slots, st_int(c, sizeof(c), g, "requests"), hits,
+                    st_str(d, sizeof(d), g, "label"));
+        }
+    }
+
     json_decref(doc);
     return 0;
 }

@@ -21,7 +21,10 @@ void config_defaults(sched_config *cfg, const char *default_listen)
     snprintf(cfg->backend, sizeof(cfg->backend), "%s",
              be && *be ? be : "http://127.0.0.1:1234");
     snprintf(cfg->backend_kind, sizeof(cfg->backend_kind), "auto");
-    snprintf(cfg->policy, sizeof(cfg->policy), "fifo");
+    snprintf(cfg->policy, sizeof(cfg->policy), "prefix");
+    snprintf(cfg->cache_type, sizeof(cfg->cache_type), "f16");
+    cfg->starve_ms = 30000;
+    cfg->slot_similarity = 0.10;
     cfg->cache_prompt = true;
     cfg->ram_fraction = 0.60;
     cfg->max_queue = 1024;
@@ -50,8 +53,12 @@ void config_usage(FILE *out)
         "  --ram-fraction F        share of RAM for the model and KV caches (default 0.60)\n"
         "  --total-ram SIZE        assume this much RAM instead of reading it\n"
         "  --model-size SIZE       model size when the backend does not report it\n"
-        "  --kv-per-request SIZE   KV cache bytes one request may use (default: context\n"
-        "                          tokens x 128 KiB, see docs/memory-budget.md)\n"
+        "  --kv-per-request SIZE   reserve this much KV cache per request (flat); default:\n"
+        "                          per-token accounting, see docs/memory-budget.md\n"
+        "  --kv-bytes-per-token SIZE  KV cache bytes per token (default: from --model-path,\n"
+        "                          else 128 KiB, a Llama-3-8B-class f16 cache)\n"
+        "  --model-path FILE       GGUF model file: architecture for the per-token KV size\n"
+        "  --cache-type TYPE       KV cache type for that formula: f16 (default), q8_0, q4_0 ...\n"
         "  --context TOKENS        per-slot context when the backend does not report it\n"
         "  --slots N               parallel slots when the backend does not report them\n"
         "  --max-concurrent N      never more than N requests at the backend at once\n"
@@ -63,7 +70,11 @@ void config_usage(FILE *out)
         "  --drain-timeout MS      shutdown waits this long for in-flight requests (default 30000)\n"
         "  --probe-interval MS     re-read the backend's model info (default 10000)\n"
         "  --default-max-tokens N  max_tokens for requests that give none (default: backend's)\n"
-        "  --policy NAME           queue policy (default fifo)\n"
+        "  --policy NAME           prefix (default: prefix-cache aware) or fifo\n"
+        "  --starve-ms MS          prefix: a request queued this long runs next (default 30000)\n"
+        "  --max-overtakes N       prefix: ... or once N later requests started first\n"
+        "                          (default 4 x slots)\n"
+        "  --slot-similarity F     the backend's slot-prompt-similarity (default 0.10)\n"
         "  --log-level LEVEL       error|warn|info|debug (default info)\n"
         "  --help, --version\n"
         "\n"
@@ -110,7 +121,8 @@ enum {
     OPT_LISTEN = 256, OPT_BACKEND, OPT_BACKEND_KIND, OPT_NO_CACHE, OPT_FRACTION, OPT_TOTAL_RAM,
     OPT_MODEL_SIZE, OPT_KV, OPT_CONTEXT, OPT_SLOTS, OPT_MAXC, OPT_MAXQ, OPT_FORCE,
     OPT_RETRIES, OPT_REQ_TO, OPT_CONN_TO, OPT_DRAIN, OPT_PROBE, OPT_DEF_MAXTOK, OPT_POLICY,
-    OPT_LOG, OPT_HELP, OPT_VERSION,
+    OPT_LOG, OPT_HELP, OPT_VERSION, OPT_KV_TOKEN, OPT_MODEL_PATH, OPT_CACHE_TYPE, OPT_STARVE,
+    OPT_OVERTAKES, OPT_SIMILARITY,
 };
 
 int config_parse(sched_config *cfg, int argc, char **argv)
@@ -137,6 +149,12 @@ int config_parse(sched_config *cfg, int argc, char **argv)
         {"default-max-tokens", required_argument, NULL, OPT_DEF_MAXTOK},
         {"policy", required_argument, NULL, OPT_POLICY},
         {"log-level", required_argument, NULL, OPT_LOG},
+        {"kv-bytes-per-token", required_argument, NULL, OPT_KV_TOKEN},
+        {"model-path", required_argument, NULL, OPT_MODEL_PATH},
+        {"cache-type", required_argument, NULL, OPT_CACHE_TYPE},
+        {"starve-ms", required_argument, NULL, OPT_STARVE},
+        {"max-overtakes", required_argument, NULL, OPT_OVERTAKES},
+        {"slot-similarity", required_argument, NULL, OPT_SIMILARITY},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -266,6 +284,41 @@ int config_parse(sched_config *cfg, int argc, char **argv)
                 return 2;
             }
             break;
+        case OPT_KV_TOKEN:
+            if (config_size("--kv-bytes-per-token", optarg, &cfg->kv_bytes_per_token) ||
+                cfg->kv_bytes_per_token == 0)
+                return 2;
+            break;
+        case OPT_MODEL_PATH:
+            if (config_str("--model-path", optarg, cfg->model_path, sizeof(cfg->model_path)))
+                return 2;
+            break;
+        case OPT_CACHE_TYPE:
+            if (config_str("--cache-type", optarg, cfg->cache_type, sizeof(cfg->cache_type)))
+                return 2;
+            break;
+        case OPT_STARVE:
+            if (config_num("--starve-ms", optarg, 1, INT_MAX, &v))
+                return 2;
+            cfg->starve_ms = (int)v;
+            break;
+        case OPT_OVERTAKES:
+            if (config_num("--max-overtakes", optarg, 1, 1000000, &v))
+                return 2;
+            cfg->max_overtakes = (unsigned)v;
+            break;
+        case OPT_SIMILARITY: {
+            char *end;
+            errno = 0;
+            double f = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(f >= 0.0 && f <= 1.0)) {
+                fprintf(stderr, "lmsched serve: --slot-similarity: expected a number in "
+                                "[0, 1], got '%s'\n", optarg);
+                return 2;
+            }
+            cfg->slot_similarity = f;
+            break;
+        }
         case OPT_HELP:
             config_usage(stdout);
             return 1;

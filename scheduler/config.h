@@ -20,7 +20,13 @@ typedef struct sched_config {
     double ram_fraction;       /* share of RAM the model plus KV caches may use */
     uint64_t total_ram;        /* 0: read from the system (a flag for tests and what-ifs) */
     uint64_t model_size;       /* 0: from the backend */
-    uint64_t kv_per_request;   /* 0: derived from the context length */
+    uint64_t kv_per_request;   /* flat reservation per request; 0: per-token accounting */
+    uint64_t kv_bytes_per_token; /* 0: from --model-path's GGUF header, else the default */
+    char model_path[512];      /* GGUF file to read the architecture (and size) from */
+    char cache_type[16];       /* KV cache element type for the GGUF formula ("f16") */
+    int starve_ms;             /* prefix policy: queued longer than this runs next */
+    unsigned max_overtakes;    /* prefix policy: ... or overtaken this often (0: 4 x slots) */
+    double slot_similarity;    /* the backend's slot-prompt-similarity (LM Studio placement) */
     int64_t context;           /* fallback per-slot context; 0: none */
     unsigned slots;            /* fallback parallel slots; 0: none */
     unsigned max_concurrent;   /* user cap; 0: none */

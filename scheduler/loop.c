@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "scheduler/clock.h"
+#include "scheduler/gguf.h"
 #include "scheduler/log.h"
 
 enum ev_type { EV_REQUEST = 1, EV_IDLE, EV_PIPE_GONE, EV_STOP };
@@ -158,6 +159,7 @@ static void job_unlink(sched *s, job *j)
 
 static void job_free(job *j)
 {
+    prefix_chain_fini(&j->chain);
     lms_chat_req tmp = j->req;
     lms_msg m;
     memset(&m, 0, sizeof(m));
@@ -168,6 +170,17 @@ static void job_free(job *j)
 }
 
 /* Detaches j from whatever holds it (policy, transfer, concurrency slot). */
+static void job_release_slot(sched *s, job *j, bool ok, int64_t prompt, int64_t cached)
+{
+    if (j->reserved) {
+        s->reserved_bytes -= j->reserve;
+        j->reserved = false;
+    }
+    if (j->slot >= 0 && (unsigned)j->slot < policy_slots(s->pol))
+        policy_slot_done(s->pol, j->slot, ok, prompt, cached);
+    j->slot = -1;
+}
+
 static void job_detach(sched *s, job *j)
 {
     if (j->state == JOB_QUEUED) {
@@ -178,6 +191,9 @@ static void job_detach(sched *s, job *j)
             backend_xfer_free(j->xfer);
             j->xfer = NULL;
         }
+        if (s->pending == j)
+            s->pending = NULL;
+        job_release_slot(s, j, false, -1, -1);
         s->inflight--;
     }
 }
@@ -198,14 +214,23 @@ static void job_fail(sched *s, job *j, int code, const char *msg)
 
 /* ---- budget ------------------------------------------------------------- */
 
+static int64_t sched_context(const sched *s)
+{
+    if (s->be.context_length > 0)
+        return s->be.context_length;
+    return s->cfg.context > 0 ? s->cfg.context : BUDGET_DEFAULT_CONTEXT;
+}
+
 static void sched_budget(sched *s)
 {
     budget_in *in = &s->bin;
-    int64_t ctx = s->be.context_length > 0 ? s->be.context_length : s->cfg.context;
+    int64_t ctx = sched_context(s);
     in->ram_fraction = s->cfg.ram_fraction;
     in->model_size = s->be.size_bytes > 0 ? (uint64_t)s->be.size_bytes : s->cfg.model_size;
-    in->kv_per_request =
-        s->cfg.kv_per_request ? s->cfg.kv_per_request : budget_default_kv_per_request(ctx);
+    /* A full-context request is the worst case; per-token accounting lets
+     * shorter ones share that room. */
+    in->kv_per_request = s->cfg.kv_per_request ? s->cfg.kv_per_request
+                                               : s->kv_bytes_per_token * (uint64_t)ctx;
     in->slots = s->be.slots > 0 ? (unsigned)s->be.slots : s->cfg.slots;
     in->max_concurrent = s->cfg.max_concurrent;
     if (budget_compute(in, &s->bout) != 0) {
@@ -220,6 +245,20 @@ static void sched_budget(sched *s)
         s->limited_by = in->max_concurrent ? "flag" : "slots";
     else
         s->limited_by = "memory";
+    if (!s->cfg.kv_per_request && s->bout.cap) {
+        /* Per-token accounting: memory is checked per request at dispatch,
+         * so the only fixed cap is the slots (or the flag). */
+        s->max_concurrent = s->bout.cap;
+        s->limited_by = in->max_concurrent ? "flag" : "slots";
+    }
+    unsigned slots = s->be.slots > 0 ? (unsigned)s->be.slots
+                     : s->cfg.slots ? s->cfg.slots : s->max_concurrent;
+    if (slots > 256)
+        slots = 256;
+    if (slots != policy_slots(s->pol) && s->inflight == 0)
+        policy_set_slots(s->pol, slots);
+    const char *kind = strcmp(s->cfg.backend_kind, "auto") ? s->cfg.backend_kind : s->be.kind;
+    s->pin_slots = strcmp(kind, "llamacpp") == 0 && strcmp(policy_name(s->pol), "prefix") == 0;
     /* Before the first probe the numbers are provisional; say them once known. */
     if (old != s->max_concurrent && s->be.checked_us != 0)
         log_info("memory budget: %s", s->bout.explain);
@@ -392,6 +431,32 @@ static void sched_on_request(sched *s, srv_ctx *c, nng_msg *msg)
     j->pi.enq_us = j->recv_us;
     j->pi.deadline_us = j->req.deadline_ms ? j->recv_us + (int64_t)j->req.deadline_ms * 1000 : 0;
     j->pi.priority = j->req.priority;
+    j->slot = -1;
+    if (prefix_chain_build(&j->chain, &j->req) != LMSCHED_OK) {
+        sched_send_error(s, c, m.id, LMSCHED_ENOMEM, "scheduler out of memory", NULL);
+        s->st.failed++;
+        s->st.failed_by_code[LMSCHED_ENOMEM]++;
+        job_free(j);
+        return;
+    }
+    j->pi.blocks = j->chain.blocks;
+    j->pi.n_blocks = j->chain.n_blocks;
+    j->pi.tokens = j->chain.tokens;
+    j->pi.group = j->chain.group;
+    j->pi.label = j->req.system;
+    if (s->cfg.kv_per_request) {
+        j->reserve = s->cfg.kv_per_request;
+    } else {
+        /* prompt + what it may generate, never more than one slot's context */
+        int64_t ctx = sched_context(s);
+        int64_t gen = j->req.max_tokens > 0 ? j->req.max_tokens
+                      : s->cfg.default_max_tokens > 0 ? s->cfg.default_max_tokens
+                                                       : ctx - (int64_t)j->chain.tokens;
+        int64_t toks = (int64_t)j->chain.tokens + (gen > 0 ? gen : 0);
+        if (toks > ctx)
+            toks = ctx;
+        j->reserve = s->kv_bytes_per_token * (uint64_t)(toks > 0 ? toks : 1);
+    }
     if (policy_push(s->pol, &j->pi) != 0) {
         s->st.rejected_busy++;
         char why[128];
@@ -468,7 +533,7 @@ static void job_start(sched *s, job *j)
         .cache_prompt = s->cfg.cache_prompt,
         .model = s->be.model[0] ? s->be.model : NULL,
         .max_tokens = s->cfg.default_max_tokens,
-        .id_slot = -1,
+        .id_slot = s->pin_slots ? j->slot : -1,
     };
     j->attempts++;
     j->dispatch_us = j->dispatch_us ? j->dispatch_us : clock_now_us();
@@ -485,13 +550,49 @@ static void sched_dispatch(sched *s, int64_t now)
 {
     if (s->draining)
         return;
-    while (s->inflight < s->max_concurrent) {
-        pol_item *it = policy_pop(s->pol, now);
-        if (it == NULL)
-            break;
-        job *j = (job *)it;
-        s->queued--;
-        s->inflight++;
+    for (;;) {
+        job *j = s->pending;
+        if (j == NULL) {
+            if (s->inflight >= s->max_concurrent)
+                break;
+            int slot = -1;
+            uint32_t cached = 0;
+            pol_item *it = policy_next(s->pol, now, &slot, &cached);
+            if (it == NULL)
+                break;
+            j = (job *)it;
+            j->slot = slot;
+            j->state = JOB_PENDING;
+            s->queued--;
+            s->inflight++;
+            log_debug("request %" PRIu64 " -> slot %d, ~%u of %u prompt tokens cached", j->id,
+                      slot, cached, j->chain.tokens);
+        }
+        /* KV memory: the request reserves its share while it runs. One that
+         * cannot fit even alone is refused; otherwise it waits (holding its
+         * place) until enough running requests finish. */
+        uint64_t budget = s->bout.budget_bytes;
+        if (s->reserved_bytes + j->reserve > budget) {
+            if (s->reserved_bytes == 0 && !s->bout.model_too_big) {
+                char why[200], b1[32], b2[32];
+                snprintf(why, sizeof(why), "request needs %s of KV cache (prompt + max_tokens), "
+                         "more than the whole budget of %s; lower max_tokens",
+                         budget_fmt_size(j->reserve, b1, sizeof(b1)),
+                         budget_fmt_size(budget, b2, sizeof(b2)));
+                if (s->pending == j)
+                    s->pending = NULL;
+                job_fail(s, j, LMSCHED_ETOOLARGE, why);
+                continue;
+            }
+            if (s->reserved_bytes > 0) {
+                s->pending = j;
+                break;
+            }
+            /* --force with a model over budget: run one at a time */
+        }
+        s->pending = NULL;
+        s->reserved_bytes += j->reserve;
+        j->reserved = true;
         lat_add(&s->st.queue_wait, (double)(now - j->recv_us) / 1000.0);
         job_start(s, j);
     }
@@ -568,6 +669,7 @@ static void job_done(sched *s, job *j, bk_xfer *x)
         lat_add(&s->st.ttft, cr->timings.ttft_ms);
     lat_add(&s->st.total, cr->timings.total_ms);
 
+    job_release_slot(s, j, true, x->resp.prompt_tokens, x->resp.cached_tokens);
     s->inflight--;
     job_unlink(s, j);
     sched_send(s, j->ctx, &r);
@@ -626,7 +728,7 @@ static void sched_drain_step(sched *s, int64_t now)
     job *next;
     for (job *j = s->jobs; j; j = next) {
         next = j->next;
-        if (j->state == JOB_QUEUED)
+        if (j->state == JOB_QUEUED || j->state == JOB_PENDING)
             job_fail(s, j, LMSCHED_ESHUTDOWN, "lmsched is shutting down; the request was still "
                                               "queued and did not run");
         else if (now >= s->drain_deadline_us)
@@ -675,6 +777,37 @@ int sched_init(sched *s, const sched_config *cfg)
         return 1;
     }
     s->bin.total_ram = ram;
+    s->kv_bytes_per_token = BUDGET_DEFAULT_KV_BYTES_PER_TOKEN;
+    s->kv_source = "default (Llama-3-8B-class f16)";
+    if (cfg->kv_bytes_per_token) {
+        s->kv_bytes_per_token = cfg->kv_bytes_per_token;
+        s->kv_source = "--kv-bytes-per-token";
+    } else if (cfg->model_path[0]) {
+        gguf_model_info mi;
+        char err[256];
+        if (gguf_read_info(cfg->model_path, &mi, err, sizeof(err)) != 0) {
+            log_error("--model-path %s: %s", cfg->model_path, err);
+            return 1;
+        }
+        uint64_t per = gguf_kv_bytes_per_token(&mi, cfg->cache_type);
+        if (per == 0) {
+            log_error("--cache-type %s: unknown KV cache type", cfg->cache_type);
+            return 1;
+        }
+        s->kv_bytes_per_token = per;
+        s->kv_source = "GGUF header";
+        if (s->cfg.model_size == 0)
+            s->cfg.model_size = mi.file_size;
+        log_info("model %s (%s): %" PRId64 " layers, %" PRId64 " KV heads, K %" PRId64
+                 " + V %" PRId64 " per head, %s cache -> %" PRIu64 " bytes of KV per token",
+                 cfg->model_path, mi.arch, mi.n_layer, mi.n_head_kv, mi.key_length,
+                 mi.value_length, cfg->cache_type, per);
+    }
+    policy_tuning tun = {
+        .starve_us = (int64_t)cfg->starve_ms * 1000,
+        .max_overtakes = cfg->max_overtakes,
+    };
+    policy_set_tuning(s->pol, &tun);
     sched_budget(s);
     return 0;
 }

@@ -21,6 +21,7 @@
 #include "scheduler/budget.h"
 #include "scheduler/config.h"
 #include "scheduler/policy.h"
+#include "scheduler/prefix.h"
 #include "scheduler/server.h"
 
 #define LAT_SAMPLES 1024
@@ -35,6 +36,7 @@ typedef enum job_state {
     JOB_QUEUED = 1,
     JOB_INFLIGHT = 2,   /* a backend transfer is running */
     JOB_RETRY_WAIT = 3, /* holds its concurrency slot until retry_at_us */
+    JOB_PENDING = 4,    /* chosen for a slot, waiting for KV memory to be free */
 } job_state;
 
 typedef struct job {
@@ -48,6 +50,10 @@ typedef struct job {
     int64_t retry_at_us;
     unsigned attempts;        /* transfers started */
     bk_xfer *xfer;            /* while JOB_INFLIGHT */
+    prefix_chain chain;       /* the prompt's prefix blocks (pi points into it) */
+    int slot;                 /* backend slot chosen by the policy, -1 before */
+    uint64_t reserve;         /* KV bytes this request reserves while it runs */
+    bool reserved;            /* reserve is counted in sched.reserved_bytes */
     struct job *prev, *next;  /* every live job */
 } job;
 
@@ -89,7 +95,12 @@ typedef struct sched {
     sched_event *inbox_head, *inbox_tail;
 
     job *jobs;
-    unsigned queued, inflight; /* inflight counts JOB_INFLIGHT and JOB_RETRY_WAIT */
+    unsigned queued, inflight; /* inflight counts every job that left the queue */
+    job *pending;              /* chosen by the policy, waiting for memory */
+    uint64_t reserved_bytes;   /* KV reserved by running requests */
+    uint64_t kv_bytes_per_token;
+    const char *kv_source;     /* where kv_bytes_per_token came from */
+    bool pin_slots;            /* send id_slot (llama.cpp with the prefix policy) */
 
     budget_in bin;
     budget_out bout;

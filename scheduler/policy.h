@@ -1,9 +1,10 @@
 /*
- * policy - which queued request runs next. The scheduler keeps its queued
- * requests here and asks for the next one whenever a concurrency slot frees.
- * This module is the seam where ordering lives: this version is FIFO within
- * priority (higher priority first, arrival order within a priority); the
- * prefix-aware policy replaces it behind the same calls.
+ * policy - which queued request runs next, and on which backend slot. The
+ * scheduler keeps its queued requests here and, whenever a slot is idle and
+ * memory allows, asks policy_next for a (request, slot) pair. Two policies:
+ * "fifo" (higher priority first, arrival order within a priority; any idle
+ * slot) and "prefix" (prefix-cache aware, see docs/scheduling.md). The
+ * policy also models each backend slot's cache from what was sent there.
  *
  * The policy does not own requests: a pol_item is embedded in the
  * scheduler's job and the policy links it into its lists. Not thread-safe;
@@ -13,6 +14,7 @@
 #ifndef LMSCHED_POLICY_H
 #define LMSCHED_POLICY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,15 +23,30 @@ typedef struct pol_item {
     int64_t enq_us;          /* arrival time */
     int64_t deadline_us;     /* must have started by then; 0 = none */
     uint8_t priority;        /* 0..9, higher runs first; larger values clamp to 9 */
+    const uint64_t *blocks;  /* prefix block hashes (prefix.h); may be NULL for fifo */
+    uint32_t n_blocks;
+    uint32_t tokens;         /* estimated prompt tokens */
+    uint64_t group;          /* prefix group (hash of the system message) */
+    const char *label;       /* system prompt text, for status (first bytes copied) */
     /* Owned by the policy: */
     uint64_t seq;            /* arrival number */
     struct pol_item *prev, *next;
     int queued;              /* 1 while in the policy */
+    void *priv;              /* policy-private */
 } pol_item;
 
 typedef struct policy policy;
 
-/* Creates a policy by name ("fifo"); max_queue > 0 bounds the queue.
+/* Tuning of the "prefix" policy (fifo ignores it). */
+typedef struct policy_tuning {
+    int64_t starve_us;       /* a request queued longer than this runs next, cache or not */
+    unsigned max_overtakes;  /* ... or once this many later arrivals started before it */
+} policy_tuning;
+
+/* Sets the prefix policy's tuning (defaults: 30 s, 4 x slots). */
+void policy_set_tuning(policy *p, const policy_tuning *t);
+
+/* Creates a policy by name ("fifo", "prefix"); max_queue > 0 bounds the queue.
  * Returns 0, LMSCHED_EINVAL for an unknown name, LMSCHED_ENOMEM. */
 int policy_alloc(policy **pp, const char *name, size_t max_queue);
 void policy_free(policy *p);   /* accepts NULL; does not touch items */
@@ -39,8 +56,52 @@ const char *policy_name(const policy *p);
  * already queued (the item is then not queued). */
 int policy_push(policy *p, pol_item *it);
 
-/* Removes and returns the item that should run next, or NULL when empty. */
+/* Removes and returns the item that should run next, or NULL when empty
+ * (ordering only, no slot; tests and shutdown). */
 pol_item *policy_pop(policy *p, int64_t now_us);
+
+/* The backend has n parallel slots (1..256). Slot contents are forgotten
+ * when n changes. Until called, the policy assumes 1 slot. */
+int policy_set_slots(policy *p, unsigned n);
+unsigned policy_slots(const policy *p);
+
+/*
+ * Chooses the next request to start and the idle slot it should run on.
+ * Returns NULL when nothing should start now: the queue is empty, no slot is
+ * idle, or (prefix) every queued request is better off waiting for the slot
+ * that holds its prefix. On success the item has left the queue, *slot is
+ * its slot (now busy, modelled as holding the item's blocks) and *cached the
+ * prompt tokens expected to be reused there.
+ */
+pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached);
+
+/* The request on slot finished. ok: the backend processed the prompt, so
+ * the slot holds its blocks; !ok: the slot's cache is unknown (forgotten).
+ * prompt_tokens / cached_tokens: as the backend reported (-1 unknown), for
+ * per-group hit rates. */
+void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
+                      int64_t cached_tokens);
+
+/* The idle slot the backend itself would pick for an item when it is sent
+ * without a slot id (LM Studio, llama.cpp without id_slot): the idle slot
+ * with the longest cached prefix if that covers >= similarity of the prompt,
+ * else the least recently used idle slot. -1 if none is idle. */
+int policy_backend_choice(const policy *p, const pol_item *it, double similarity);
+
+/* Per prefix group, for `lmsched status`. */
+typedef struct pol_group_info {
+    uint64_t group;
+    char label[48];          /* start of the system prompt */
+    unsigned queued;
+    unsigned inflight;
+    uint32_t slots_mask;     /* bit s set: slot s holds this group's prefix (slots < 32) */
+    uint64_t requests;       /* finished */
+    uint64_t prompt_tokens;  /* reported by the backend */
+    uint64_t cached_tokens;  /* reported by the backend */
+} pol_group_info;
+
+/* Fills up to max groups (most recently active first). Returns the count. */
+size_t policy_groups(const policy *p, pol_group_info *out, size_t max);
 
 /* Removes a queued item (canceled, or its agent went away). No-op if not queued. */
 void policy_remove(policy *p, pol_item *it);

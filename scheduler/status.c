@@ -59,11 +59,39 @@ char *status_json(const sched *s)
         s->be.checked_us ? json_real((double)(now - s->be.checked_us) / 1e6) : json_null());
 
     json_t *memory = json_pack(
-        "{s:I,s:f,s:I,s:I,s:I,s:i,s:s}", "total_bytes", (json_int_t)s->bin.total_ram,
-        "ram_fraction", s->bin.ram_fraction, "model_size_bytes", (json_int_t)s->bin.model_size,
-        "kv_per_request_bytes", (json_int_t)s->bin.kv_per_request, "budget_bytes",
-        (json_int_t)s->bout.budget_bytes, "max_concurrent", (int)s->max_concurrent,
-        "limited_by", s->limited_by ? s->limited_by : "memory");
+        "{s:I,s:f,s:I,s:I,s:I,s:i,s:s,s:s,s:I,s:s,s:I}", "total_bytes",
+        (json_int_t)s->bin.total_ram, "ram_fraction", s->bin.ram_fraction, "model_size_bytes",
+        (json_int_t)s->bin.model_size, "kv_per_request_bytes", (json_int_t)s->bin.kv_per_request,
+        "budget_bytes", (json_int_t)s->bout.budget_bytes, "max_concurrent",
+        (int)s->max_concurrent, "limited_by", s->limited_by ? s->limited_by : "memory",
+        "accounting", s->cfg.kv_per_request ? "per_request" : "per_token",
+        "kv_bytes_per_token", (json_int_t)s->kv_bytes_per_token, "kv_source",
+        s->kv_source ? s->kv_source : "default", "reserved_bytes",
+        (json_int_t)s->reserved_bytes);
+
+    /* Per prefix group: where its prefix is cached and how often it hit. */
+    json_t *groups = json_array();
+    pol_group_info gi[64];
+    size_t ng = policy_groups(s->pol, gi, sizeof(gi) / sizeof(gi[0]));
+    for (size_t i = 0; i < ng; i++) {
+        json_t *slots = json_array();
+        for (unsigned b = 0; b < 32; b++)
+            if (gi[i].slots_mask & (1u << b))
+                json_array_append_new(slots, json_integer(b));
+        char id[24];
+        snprintf(id, sizeof(id), "%016llx", (unsigned long long)gi[i].group);
+        json_array_append_new(
+            groups, json_pack("{s:s,s:s,s:i,s:i,s:o,s:I,s:I,s:I,s:o}", "id", id, "label",
+                              gi[i].label, "queued", (int)gi[i].queued, "inflight",
+                              (int)gi[i].inflight, "cached_in_slots", slots, "requests",
+                              (json_int_t)gi[i].requests, "prompt_tokens",
+                              (json_int_t)gi[i].prompt_tokens, "cached_tokens",
+                              (json_int_t)gi[i].cached_tokens, "hit_rate",
+                              gi[i].prompt_tokens
+                                  ? json_real((double)gi[i].cached_tokens /
+                                              (double)gi[i].prompt_tokens)
+                                  : json_null()));
+    }
 
     json_t *requests = json_pack(
         "{s:I,s:I,s:I,s:I,s:I,s:o,s:I}", "received", (json_int_t)s->st.received, "completed",
@@ -73,7 +101,7 @@ char *status_json(const sched *s)
 
     json_t *doc = json_pack(
         "{s:s,s:i,s:i,s:f,s:s,s:s,s:o,s:o,s:{s:i,s:i},s:i,s:o,s:{s:o,s:o,s:o},"
-        "s:{s:I,s:I,s:I}}",
+        "s:{s:I,s:I,s:I,s:o},s:o}",
         "version", LMSCHED_VERSION, "protocol", LMSCHED_PROTOCOL_VERSION, "pid", (int)getpid(),
         "uptime_s", (double)(now - s->start_us) / 1e6, "listen", s->cfg.listen, "policy",
         policy_name(s->pol), "backend", be, "memory", memory, "queue", "depth",
@@ -81,7 +109,10 @@ char *status_json(const sched *s)
         requests, "latency_ms", "queue_wait", status_pct(&s->st.queue_wait), "ttft",
         status_pct(&s->st.ttft), "total", status_pct(&s->st.total), "tokens", "prompt",
         (json_int_t)s->st.tokens_prompt, "completion", (json_int_t)s->st.tokens_completion,
-        "cached", (json_int_t)s->st.tokens_cached);
+        "cached", (json_int_t)s->st.tokens_cached, "cached_ratio",
+        s->st.tokens_prompt ? json_real((double)s->st.tokens_cached / (double)s->st.tokens_prompt)
+                            : json_null(),
+        "groups", groups);
     if (doc == NULL)
         return NULL;
     char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));

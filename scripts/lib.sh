@@ -2,14 +2,14 @@
 # shellcheck shell=bash
 
 LMSCHED_APT_PACKAGES="build-essential cmake pkg-config curl libnng-dev libcurl4-openssl-dev \
-libmsgpack-dev libjansson-dev libcmocka-dev libmicrohttpd-dev"
+libmsgpack-dev libjansson-dev libcmocka-dev libmicrohttpd-dev libxxhash-dev"
 
 lmsched_missing_deps() {
     local missing=""
     for cmd in cc cmake pkg-config curl; do
         command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
     done
-    for mod in libcurl jansson cmocka libmicrohttpd msgpack; do
+    for mod in libcurl jansson cmocka libmicrohttpd msgpack libxxhash; do
         pkg-config --exists "$mod" 2>/dev/null || missing="$missing $mod"
     done
     [ -f /usr/include/nng/nng.h ] || [ -f /usr/local/include/nng/nng.h ] || missing="$missing nng"

@@ -1,7 +1,9 @@
 /*
  * policy_test - the "fifo" queue policy of scheduler/policy.c: ordering by
  * priority then arrival, the queue bound, removal from any position, and
- * deadline expiry driven by plain int64 clock values.
+ * deadline expiry driven by plain int64 clock values, and its slot
+ * bookkeeping (policy_next: FIFO order on the least recently used idle
+ * slot).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -349,6 +351,54 @@ static void test_many_rounds(void **state)
     }
 }
 
+static void test_fifo_slots(void **state)
+{
+    fixture *f = *state;
+    int slot = -1;
+    uint32_t cached = 99;
+    /* One slot until told otherwise; nothing queued, nothing to start. */
+    assert_int_equal(policy_slots(f->p), 1);
+    assert_null(policy_next(f->p, 0, &slot, &cached));
+    assert_int_equal(slot, -1);
+    assert_int_equal(cached, 0);
+    assert_int_equal(policy_set_slots(f->p, 3), LMSCHED_OK);
+    assert_int_equal(policy_slots(f->p), 3);
+    const uint8_t prio[] = {5, 5, 7, 5, 5};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(policy_push(f->p, item(f, i, prio[i], i, 0)), LMSCHED_OK);
+    /* Priority, then arrival; slots 0, 1, 2 in turn (all equally unused). */
+    const int want[] = {2, 0, 1};
+    for (int k = 0; k < 3; k++) {
+        pol_item *it = policy_next(f->p, 10, &slot, &cached);
+        assert_int_equal(index_of(f, it), want[k]);
+        assert_int_equal(slot, k);
+        assert_int_equal(cached, 0); /* no blocks, nothing cached */
+        assert_int_equal(it->queued, 0);
+    }
+    /* No idle slot: nothing starts, the queue keeps its order. */
+    assert_null(policy_next(f->p, 11, &slot, &cached));
+    assert_int_equal(policy_depth(f->p), 2);
+    /* Slot 1 then slot 0 finish: slot 1 is now the least recently used. */
+    policy_slot_done(f->p, 1, true, 10, 0);
+    policy_slot_done(f->p, 0, false, -1, -1);
+    assert_int_equal(index_of(f, policy_next(f->p, 12, &slot, &cached)), 3);
+    assert_int_equal(slot, 1);
+    assert_int_equal(index_of(f, policy_next(f->p, 12, &slot, &cached)), 4);
+    assert_int_equal(slot, 0);
+    assert_null(policy_next(f->p, 12, &slot, &cached));
+    /* Per-group figures are kept for fifo too (all these share group 0). */
+    pol_group_info gi[2];
+    assert_int_equal(policy_groups(f->p, gi, 2), 1);
+    assert_int_equal(gi[0].inflight, 3);
+    assert_int_equal(gi[0].requests, 2);
+    assert_int_equal(gi[0].prompt_tokens, 10);
+    /* fifo ignores the tuning, and the other names are refused */
+    policy_tuning t = {.starve_us = 1, .max_overtakes = 1};
+    policy_set_tuning(f->p, &t);
+    policy_set_tuning(NULL, &t);
+    assert_int_equal(policy_set_slots(f->p, 0), LMSCHED_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -365,6 +415,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expiry_over_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pop_any_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_rounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fifo_slots, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
