@@ -259,6 +259,7 @@ static void sched_budget(sched *s)
         policy_set_slots(s->pol, slots);
     const char *kind = strcmp(s->cfg.backend_kind, "auto") ? s->cfg.backend_kind : s->be.kind;
     s->pin_slots = strcmp(kind, "llamacpp") == 0 && strcmp(policy_name(s->pol), "prefix") == 0;
+    policy_set_placement(s->pol, s->pin_slots, s->cfg.slot_similarity);
     /* Before the first probe the numbers are provisional; say them once known. */
     if (old != s->max_concurrent && s->be.checked_us != 0)
         log_info("memory budget: %s", s->bout.explain);

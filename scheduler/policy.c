@@ -315,6 +315,8 @@ int policy_alloc(policy **pp, const char *name, size_t max_queue)
     p->max_queue = max_queue;
     p->deadline_low = INT64_MAX;
     p->tun.starve_us = POL_DEFAULT_STARVE_US;
+    p->pinned = true;
+    p->similarity = 0.10;
     p->hmask = 63;
     p->htab = calloc(p->hmask + 1, sizeof(*p->htab));
     if (p->htab == NULL) {
@@ -380,6 +382,14 @@ void policy_set_tuning(policy *p, const policy_tuning *t)
         return;
     p->tun.starve_us = t->starve_us > 0 ? t->starve_us : POL_DEFAULT_STARVE_US;
     p->tun.max_overtakes = t->max_overtakes; /* 0: 4 x slots, worked out at use */
+}
+
+void policy_set_placement(policy *p, bool pinned, double similarity)
+{
+    if (p == NULL)
+        return;
+    p->pinned = pinned;
+    p->similarity = similarity >= 0 && similarity <= 1 ? similarity : 0.10;
 }
 
 int policy_set_slots(policy *p, unsigned n)
@@ -659,13 +669,16 @@ static uint32_t pol_dispatch(policy *p, pol_item *it, unsigned s)
 
     /* Every queued item that arrived earlier at the same or a higher
      * priority is overtaken. Lower priorities are not: being passed by
-     * more urgent work is what priority means. The walk is bounded; the
-     * oldest items, the only ones near the limit, come first. */
+     * more urgent work is what priority means. Nor are followers held for
+     * their leader's slot: they wait for their own group's prefill, which
+     * no other request's dispatch delays. The walk is bounded; the oldest
+     * items, the only ones near the limit, come first. */
     int budget = POL_OVERTAKE_WALK;
     for (int lv = pol_level(it); lv < POL_LEVELS && budget > 0; lv++)
         for (pol_item *x = p->lv[lv].head; x != NULL && x->seq < it->seq && budget > 0;
              x = x->next, budget--)
-            pol_node_of(x)->overtakes++;
+            if (!pol_group_held(pol_node_of(x)->g))
+                pol_node_of(x)->overtakes++;
 
     uint32_t cached = pol_block_tokens(pol_cached_blocks(p, s, it), it);
     pol_unqueue(p, it);
@@ -717,6 +730,13 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
         it = pol_fifo_choose(p, &s);
     if (it == NULL || s < 0)
         return NULL;
+    if (!p->pinned) {
+        /* Sent without a slot id, it runs where the backend's own rule
+         * puts it; the model follows, so it stays true. */
+        int b = policy_backend_choice(p, it, p->similarity);
+        if (b >= 0)
+            s = b;
+    }
     uint32_t c = pol_dispatch(p, it, (unsigned)s);
     if (slot != NULL)
         *slot = s;

@@ -60,6 +60,13 @@ int policy_push(policy *p, pol_item *it);
  * (ordering only, no slot; tests and shutdown). */
 pol_item *policy_pop(policy *p, int64_t now_us);
 
+/* Placement. pinned (the default): the request runs in the slot the
+ * policy chooses (llama.cpp's id_slot). Otherwise the backend picks the
+ * slot by its own rule (policy_backend_choice with this similarity, as LM
+ * Studio does); the policy then only dispatches hits that rule will place
+ * on the slot holding the prefix, and models the slot the rule picks. */
+void policy_set_placement(policy *p, bool pinned, double similarity);
+
 /* The backend has n parallel slots (1..256). Slot contents are forgotten
  * when n changes. Until called, the policy assumes 1 slot. */
 int policy_set_slots(policy *p, unsigned n);

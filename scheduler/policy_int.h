@@ -93,6 +93,8 @@ struct policy {
     unsigned n_slots;
     uint64_t lru_clock;
     policy_tuning tun; /* max_overtakes 0: 4 x slots */
+    bool pinned;       /* the slot we choose is the slot it runs in (id_slot) */
+    double similarity; /* else: the backend's own slot rule, with this threshold */
     pol_group **htab;
     size_t hmask;
     size_t n_groups;
@@ -114,6 +116,13 @@ uint64_t pol_demand(const pol_group *g, int lv);
 bool pol_heap_better(const pol_group *a, const pol_group *b, int lv);
 /* Cached blocks of it's prompt in slot s, per the model. */
 uint32_t pol_cached_blocks(const policy *p, unsigned s, const pol_item *it);
+/* A group whose prefix is on a slot where one of its requests runs: its
+ * queued requests are followers, held until that slot frees. */
+static inline bool pol_group_held(const pol_group *g)
+{
+    return g->pfx_blocks > 0 && g->resident > 0 && g->inflight > 0;
+}
+
 /* The idle slot to (re)load when no idle slot holds what is wanted: the
  * one whose group has the least queued demand per holding slot, LRU on
  * ties. -1 if no slot is idle. */

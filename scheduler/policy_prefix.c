@@ -33,10 +33,15 @@
 #include "scheduler/policy_int.h"
 
 /* A match worth keeping a slot for: at least one block and at least half
- * the prefix the item's group shares. */
-static bool pp_real_hit(uint32_t blocks, const pol_group *g)
+ * the prefix the item's group shares; without pinning, also enough of the
+ * prompt for the backend's similarity rule to pick that slot. */
+static bool pp_real_hit(const policy *p, uint32_t blocks, const pol_item *it,
+                        const pol_group *g)
 {
-    return blocks >= 1 && (uint64_t)blocks * 2 >= g->pfx_blocks;
+    if (blocks < 1 || (uint64_t)blocks * 2 < g->pfx_blocks)
+        return false;
+    return p->pinned ||
+           (double)blocks * POL_TOKENS_PER_BLOCK >= p->similarity * (double)it->tokens;
 }
 
 /* The idle slot where it has the most cached blocks (LRU on ties); with no
@@ -90,7 +95,7 @@ static pol_item *pp_hit(policy *p, int lv, int *slot)
         int scan = POL_SCAN_ITEMS;
         for (const pol_node *n = g->lv[lv].head; n != NULL && scan-- > 0; n = n->gnext) {
             uint32_t c = pol_cached_blocks(p, i, n->it);
-            if (!pp_real_hit(c, g))
+            if (!pp_real_hit(p, c, n->it, g))
                 continue;
             if (best == NULL || c > best_c || (c == best_c && n->it->seq < best->seq)) {
                 best = n->it;
@@ -106,7 +111,7 @@ static pol_item *pp_hit(policy *p, int lv, int *slot)
  * runs (so no leader is coming), or it has no prefix worth waiting for. */
 static bool pp_loadable(const pol_group *g)
 {
-    return g->pfx_blocks == 0 || g->resident == 0 || g->inflight == 0;
+    return !pol_group_held(g);
 }
 
 /* Rules 3 and 4 at one level. */
