@@ -24,6 +24,7 @@ void config_defaults(sched_config *cfg, const char *default_listen)
     snprintf(cfg->policy, sizeof(cfg->policy), "prefix");
     snprintf(cfg->cache_type, sizeof(cfg->cache_type), "f16");
     cfg->starve_ms = 30000;
+    cfg->gather_ms = 10;
     cfg->slot_similarity = 0.10;
     cfg->cache_prompt = true;
     cfg->ram_fraction = 0.60;
@@ -74,6 +75,9 @@ void config_usage(FILE *out)
         "  --starve-ms MS          prefix: a request queued this long runs next (default 30000)\n"
         "  --max-overtakes N       prefix: ... or once N later requests started first\n"
         "                          (default 4 x slots)\n"
+        "  --gather-ms MS          prefix: a load that evicts a cached prefix waits this\n"
+        "                          long for requests sent with it; a conversation keeps\n"
+        "                          its slot this long for its next turn (default 10; 0 off)\n"
         "  --slot-similarity F     the backend's slot-prompt-similarity (default 0.10)\n"
         "  --log-level LEVEL       error|warn|info|debug (default info)\n"
         "  --help, --version\n"
@@ -122,7 +126,7 @@ enum {
     OPT_MODEL_SIZE, OPT_KV, OPT_CONTEXT, OPT_SLOTS, OPT_MAXC, OPT_MAXQ, OPT_FORCE,
     OPT_RETRIES, OPT_REQ_TO, OPT_CONN_TO, OPT_DRAIN, OPT_PROBE, OPT_DEF_MAXTOK, OPT_POLICY,
     OPT_LOG, OPT_HELP, OPT_VERSION, OPT_KV_TOKEN, OPT_MODEL_PATH, OPT_CACHE_TYPE, OPT_STARVE,
-    OPT_OVERTAKES, OPT_SIMILARITY,
+    OPT_OVERTAKES, OPT_SIMILARITY, OPT_GATHER,
 };
 
 int config_parse(sched_config *cfg, int argc, char **argv)
@@ -154,6 +158,7 @@ int config_parse(sched_config *cfg, int argc, char **argv)
         {"cache-type", required_argument, NULL, OPT_CACHE_TYPE},
         {"starve-ms", required_argument, NULL, OPT_STARVE},
         {"max-overtakes", required_argument, NULL, OPT_OVERTAKES},
+        {"gather-ms", required_argument, NULL, OPT_GATHER},
         {"slot-similarity", required_argument, NULL, OPT_SIMILARITY},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
@@ -301,6 +306,11 @@ int config_parse(sched_config *cfg, int argc, char **argv)
             if (config_num("--starve-ms", optarg, 1, INT_MAX, &v))
                 return 2;
             cfg->starve_ms = (int)v;
+            break;
+        case OPT_GATHER:
+            if (config_num("--gather-ms", optarg, 0, 10000, &v))
+                return 2;
+            cfg->gather_ms = (int)v;
             break;
         case OPT_OVERTAKES:
             if (config_num("--max-overtakes", optarg, 1, 1000000, &v))

@@ -26,6 +26,7 @@ typedef struct sched_config {
     char cache_type[16];       /* KV cache element type for the GGUF formula ("f16") */
     int starve_ms;             /* prefix policy: queued longer than this runs next */
     unsigned max_overtakes;    /* prefix policy: ... or overtaken this often (0: 4 x slots) */
+    int gather_ms;             /* prefix policy: gather window for loads, conversation hold */
     double slot_similarity;    /* the backend's slot-prompt-similarity (LM Studio placement) */
     int64_t context;           /* fallback per-slot context; 0: none */
     unsigned slots;            /* fallback parallel slots; 0: none */

@@ -807,6 +807,7 @@ int sched_init(sched *s, const sched_config *cfg)
     policy_tuning tun = {
         .starve_us = (int64_t)cfg->starve_ms * 1000,
         .max_overtakes = cfg->max_overtakes,
+        .gather_us = (int64_t)cfg->gather_ms * 1000,
     };
     policy_set_tuning(s->pol, &tun);
     sched_budget(s);
@@ -874,6 +875,9 @@ static int64_t sched_next_wake(sched *s, int64_t now)
 {
     int64_t t = s->probe ? now + 1000000 : s->next_probe_us;
     int64_t d = policy_next_deadline(s->pol);
+    if (d < t)
+        t = d;
+    d = policy_next_wake(s->pol);
     if (d < t)
         t = d;
     for (job *j = s->jobs; j; j = j->next)

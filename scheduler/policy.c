@@ -27,6 +27,7 @@
 
 #define POL_SPARE_MAX 1024
 #define POL_DEFAULT_STARVE_US (30LL * 1000 * 1000)
+#define POL_DEFAULT_GATHER_US (10LL * 1000)
 
 /* ---- groups -------------------------------------------------------- */
 
@@ -315,6 +316,8 @@ int policy_alloc(policy **pp, const char *name, size_t max_queue)
     p->max_queue = max_queue;
     p->deadline_low = INT64_MAX;
     p->tun.starve_us = POL_DEFAULT_STARVE_US;
+    p->tun.gather_us = POL_DEFAULT_GATHER_US;
+    p->wake_us = INT64_MAX;
     p->pinned = true;
     p->similarity = 0.10;
     p->hmask = 63;
@@ -382,6 +385,7 @@ void policy_set_tuning(policy *p, const policy_tuning *t)
         return;
     p->tun.starve_us = t->starve_us > 0 ? t->starve_us : POL_DEFAULT_STARVE_US;
     p->tun.max_overtakes = t->max_overtakes; /* 0: 4 x slots, worked out at use */
+    p->tun.gather_us = t->gather_us > 0 ? t->gather_us : 0;
 }
 
 void policy_set_placement(policy *p, bool pinned, double similarity)
@@ -469,6 +473,30 @@ static void pol_unqueue(policy *p, pol_item *it)
     }
 }
 
+/* Remembers a dispatched prompt, so a later request that extends it (the
+ * next turn of a conversation: this prompt, the reply, a new message) is
+ * recognised. */
+static void pol_served_add(policy *p, const pol_item *it)
+{
+    if (it->n_blocks == 0 || it->blocks == NULL)
+        return;
+    p->served[p->served_pos].n = it->n_blocks;
+    p->served[p->served_pos].h = it->blocks[it->n_blocks - 1];
+    p->served_pos = (p->served_pos + 1) % POL_SERVED;
+}
+
+/* it extends a remembered prompt beyond its group's shared prefix. Chained
+ * hashes make one comparison per remembered prompt enough. */
+static bool pol_continues(const policy *p, const pol_item *it, uint32_t pfx_blocks)
+{
+    for (unsigned i = 0; i < POL_SERVED; i++) {
+        uint32_t n = p->served[i].n;
+        if (n > pfx_blocks && n <= it->n_blocks && it->blocks[n - 1] == p->served[i].h)
+            return true;
+    }
+    return false;
+}
+
 /* The item stays owned by the caller; the policy links it and keeps a node
  * of its own in it->priv until the item leaves. Returns LMSCHED_EINVAL for
  * a NULL or already queued item (linking it twice would corrupt the lists),
@@ -501,6 +529,14 @@ int policy_push(policy *p, pol_item *it)
         return LMSCHED_ENOMEM;
     }
     bool shrunk = pol_group_learn(g, it);
+    /* +2 per continuation, -1 per other request: a group is conversational
+     * while at least a third of its requests continue a conversation (the
+     * first turns of conversations are not continuations). */
+    if (it->n_blocks > 0 && it->blocks != NULL && pol_continues(p, it, g->pfx_blocks)) {
+        g->conv_score = g->conv_score + 2 < 8 ? g->conv_score + 2 : 8;
+    } else if (g->conv_score > 0) {
+        g->conv_score--;
+    }
 
     memset(n, 0, sizeof(*n));
     n->it = it;
@@ -628,6 +664,14 @@ static uint32_t pol_block_tokens(uint32_t blocks, const pol_item *it)
     return t < cap ? (uint32_t)t : cap;
 }
 
+bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_us)
+{
+    const pol_slot *sl = &p->slots[s];
+    if (sl->busy || sl->hold_until <= now_us)
+        return false;
+    return it == NULL || pol_cached_blocks(p, s, it) < sl->cache.n_blocks;
+}
+
 static int pol_lru_idle(const policy *p)
 {
     int lru = -1;
@@ -645,7 +689,7 @@ int pol_evict_slot(const policy *p)
     uint64_t best_demand = 0;
     for (unsigned i = 0; i < p->n_slots; i++) {
         const pol_slot *s = &p->slots[i];
-        if (s->busy)
+        if (s->busy || pol_slot_held(p, i, NULL, p->now_us))
             continue;
         uint64_t d = 0;
         const pol_group *g = s->group;
@@ -680,8 +724,16 @@ static uint32_t pol_dispatch(policy *p, pol_item *it, unsigned s)
             if (!pol_group_held(pol_node_of(x)->g))
                 pol_node_of(x)->overtakes++;
 
-    uint32_t cached = pol_block_tokens(pol_cached_blocks(p, s, it), it);
+    uint32_t held = pol_cached_blocks(p, s, it);
+    uint32_t cached = pol_block_tokens(held, it);
     pol_unqueue(p, it);
+    /* A turn that extends the slot's whole previous prompt, beyond what
+     * the group shares, continues a conversation. */
+    sl->run_cont = held > 0 && held == sl->cache.n_blocks && held > g->pfx_blocks;
+    sl->streak = sl->run_cont ? sl->streak + 1 : 0;
+    sl->hold_pending = false;
+    sl->hold_until = 0;
+    pol_served_add(p, it);
 
     sl->busy = true;
     sl->last_used = ++p->lru_clock;
@@ -722,8 +774,24 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
         *slot = -1;
     if (cached != NULL)
         *cached = 0;
-    if (p == NULL || p->depth == 0 || pol_lru_idle(p) < 0)
+    if (p == NULL)
         return NULL;
+    p->wake_us = INT64_MAX;
+    p->now_us = now_us;
+    if (p->depth == 0 || pol_lru_idle(p) < 0)
+        return NULL;
+    if (p->kind == POL_PREFIX) {
+        /* Holds start when the loop first looks after the slot freed. */
+        for (unsigned i = 0; i < p->n_slots; i++) {
+            pol_slot *sl = &p->slots[i];
+            if (sl->hold_pending) {
+                sl->hold_pending = false;
+                sl->hold_until = now_us + p->tun.gather_us;
+            }
+            if (!sl->busy && sl->hold_until > now_us && sl->hold_until < p->wake_us)
+                p->wake_us = sl->hold_until;
+        }
+    }
     if (p->kind == POL_PREFIX)
         it = pol_prefix_choose(p, now_us, &s);
     else
@@ -734,6 +802,8 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
         /* Sent without a slot id, it runs where the backend's own rule
          * puts it; the model follows, so it stays true. */
         int b = policy_backend_choice(p, it, p->similarity);
+        if (b >= 0 && p->kind == POL_PREFIX && pol_slot_held(p, (unsigned)b, it, now_us))
+            return NULL; /* it would land on a slot kept for a conversation */
         if (b >= 0)
             s = b;
     }
@@ -757,6 +827,8 @@ void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
     s->last_used = ++p->lru_clock;
     pol_group *g = s->run;
     s->run = NULL;
+    s->hold_pending = ok && g != NULL && p->kind == POL_PREFIX && p->tun.gather_us > 0 &&
+                      pol_group_conv(g) && s->streak < POL_STICKY_TURNS && s->group == g;
     if (g != NULL) {
         g->inflight--;
         g->requests++;
@@ -797,6 +869,11 @@ int policy_backend_choice(const policy *p, const pol_item *it, double similarity
     if (best >= 0 && (double)best_tok >= similarity * (double)it->tokens)
         return best;
     return pol_lru_idle(p);
+}
+
+int64_t policy_next_wake(const policy *p)
+{
+    return p != NULL ? p->wake_us : INT64_MAX;
 }
 
 size_t policy_groups(const policy *p, pol_group_info *out, size_t max)

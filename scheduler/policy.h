@@ -41,9 +41,13 @@ typedef struct policy policy;
 typedef struct policy_tuning {
     int64_t starve_us;       /* a request queued longer than this runs next, cache or not */
     unsigned max_overtakes;  /* ... or once this many later arrivals started before it */
+    int64_t gather_us;       /* a load that evicts a cached prefix waits until its
+                                request has been queued this long (0: never waits),
+                                and a slot that served a conversation is kept this
+                                long for the conversation's next turn */
 } policy_tuning;
 
-/* Sets the prefix policy's tuning (defaults: 30 s, 4 x slots). */
+/* Sets the prefix policy's tuning (defaults: 30 s, 4 x slots, 10 ms). */
 void policy_set_tuning(policy *p, const policy_tuning *t);
 
 /* Creates a policy by name ("fifo", "prefix"); max_queue > 0 bounds the queue.
@@ -116,6 +120,11 @@ void policy_remove(policy *p, pol_item *it);
 /* Removes and returns one queued item whose deadline_us <= now_us, or NULL.
  * Call until NULL to collect all expired items. */
 pol_item *policy_pop_expired(policy *p, int64_t now_us);
+
+/* When policy_next may choose differently without any other event (a
+ * load's gather window or a slot's hold for a conversation ends), or
+ * INT64_MAX. */
+int64_t policy_next_wake(const policy *p);
 
 /* The earliest deadline among queued items, or INT64_MAX. */
 int64_t policy_next_deadline(const policy *p);

@@ -30,6 +30,19 @@
 /* A group whose prefix is on a busy slot gets another slot once it has
  * more than this many queued items per slot holding it. */
 #define POL_DUP_FACTOR 2
+/* ... or at once onto an empty slot when its prefix is at most this many
+ * blocks (512 tokens). */
+#define POL_CHEAP_COPY_BLOCKS 32
+/* Prompts remembered to recognise conversations (policy.served). */
+#define POL_SERVED 64
+/* A group is conversational while its score (+2 per request that
+ * continued a served prompt, -1 per other request, at most 8) is at least
+ * this. */
+#define POL_CONV_MIN 2
+/* A slot is held for a conversation's next turn unless the turn it just
+ * served was already such a continuation: each conversation keeps a slot
+ * for two turns in a row at most, so others are not starved. */
+#define POL_STICKY_TURNS 1
 #define POL_TOKENS_PER_BLOCK (PREFIX_BLOCK_BYTES / PREFIX_BYTES_PER_TOKEN)
 
 enum { POL_FIFO, POL_PREFIX };
@@ -66,6 +79,7 @@ typedef struct pol_group {
     uint32_t n_ref;
     uint32_t pfx_blocks; /* blocks every member seen so far shares */
     uint64_t requests, prompt_tokens, cached_tokens;
+    unsigned conv_score; /* POL_CONV_MIN: recent requests continued served prompts */
 } pol_group;
 
 typedef struct pol_slot {
@@ -74,6 +88,10 @@ typedef struct pol_slot {
     uint64_t last_used; /* LRU stamp, as the backend keeps one */
     pol_group *group;   /* whose prefix the cache holds, or NULL */
     pol_group *run;     /* the group of the request running there */
+    bool run_cont;      /* that request continued the slot's previous prompt */
+    unsigned streak;    /* consecutive such continuations on this slot */
+    bool hold_pending;  /* freed after a conversation turn: hold it ... */
+    int64_t hold_until; /* ... until then, for the turn that continues it */
 } pol_slot;
 
 typedef struct pol_garr {
@@ -102,6 +120,15 @@ struct policy {
     pol_garr active[POL_LEVELS]; /* heaps of the groups with queued items at that level */
     pol_node *spare;             /* freed nodes for reuse, linked by gnext */
     size_t n_spare;
+    int64_t wake_us; /* policy_next_wake; recomputed by each policy_next */
+    int64_t now_us;  /* of the current policy_next */
+    /* The last prompts dispatched: (block count, last block hash), to see
+     * that a new request continues one of them (a conversation). */
+    struct {
+        uint32_t n;
+        uint64_t h;
+    } served[POL_SERVED];
+    unsigned served_pos;
 };
 
 static inline pol_node *pol_node_of(const pol_item *it)
@@ -122,6 +149,15 @@ static inline bool pol_group_held(const pol_group *g)
 {
     return g->pfx_blocks > 0 && g->resident > 0 && g->inflight > 0;
 }
+
+static inline bool pol_group_conv(const pol_group *g)
+{
+    return g->conv_score >= POL_CONV_MIN;
+}
+
+/* Slot s is held for a conversation's next turn at now and it is not that
+ * turn. */
+bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_us);
 
 /* The idle slot to (re)load when no idle slot holds what is wanted: the
  * one whose group has the least queued demand per holding slot, LRU on

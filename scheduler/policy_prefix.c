@@ -52,7 +52,7 @@ static int pp_best_slot(const policy *p, const pol_item *it)
     uint32_t best_c = 0;
     for (unsigned i = 0; i < p->n_slots; i++) {
         const pol_slot *s = &p->slots[i];
-        if (s->busy)
+        if (s->busy || pol_slot_held(p, i, it, p->now_us))
             continue;
         uint32_t c = pol_cached_blocks(p, i, it);
         if (c > 0 && (best < 0 || c > best_c ||
@@ -95,7 +95,7 @@ static pol_item *pp_hit(policy *p, int lv, int *slot)
         int scan = POL_SCAN_ITEMS;
         for (const pol_node *n = g->lv[lv].head; n != NULL && scan-- > 0; n = n->gnext) {
             uint32_t c = pol_cached_blocks(p, i, n->it);
-            if (!pp_real_hit(p, c, n->it, g))
+            if (!pp_real_hit(p, c, n->it, g) || pol_slot_held(p, i, n->it, p->now_us))
                 continue;
             if (best == NULL || c > best_c || (c == best_c && n->it->seq < best->seq)) {
                 best = n->it;
@@ -115,7 +115,7 @@ static bool pp_loadable(const pol_group *g)
 }
 
 /* Rules 3 and 4 at one level. */
-static pol_item *pp_load(policy *p, int lv, int *slot)
+static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
 {
     const pol_garr *a = &p->active[lv];
     pol_group *g = NULL;
@@ -146,13 +146,22 @@ static pol_item *pp_load(policy *p, int lv, int *slot)
             open[n_open++] = 2 * i + 2;
     }
     /* Rule 4: every group here waits for a leader; copy the one with the
-     * longest queue per holding slot, if it is long enough. */
+     * longest queue per holding slot, if it is long enough, or at once if
+     * a slot is empty and the prefix short (copying it there evicts
+     * nothing and costs less than waiting for the leader's answer; a long
+     * one would also slow the leader's prefill, which shares the engine). */
     if (g == NULL) {
         uint64_t best_d = 0;
+        bool empty = false;
+        for (unsigned s = 0; s < p->n_slots && !empty; s++)
+            empty = !p->slots[s].busy && p->slots[s].cache.n_blocks == 0 &&
+                    !pol_slot_held(p, s, NULL, now_us);
         for (unsigned s = 0; s < p->n_slots; s++) {
             pol_group *c = p->slots[s].group;
-            if (c == NULL || c->n_lv[lv] == 0 || pp_loadable(c) ||
-                c->queued <= POL_DUP_FACTOR * c->resident)
+            if (c == NULL || c->n_lv[lv] == 0 || pp_loadable(c))
+                continue;
+            bool cheap = empty && c->pfx_blocks <= POL_CHEAP_COPY_BLOCKS;
+            if (c->queued <= (cheap ? 0 : POL_DUP_FACTOR * c->resident))
                 continue;
             uint64_t d = pol_demand(c, lv) / c->resident;
             if (g == NULL || d > best_d ||
@@ -164,8 +173,23 @@ static pol_item *pp_load(policy *p, int lv, int *slot)
     }
     if (g == NULL)
         return NULL; /* followers wait for their leaders' slots */
-    *slot = pol_evict_slot(p);
-    return g->lv[lv].head->it;
+    pol_item *it = g->lv[lv].head->it;
+    int s = pol_evict_slot(p);
+    if (s < 0)
+        return NULL; /* the idle slots are kept for conversations */
+    /* Gather: requests sent together (a coordinator's fan-out) reach the
+     * daemon over a few milliseconds. Loading the first one at once would
+     * evict a prefix that the next ones are about to hit, so a load that
+     * overwrites a cached prefix waits until its request has been queued
+     * gather_us; hits go first meanwhile. */
+    int over = p->pinned ? s : policy_backend_choice(p, it, p->similarity);
+    if (over >= 0 && p->slots[over].cache.n_blocks > 0 && now_us < it->enq_us + p->tun.gather_us) {
+        if (it->enq_us + p->tun.gather_us < p->wake_us)
+            p->wake_us = it->enq_us + p->tun.gather_us;
+        return NULL;
+    }
+    *slot = s;
+    return it;
 }
 
 /* Ownership: returns a queued item (still queued; policy_next dispatches
@@ -180,7 +204,7 @@ pol_item *pol_prefix_choose(policy *p, int64_t now_us, int *slot)
             continue;
         it = pp_hit(p, lv, slot);
         if (it == NULL)
-            it = pp_load(p, lv, slot);
+            it = pp_load(p, lv, now_us, slot);
         if (it != NULL)
             return it;
     }

@@ -73,6 +73,10 @@ static policy *mkpol(const char *name, unsigned slots)
     assert_int_equal(policy_alloc(&p, name, 20000), LMSCHED_OK);
     assert_int_equal(policy_set_slots(p, slots), LMSCHED_OK);
     assert_int_equal(policy_slots(p), slots);
+    /* No gather window unless a test asks for one: most tests push and
+     * decide at the same clock value. */
+    policy_tuning t = {.starve_us = 0, .max_overtakes = 0, .gather_us = 0};
+    policy_set_tuning(p, &t);
     return p;
 }
 
@@ -215,19 +219,13 @@ static void test_longest_prefix_match(void **state)
      * each next turn goes to the slot holding its earlier turns. */
     policy_free(p);
     p = mkpol("prefix", 2);
-    /* Turn 1 of conversation 1 on slot 0; turn 1 of conversation 2 would
-     * wait for slot 0 (same group prefix), so two more queued requests make
-     * the group long enough to be copied onto slot 1. */
-    req f1, f2;
+    /* Turn 1 of conversation 1 on slot 0; turn 1 of conversation 2 does
+     * not wait for slot 0: the shared prefix is short (10 blocks) and slot
+     * 1 is empty, so it is copied there at once. */
     assert_int_equal(policy_push(p, mk(&wa, 7, 10, 1, 30, 5, 0)), LMSCHED_OK);
     expect_next(p, 0, &wa, 0);
     assert_int_equal(policy_push(p, mk(&wb, 7, 10, 2, 30, 5, 0)), LMSCHED_OK);
-    expect_none(p, 0);
-    assert_int_equal(policy_push(p, mk(&f1, 7, 10, 11, 3, 5, 0)), LMSCHED_OK);
-    assert_int_equal(policy_push(p, mk(&f2, 7, 10, 12, 3, 5, 0)), LMSCHED_OK);
     expect_next(p, 0, &wb, 1);
-    policy_remove(p, &f1.pi);
-    policy_remove(p, &f2.pi);
     policy_slot_done(p, 0, true, -1, -1);
     policy_slot_done(p, 1, true, -1, -1);
     assert_int_equal(policy_push(p, mk(&x, 7, 10, 2, 60, 5, 1)), LMSCHED_OK);
@@ -380,7 +378,8 @@ static void test_hold_and_duplicate(void **state)
     assert_int_equal(policy_push(p, mk(&a[1], 1, 80, 2, 1, 5, 1)), LMSCHED_OK);
     assert_int_equal(policy_push(p, mk(&a[2], 1, 80, 3, 1, 5, 2)), LMSCHED_OK);
     expect_next(p, 3, &a[0], 0);
-    /* Slot 1 is idle, but the two followers wait for their leader. */
+    /* Slot 1 is idle (empty), but the two followers wait for their leader:
+     * copying an 80-block prefix costs more than the wait. */
     expect_none(p, 3);
     expect_none(p, 4);
     assert_int_equal(policy_depth(p), 2);
@@ -655,6 +654,109 @@ static void test_rounds_simulation(void **state)
     assert_true(pfx < fifo);
 }
 
+/* A load that would evict a cached prefix waits for the gather window, so
+ * requests sent at the same time that hit go first; hits never wait, and a
+ * load onto a slot that holds nothing does not wait. */
+static void test_gather_window(void **state)
+{
+    (void)state;
+    policy *p = mkpol("prefix", 3);
+    policy_tuning t = {.gather_us = 1000};
+    policy_set_tuning(p, &t);
+    req wa, wb, c1, a1, b1, e1;
+    warm(p, mk(&wa, 1, 40, 1, 1, 5, 0), 0);
+    warm(p, mk(&wb, 2, 40, 2, 1, 5, 0), 1);
+    /* Slot 2 holds nothing: the new group's leader goes there at once. */
+    assert_int_equal(policy_push(p, mk(&e1, 9, 40, 9, 1, 5, 100)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 100, &e1, 2), 0);
+    assert_int_equal(policy_next_wake(p), INT64_MAX);
+    /* Now every idle slot holds a prefix: C's load waits. */
+    assert_int_equal(policy_push(p, mk(&c1, 3, 40, 3, 1, 5, 200)), LMSCHED_OK);
+    expect_none(p, 201);
+    assert_int_equal(policy_next_wake(p), 1200);
+    /* The rest of the fan-out arrives and hits. */
+    assert_int_equal(policy_push(p, mk(&a1, 1, 40, 4, 1, 5, 202)), LMSCHED_OK);
+    assert_int_equal(policy_push(p, mk(&b1, 2, 40, 5, 1, 5, 203)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 204, &a1, 0), 40 * TPB);
+    assert_int_equal(expect_next(p, 204, &b1, 1), 40 * TPB);
+    expect_none(p, 205); /* no idle slot */
+    policy_slot_done(p, 2, true, -1, -1);
+    expect_none(p, 1199); /* E's slot is idle but C's window is still open */
+    assert_int_equal(expect_next(p, 1200, &c1, 2), 0);
+    assert_int_equal(policy_next_wake(p), INT64_MAX);
+    policy_free(p);
+}
+
+/* A conversation's next turn extends its last prompt. Once a group is seen
+ * to hold conversations, a slot that served a turn which had to be loaded
+ * is kept for the gather window for that conversation's next turn, which
+ * then hits in full; a turn that was itself such a hit does not hold its
+ * slot, so conversations take turns on a slot two at a time. */
+static void test_conversation_hold(void **state)
+{
+    (void)state;
+    policy *p = mkpol("prefix", 1);
+    policy_tuning t = {.gather_us = 1000};
+    policy_set_tuning(p, &t);
+    req v1, x1, x2, x3, x4, y1, y2, z1;
+    /* V's and X's first turns share the system prompt (8 blocks). */
+    warm(p, mk(&v1, 1, 8, 5, 4, 5, 0), 0);
+    assert_int_equal(policy_push(p, mk(&x1, 1, 8, 1, 4, 5, 0)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 0, &x1, 0), 8 * TPB);
+    /* X's next turns continue X: the group becomes conversational. Each
+     * hits X's whole previous prompt (12, then 16 blocks). */
+    policy_slot_done(p, 0, true, -1, -1);
+    assert_int_equal(policy_push(p, mk(&x2, 1, 8, 1, 8, 5, 11)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 11, &x2, 0), 12 * TPB);
+    policy_slot_done(p, 0, true, -1, -1);
+    assert_int_equal(policy_push(p, mk(&x3, 1, 8, 1, 12, 5, 21)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 21, &x3, 0), 16 * TPB);
+    /* X3 was a continuation: its slot is not held when it finishes. */
+    policy_slot_done(p, 0, true, -1, -1);
+    assert_int_equal(policy_push(p, mk(&y1, 1, 8, 2, 4, 5, 31)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 31, &y1, 0), 8 * TPB); /* the system prompt */
+    /* Y1 had to be loaded: its slot is kept for Y's next turn, so X's
+     * fourth turn (its cache is gone) waits for the window. */
+    policy_slot_done(p, 0, true, -1, -1);
+    assert_int_equal(policy_push(p, mk(&x4, 1, 8, 1, 16, 5, 41)), LMSCHED_OK);
+    expect_none(p, 41);
+    assert_int_equal(policy_next_wake(p), 1041);
+    assert_int_equal(policy_push(p, mk(&y2, 1, 8, 2, 8, 5, 42)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 42, &y2, 0), 12 * TPB);
+    /* Y2 was a continuation: no hold, X4 goes at once. */
+    policy_slot_done(p, 0, true, -1, -1);
+    assert_int_equal(expect_next(p, 51, &x4, 0), 8 * TPB);
+    /* X4 was loaded: held for X5, which does not come; the window ends. */
+    policy_slot_done(p, 0, true, -1, -1);
+    assert_int_equal(policy_push(p, mk(&z1, 1, 8, 3, 4, 5, 61)), LMSCHED_OK);
+    expect_none(p, 61);
+    expect_none(p, 1060);
+    assert_int_equal(policy_next_wake(p), 1061);
+    assert_int_equal(expect_next(p, 1061, &z1, 0), 8 * TPB);
+    policy_free(p);
+}
+
+/* Without id_slot the backend places a request by its own rule: a match
+ * below its similarity threshold is no hit, and the model records the slot
+ * the rule picks (the least recently used idle one here). */
+static void test_unpinned_placement(void **state)
+{
+    (void)state;
+    policy *p = mkpol("prefix", 2);
+    policy_set_placement(p, false, 0.5);
+    req wa, a1, a2;
+    warm(p, mk(&wa, 1, 10, 1, 1, 5, 0), 0);
+    /* 10 of 41 blocks cached on slot 0: below half, so the backend would
+     * take the least recently used idle slot, 1. */
+    assert_int_equal(policy_push(p, mk(&a1, 1, 10, 2, 31, 5, 1)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 1, &a1, 1), 0);
+    policy_slot_done(p, 1, true, -1, -1);
+    /* Its continuation matches slot 1 in full and goes there. */
+    assert_int_equal(policy_push(p, mk(&a2, 1, 10, 2, 40, 5, 2)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 2, &a2, 1), 41 * TPB);
+    policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -672,6 +774,9 @@ int main(void)
         cmocka_unit_test(test_groups_status),
         cmocka_unit_test(test_many_groups),
         cmocka_unit_test(test_rounds_simulation),
+        cmocka_unit_test(test_gather_window),
+        cmocka_unit_test(test_conversation_hold),
+        cmocka_unit_test(test_unpinned_placement),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
