@@ -458,12 +458,19 @@ static void sched_on_request(sched *s, srv_ctx *c, nng_msg *msg)
             toks = ctx;
         j->reserve = s->kv_bytes_per_token * (uint64_t)(toks > 0 ? toks : 1);
     }
-    if (policy_push(s->pol, &j->pi) != 0) {
+    int prc = policy_push(s->pol, &j->pi);
+    if (prc == LMSCHED_EBUSY) {
         s->st.rejected_busy++;
         char why[128];
         snprintf(why, sizeof(why), "scheduler queue is full (%u requests waiting); retry later",
                  s->cfg.max_queue);
         sched_send_error(s, c, j->id, LMSCHED_EBUSY, why, NULL);
+        job_free(j);
+        return;
+    }
+    if (prc != LMSCHED_OK) {
+        sched_send_error(s, c, j->id, prc == LMSCHED_ENOMEM ? LMSCHED_ENOMEM : LMSCHED_EINTERNAL,
+                         "scheduler could not queue the request (out of memory)", NULL);
         job_free(j);
         return;
     }
