@@ -206,7 +206,7 @@ static void job_fail(sched *s, job *j, int code, const char *msg)
     s->st.failed++;
     if (code >= 0 && code < (int)(sizeof(s->st.failed_by_code) / sizeof(s->st.failed_by_code[0])))
         s->st.failed_by_code[code]++;
-    log_debug("request %" PRIu64 " from %s failed: %s: %s", j->id,
+    log_debug("request %u/%" PRIu64 " from %s failed: %s: %s", j->pipe, j->id,
               j->req.agent ? j->req.agent : "?", lms_err_name(code), msg);
     sched_send_error(s, j->ctx, j->id, code, msg, NULL);
     job_free(j);
@@ -573,8 +573,8 @@ static void sched_dispatch(sched *s, int64_t now)
             j->state = JOB_PENDING;
             s->queued--;
             s->inflight++;
-            log_debug("request %" PRIu64 " -> slot %d, ~%u of %u prompt tokens cached", j->id,
-                      slot, cached, j->chain.tokens);
+            log_debug("request %u/%" PRIu64 " -> slot %d, ~%u of %u prompt tokens cached",
+                      j->pipe, j->id, slot, cached, j->chain.tokens);
         }
         /* KV memory: the request reserves its share while it runs. One that
          * cannot fit even alone is refused; otherwise it waits (holding its
@@ -632,8 +632,9 @@ static void job_done(sched *s, job *j, bk_xfer *x)
             s->st.retried++;
             j->state = JOB_RETRY_WAIT;
             j->retry_at_us = now + retry_backoff_us(j->attempts);
-            log_info("request %" PRIu64 " attempt %u failed (%s); retrying in %" PRId64 " ms",
-                     j->id, j->attempts, x->err.message, (j->retry_at_us - now) / 1000);
+            log_info("request %u/%" PRIu64 " attempt %u failed (%s); retrying in %" PRId64
+                     " ms", j->pipe, j->id, j->attempts, x->err.message,
+                     (j->retry_at_us - now) / 1000);
             backend_xfer_free(x);
             return;
         }
