@@ -742,6 +742,22 @@ static int cli_print_reply(const lmsched_result *res, bool as_json)
     return CLI_EXIT_OK;
 }
 
+/* With --json a failed request is also a JSON document on stdout, so a
+ * script reading stdout sees why; the exit status and the stderr line are
+ * as without --json. */
+static void cli_print_error_json(int err, const char *msg)
+{
+    json_t *doc = json_pack("{s:{s:s,s:i,s:s}}", "error", "code", lms_err_name(err), "number",
+                            err, "message",
+                            msg != NULL && msg[0] != '\0' ? msg : lmsched_strerror(err));
+    if (doc == NULL)
+        return;
+    if (json_dumpf(doc, stdout, CLI_JSON_FLAGS) == 0)
+        fputc('\n', stdout);
+    json_decref(doc);
+    fflush(stdout);
+}
+
 /* A setter refused a value that passed our own checks, or memory ran out. */
 static int cli_setter_failed(int rc, const char *what)
 {
@@ -907,7 +923,10 @@ int cli_chat_main(int argc, char **argv)
         goto out;
     rc = lmsched_chat(client, req, (int)timeout, &res);
     if (rc != LMSCHED_OK) {
-        code = cli_report(rc, res != NULL ? lmsched_result_message(res) : NULL);
+        const char *msg = res != NULL ? lmsched_result_message(res) : NULL;
+        if (as_json)
+            cli_print_error_json(rc, msg);
+        code = cli_report(rc, msg);
         goto out;
     }
     code = cli_finish_stdout(cli_print_reply(res, as_json));

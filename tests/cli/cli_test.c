@@ -742,6 +742,25 @@ static void test_chat_error_reply(void **state)
     assert_contains(r.err, "lmsched: backend_http: ");
     assert_contains(r.err, "HTTP 500 ?[31mred?[0m\n");
     run_free(&r);
+
+    /* --json: the failure is also a JSON document on stdout */
+    fake.err_code = LMSCHED_EDEADLINE;
+    fake.err_msg = "waited 5000 ms in the queue";
+    r = run(cli_chat_main, NULL,
+            (const char *[]){"chat", "--json", "--url", fake.url, "hi", NULL});
+    assert_int_equal(r.code, 1);
+    json_error_t jerr;
+    json_t *doc = json_loads(r.out, 0, &jerr);
+    if (doc == NULL)
+        fail_msg("not JSON: %s", r.out);
+    json_t *e = json_object_get(doc, "error");
+    assert_string_equal(json_string_value(json_object_get(e, "code")), "deadline");
+    assert_int_equal(json_integer_value(json_object_get(e, "number")), LMSCHED_EDEADLINE);
+    assert_string_equal(json_string_value(json_object_get(e, "message")),
+                        "waited 5000 ms in the queue");
+    json_decref(doc);
+    assert_contains(r.err, "lmsched: deadline: ");
+    run_free(&r);
 }
 
 static void test_chat_no_daemon(void **state)
