@@ -84,6 +84,7 @@ struct lmsched_client {
     /* Guarded by mtx: */
     bool closing;
     int connect_timeout_ms;
+    char *auth; /* access token sent with each request, or NULL */
     int npipes; /* pipes between ADD_PRE and REM_POST */
     uint64_t next_id;
     size_t inflight;   /* starting or started calls whose callback has not run */
@@ -159,6 +160,15 @@ int lmsched_default_url(char *buf, size_t len)
 
 /* ---- client ------------------------------------------------------------ */
 
+/* Wipes and frees a token copy; accepts NULL. */
+static void agent_auth_free(char *tok)
+{
+    if (tok != NULL) {
+        explicit_bzero(tok, strlen(tok));
+        free(tok);
+    }
+}
+
 /* Counts pipes so that a send that times out can tell "no daemon" from "a
  * daemon slow to read". ADD_PRE is counted rather than ADD_POST because nng
  * runs REM_POST for every pipe that saw ADD_PRE (including ones rejected
@@ -229,6 +239,12 @@ int lmsched_client_open(lmsched_client **clientp, const char *url)
         rc = LMSCHED_ENOMEM;
         goto fail;
     }
+    /* Checked by the daemon, which names the limit if it is too long. */
+    const char *tok = getenv("LMSCHED_AUTH_TOKEN");
+    if (tok != NULL && tok[0] != '\0' && (c->auth = strdup(tok)) == NULL) {
+        rc = LMSCHED_ENOMEM;
+        goto fail;
+    }
     if (pthread_mutex_init(&c->mtx, NULL) != 0) {
         rc = LMSCHED_ENOMEM;
         goto fail;
@@ -293,6 +309,7 @@ fail:
     if (have_mtx) {
         pthread_mutex_destroy(&c->mtx);
     }
+    agent_auth_free(c->auth);
     free(c->url);
     free(c);
     return rc;
@@ -306,6 +323,25 @@ int lmsched_client_set_connect_timeout(lmsched_client *c, int ms)
     pthread_mutex_lock(&c->mtx);
     c->connect_timeout_ms = ms > 0 ? ms : AGENT_CONNECT_TIMEOUT_MS;
     pthread_mutex_unlock(&c->mtx);
+    return LMSCHED_OK;
+}
+
+int lmsched_client_set_auth(lmsched_client *c, const char *token)
+{
+    char *copy = NULL;
+    char *old;
+
+    if (c == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    if (token != NULL && token[0] != '\0' && (copy = strdup(token)) == NULL) {
+        return LMSCHED_ENOMEM;
+    }
+    pthread_mutex_lock(&c->mtx);
+    old = c->auth;
+    c->auth = copy;
+    pthread_mutex_unlock(&c->mtx);
+    agent_auth_free(old);
     return LMSCHED_OK;
 }
 
@@ -331,6 +367,7 @@ void lmsched_client_close(lmsched_client *c)
     nng_close(c->sock);
     pthread_cond_destroy(&c->idle_cv);
     pthread_mutex_destroy(&c->mtx);
+    agent_auth_free(c->auth);
     free(c->url);
     free(c);
 }
@@ -640,8 +677,18 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
     }
     pthread_mutex_lock(&c->mtx);
     m.id = call->id = ++c->next_id;
+    /* A copy, so lmsched_client_set_auth on another thread cannot free it
+     * under the encoder. */
+    if (c->auth != NULL && (m.auth = strdup(c->auth)) == NULL) {
+        pthread_mutex_unlock(&c->mtx);
+        rc = LMSCHED_ENOMEM;
+        goto fail;
+    }
     pthread_mutex_unlock(&c->mtx);
-    if ((rc = lms_encode(&m, &buf, &len)) != LMSCHED_OK) {
+    rc = lms_encode(&m, &buf, &len);
+    agent_auth_free(m.auth);
+    m.auth = NULL;
+    if (rc != LMSCHED_OK) {
         goto fail;
     }
     /* Over the daemon's limit it would only come back as an error, and far

@@ -107,6 +107,11 @@ void lms_msg_fini(lms_msg *m)
     if (m == NULL) {
         return;
     }
+    if (m->auth != NULL) {
+        /* A credential: do not leave it in freed heap memory. */
+        explicit_bzero(m->auth, strlen(m->auth));
+        free(m->auth);
+    }
     switch (m->kind) {
     case LMS_KIND_CHAT: {
         lms_chat_req *c = &m->u.chat;
@@ -260,10 +265,12 @@ static void lms__enc_head(lms__enc *e, const char *kind, uint64_t id, size_t n_b
     lms__enc_uint(e, "id", id);
 }
 
-static void lms__enc_chat(lms__enc *e, uint64_t id, const lms_chat_req *c)
+static void lms__enc_chat(lms__enc *e, uint64_t id, const char *auth,
+                          const lms_chat_req *c)
 {
     /* system, messages, priority, deadline_ms are always written. */
     size_t n = 4;
+    n += auth != NULL;
     n += c->model != NULL;
     n += c->max_tokens != -1;
     n += c->has_temperature;
@@ -309,6 +316,9 @@ static void lms__enc_chat(lms__enc *e, uint64_t id, const lms_chat_req *c)
     }
     if (c->client_id != NULL) {
         lms__enc_str(e, "client_id", c->client_id);
+    }
+    if (auth != NULL) {
+        lms__enc_str(e, "auth", auth);
     }
 }
 
@@ -367,13 +377,16 @@ int lms_encode(const lms_msg *m, void **bufp, size_t *lenp)
 
     switch (m->kind) {
     case LMS_KIND_CHAT:
-        lms__enc_chat(&e, m->id, &m->u.chat);
+        lms__enc_chat(&e, m->id, m->auth, &m->u.chat);
         break;
     case LMS_KIND_CHAT_REPLY:
         lms__enc_chat_reply(&e, m->id, &m->u.chat_reply);
         break;
     case LMS_KIND_STATUS:
-        lms__enc_head(&e, "status", m->id, 0);
+        lms__enc_head(&e, "status", m->id, m->auth != NULL);
+        if (m->auth != NULL) {
+            lms__enc_str(&e, "auth", m->auth);
+        }
         break;
     case LMS_KIND_STATUS_REPLY:
         lms__enc_head(&e, "status_reply", m->id, 1);
@@ -1242,6 +1255,17 @@ static int lms__dec_top(lms__dec *d, const msgpack_object *top, lms_msg *out)
     }
     lms_msg_init(out, kind);
     out->id = d->err->id;
+    if (kind == LMS_KIND_CHAT || kind == LMS_KIND_STATUS) {
+        /* Requests may carry the daemon's access token; whether one is
+         * needed is the daemon's business, not the decoder's. */
+        static const char *const akeys[] = {"auth"};
+        const msgpack_object *av[1];
+        lms__map_find(top, akeys, 1, av);
+        rc = lms__opt_str(d, av[0], "auth", d->lim->max_name_bytes, &out->auth);
+        if (rc != 0) {
+            return rc;
+        }
+    }
     switch (kind) {
     case LMS_KIND_CHAT:
         return lms__dec_chat(d, top, &out->u.chat);

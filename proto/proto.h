@@ -35,7 +35,8 @@ typedef enum lms_kind {
 typedef struct lms_limits {
     size_t max_msg_bytes;     /* whole encoded message */
     size_t max_text_bytes;    /* system prompt, one message content, reply content */
-    size_t max_name_bytes;    /* role, model, agent, client_id, finish_reason, stop item */
+    size_t max_name_bytes;    /* role, model, agent, client_id, finish_reason, stop item,
+                               * auth */
     size_t max_messages;      /* entries in "messages" */
     size_t max_stop;          /* entries in "stop" */
 } lms_limits;
@@ -104,6 +105,8 @@ typedef struct lms_msg {
     lms_kind kind;
     uint32_t version;
     uint64_t id;
+    char *auth;                /* chat and status only: the daemon's access token
+                                * ("auth"), NULL when absent; at most max_name_bytes */
     union {
         lms_chat_req chat;
         lms_chat_reply chat_reply;

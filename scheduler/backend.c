@@ -37,6 +37,7 @@ struct backend {
     int request_timeout_ms;
     size_t max_body;
     size_t max_content;
+    uint64_t max_response;
     bk_xfer *done_head, *done_tail;
     bk_xfer *all;                     /* every live transfer */
 };
@@ -102,6 +103,19 @@ static size_t bk_write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
         bool sse = ctype && strstr(ctype, "text/event-stream") != NULL;
         x->mode = (x->is_chat && status < 400 && sse) ? BK_MODE_SSE : BK_MODE_RAW;
     }
+    /* A stream's memory is bounded by the parser, but not its length: a
+     * server sending chunks forever would hold the slot until the request
+     * timeout. Count every byte, whatever the mode. */
+    x->recv_bytes += n;
+    if (x->recv_bytes > x->bk->max_response) {
+        char lim[32];
+        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)x->bk->max_response);
+        bk_set_error(x, LMSCHED_ETOOLARGE, false,
+                     "backend response larger than --max-response-bytes (%s bytes); "
+                     "dropped", lim);
+        x->aborted = true;
+        return 0;
+    }
     if (x->mode == BK_MODE_SSE) {
         int rc = sse_feed(&x->sse, ptr, n);
         if (rc == SSE_ETOOBIG) {
@@ -120,8 +134,10 @@ static size_t bk_write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
     if (bk_raw_append(x, ptr, n, limit) != 0) {
         if (x->http_status >= 400)
             return n; /* keep the start of an error page; drop the rest */
-        bk_set_error(x, LMSCHED_EBACKEND_STREAM, false,
-                     "backend response larger than the limit (%s)", "--max body");
+        char lim[32];
+        snprintf(lim, sizeof(lim), "%zu", x->bk->max_body);
+        bk_set_error(x, LMSCHED_ETOOLARGE, false,
+                     "backend response body larger than the limit (%s bytes); dropped", lim);
         x->aborted = true;
         return 0;
     }
@@ -141,6 +157,7 @@ int backend_alloc(backend **bp, const backend_opts *opts)
     b->request_timeout_ms = opts->request_timeout_ms;
     b->max_body = opts->max_body;
     b->max_content = opts->max_content;
+    b->max_response = opts->max_response ? opts->max_response : opts->max_body;
     curl_multi_setopt(b->multi, CURLMOPT_MAXCONNECTS, 64L);
 
     b->json_headers = curl_slist_append(NULL, "Content-Type: application/json");
@@ -294,6 +311,18 @@ static void bk_finish(bk_xfer *x, CURLcode rc)
         return; /* recorded while streaming: the real cause */
     if (rc != CURLE_OK) {
         oa_classify_curl((int)rc, x->errbuf, &x->err);
+        if (x->is_chat && x->resp.got_token && x->err.code == LMSCHED_EBACKEND_STREAM) {
+            /* The connection broke after the model had started answering:
+             * say so, since the agent cannot tell from curl's words that
+             * its answer was cut and will not be retried. */
+            char why[sizeof(x->err.message)];
+            snprintf(why, sizeof(why), "%s", x->err.message);
+            snprintf(x->err.message, sizeof(x->err.message),
+                     "the answer was cut: the backend stream broke after %zu bytes of "
+                     "content; the partial answer was dropped and the request not retried "
+                     "(%.300s)", x->resp.content_len, why);
+            x->err.transient = false;
+        }
         return;
     }
     if (x->http_status >= 400) {
@@ -316,8 +345,9 @@ static void bk_finish(bk_xfer *x, CURLcode rc)
         x->err.transient = !x->resp.got_token;
         if (x->resp.got_token)
             snprintf(x->err.message, sizeof(x->err.message),
-                     "backend stream ended in the middle of the answer (after %zu bytes "
-                     "of content); the partial answer was dropped", x->resp.content_len);
+                     "the answer was cut: the backend stream ended in the middle of the "
+                     "answer (after %zu bytes of content, with no finish reason); the partial "
+                     "answer was dropped", x->resp.content_len);
         else
             snprintf(x->err.message, sizeof(x->err.message),
                      "backend stream ended before the first token");

@@ -43,6 +43,7 @@ typedef struct bk_xfer {
     sse_parser sse;
     int mode;                 /* 0 unknown, 1 sse, 2 raw */
     bool aborted;             /* our write callback stopped the transfer */
+    uint64_t recv_bytes;      /* body bytes received so far */
     bool done;
     char errbuf[256];
     struct bk_xfer *next_done;
@@ -56,6 +57,7 @@ typedef struct backend_opts {
     int request_timeout_ms;   /* chat transfers; probes use min(this, 5000) */
     size_t max_body;          /* most bytes of a non-streamed body */
     size_t max_content;       /* most bytes of generated content */
+    uint64_t max_response;    /* most bytes of one response, streamed or not (0: max_body) */
 } backend_opts;
 
 int backend_alloc(backend **bp, const backend_opts *opts);

@@ -485,6 +485,9 @@ static void cli_status_usage(FILE *out)
             "  --timeout MS   give up after MS milliseconds (default %d)\n"
             "  --help\n"
             "\n"
+            "A daemon started with --auth-token-file needs its token: set it in the\n"
+            "environment variable LMSCHED_AUTH_TOKEN.\n"
+            "\n"
             "Exit status: 0 success, 1 the request failed, 2 usage error,\n"
             "3 daemon not reachable or no reply in time.\n",
             CLI_STATUS_TIMEOUT_MS);
@@ -594,6 +597,9 @@ static void cli_chat_usage(FILE *out)
         "                       ipc:///tmp/lmsched.sock)\n"
         "  --json               print the reply, usage and timings as a JSON object\n"
         "  --help\n"
+        "\n"
+        "A daemon started with --auth-token-file needs its token: set it in the\n"
+        "environment variable LMSCHED_AUTH_TOKEN.\n"
         "\n"
         "Exit status: 0 success, 1 the request failed, 2 usage error,\n"
         "3 daemon not reachable or no reply in time.\n",

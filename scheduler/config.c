@@ -33,9 +33,13 @@ void config_defaults(sched_config *cfg, const char *default_listen)
     cfg->request_timeout_ms = 600000;
     cfg->connect_timeout_ms = 2000;
     cfg->drain_timeout_ms = 30000;
+    cfg->backend_wait_ms = 20000;
+    cfg->max_response_bytes = 8u << 20;
     cfg->probe_interval_ms = 10000;
     cfg->default_max_tokens = -1;
     cfg->log_level = LOG_INFO;
+    cfg->socket_mode = 0600;
+    cfg->max_per_conn = 256;
 }
 
 void config_usage(FILE *out)
@@ -69,6 +73,9 @@ void config_usage(FILE *out)
         "  --request-timeout MS    per backend request (default 600000)\n"
         "  --connect-timeout MS    backend TCP connect (default 2000)\n"
         "  --drain-timeout MS      shutdown waits this long for in-flight requests (default 30000)\n"
+        "  --backend-wait MS       a request without a deadline waits this long for an\n"
+        "                          unreachable backend before failing (default 20000)\n"
+        "  --max-response-bytes SIZE  most bytes of one backend response (default 8M)\n"
         "  --probe-interval MS     re-read the backend's model info (default 10000)\n"
         "  --default-max-tokens N  max_tokens for requests that give none (default: backend's)\n"
         "  --policy NAME           prefix (default: prefix-cache aware) or fifo\n"
@@ -80,11 +87,20 @@ void config_usage(FILE *out)
         "                          its slot this long for its next turn (default 10; 0 off)\n"
         "  --slot-similarity F     the backend's slot-prompt-similarity (default 0.10)\n"
         "  --log-level LEVEL       error|warn|info|debug (default info)\n"
+        "  --socket-mode MODE      permissions of an ipc:// socket file, octal (default 0600)\n"
+        "  --socket-group GROUP    give an ipc:// socket file to this group (name or number)\n"
+        "  --auth-token-file FILE  every request must carry the token in FILE (required\n"
+        "                          for a listener other than ipc://; FILE must be mode 0600\n"
+        "                          or stricter unless --force)\n"
+        "  --max-per-conn N        outstanding requests per agent connection before BUSY\n"
+        "                          (default 256)\n"
         "  --help, --version\n"
         "\n"
         "SIZE takes K, M, G, T suffixes (powers of 1024). Exit status: 0 after a clean\n"
         "shutdown (SIGINT/SIGTERM), 1 on a runtime failure, 2 on a usage error, 4 when it\n"
-        "refuses to start (the model alone exceeds the memory budget, or it cannot listen).\n");
+        "refuses to start (the model alone exceeds the memory budget, it cannot listen, or\n"
+        "the socket group or token file is unusable). LM_API_TOKEN is sent to the backend;\n"
+        "LMSCHED_AUTH_TOKEN is what `lmsched status` and `lmsched chat` send to the daemon.\n");
 }
 
 static int config_num(const char *flag, const char *s, long long lo, long long hi, long long *out)
@@ -125,9 +141,31 @@ enum {
     OPT_LISTEN = 256, OPT_BACKEND, OPT_BACKEND_KIND, OPT_NO_CACHE, OPT_FRACTION, OPT_TOTAL_RAM,
     OPT_MODEL_SIZE, OPT_KV, OPT_CONTEXT, OPT_SLOTS, OPT_MAXC, OPT_MAXQ, OPT_FORCE,
     OPT_RETRIES, OPT_REQ_TO, OPT_CONN_TO, OPT_DRAIN, OPT_PROBE, OPT_DEF_MAXTOK, OPT_POLICY,
+    OPT_BACKEND_WAIT, OPT_MAX_RESPONSE,
     OPT_LOG, OPT_HELP, OPT_VERSION, OPT_KV_TOKEN, OPT_MODEL_PATH, OPT_CACHE_TYPE, OPT_STARVE,
     OPT_OVERTAKES, OPT_SIMILARITY, OPT_GATHER,
+    OPT_SOCKET_MODE, OPT_SOCKET_GROUP, OPT_AUTH_FILE, OPT_MAX_PER_CONN,
 };
+
+/* The access rules between flags: only an ipc:// socket is protected by
+ * file permissions; anything else (tcp://, ws://, abstract:// ...) can be
+ * reached by other users, so it needs a token. Returns 0 or 2. */
+static int config_check_access(const sched_config *cfg, bool socket_mode_given)
+{
+    bool ipc = strncmp(cfg->listen, "ipc://", 6) == 0;
+    if (!ipc && cfg->auth_token_file[0] == '\0') {
+        fprintf(stderr, "lmsched serve: refusing to listen on %s without a token: anyone who "
+                        "can reach it could use the LLM server; give --auth-token-file FILE "
+                        "(see docs/security.md)\n", cfg->listen);
+        return 2;
+    }
+    if (!ipc && (socket_mode_given || cfg->socket_group[0] != '\0')) {
+        fprintf(stderr, "lmsched serve: --socket-mode and --socket-group apply to an ipc:// "
+                        "listener only, not %s\n", cfg->listen);
+        return 2;
+    }
+    return 0;
+}
 
 int config_parse(sched_config *cfg, int argc, char **argv)
 {
@@ -149,6 +187,8 @@ int config_parse(sched_config *cfg, int argc, char **argv)
         {"request-timeout", required_argument, NULL, OPT_REQ_TO},
         {"connect-timeout", required_argument, NULL, OPT_CONN_TO},
         {"drain-timeout", required_argument, NULL, OPT_DRAIN},
+        {"backend-wait", required_argument, NULL, OPT_BACKEND_WAIT},
+        {"max-response-bytes", required_argument, NULL, OPT_MAX_RESPONSE},
         {"probe-interval", required_argument, NULL, OPT_PROBE},
         {"default-max-tokens", required_argument, NULL, OPT_DEF_MAXTOK},
         {"policy", required_argument, NULL, OPT_POLICY},
@@ -159,12 +199,17 @@ int config_parse(sched_config *cfg, int argc, char **argv)
         {"starve-ms", required_argument, NULL, OPT_STARVE},
         {"max-overtakes", required_argument, NULL, OPT_OVERTAKES},
         {"gather-ms", required_argument, NULL, OPT_GATHER},
+        {"socket-mode", required_argument, NULL, OPT_SOCKET_MODE},
+        {"socket-group", required_argument, NULL, OPT_SOCKET_GROUP},
+        {"auth-token-file", required_argument, NULL, OPT_AUTH_FILE},
+        {"max-per-conn", required_argument, NULL, OPT_MAX_PER_CONN},
         {"slot-similarity", required_argument, NULL, OPT_SIMILARITY},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
     long long v;
+    bool socket_mode_given = false;
     int c;
     optind = 1;
     opterr = 0;
@@ -268,6 +313,21 @@ int config_parse(sched_config *cfg, int argc, char **argv)
                 return 2;
             cfg->drain_timeout_ms = (int)v;
             break;
+        case OPT_BACKEND_WAIT:
+            if (config_num("--backend-wait", optarg, 0, INT_MAX, &v))
+                return 2;
+            cfg->backend_wait_ms = (int)v;
+            break;
+        case OPT_MAX_RESPONSE:
+            /* At least 4 KiB: a normal answer's stream is a few KiB. */
+            if (config_size("--max-response-bytes", optarg, &cfg->max_response_bytes))
+                return 2;
+            if (cfg->max_response_bytes < 4096) {
+                fprintf(stderr, "lmsched serve: --max-response-bytes: at least 4K, got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case OPT_PROBE:
             if (config_num("--probe-interval", optarg, 100, INT_MAX, &v))
                 return 2;
@@ -329,6 +389,36 @@ int config_parse(sched_config *cfg, int argc, char **argv)
             cfg->slot_similarity = f;
             break;
         }
+        case OPT_SOCKET_MODE: {
+            char *end;
+            errno = 0;
+            unsigned long m = strtoul(optarg, &end, 8);
+            /* The owner must keep read and write, or its own agents could
+             * not connect. */
+            if (errno || end == optarg || *end || m > 0777 || (m & 0600) != 0600) {
+                fprintf(stderr, "lmsched serve: --socket-mode: expected an octal mode from "
+                                "0600 to 0777 that keeps the owner's rw, got '%s'\n", optarg);
+                return 2;
+            }
+            cfg->socket_mode = (unsigned)m;
+            socket_mode_given = true;
+            break;
+        }
+        case OPT_SOCKET_GROUP:
+            if (config_str("--socket-group", optarg, cfg->socket_group,
+                           sizeof(cfg->socket_group)))
+                return 2;
+            break;
+        case OPT_AUTH_FILE:
+            if (config_str("--auth-token-file", optarg, cfg->auth_token_file,
+                           sizeof(cfg->auth_token_file)))
+                return 2;
+            break;
+        case OPT_MAX_PER_CONN:
+            if (config_num("--max-per-conn", optarg, 1, 1000000, &v))
+                return 2;
+            cfg->max_per_conn = (unsigned)v;
+            break;
         case OPT_HELP:
             config_usage(stdout);
             return 1;
@@ -345,5 +435,5 @@ int config_parse(sched_config *cfg, int argc, char **argv)
         fprintf(stderr, "lmsched serve: unexpected argument '%s' (see --help)\n", argv[optind]);
         return 2;
     }
-    return 0;
+    return config_check_access(cfg, socket_mode_given);
 }

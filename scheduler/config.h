@@ -37,9 +37,17 @@ typedef struct sched_config {
     int request_timeout_ms;    /* whole backend transfer */
     int connect_timeout_ms;    /* TCP connect to the backend */
     int drain_timeout_ms;      /* how long shutdown waits for in-flight requests */
+    int backend_wait_ms;       /* a request without a deadline waits this long for an
+                                * unreachable backend before failing */
+    uint64_t max_response_bytes; /* most bytes of one backend response (stream or body) */
     int probe_interval_ms;     /* how often /api/v1/models (or /props) is re-read */
     int32_t default_max_tokens;/* used when a request gives none; -1: let the backend decide */
     log_level log_level;
+    /* Access control (docs/security.md). */
+    unsigned socket_mode;      /* ipc:// socket file permissions (default 0600) */
+    char socket_group[256];    /* "" or a group name or number for the ipc:// socket file */
+    char auth_token_file[512]; /* "" or the file holding the token every request must carry */
+    unsigned max_per_conn;     /* outstanding requests per agent connection (default 256) */
 } sched_config;
 
 /* Fills defaults. default_listen is the agent library's default URL. */

@@ -40,14 +40,18 @@ struct sched_event {
     sched_event *next;
 };
 
-/* Most bytes of one backend response body we hold (probes, whole replies). */
-#define SCHED_MAX_BODY (8u << 20)
 /* Probe order for --backend-kind auto. */
 static const char *const probe_paths[] = {"/api/v1/models", "/props", "/v1/models"};
 static const char *const probe_kinds[] = {"lmstudio", "llamacpp", "openai"};
 #define PROBE_STAGES 3
 /* While the backend is unreachable it is probed this often. */
 #define PROBE_RETRY_MS 2000
+/* While the backend is unreachable dispatch is paused; the loop then wakes
+ * at least this often (the policy's own wake time is not refreshed). */
+#define DOWN_TICK_US 50000
+/* How often a request that could not connect checks whether the backend
+ * came back. */
+#define DOWN_RECHECK_US 250000
 
 /* ---- inbox (any thread) ------------------------------------------------ */
 
@@ -292,10 +296,17 @@ static void probe_start(sched *s, int stage)
 
 static void be_set_down(sched *s, const char *why)
 {
+    int64_t now = clock_now_us();
     if (s->be.healthy || strcmp(s->be.last_error, why) != 0)
         log_warn("backend %s unhealthy: %s", s->cfg.backend, why);
+    if (s->be.healthy || s->be.down_since_us == 0)
+        s->be.down_since_us = now;
     s->be.healthy = false;
     snprintf(s->be.last_error, sizeof(s->be.last_error), "%s", why);
+    /* A chat that could not connect marks it down between probes: probe
+     * soon, so waiting requests go out as soon as it is back. */
+    if (!s->probe && s->next_probe_us > now + PROBE_RETRY_MS * 1000LL)
+        s->next_probe_us = now + PROBE_RETRY_MS * 1000LL;
 }
 
 static void be_set_up(sched *s)
@@ -303,6 +314,7 @@ static void be_set_up(sched *s)
     if (!s->be.healthy)
         log_info("backend %s healthy (%s)", s->cfg.backend, s->be.kind);
     s->be.healthy = true;
+    s->be.down_since_us = 0;
     s->be.last_error[0] = '\0';
 }
 
@@ -365,6 +377,13 @@ static void probe_done(sched *s, bk_xfer *x)
         s->next_probe_us = now + (int64_t)s->cfg.probe_interval_ms * 1000;
         return;
     }
+    if (x->http_status > 0) {
+        /* It answered HTTP, with a body we could not use (too large, cut):
+         * reachable. Chat may still work; do not pause dispatch for it. */
+        be_set_up(s);
+        s->next_probe_us = now + (int64_t)s->cfg.probe_interval_ms * 1000;
+        return;
+    }
     be_set_down(s, x->err.message);
     s->next_probe_us = now + PROBE_RETRY_MS * 1000LL;
 }
@@ -375,7 +394,7 @@ static void sched_on_request(sched *s, srv_ctx *c, nng_msg *msg)
 {
     lms_msg m;
     lms_decode_err de;
-    srv_take(s->srv, c);
+    bool within_limit = srv_take(s->srv, c);
     int rc = lms_decode(nng_msg_body(msg), nng_msg_len(msg), &s->limits, &m, &de);
     nng_msg_free(msg);
     if (rc != LMSCHED_OK) {
@@ -383,6 +402,35 @@ static void sched_on_request(sched *s, srv_ctx *c, nng_msg *msg)
         log_warn("rejected a message from pipe %u: %s", srv_ctx_pipe(c), de.message);
         sched_send_error(s, c, de.have_id ? de.id : 0, rc, de.message,
                          de.field[0] ? de.field : NULL);
+        return;
+    }
+    /* Every request is checked, status too: the token is the only thing
+     * that tells a tcp:// peer from the user. srv_auth_ok logs refusals. */
+    if (!srv_auth_ok(s->srv, c, m.auth)) {
+        sched_send_error(s, c, m.id, LMSCHED_EAUTH,
+                         m.auth == NULL ? "this lmsched daemon requires an access token "
+                                          "(set LMSCHED_AUTH_TOKEN)"
+                                        : "access token refused",
+                         "auth");
+        lms_msg_fini(&m);
+        return;
+    }
+    if (m.auth != NULL) {
+        /* Checked; not kept (the chat body moves into a job below). */
+        explicit_bzero(m.auth, strlen(m.auth));
+        free(m.auth);
+        m.auth = NULL;
+    }
+    if (!within_limit) {
+        /* Counted as received too, so received = completed + failed +
+         * rejected_busy still holds (docs/status.md). */
+        if (m.kind == LMS_KIND_CHAT)
+            s->st.received++;
+        s->st.rejected_busy++;
+        sched_send_error(s, c, m.id, LMSCHED_EBUSY,
+                         "too many outstanding requests on this connection; wait for "
+                         "replies before sending more (see --max-per-conn)", NULL);
+        lms_msg_fini(&m);
         return;
     }
     if (m.kind == LMS_KIND_STATUS) {
@@ -616,6 +664,15 @@ static int64_t retry_backoff_us(unsigned attempt)
     return base + (int64_t)(rand() % (int)(base / 4 + 1));
 }
 
+/* The error of a request that gave up waiting for an unreachable backend. */
+static void sched_down_msg(const sched *s, int64_t waited_us, char *buf, size_t len)
+{
+    snprintf(buf, len, "cannot reach the LLM server at %s: it was unreachable for the %" PRId64
+             " ms this request waited (--backend-wait %d ms); last error: %.400s",
+             s->cfg.backend, waited_us / 1000, s->cfg.backend_wait_ms,
+             s->be.last_error[0] ? s->be.last_error : "none");
+}
+
 static void job_done(sched *s, job *j, bk_xfer *x)
 {
     int64_t now = clock_now_us();
@@ -624,10 +681,31 @@ static void job_done(sched *s, job *j, bk_xfer *x)
         be_set_down(s, x->err.message);
     else if (x->http_status > 0)
         be_set_up(s);
+    if (x->http_status > 0)
+        j->down_wait_us = 0; /* it reached the backend */
 
     if (x->err.code != LMSCHED_OK) {
-        bool can_retry = x->err.transient && !x->resp.got_token && !s->draining &&
-                         j->attempts <= s->cfg.max_retries;
+        bool refused = x->err.code == LMSCHED_EBACKEND_DOWN && !x->resp.got_token;
+        if (refused && !s->draining) {
+            /* Could not connect: the request never reached the backend, so
+             * this attempt does not count against --max-retries. It waits
+             * for the backend to come back (sched_retries), at most
+             * --backend-wait. */
+            j->refused++;
+            if (j->down_wait_us == 0)
+                j->down_wait_us = now;
+            if (now - j->down_wait_us < (int64_t)s->cfg.backend_wait_ms * 1000) {
+                s->st.retried++;
+                j->state = JOB_RETRY_WAIT;
+                j->retry_at_us = now + DOWN_RECHECK_US;
+                log_info("request %u/%" PRIu64 " could not reach the backend (%s); waiting "
+                         "for it", j->pipe, j->id, x->err.message);
+                backend_xfer_free(x);
+                return;
+            }
+        }
+        bool can_retry = x->err.transient && !refused && !x->resp.got_token && !s->draining &&
+                         j->attempts - j->refused <= s->cfg.max_retries;
         if (can_retry) {
             s->st.retried++;
             j->state = JOB_RETRY_WAIT;
@@ -638,8 +716,11 @@ static void job_done(sched *s, job *j, bk_xfer *x)
             backend_xfer_free(x);
             return;
         }
-        char msg[sizeof(x->err.message) + sizeof(s->cfg.backend) + 64];
-        if (j->attempts > 1)
+        char msg[sizeof(x->err.message) + sizeof(s->cfg.backend) + 96];
+        if (refused && j->down_wait_us)
+            snprintf(msg, sizeof(msg), "%s (backend %s; waited %" PRId64 " ms for it)",
+                     x->err.message, s->cfg.backend, (now - j->down_wait_us) / 1000);
+        else if (j->attempts > 1)
             snprintf(msg, sizeof(msg), "%s (backend %s, after %u attempts)", x->err.message,
                      s->cfg.backend, j->attempts);
         else
@@ -701,6 +782,20 @@ static void sched_retries(sched *s, int64_t now)
                                               "while waiting to retry");
             continue;
         }
+        if (!s->be.healthy) {
+            /* No use trying an unreachable backend: the probe says when it
+             * is back. Meanwhile the wait is bounded like a queued one's. */
+            if (j->down_wait_us == 0)
+                j->down_wait_us = now;
+            if (now - j->down_wait_us >= (int64_t)s->cfg.backend_wait_ms * 1000) {
+                char why[1200];
+                sched_down_msg(s, now - j->down_wait_us, why, sizeof(why));
+                job_fail(s, j, LMSCHED_EBACKEND_DOWN, why);
+                continue;
+            }
+            j->retry_at_us = now + DOWN_RECHECK_US;
+            continue;
+        }
         job_start(s, j);
     }
 }
@@ -715,6 +810,34 @@ static void sched_expire(sched *s, int64_t now)
                  "%u in flight)", j->req.deadline_ms, s->queued - 1, s->inflight);
         job_fail(s, j, LMSCHED_EDEADLINE, why); /* policy_remove is a no-op now */
     }
+}
+
+/* Dispatch is paused while the backend is unreachable. A queued request
+ * with a deadline waits for it (sched_expire answers DEADLINE once it
+ * passes); one without waits at most --backend-wait, counted from when it
+ * arrived or the backend went away, whichever is later. Returns when the
+ * next such wait runs out, INT64_MAX if none. */
+static int64_t sched_expire_down(sched *s, int64_t now)
+{
+    int64_t wait_us = (int64_t)s->cfg.backend_wait_ms * 1000, first = INT64_MAX;
+    job *next;
+    for (job *j = s->jobs; j; j = next) {
+        next = j->next;
+        if (j->state != JOB_QUEUED && j->state != JOB_PENDING)
+            continue;
+        if (j->state == JOB_QUEUED && j->req.deadline_ms)
+            continue;
+        int64_t since = j->recv_us > s->be.down_since_us ? j->recv_us : s->be.down_since_us;
+        if (now - since < wait_us) {
+            if (since + wait_us < first)
+                first = since + wait_us;
+            continue;
+        }
+        char why[1200];
+        sched_down_msg(s, now - since, why, sizeof(why));
+        job_fail(s, j, LMSCHED_EBACKEND_DOWN, why);
+    }
+    return first;
 }
 
 static void sched_backend_events(sched *s)
@@ -768,7 +891,8 @@ int sched_init(sched *s, const sched_config *cfg)
         .token = s->token,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .request_timeout_ms = cfg->request_timeout_ms,
-        .max_body = SCHED_MAX_BODY,
+        .max_body = (size_t)cfg->max_response_bytes,
+        .max_response = cfg->max_response_bytes,
         .max_content = s->limits.max_text_bytes,
     };
     if (backend_alloc(&s->bk, &bo) != LMSCHED_OK) {
@@ -867,15 +991,24 @@ int sched_listen(sched *s)
         .pipe_gone = sched_pipe_gone_cb,
         .arg = s,
     };
-    char err[600];
-    int rv = srv_open(&s->srv, s->cfg.listen, s->limits.max_msg_bytes + 1024, &ev, err,
-                      sizeof(err));
+    srv_opts o = {
+        .url = s->cfg.listen,
+        .max_msg = s->limits.max_msg_bytes + 1024,
+        .socket_mode = s->cfg.socket_mode,
+        .socket_group = s->cfg.socket_group[0] ? s->cfg.socket_group : NULL,
+        .max_per_conn = s->cfg.max_per_conn,
+        .auth_token_file = s->cfg.auth_token_file[0] ? s->cfg.auth_token_file : NULL,
+        .force = s->cfg.force,
+    };
+    char err[900];
+    int rv = srv_open(&s->srv, &o, &ev, err, sizeof(err));
     if (rv != 0) {
         fprintf(stderr, "lmsched serve: %s\n", err);
         return 4;
     }
-    log_info("listening on %s (policy %s, max %u concurrent, queue %u)", s->cfg.listen,
-             policy_name(s->pol), s->max_concurrent, s->cfg.max_queue);
+    log_info("listening on %s (policy %s, max %u concurrent, queue %u, %u per "
+             "connection%s)", s->cfg.listen, policy_name(s->pol), s->max_concurrent, s->cfg.max_queue,
+             s->cfg.max_per_conn, srv_auth_required(s->srv) ? ", token required" : "");
     return 0;
 }
 
@@ -910,7 +1043,11 @@ void sched_run(sched *s)
         int64_t now = clock_now_us();
         sched_retries(s, now);
         sched_expire(s, now);
-        sched_dispatch(s, now);
+        int64_t down_wake = INT64_MAX;
+        if (s->be.healthy)
+            sched_dispatch(s, now);
+        else
+            down_wake = sched_expire_down(s, now);
         if (!s->probe && now >= s->next_probe_us && !s->draining)
             probe_start(s, probe_first_stage(s));
         if (s->draining)
@@ -920,6 +1057,12 @@ void sched_run(sched *s)
         backend_perform(s->bk); /* start what was just added */
         sched_backend_events(s);
         int64_t wake = sched_next_wake(s, now);
+        if (!s->be.healthy) {
+            if (down_wake < wake)
+                wake = down_wake;
+            if (wake < now + DOWN_TICK_US)
+                wake = now + DOWN_TICK_US; /* dispatch paused: the policy's wake may be stale */
+        }
         int64_t ms = (wake - clock_now_us() + 999) / 1000;
         if (ms > 1000)
             ms = 1000;

@@ -49,6 +49,9 @@ typedef struct job {
     int64_t recv_us, dispatch_us, first_token_us;
     int64_t retry_at_us;
     unsigned attempts;        /* transfers started */
+    unsigned refused;         /* of those, ones that could not connect (not counted
+                               * against --max-retries: they never reached the backend) */
+    int64_t down_wait_us;     /* since when it waits for an unreachable backend, 0 if not */
     bk_xfer *xfer;            /* while JOB_INFLIGHT */
     prefix_chain chain;       /* the prompt's prefix blocks (pi points into it) */
     int slot;                 /* backend slot chosen by the policy, -1 before */
@@ -68,6 +71,7 @@ typedef struct backend_state {
     int64_t slots;            /* -1 unknown */
     int64_t size_bytes;       /* -1 unknown */
     int64_t checked_us;       /* last successful or failed probe, 0 never */
+    int64_t down_since_us;    /* when it became unreachable; 0 while healthy */
 } backend_state;
 
 typedef struct sched_stats {

@@ -1,5 +1,7 @@
 /*
- * server - nng REP socket with one context per outstanding request.
+ * server - nng REP socket with one context per outstanding request, and the
+ * daemon's access control: socket file mode and group, the access token,
+ * and the per-connection limit on outstanding requests.
  *
  * Design notes: a context is in one of three states. RECV: waiting for a
  * request (srv keeps SRV_RECEIVERS of these). HELD: holding a request the
@@ -9,19 +11,43 @@
  * lock here. A context is freed only from the loop thread after its idle
  * event was handled, which is after its callback returned, so nng_aio_free
  * never runs inside the aio's own callback.
+ *
+ * Per-connection limit: a HELD context is counted against its pipe in a
+ * small hash table (srv_conn), from srv_take until it leaves HELD (reply or
+ * recycle). An entry exists only while its count is non-zero, so the table
+ * holds one entry per connection with a request outstanding and needs no
+ * cleanup when a pipe closes: its requests are answered (canceled) and the
+ * counts drop to zero.
+ *
+ * The token is kept zero-padded in a fixed SRV_TOKEN_MAX buffer and compared
+ * over the whole buffer with no early exit, so the time taken tells a peer
+ * nothing about how much of its guess was right, nor the token's length.
  */
 #include "scheduler/server.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <nng/protocol/reqrep0/rep.h>
+#include <nng/transport/ipc/ipc.h>
 
+#include "scheduler/clock.h"
 #include "scheduler/log.h"
 
 #define SRV_RECEIVERS 32
+/* Buckets of the per-connection table; connections with requests
+ * outstanding are few (one per agent process), so chains stay short. */
+#define SRV_CONN_BUCKETS 256
+/* Auth refusals are logged at most this often. */
+#define SRV_AUTH_LOG_US 1000000
 
 enum { SRV_RECV = 1, SRV_HELD = 2, SRV_SEND = 3, SRV_DEAD = 4 };
 
@@ -31,8 +57,16 @@ struct srv_ctx {
     nng_aio *aio;
     int state;
     uint32_t pipe;
+    bool counted;         /* HELD and counted in its pipe's srv_conn */
     srv_ctx *prev, *next; /* all contexts, for srv_close */
 };
+
+/* Requests outstanding on one connection (pipe). */
+typedef struct srv_conn {
+    uint32_t pipe;
+    unsigned held;
+    struct srv_conn *next;
+} srv_conn;
 
 struct srv {
     nng_socket sock;
@@ -41,7 +75,16 @@ struct srv {
     unsigned receiving;
     unsigned sending;
     srv_ctx *all;
-    atomic_int closing;  /* read by the pipe callback on nng threads */
+    atomic_int closing; /* read by the pipe callback on nng threads */
+    unsigned max_per_conn;
+    srv_conn *conns[SRV_CONN_BUCKETS];
+    uint64_t conn_refused;
+    bool have_token;
+    size_t token_len;
+    unsigned char token[SRV_TOKEN_MAX]; /* zero-padded */
+    uint64_t auth_refused;
+    uint64_t auth_unlogged; /* refusals since the last log line */
+    int64_t auth_logged_us; /* when the last one was logged, 0 never */
 };
 
 static void srv_ctx_cb(void *arg)
@@ -131,32 +174,167 @@ static void srv_recv(srv *s, srv_ctx *c)
     nng_ctx_recv(c->ctx, c->aio);
 }
 
-int srv_open(srv **sp, const char *url, size_t max_msg, const srv_events *ev, char *errbuf,
+/* Reads the access token from path into s (see srv_opts). */
+static int srv_token_load(srv *s, const char *path, bool force, char *errbuf,
+                          size_t errlen)
+{
+    /* Room for the longest token plus "\r\n", and one byte to see that a
+     * file is longer than that. */
+    char buf[SRV_TOKEN_MAX + 3];
+    size_t n = 0;
+    struct stat st;
+    int rv = NNG_EINVAL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0) {
+        snprintf(errbuf, errlen, "--auth-token-file %s: %s", path, strerror(errno));
+        return NNG_EINVAL;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(errbuf, errlen, "--auth-token-file %s: not a regular file", path);
+        goto out;
+    }
+    /* As ssh does for private keys: a secret others can read is no secret. */
+    if ((st.st_mode & 0077) != 0 && !force) {
+        snprintf(errbuf, errlen,
+                 "--auth-token-file %s: permissions %04o are too open: the token must "
+                 "not be accessible by group or others (chmod 600 it, or pass --force)",
+                 path, (unsigned)(st.st_mode & 07777));
+        goto out;
+    }
+    while (n < sizeof(buf)) {
+        ssize_t r = read(fd, buf + n, sizeof(buf) - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(errbuf, errlen, "--auth-token-file %s: %s", path, strerror(errno));
+            goto out;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    /* The trailing newline an editor or `echo` adds is not part of it. */
+    if (n > 0 && buf[n - 1] == '\n')
+        n--;
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    if (n == 0) {
+        snprintf(errbuf, errlen, "--auth-token-file %s: the file holds no token", path);
+        goto out;
+    }
+    if (n > SRV_TOKEN_MAX) {
+        snprintf(errbuf, errlen,
+                 "--auth-token-file %s: the token is longer than %d bytes", path,
+                 SRV_TOKEN_MAX);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        /* Printable ASCII only: it travels as a msgpack string and is typed
+         * into environment variables. */
+        if ((unsigned char)buf[i] < 0x21 || (unsigned char)buf[i] > 0x7e) {
+            snprintf(errbuf, errlen,
+                     "--auth-token-file %s: the token must be printable ASCII with no "
+                     "spaces or control characters (byte %zu is not)",
+                     path, i);
+            goto out;
+        }
+    }
+    memset(s->token, 0, sizeof(s->token));
+    memcpy(s->token, buf, n);
+    s->token_len = n;
+    s->have_token = true;
+    rv = 0;
+out:
+    explicit_bzero(buf, sizeof(buf));
+    close(fd);
+    return rv;
+}
+
+/* Gives the ipc:// socket file at path the group (a name or a number) and
+ * then its final mode. Until then it was owner-only, so no member of the
+ * user's own group could connect in between. */
+static int srv_sock_group(const char *path, const char *group, unsigned mode,
+                          char *errbuf, size_t errlen)
+{
+    gid_t gid;
+    char *end;
+    errno = 0;
+    unsigned long num = strtoul(group, &end, 10);
+    if (*group != '\0' && *end == '\0' && errno == 0 && num <= (unsigned long)INT32_MAX) {
+        gid = (gid_t)num;
+    } else {
+        errno = 0;
+        struct group *gr = getgrnam(group);
+        if (gr == NULL) {
+            snprintf(errbuf, errlen, "--socket-group %s: no such group%s%s", group,
+                     errno ? ": " : "", errno ? strerror(errno) : "");
+            return NNG_EINVAL;
+        }
+        gid = gr->gr_gid;
+    }
+    if (chown(path, (uid_t)-1, gid) != 0) {
+        snprintf(errbuf, errlen, "--socket-group %s: cannot give %s to group %lu: %s%s",
+                 group, path, (unsigned long)gid, strerror(errno),
+                 errno == EPERM ? " (you must be a member of the group)" : "");
+        return NNG_EINVAL;
+    }
+    if (chmod(path, (mode_t)mode) != 0) {
+        snprintf(errbuf, errlen, "--socket-mode %04o: cannot set it on %s: %s", mode,
+                 path, strerror(errno));
+        return NNG_EINVAL;
+    }
+    return 0;
+}
+
+int srv_open(srv **sp, const srv_opts *o, const srv_events *ev, char *errbuf,
              size_t errlen)
 {
     srv *s = calloc(1, sizeof(*s));
+    bool ipc = strncmp(o->url, "ipc://", 6) == 0;
     int rv;
     if (s == NULL)
         return NNG_ENOMEM;
     s->ev = *ev;
-    if ((rv = nng_rep0_open(&s->sock)) != 0) {
-        snprintf(errbuf, errlen, "cannot open socket: %s", nng_strerror(rv));
+    s->max_per_conn = o->max_per_conn;
+    if (o->auth_token_file != NULL &&
+        (rv = srv_token_load(s, o->auth_token_file, o->force, errbuf, errlen)) != 0) {
         free(s);
         return rv;
     }
-    nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, max_msg);
+    if ((rv = nng_rep0_open(&s->sock)) != 0) {
+        snprintf(errbuf, errlen, "cannot open socket: %s", nng_strerror(rv));
+        explicit_bzero(s->token, sizeof(s->token));
+        free(s);
+        return rv;
+    }
+    nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, o->max_msg);
     nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, srv_pipe_cb, s);
-    if ((rv = nng_listener_create(&s->listener, s->sock, url)) != 0) {
-        snprintf(errbuf, errlen, "cannot listen on %s: %s", url, nng_strerror(rv));
+    if ((rv = nng_listener_create(&s->listener, s->sock, o->url)) != 0) {
+        snprintf(errbuf, errlen, "cannot listen on %s: %s", o->url, nng_strerror(rv));
         goto fail;
     }
-    if (strncmp(url, "ipc://", 6) == 0) {
-        /* Owner-only socket: other local users must not submit requests. */
-        nng_listener_set_int(s->listener, NNG_OPT_IPC_PERMISSIONS, 0600);
+    if (ipc) {
+        /* Owner-only unless asked otherwise: other local users must not
+         * submit requests. With a group the file stays owner-only until it
+         * belongs to that group (srv_sock_group). */
+        unsigned mode =
+            o->socket_group != NULL ? (o->socket_mode & 0700) : o->socket_mode;
+        if ((rv = nng_listener_set_int(s->listener, NNG_OPT_IPC_PERMISSIONS,
+                                       (int)mode)) != 0) {
+            snprintf(errbuf, errlen, "cannot set permissions of %s: %s", o->url,
+                     nng_strerror(rv));
+            goto fail;
+        }
     }
     if ((rv = nng_listener_start(s->listener, 0)) != 0) {
-        snprintf(errbuf, errlen, "cannot listen on %s: %s%s", url, nng_strerror(rv),
+        snprintf(errbuf, errlen, "cannot listen on %s: %s%s", o->url, nng_strerror(rv),
                  rv == NNG_EADDRINUSE ? " (is another lmsched serve running?)" : "");
+        goto fail;
+    }
+    if (ipc && o->socket_group != NULL &&
+        (rv = srv_sock_group(o->url + 6, o->socket_group, o->socket_mode, errbuf,
+                             errlen)) != 0) {
         goto fail;
     }
     *sp = s;
@@ -164,6 +342,7 @@ int srv_open(srv **sp, const char *url, size_t max_msg, const srv_events *ev, ch
     return 0;
 fail:
     nng_close(s->sock);
+    explicit_bzero(s->token, sizeof(s->token));
     free(s);
     return rv;
 }
@@ -180,13 +359,116 @@ void srv_fill(srv *s)
     }
 }
 
-void srv_take(srv *s, srv_ctx *c)
+static srv_conn **srv_conn_slot(srv *s, uint32_t pipe)
 {
+    /* Fibonacci hashing: pipe ids are sequential from a random start. */
+    srv_conn **pp = &s->conns[(uint32_t)(pipe * 2654435761u) % SRV_CONN_BUCKETS];
+    while (*pp != NULL && (*pp)->pipe != pipe)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* Counts a context that became HELD against its connection. Returns false
+ * when the connection already had max_per_conn outstanding. */
+static bool srv_conn_hold(srv *s, srv_ctx *c)
+{
+    srv_conn **pp = srv_conn_slot(s, c->pipe);
+    srv_conn *cn = *pp;
+    if (cn == NULL) {
+        if ((cn = calloc(1, sizeof(*cn))) == NULL) {
+            /* Uncounted: the request is served rather than refused for our
+             * own lack of memory. */
+            log_error("out of memory counting requests of connection %u", c->pipe);
+            return true;
+        }
+        cn->pipe = c->pipe;
+        *pp = cn;
+    }
+    cn->held++;
+    c->counted = true;
+    return s->max_per_conn == 0 || cn->held <= s->max_per_conn;
+}
+
+/* A context leaves HELD: uncount it. */
+static void srv_conn_rele(srv *s, srv_ctx *c)
+{
+    if (!c->counted)
+        return;
+    c->counted = false;
+    srv_conn **pp = srv_conn_slot(s, c->pipe);
+    srv_conn *cn = *pp;
+    if (cn == NULL)
+        return;
+    if (--cn->held == 0) {
+        *pp = cn->next;
+        free(cn);
+    }
+}
+
+bool srv_take(srv *s, srv_ctx *c)
+{
+    bool ok = true;
     if (c->state == SRV_RECV) {
         s->receiving--;
         c->state = SRV_HELD;
+        ok = srv_conn_hold(s, c);
+        if (!ok)
+            s->conn_refused++;
     }
     srv_fill(s);
+    return ok;
+}
+
+bool srv_auth_required(const srv *s)
+{
+    return s->have_token;
+}
+
+bool srv_auth_ok(srv *s, const srv_ctx *c, const char *auth)
+{
+    unsigned char given[SRV_TOKEN_MAX];
+    size_t n = auth != NULL ? strnlen(auth, SRV_TOKEN_MAX + 1) : 0;
+    volatile unsigned diff = 0;
+
+    if (!s->have_token)
+        return true;
+    /* The decoder caps "auth" at SRV_TOKEN_MAX bytes; anything longer or
+     * missing is a mismatch, found by the same full-length loop. */
+    diff |= (auth == NULL) | (n > SRV_TOKEN_MAX);
+    if (n > SRV_TOKEN_MAX)
+        n = SRV_TOKEN_MAX;
+    memset(given, 0, sizeof(given));
+    if (n > 0)
+        memcpy(given, auth, n);
+    diff |= (unsigned)((n ^ s->token_len) != 0);
+    for (size_t i = 0; i < SRV_TOKEN_MAX; i++)
+        diff |= (unsigned)(given[i] ^ s->token[i]);
+    explicit_bzero(given, sizeof(given));
+    if (diff == 0)
+        return true;
+
+    s->auth_refused++;
+    s->auth_unlogged++;
+    int64_t now = clock_now_us();
+    if (s->auth_logged_us == 0 || now - s->auth_logged_us >= SRV_AUTH_LOG_US) {
+        log_warn("refused a request from connection %u: %s (%" PRIu64
+                 " refused since the last such message, %" PRIu64 " in all)",
+                 c->pipe, auth == NULL ? "no token" : "wrong token", s->auth_unlogged,
+                 s->auth_refused);
+        s->auth_logged_us = now;
+        s->auth_unlogged = 0;
+    }
+    return false;
+}
+
+uint64_t srv_auth_refused(const srv *s)
+{
+    return s->auth_refused;
+}
+
+uint64_t srv_conn_refused(const srv *s)
+{
+    return s->conn_refused;
 }
 
 int srv_reply(srv *s, srv_ctx *c, const void *buf, size_t len)
@@ -201,6 +483,7 @@ int srv_reply(srv *s, srv_ctx *c, const void *buf, size_t len)
         srv_ctx_recycle(s, c);
         return rv;
     }
+    srv_conn_rele(s, c);
     c->state = SRV_SEND;
     s->sending++;
     nng_aio_set_msg(c->aio, m);
@@ -210,6 +493,7 @@ int srv_reply(srv *s, srv_ctx *c, const void *buf, size_t len)
 
 void srv_ctx_recycle(srv *s, srv_ctx *c)
 {
+    srv_conn_rele(s, c);
     if (c->state == SRV_SEND)
         s->sending--;
     else if (c->state == SRV_RECV)
@@ -248,5 +532,13 @@ void srv_close(srv *s)
     nng_close(s->sock);
     while (s->all)
         srv_ctx_free(s, s->all);
+    for (size_t i = 0; i < SRV_CONN_BUCKETS; i++) {
+        while (s->conns[i] != NULL) {
+            srv_conn *cn = s->conns[i];
+            s->conns[i] = cn->next;
+            free(cn);
+        }
+    }
+    explicit_bzero(s->token, sizeof(s->token));
     free(s);
 }

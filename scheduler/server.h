@@ -10,6 +10,7 @@
 #ifndef LMSCHED_SERVER_H
 #define LMSCHED_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,17 +31,53 @@ typedef struct srv_events {
     void *arg;
 } srv_events;
 
-/* Opens the REP socket and listens on url. For ipc:// the socket file is
- * made owner-only (0600). Returns 0, or an nng error with errbuf filled. */
-int srv_open(srv **sp, const char *url, size_t max_msg, const srv_events *ev, char *errbuf,
+/* Longest access token accepted (the protocol's name limit). */
+#define SRV_TOKEN_MAX 256
+
+/* How the daemon listens; see docs/security.md. The strings are only read
+ * during srv_open. */
+typedef struct srv_opts {
+    const char *url;
+    size_t max_msg;              /* nng's receive limit for one message */
+    unsigned socket_mode;        /* ipc:// file permissions, e.g. 0600 */
+    const char *socket_group;    /* NULL, or a group name or number for the ipc:// file */
+    unsigned max_per_conn;       /* outstanding requests per connection; 0: unlimited */
+    const char *auth_token_file; /* NULL: requests need no token */
+    bool force;                  /* accept a token file others can read */
+} srv_opts;
+
+/* Opens the REP socket and listens on o->url. An ipc:// socket file gets
+ * o->socket_mode (and o->socket_group). With o->auth_token_file the token
+ * is read from that file (refused when empty, too long, or readable by
+ * group or others without o->force) and every request must carry it.
+ * Returns 0, or an nng error (NNG_EINVAL for a bad token file or group)
+ * with errbuf filled. */
+int srv_open(srv **sp, const srv_opts *o, const srv_events *ev, char *errbuf,
              size_t errlen);
 
 /* Keeps a fixed number of contexts waiting for requests. */
 void srv_fill(srv *s);
 
 /* The loop thread takes over a context whose request event it is handling
- * (and the server starts another receiver). Call once per request event. */
-void srv_take(srv *s, srv_ctx *c);
+ * (and the server starts another receiver). Call once per request event.
+ * Returns false when the request's connection already has max_per_conn
+ * requests outstanding: the caller must answer this one with an error at
+ * once (it is counted until then, like any other). */
+bool srv_take(srv *s, srv_ctx *c);
+
+/* Whether a request on c carrying auth (NULL: none) may be served: always
+ * when no token is configured, else when auth equals the token. The comparison
+ * takes the same time whatever the two strings hold. A refusal is counted
+ * and logged at most once a second, never with either string. */
+bool srv_auth_ok(srv *s, const srv_ctx *c, const char *auth);
+
+/* Whether every request must carry a token. */
+bool srv_auth_required(const srv *s);
+
+/* Requests refused for a missing or wrong token, and for too many
+ * outstanding on one connection (for status). */
+uint64_t srv_auth_refused(const srv *s);
+uint64_t srv_conn_refused(const srv *s);
 
 /* Sends a reply on a taken context (copies buf). Afterwards c comes back
  * through idle.

@@ -94,10 +94,11 @@ char *status_json(const sched *s)
     }
 
     json_t *requests = json_pack(
-        "{s:I,s:I,s:I,s:I,s:I,s:o,s:I}", "received", (json_int_t)s->st.received, "completed",
-        (json_int_t)s->st.completed, "failed", (json_int_t)s->st.failed, "retried",
+        "{s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I}", "received", (json_int_t)s->st.received,
+        "completed", (json_int_t)s->st.completed, "failed", (json_int_t)s->st.failed, "retried",
         (json_int_t)s->st.retried, "rejected_busy", (json_int_t)s->st.rejected_busy,
-        "failed_by_class", failed, "bad_messages", (json_int_t)s->st.bad_messages);
+        "failed_by_class", failed, "bad_messages", (json_int_t)s->st.bad_messages,
+        "auth_refused", (json_int_t)(s->srv != NULL ? srv_auth_refused(s->srv) : 0));
 
     json_t *doc = json_pack(
         "{s:s,s:i,s:i,s:f,s:s,s:s,s:o,s:o,s:{s:i,s:i},s:i,s:o,s:{s:o,s:o,s:o},"

@@ -435,7 +435,7 @@ char *api_models_lmstudio(const sim_config *cfg)
 
 static json_t *simapi_config(const sim_config *cfg)
 {
-    return json_pack(
+    json_t *c = json_pack(
         "{s:I,s:I,s:s,s:I,s:f,s:f,s:f,s:f,s:f,s:I,s:f,s:I,s:b,s:f,s:f,s:f,s:I,s:I}",
         "slots", (json_int_t)cfg->slots, "ctx", (json_int_t)cfg->ctx, "model", cfg->model,
         "model_size", (json_int_t)cfg->model_size, "slot_similarity",
@@ -446,6 +446,18 @@ static json_t *simapi_config(const sim_config *cfg)
         cfg->crash_exit, "spike_rate", cfg->spike_rate, "spike_ms", cfg->spike_ms,
         "malformed_rate", cfg->malformed_rate, "refuse_ms", (json_int_t)cfg->refuse_ms,
         "seed", (json_int_t)cfg->seed);
+    static const char *const modes[] = {"json", "truncate", "html", "huge", "any"};
+    int gm = cfg->garbage_mode >= 0 && cfg->garbage_mode <= 4 ? cfg->garbage_mode : 4;
+    if (c != NULL &&
+        (json_object_set_new(c, "hang_rate", json_real(cfg->hang_rate)) != 0 ||
+         json_object_set_new(c, "garbage_rate", json_real(cfg->garbage_rate)) != 0 ||
+         json_object_set_new(c, "garbage_mode", json_string(modes[gm])) != 0 ||
+         json_object_set_new(c, "garbage_bytes", json_integer((json_int_t)cfg->garbage_bytes)) !=
+             0)) {
+        json_decref(c);
+        return NULL;
+    }
+    return c;
 }
 
 char *api_stats(const sim_config *cfg, const sim_stats *st)
@@ -477,5 +489,15 @@ char *api_stats(const sim_config *cfg, const sim_stats *st)
         "crash_failed", (json_int_t)st->fault_crash_failed, "spike",
         (json_int_t)st->fault_spike, "malformed", (json_int_t)st->fault_malformed,
         "sim_ms", st->sim_ms, "slots", slots, "config", simapi_config(cfg));
+    /* Added after the pack: its format string is long enough already. */
+    json_t *faults = json_object_get(o, "faults");
+    if (faults == NULL ||
+        json_object_set_new(faults, "hang", json_integer((json_int_t)st->fault_hang)) != 0 ||
+        json_object_set_new(faults, "garbage", json_integer((json_int_t)st->fault_garbage)) !=
+            0 ||
+        json_object_set_new(o, "hanging", json_integer((json_int_t)st->hanging)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
     return simapi_dump(o);
 }

@@ -36,6 +36,10 @@ enum {
     OPT_SPIKE_MS,
     OPT_MALFORMED_RATE,
     OPT_REFUSE_MS,
+    OPT_HANG_RATE,
+    OPT_GARBAGE_RATE,
+    OPT_GARBAGE_MODE,
+    OPT_GARBAGE_BYTES,
     OPT_SEED,
     OPT_LOG_LEVEL,
     OPT_HELP,
@@ -62,6 +66,10 @@ static const struct option simcfg_options[] = {
     {"spike-ms", required_argument, NULL, OPT_SPIKE_MS},
     {"malformed-rate", required_argument, NULL, OPT_MALFORMED_RATE},
     {"refuse-ms", required_argument, NULL, OPT_REFUSE_MS},
+    {"hang-rate", required_argument, NULL, OPT_HANG_RATE},
+    {"garbage-rate", required_argument, NULL, OPT_GARBAGE_RATE},
+    {"garbage-mode", required_argument, NULL, OPT_GARBAGE_MODE},
+    {"garbage-bytes", required_argument, NULL, OPT_GARBAGE_BYTES},
     {"seed", required_argument, NULL, OPT_SEED},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"help", no_argument, NULL, OPT_HELP},
@@ -92,6 +100,10 @@ static const char simcfg_usage[] =
     "  --spike-ms MS          that delay in simulated ms (default 1000)\n"
     "  --malformed-rate P     fraction of streams given one invalid JSON chunk\n"
     "  --refuse-ms MS         refuse connections for the first MS ms\n"
+    "  --hang-rate P          fraction of requests accepted and never answered\n"
+    "  --garbage-rate P       fraction of requests answered with garbage\n"
+    "  --garbage-mode M       json, truncate, html, huge or any (default any)\n"
+    "  --garbage-bytes N      length of a 'huge' answer (default 67108864)\n"
     "  --seed N               seed for replies and fault draws (default 1)\n"
     "  --log-level L          error, warn, info or debug (default info)\n"
     "  --help, --version\n";
@@ -118,6 +130,10 @@ void simcfg_init(sim_config *cfg)
     cfg->spike_ms = 1000.0;
     cfg->malformed_rate = 0.0;
     cfg->refuse_ms = 0;
+    cfg->hang_rate = 0.0;
+    cfg->garbage_rate = 0.0;
+    cfg->garbage_mode = SIM_GARBAGE_ANY;
+    cfg->garbage_bytes = 64u << 20;
     cfg->seed = 1;
     cfg->log_level = SIMLOG_INFO;
 }
@@ -243,6 +259,30 @@ int simcfg_parse(sim_config *cfg, int argc, char **argv, FILE *out, FILE *err)
             if (simcfg_ll(optarg, 0, 3600000, &n) != 0)
                 goto bad;
             cfg->refuse_ms = (unsigned)n;
+            break;
+        case OPT_HANG_RATE:
+            if (simcfg_dbl(optarg, 0.0, 1.0, &cfg->hang_rate) != 0)
+                goto bad;
+            break;
+        case OPT_GARBAGE_RATE:
+            if (simcfg_dbl(optarg, 0.0, 1.0, &cfg->garbage_rate) != 0)
+                goto bad;
+            break;
+        case OPT_GARBAGE_MODE: {
+            static const char *const modes[] = {"json", "truncate", "html", "huge", "any"};
+            int m = -1;
+            for (int i = 0; i < 5; i++)
+                if (strcmp(optarg, modes[i]) == 0)
+                    m = i;
+            if (m < 0)
+                goto bad;
+            cfg->garbage_mode = m;
+            break;
+        }
+        case OPT_GARBAGE_BYTES:
+            if (simcfg_ll(optarg, 1, 1LL << 40, &n) != 0)
+                goto bad;
+            cfg->garbage_bytes = (uint64_t)n;
             break;
         case OPT_SEED: {
             char *end = NULL;

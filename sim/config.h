@@ -16,6 +16,15 @@
 #define SIMCFG_MAX_CTX (1u << 24)
 #define SIMCFG_MAX_MODEL_NAME 256u
 
+/* What a garbage answer looks like (--garbage-mode). */
+typedef enum sim_garbage_mode {
+    SIM_GARBAGE_JSON = 0,     /* 200 application/json, invalid JSON */
+    SIM_GARBAGE_TRUNCATE = 1, /* 200 event stream that stops mid-answer, mid-event */
+    SIM_GARBAGE_HTML = 2,     /* 502 text/html error page from a "proxy" */
+    SIM_GARBAGE_HUGE = 3,     /* 200 event stream of garbage_bytes bytes */
+    SIM_GARBAGE_ANY = 4,      /* one of the above, drawn per request */
+} sim_garbage_mode;
+
 typedef struct sim_config {
     int port;               /* 0: pick a free port */
     const char *port_file;  /* NULL: none; points into argv */
@@ -37,6 +46,10 @@ typedef struct sim_config {
     double spike_ms;   /* simulated ms of that delay */
     double malformed_rate; /* fraction of streams given one invalid chunk */
     unsigned refuse_ms;    /* wall ms to wait before listening */
+    double hang_rate;      /* fraction accepted and never answered */
+    double garbage_rate;   /* fraction answered with garbage (garbage_mode) */
+    int garbage_mode;      /* enum sim_garbage_mode */
+    uint64_t garbage_bytes; /* length of a SIM_GARBAGE_HUGE stream */
     uint64_t seed;
     int log_level; /* enum simlog_level */
 } sim_config;

@@ -61,6 +61,7 @@ struct sim_req {
     uint64_t word_seed;
     double spike_ms; /* 0: no spike */
     unsigned malformed_at;
+    int garbage_mode; /* SIM_GARBAGE: the kind drawn */
     sim_state state;
     int slot;      /* slot held, -1 if none */
     int last_slot; /* slot it ran in, for the view */
@@ -117,6 +118,8 @@ struct sim_engine {
     uint64_t completion_tokens, errors_injected;
     uint64_t fault_fail, fault_crashes, fault_cut, fault_crash_failed;
     uint64_t fault_spike, fault_malformed;
+    uint64_t fault_hang, fault_garbage;
+    unsigned hanging;
     unsigned max_active;
 };
 
@@ -168,7 +171,8 @@ const char *simeng_word(uint64_t word_seed, unsigned i)
 
 bool simeng_final(sim_state s)
 {
-    return s == SIM_DONE || s == SIM_CUT || s == SIM_FAILED || s == SIM_CANCELLED;
+    return s == SIM_DONE || s == SIM_CUT || s == SIM_FAILED || s == SIM_CANCELLED ||
+           s == SIM_GARBAGE;
 }
 
 static double simeng_elapsed_ms(const struct timespec *from, const struct timespec *to)
@@ -771,6 +775,29 @@ sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
                (unsigned long long)r->id);
         goto out;
     }
+    /* Drawn only when asked for, so runs without these faults keep the
+     * random sequence they always had. */
+    if (simeng_draw(e, cfg->hang_rate)) {
+        /* Accepted and then nothing: no queue place, no slot, no answer
+         * until the client gives up (simeng_release). */
+        r->state = SIM_HUNG;
+        e->hanging++;
+        e->fault_hang++;
+        e->errors_injected++;
+        simlog(SIMLOG_INFO, "req %llu: injected hang", (unsigned long long)r->id);
+        goto out;
+    }
+    if (simeng_draw(e, cfg->garbage_rate)) {
+        r->state = SIM_GARBAGE;
+        r->garbage_mode = cfg->garbage_mode;
+        if (r->garbage_mode == SIM_GARBAGE_ANY)
+            r->garbage_mode = (int)(simeng_uniform(e) * 4.0) % 4;
+        e->fault_garbage++;
+        e->errors_injected++;
+        simlog(SIMLOG_INFO, "req %llu: injected garbage (mode %d)", (unsigned long long)r->id,
+               r->garbage_mode);
+        goto out;
+    }
     if (simeng_draw(e, cfg->spike_rate) && cfg->spike_ms > 0) {
         r->spike_ms = cfg->spike_ms;
         e->fault_spike++;
@@ -826,6 +853,7 @@ static void simeng_view(const sim_engine *e, const sim_req *r, sim_view *v)
         v->finish_reason = r->capped ? "length" : "stop";
     v->fail_status = r->fail_status;
     v->fail_body = r->fail_body;
+    v->garbage_mode = r->garbage_mode;
 }
 
 void simeng_wait(sim_engine *e, sim_req *r, unsigned have, unsigned timeout_ms,
@@ -848,6 +876,12 @@ void simeng_release(sim_engine *e, sim_req *r)
     pthread_mutex_lock(&e->mu);
     if (!simeng_final(r->state)) {
         simeng_sync(e);
+    }
+    if (r->state == SIM_HUNG) {
+        /* Never queued and never in a slot: only the gauge to undo. */
+        e->hanging--;
+        r->state = SIM_CANCELLED;
+        e->changed = true;
     }
     if (r->state == SIM_QUEUED) {
         sim_req *prev = NULL;
@@ -898,6 +932,7 @@ void simeng_reset(sim_engine *e)
     e->completion_tokens = e->errors_injected = 0;
     e->fault_fail = e->fault_crashes = e->fault_cut = e->fault_crash_failed = 0;
     e->fault_spike = e->fault_malformed = 0;
+    e->fault_hang = e->fault_garbage = 0;
     e->max_active = simeng_active(e);
     e->started = 0;
     e->crashed = false;
@@ -923,6 +958,9 @@ void simeng_stats(sim_engine *e, sim_stats *st)
     st->fault_crash_failed = e->fault_crash_failed;
     st->fault_spike = e->fault_spike;
     st->fault_malformed = e->fault_malformed;
+    st->fault_hang = e->fault_hang;
+    st->fault_garbage = e->fault_garbage;
+    st->hanging = e->hanging;
     st->max_active = e->max_active;
     st->active = simeng_active(e);
     st->queued = e->n_queued;

@@ -36,6 +36,8 @@ typedef enum sim_state {
     SIM_CUT,        /* stream cut by a crash after some tokens */
     SIM_FAILED,     /* answered with an HTTP error (fail_status, fail_body) */
     SIM_CANCELLED,  /* the client went away */
+    SIM_HUNG,       /* injected hang: accepted, never queued, never answered */
+    SIM_GARBAGE,    /* injected garbage answer (garbage_mode in the view) */
 } sim_state;
 
 /* A chat request as the HTTP side hands it over. */
@@ -79,6 +81,8 @@ typedef struct sim_view {
     /* SIM_FAILED: */
     int fail_status;
     const char *fail_body; /* static JSON text */
+    /* SIM_GARBAGE: which kind (enum sim_garbage_mode, never SIM_GARBAGE_ANY) */
+    int garbage_mode;
 } sim_view;
 
 typedef struct sim_slot_stats {
@@ -96,6 +100,8 @@ typedef struct sim_stats {
     uint64_t errors_injected;   /* requests hit by any fault */
     uint64_t fault_fail, fault_crashes, fault_cut, fault_crash_failed;
     uint64_t fault_spike, fault_malformed;
+    uint64_t fault_hang, fault_garbage;
+    unsigned hanging;    /* hung requests whose client is still connected */
     unsigned max_active; /* most requests ever in slots at once */
     unsigned active;
     unsigned queued;
@@ -135,7 +141,7 @@ sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
                             unsigned *prompt_n);
 
 /* Blocks until r has more than `have` tokens, reaches a final state
- * (SIM_DONE, SIM_CUT, SIM_FAILED, SIM_CANCELLED), the engine stops, or
+ * (SIM_DONE, SIM_CUT, SIM_FAILED, SIM_CANCELLED, SIM_GARBAGE), the engine stops, or
  * timeout_ms of wall time pass; then fills *v. */
 void simeng_wait(sim_engine *e, sim_req *r, unsigned have, unsigned timeout_ms,
                  sim_view *v);

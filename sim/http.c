@@ -42,6 +42,17 @@ static const char simhttp_oom_body[] =
 static const char simhttp_malformed[] =
     "data: {\"choices\":[{\"delta\":{\"content\":\n\n";
 static const char simhttp_done[] = "data: [DONE]\n\n";
+/* --garbage-mode json: a 200 completion whose JSON stops half way. */
+static const char simhttp_garbage_json[] =
+    "{\"id\":\"chatcmpl-garbage\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,"
+    "\"message\":{\"role\":\"assistant\",\"content\":\"unterminated";
+/* --garbage-mode html: what a reverse proxy in front of a dead server says. */
+static const char simhttp_garbage_html[] =
+    "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    "<body><center><h1>502 Bad Gateway</h1></center>\n<hr><center>nginx</center>\n"
+    "</body></html>\n";
+/* --garbage-mode truncate: the last event stops in the middle. */
+static const char simhttp_garbage_tail[] = "data: {\"choices\":[{\"delta\":{\"content\":\"tr";
 
 struct sim_http {
     const sim_config *cfg;
@@ -236,6 +247,67 @@ static ssize_t simhttp_stream_cb(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
+/* --garbage-mode huge: the event in cc->out repeated up to garbage_bytes,
+ * then the body just ends. */
+static ssize_t simhttp_huge_cb(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    simhttp_conn *cc = cls;
+    uint64_t limit = cc->h->cfg->garbage_bytes;
+    if (pos >= limit)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    size_t n = limit - pos < max ? (size_t)(limit - pos) : max;
+    for (size_t done = 0; done < n;) {
+        size_t off = (size_t)((pos + done) % cc->out_len);
+        size_t k = cc->out_len - off;
+        if (k > n - done)
+            k = n - done;
+        memcpy(buf + done, cc->out + off, k);
+        done += k;
+    }
+    return (ssize_t)n;
+}
+
+/* Answers a request drawn for --garbage-rate with the kind in v. */
+static enum MHD_Result simhttp_garbage(struct MHD_Connection *c, simhttp_conn *cc,
+                                       const sim_view *v)
+{
+    const sim_config *cfg = cc->h->cfg;
+    switch (v->garbage_mode) {
+    case SIM_GARBAGE_JSON:
+        return simhttp_send(c, MHD_HTTP_OK, strdup(simhttp_garbage_json),
+                            "application/json; charset=utf-8", NULL);
+    case SIM_GARBAGE_HTML:
+        return simhttp_send(c, MHD_HTTP_BAD_GATEWAY, strdup(simhttp_garbage_html),
+                            "text/html", NULL);
+    case SIM_GARBAGE_TRUNCATE: {
+        /* Some tokens, then half an event, then a clean end of body: no
+         * finish_reason, no [DONE]. */
+        unsigned n = cfg->reply_tokens / 2 ? cfg->reply_tokens / 2 : 1;
+        int rc = simhttp_event(cc, api_chunk_role(cfg, v));
+        for (unsigned i = 0; rc == 0 && i < n; i++)
+            rc = simhttp_event(cc, api_chunk_content(cfg, v, simeng_word(v->word_seed, i)));
+        if (rc == 0)
+            rc = simhttp_out(cc, simhttp_garbage_tail, strlen(simhttp_garbage_tail));
+        char *body = rc == 0 ? strndup(cc->out, cc->out_len) : NULL;
+        cc->out_len = 0;
+        return simhttp_send(c, MHD_HTTP_OK, body, "text/event-stream", NULL);
+    }
+    case SIM_GARBAGE_HUGE:
+    default: {
+        if (simhttp_event(cc, api_chunk_content(cfg, v, "big ")) != 0)
+            return simhttp_json(c, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+        struct MHD_Response *resp = MHD_create_response_from_callback(
+            MHD_SIZE_UNKNOWN, 16 * 1024, simhttp_huge_cb, cc, NULL);
+        if (!resp)
+            return MHD_NO;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+    }
+}
+
 static enum MHD_Result simhttp_chat(struct MHD_Connection *c, simhttp_conn *cc)
 {
     sim_http *h = cc->h;
@@ -286,6 +358,10 @@ static enum MHD_Result simhttp_chat(struct MHD_Connection *c, simhttp_conn *cc)
         if (v.state == SIM_FAILED) {
             return simhttp_json(c, (unsigned)v.fail_status, strdup(v.fail_body));
         }
+        if (v.state == SIM_GARBAGE)
+            return simhttp_garbage(c, cc, &v);
+        /* SIM_HUNG falls through to the checks below: it is answered only
+         * when the engine stops, and released when the client hangs up. */
         if (v.stopping)
             return simhttp_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error",
                                  "server shutting down");

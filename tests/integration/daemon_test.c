@@ -282,14 +282,15 @@ static void test_deadline(void **state)
     lmsched_client_close(c);
 }
 
-/* Backend down: a clear error; when it comes up, service resumes. */
+/* Backend down: a request waits --backend-wait for it, then gets a clear
+ * error; when it comes up, service resumes. */
 static void test_backend_down_then_up(void **state)
 {
     h_env *e = *state;
     int port = h_free_port();
     assert_true(port > 0);
     snprintf(e->backend, sizeof(e->backend), "http://127.0.0.1:%d", port);
-    const char *d[] = {"--max-retries", "1", NULL};
+    const char *d[] = {"--max-retries", "1", "--backend-wait", "1000", NULL};
     if (h_daemon_start(e, d) != 0) {
         h_dump_logs(e);
         fail_msg("daemon did not start with the backend down");

@@ -109,6 +109,17 @@ LMSCHED_DECL int lmsched_client_open(lmsched_client **clientp, const char *url);
 LMSCHED_DECL int lmsched_client_set_connect_timeout(lmsched_client *c, int ms);
 
 /*
+ * Sets the access token sent with every later request of this client (the
+ * "auth" field, see docs/security.md); token is copied, NULL or "" sends
+ * none. A daemon started with --auth-token-file answers requests without
+ * the right token with LMSCHED_EAUTH. lmsched_client_open starts with the
+ * value of the environment variable LMSCHED_AUTH_TOKEN when it is set and
+ * not empty. Requests already started keep the token they were sent with.
+ * Returns LMSCHED_OK, LMSCHED_EINVAL (c is NULL) or LMSCHED_ENOMEM.
+ */
+LMSCHED_DECL int lmsched_client_set_auth(lmsched_client *c, const char *token);
+
+/*
  * Closes the client. Requests still in flight complete with LMSCHED_ECLOSED
  * (their callbacks run before close returns). Accepts NULL. Must not be
  * called from inside a completion callback of the same client.

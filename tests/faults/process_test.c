@@ -1,0 +1,198 @@
+/*
+ * process_test - processes dying under the daemon's feet: an agent process
+ * killed with kill -9 while its requests run (fault 5), and the daemon
+ * itself killed with kill -9 and restarted (fault 9). Real processes, real
+ * signals, real ipc:// sockets.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "faults/fharness.h"
+#include "integration/harness.h"
+#include "lmsched/agent.h"
+
+#define MEM "--total-ram", "64G", "--kv-per-request", "16M"
+#define SMALL_MODEL "--model-size", "1073741824"
+
+static int setup(void **state)
+{
+    h_env *e = calloc(1, sizeof(*e));
+    h_env_init(e);
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    h_env *e = *state;
+    h_env_fini(e);
+    free(e);
+    return 0;
+}
+
+/* Fault 5: an agent process is killed with kill -9 with four requests
+ * streaming and two queued. The daemon cancels their transfers (lmsim sees
+ * the connections close and frees its slots) and forgets the queued ones. */
+static void test_agent_killed(void **state)
+{
+    h_env *e = *state;
+    /* Real time, 2000-token answers: they would stream for 44 s. */
+    const char *sim[] = {"--slots", "4", "--reply-tokens", "2000", SMALL_MODEL, NULL};
+    const char *d[] = {MEM, NULL};
+    fh_start(e, sim, d);
+    pid_t agent = fh_agent_spawn(e, 6, 0);
+    assert_true(agent > 0);
+    int64_t active = fh_sim_wait(e, "active", 4, 4, 10000);
+    int64_t depth = fh_status_wait(e, "queue.depth", 2, 2, 5000);
+    if (active != 4 || depth != 2)
+        h_dump_logs(e);
+    assert_int_equal(active, 4);
+    assert_int_equal(depth, 2);
+    fh_sleep_ms(300); /* streaming by now */
+
+    int64_t t_kill = fh_now_ms();
+    assert_int_equal(kill(agent, SIGKILL), 0);
+    int st = 0;
+    assert_int_equal(waitpid(agent, &st, 0), agent);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    /* Poll both sides as fast as they answer. */
+    int64_t inflight = fh_status_wait(e, "inflight", 0, 0, 5000);
+    int64_t t_daemon = fh_now_ms();
+    assert_int_equal(inflight, 0);
+    assert_int_equal(fh_status_wait(e, "queue.depth", 0, 0, 1000), 0);
+    active = fh_sim_wait(e, "active", 0, 0, 5000);
+    int64_t t_sim = fh_now_ms();
+    assert_int_equal(active, 0);
+    json_t *sj = h_status(e);
+    assert_int_equal(h_json_int(sj, "requests.failed_by_class.canceled"), 6);
+    json_decref(sj);
+
+    /* The freed slots serve the next agent at once. */
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    lmsched_request *r = fh_req("sys", "after the kill", 4);
+    lmsched_result *res = NULL;
+    assert_int_equal(lmsched_chat(c, r, 20000, &res), LMSCHED_OK);
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+    printf(
+        "fault 5: agent killed (kill -9) with 4 requests streaming and 2 queued: daemon "
+        "had 0 in flight and 0 queued %lld ms after the kill, lmsim's slots were free "
+        "after "
+        "%lld ms; 6 requests canceled\n",
+        (long long)(t_daemon - t_kill), (long long)(t_sim - t_kill));
+    assert_true(t_sim - t_kill < 5000);
+}
+
+/* Fault 9: the daemon is killed with kill -9 with requests out and
+ * restarted. Agents get no_daemon, never a hang past their timeout; a
+ * request made while it is down waits for it (connect timeout) and
+ * succeeds once it is back; the same clients work after the restart. */
+static void test_daemon_killed(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {"--slots", "4", SMALL_MODEL, NULL};
+    const char *d[] = {MEM, NULL};
+    fh_start(e, sim, d);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    fh_tally t;
+    fh_tally_init(&t);
+    enum { N = 10, TIMEOUT = 8000 };
+    for (int i = 0; i < N; i++) {
+        char sys[64];
+        snprintf(sys, sizeof(sys), "Agent %d of the restart test.", i);
+        lmsched_request *r = fh_req(sys, "hello", 0);
+        assert_int_equal(lmsched_chat_async(c, r, TIMEOUT, fh_tally_cb, &t), LMSCHED_OK);
+        lmsched_request_free(r);
+    }
+    assert_int_equal(fh_sim_wait(e, "active", 4, 4, 10000), 4);
+
+    int64_t t_kill = fh_now_ms();
+    assert_int_equal(h_proc_stop(&e->daemon, SIGKILL, 5000), 128 + SIGKILL);
+    assert_int_equal(fh_tally_wait(&t, N, TIMEOUT + 2000), N);
+    int64_t answered_ms = t.last_ms - t_kill;
+    assert_int_equal(t.by_code[LMSCHED_OK] + t.by_code[LMSCHED_ENODAEMON], N);
+    assert_true(t.by_code[LMSCHED_ENODAEMON] >= 1);
+    assert_true(answered_ms < TIMEOUT);
+    printf("no_daemon error: %s\n", t.sample[LMSCHED_ENODAEMON]);
+
+    /* While it is down: a short connect timeout gives no_daemon quickly. */
+    lmsched_client *quick;
+    assert_int_equal(lmsched_client_open(&quick, e->url), LMSCHED_OK);
+    assert_int_equal(lmsched_client_set_connect_timeout(quick, 500), LMSCHED_OK);
+    lmsched_request *r = fh_req("sys", "anyone?", 4);
+    lmsched_result *res = NULL;
+    int64_t t0 = fh_now_ms();
+    assert_int_equal(lmsched_chat(quick, r, 5000, &res), LMSCHED_ENODAEMON);
+    int64_t nodaemon_ms = fh_now_ms() - t0;
+    assert_true(nodaemon_ms < 4000);
+    lmsched_result_free(res);
+    lmsched_client_close(quick);
+
+    /* A patient request sent while it is down goes out once it is back. */
+    lmsched_client *patient;
+    assert_int_equal(lmsched_client_open(&patient, e->url), LMSCHED_OK);
+    assert_int_equal(lmsched_client_set_connect_timeout(patient, 15000), LMSCHED_OK);
+    fh_tally pt;
+    fh_tally_init(&pt);
+    assert_int_equal(lmsched_chat_async(patient, r, 20000, fh_tally_cb, &pt), LMSCHED_OK);
+    fh_sleep_ms(300);
+    assert_int_equal(pt.done, 0);
+
+    int64_t t_restart = fh_now_ms();
+    if (h_daemon_start(e, d) != 0) {
+        h_dump_logs(e);
+        fail_msg("daemon did not restart");
+    }
+    assert_int_equal(fh_tally_wait(&pt, 1, 20000), 1);
+    assert_int_equal(pt.by_code[LMSCHED_OK], 1);
+    int64_t patient_ms = pt.last_ms - t_restart;
+
+    /* The first client reconnected by itself. */
+    for (int i = 0; i < 5; i++) {
+        res = NULL;
+        int rc = lmsched_chat(c, r, 20000, &res);
+        if (rc != LMSCHED_OK)
+            h_dump_logs(e);
+        assert_int_equal(rc, LMSCHED_OK);
+        lmsched_result_free(res);
+    }
+    printf(
+        "fault 9: daemon killed (kill -9) with 4 requests at the backend and 6 queued: "
+        "%d no_daemon, %d ok, all answered %lld ms after the kill (timeout %d ms); a "
+        "request while it was down: no_daemon after %lld ms (connect timeout 500 ms); a "
+        "patient one was served %lld ms after the restart; the old client's next 5 "
+        "requests succeeded\n",
+        t.by_code[LMSCHED_ENODAEMON], t.by_code[LMSCHED_OK], (long long)answered_ms,
+        TIMEOUT, (long long)nodaemon_ms, (long long)patient_ms);
+    lmsched_request_free(r);
+    lmsched_client_close(patient);
+    lmsched_client_close(c);
+    fh_tally_fini(&t);
+    fh_tally_fini(&pt);
+}
+
+int main(int argc, char **argv)
+{
+    int rc = fh_agent_main(argc, argv);
+    if (rc >= 0)
+        return rc;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_agent_killed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_daemon_killed, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("faults_process", tests, NULL, NULL);
+}
