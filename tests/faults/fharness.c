@@ -59,6 +59,14 @@ void fh_tally_cb(lmsched_result *res, void *arg)
     lmsched_result_free(res);
 }
 
+int fh_tally_done(fh_tally *t)
+{
+    pthread_mutex_lock(&t->mtx);
+    int n = t->done;
+    pthread_mutex_unlock(&t->mtx);
+    return n;
+}
+
 int fh_tally_wait(fh_tally *t, int n, int timeout_ms)
 {
     struct timespec ts;

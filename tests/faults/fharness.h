@@ -40,6 +40,8 @@ void fh_tally_fini(fh_tally *t);
 void fh_tally_cb(lmsched_result *res, void *arg);
 /* Waits until n callbacks ran or timeout_ms passed; returns how many ran. */
 int fh_tally_wait(fh_tally *t, int n, int timeout_ms);
+/* Replies counted so far (read under the tally's lock). */
+int fh_tally_done(fh_tally *t);
 
 /* ---- time and /proc ----------------------------------------------------- */
 
