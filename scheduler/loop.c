@@ -1018,8 +1018,11 @@ static int64_t sched_next_wake(sched *s, int64_t now)
     int64_t d = policy_next_deadline(s->pol);
     if (d < t)
         t = d;
+    /* Only a future one: the policy computes it in policy_next, which is
+     * not called while every slot is busy, so a past value is stale (and
+     * waking for it would spin the loop, taking a core from the server). */
     d = policy_next_wake(s->pol);
-    if (d < t)
+    if (d > now && d < t)
         t = d;
     for (job *j = s->jobs; j; j = j->next)
         if (j->state == JOB_RETRY_WAIT && j->retry_at_us < t)
