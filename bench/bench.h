@@ -48,6 +48,14 @@ typedef struct bn_req {
     char *errmsg; /* the error's message (owned), or NULL */
     double queue_ms, ttft_ms, total_ms;
     double done_ms; /* completion, ms since the workload started */
+    /* The server's own count for this request (a reply's usage), or -1. */
+    int64_t prompt_tokens, cached_tokens;
+    /* Against llama-server: the prompt and the reply in the engine's own
+     * tokens (from its /tokenize), for the optimum; NULL otherwise. */
+    int32_t *toks;
+    size_t ntoks;
+    int32_t *reply_toks;
+    size_t nreply_toks;
 } bn_req;
 
 typedef struct bn_workload {
@@ -62,6 +70,9 @@ typedef struct bn_workload {
     double mean_gap_sim_ms; /* BN_MANY: mean inter-arrival time per agent */
     bn_req *reqs;
     size_t nreqs;
+    /* Every sent request has toks (and reply_toks when it has a reply): the
+     * optimum counts in the engine's tokens instead of lmsim's 4 bytes. */
+    bool tokenized;
 } bn_workload;
 
 /* Parses a workload name; returns -1 if unknown. */
@@ -95,14 +106,16 @@ int bn_request_render(bn_workload *w, size_t i);
 /*
  * The clairvoyant lower bound on prefilled tokens with `slots` slots for the
  * requests of w that were sent (see docs/benchmarks.md, "The optimum").
- * Uses the rendered prompts and replies. Returns the bound, or -1 if the
+ * Uses the rendered prompts and replies, in the engine's tokens when
+ * w->tokenized, else in lmsim's (4 bytes each). Returns the bound, or -1 if the
  * workload has too many items for the exact computation (more than 16) or no
  * memory.
  */
 int64_t bn_optimum(const bn_workload *w, unsigned slots);
 
-/* Sum of ceil(render_len / 4) over the sent requests: the prompt tokens
- * lmsim should report if the rendering here matches its own. */
+/* Sum of ceil(render_len / 4) over the sent requests (of ntoks when
+ * w->tokenized): the prompt tokens the server should report if the
+ * rendering here matches its own. */
 int64_t bn_model_prompt_tokens(const bn_workload *w);
 
 #endif /* LMSCHED_BENCH_H */

@@ -1,10 +1,17 @@
 /*
  * lmbench - runs a named workload through the lmsched daemon against an LLM
- * server (lmsim), once per queue policy, each time with a fresh backend
- * (POST /sim/reset) and a fresh daemon, and prints one JSON object per
- * policy: the backend's own token counts (GET /sim/stats), latency figures
- * from the per-request results, and the workload's clairvoyant optimum
- * (optimum.c). docs/benchmarks.md describes the workloads and the figures.
+ * server, once per queue policy, each time with a fresh backend and a fresh
+ * daemon, and prints one JSON object per policy: the backend's own token
+ * counts, latency figures from the per-request results, and the workload's
+ * clairvoyant optimum (optimum.c). docs/benchmarks.md describes the
+ * workloads and the figures.
+ *
+ * Two kinds of backend. lmsim: reset with POST /sim/reset, token counts
+ * from GET /sim/stats, the optimum in lmsim's 4-bytes-per-token counting.
+ * llama.cpp's llama-server (found from GET /props): reset by a command
+ * (--reset-cmd, e.g. a restart) or by erasing every slot, token counts
+ * summed from each reply's usage, and the optimum in the engine's own
+ * tokens from its /tokenize.
  *
  * Every agent is a thread with its own lmsched_client, as separate agent
  * processes would be. Exit status: 0 when every policy ran (requests may
@@ -41,8 +48,17 @@
 #define BN_DAEMON_STOP_MS 40000
 #define BN_REQUEST_TIMEOUT_MS 900000
 
+typedef enum bn_backend_kind {
+    BN_BACKEND_AUTO,
+    BN_BACKEND_LMSIM,
+    BN_BACKEND_LLAMACPP,
+} bn_backend_kind;
+
 typedef struct bn_opts {
     bn_kind kind;
+    bn_backend_kind backend_kind;
+    const char *reset_cmd; /* llama.cpp: /bin/sh command that resets it */
+    double time_scale;     /* llama.cpp: `many`'s arrivals run this much faster */
     const char *policies[BN_MAX_POLICIES];
     int npolicies;
     const char *backend;
@@ -57,24 +73,36 @@ typedef struct bn_opts {
 
 static void bn_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: lmbench --workload rounds|roles|many|chat [--policy P[,P...]]\n"
-            "               [--backend URL] [--lmsched PATH] [--daemon-arg ARG]...\n"
-            "               [--slots N] [--seed N] [--scale F] [--json]\n"
-            "\n"
-            "Runs the workload through `lmsched serve` against the backend (lmsim) once\n"
-            "per policy (default fifo), resetting the backend before each, and prints\n"
-            "one result per policy (a JSON object per line with --json).\n"
-            "\n"
-            "  --workload W      rounds, roles, many or chat (see docs/benchmarks.md)\n"
-            "  --policy LIST     comma-separated queue policies (default fifo)\n"
-            "  --backend URL     lmsim base URL (default http://127.0.0.1:1234)\n"
-            "  --lmsched PATH    the lmsched command (default: next to lmbench)\n"
-            "  --daemon-arg ARG  one more argument for `lmsched serve` (repeatable)\n"
-            "  --slots N         slots assumed by the optimum (default 4)\n"
-            "  --seed N          workload seed (default 1)\n"
-            "  --scale F         multiply the requests per agent by F (default 1)\n"
-            "  --json            print only the JSON lines\n");
+    fprintf(
+        out,
+        "usage: lmbench --workload rounds|roles|many|chat [--policy P[,P...]]\n"
+        "               [--backend URL] [--backend-kind auto|lmsim|llamacpp]\n"
+        "               [--reset-cmd CMD] [--time-scale F] [--lmsched PATH]\n"
+        "               [--daemon-arg ARG]... [--slots N] [--seed N] [--scale F] "
+        "[--json]\n"
+        "\n"
+        "Runs the workload through `lmsched serve` against the backend (lmsim or\n"
+        "llama-server) once per policy (default fifo), resetting the backend before\n"
+        "each, and prints one result per policy (a JSON object per line with --json).\n"
+        "\n"
+        "  --workload W      rounds, roles, many or chat (see docs/benchmarks.md)\n"
+        "  --policy LIST     comma-separated queue policies (default fifo)\n"
+        "  --backend URL     backend base URL (default http://127.0.0.1:1234)\n"
+        "  --backend-kind K  lmsim, llamacpp, or auto (default: llamacpp if GET /props\n"
+        "                    answers with total_slots, else lmsim)\n"
+        "  --reset-cmd CMD   llamacpp: run CMD with /bin/sh before each policy to\n"
+        "                    reset the server (e.g. scripts/llama-server restart), then\n"
+        "                    wait for /health; without it, erase every slot\n"
+        "                    (POST /slots/N?action=erase, needs --slot-save-path;\n"
+        "                    the host prompt cache survives that)\n"
+        "  --time-scale F    llamacpp: send `many`'s arrivals F times faster (default "
+        "1)\n"
+        "  --lmsched PATH    the lmsched command (default: next to lmbench)\n"
+        "  --daemon-arg ARG  one more argument for `lmsched serve` (repeatable)\n"
+        "  --slots N         slots assumed by the optimum (default 4)\n"
+        "  --seed N          workload seed (default 1)\n"
+        "  --scale F         multiply the requests per agent by F (default 1)\n"
+        "  --json            print only the JSON lines\n");
 }
 
 static int bn_parse_num(const char *flag, const char *s, double lo, double hi,
@@ -104,7 +132,10 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
         OPT_SLOTS,
         OPT_SEED,
         OPT_SCALE,
-        OPT_JSON
+        OPT_JSON,
+        OPT_BACKEND_KIND,
+        OPT_RESET_CMD,
+        OPT_TIME_SCALE
     };
     static const struct option opts[] = {
         {"workload", required_argument, NULL, OPT_WORKLOAD},
@@ -116,13 +147,20 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
         {"seed", required_argument, NULL, OPT_SEED},
         {"scale", required_argument, NULL, OPT_SCALE},
         {"json", no_argument, NULL, OPT_JSON},
+        {"backend-kind", required_argument, NULL, OPT_BACKEND_KIND},
+        {"reset-cmd", required_argument, NULL, OPT_RESET_CMD},
+        {"time-scale", required_argument, NULL, OPT_TIME_SCALE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *workload = NULL, *policy = "fifo";
     double v;
     int c;
-    *o = (bn_opts){.backend = "http://127.0.0.1:1234", .slots = 4, .seed = 1, .scale = 1};
+    *o = (bn_opts){.backend = "http://127.0.0.1:1234",
+                   .slots = 4,
+                   .seed = 1,
+                   .scale = 1,
+                   .time_scale = 1};
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
@@ -163,6 +201,27 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
             break;
         case OPT_JSON:
             o->json = true;
+            break;
+        case OPT_BACKEND_KIND:
+            if (strcmp(optarg, "auto") == 0) {
+                o->backend_kind = BN_BACKEND_AUTO;
+            } else if (strcmp(optarg, "lmsim") == 0) {
+                o->backend_kind = BN_BACKEND_LMSIM;
+            } else if (strcmp(optarg, "llamacpp") == 0) {
+                o->backend_kind = BN_BACKEND_LLAMACPP;
+            } else {
+                fprintf(stderr,
+                        "lmbench: --backend-kind must be auto, lmsim or llamacpp\n");
+                return 2;
+            }
+            break;
+        case OPT_RESET_CMD:
+            o->reset_cmd = optarg;
+            break;
+        case OPT_TIME_SCALE:
+            if (bn_parse_num("--time-scale", optarg, 0.001, 1000, &v) != 0)
+                return 2;
+            o->time_scale = v;
             break;
         case 'h':
             bn_usage(stdout);
@@ -237,11 +296,15 @@ static size_t bn_body_write_cb(char *data, size_t size, size_t n, void *arg)
     return add;
 }
 
-/* GETs (post false) or POSTs an empty body to base + path and parses the
- * JSON answer (*outp owned by the caller). Returns 0 or -1 (reported). */
-static int bn_http_json(const char *base, const char *path, bool post, json_t **outp)
+/* Sends a request to base + path and parses the JSON answer (*outp owned
+ * by the caller): a GET when post is NULL, else a POST of that body (a
+ * JSON document or ""). Returns 0, or -1 (reported on stderr unless quiet;
+ * *statusp, if not NULL, gets the HTTP status, 0 without an answer). */
+static int bn_http_req(const char *base, const char *path, const char *post, bool quiet,
+                       long *statusp, json_t **outp)
 {
     CURL *h = curl_easy_init();
+    struct curl_slist *hdrs = NULL;
     bn_body body = {0};
     char url[1024];
     long status = 0;
@@ -256,33 +319,177 @@ static int bn_http_json(const char *base, const char *path, bool post, json_t **
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    if (post)
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+    if (post != NULL) {
+        if (*post != '\0') {
+            hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+        }
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, post);
+    }
     CURLcode cc = curl_easy_perform(h);
     if (cc != CURLE_OK) {
-        fprintf(stderr, "lmbench: %s: %s\n", url, curl_easy_strerror(cc));
+        if (!quiet)
+            fprintf(stderr, "lmbench: %s: %s\n", url, curl_easy_strerror(cc));
         goto out;
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     if (status != 200) {
-        fprintf(stderr, "lmbench: %s: HTTP %ld (is the backend lmsim?)\n", url, status);
+        if (!quiet)
+            fprintf(stderr, "lmbench: %s: HTTP %ld%s%.200s\n", url, status,
+                    body.p ? ": " : "", body.p ? body.p : "");
         goto out;
     }
     if ((*outp = json_loadb(body.p ? body.p : "", body.len, 0, &jerr)) == NULL) {
-        fprintf(stderr, "lmbench: %s: invalid JSON: %s\n", url, jerr.text);
+        if (!quiet)
+            fprintf(stderr, "lmbench: %s: invalid JSON: %s\n", url, jerr.text);
         goto out;
     }
     rc = 0;
 out:
+    if (statusp != NULL)
+        *statusp = status;
     free(body.p);
+    curl_slist_free_all(hdrs);
     curl_easy_cleanup(h);
     return rc;
+}
+
+/* GETs (post false) or POSTs an empty body to base + path; see bn_http_req. */
+static int bn_http_json(const char *base, const char *path, bool post, json_t **outp)
+{
+    return bn_http_req(base, path, post ? "" : NULL, false, NULL, outp);
 }
 
 static int64_t bn_json_int(const json_t *o, const char *key)
 {
     const json_t *v = json_object_get(o, key);
     return json_is_integer(v) ? (int64_t)json_integer_value(v) : -1;
+}
+
+/* ---- llama.cpp's llama-server ------------------------------------------- */
+
+/* Slots of a llama-server (GET /props total_slots), or -1 if the backend
+ * does not answer like one. Quiet: used to tell the two kinds apart. */
+static int bn_llama_slots(const char *base)
+{
+    json_t *props = NULL;
+    if (bn_http_req(base, "/props", NULL, true, NULL, &props) != 0)
+        return -1;
+    int64_t n = bn_json_int(props, "total_slots");
+    json_decref(props);
+    return n >= 1 && n <= 1024 ? (int)n : -1;
+}
+
+/* Waits up to 60 s for GET /health to answer 200. Returns 0 or -1. */
+static int bn_llama_wait_healthy(const char *base)
+{
+    for (double end = bn_now_ms() + 60000; bn_now_ms() < end; bn_sleep_ms(100)) {
+        json_t *h = NULL;
+        if (bn_http_req(base, "/health", NULL, true, NULL, &h) == 0) {
+            json_decref(h);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* A fresh llama-server for the next policy: --reset-cmd (a restart also
+ * empties the host prompt cache), or erasing every slot's cache, which
+ * needs the server's --slot-save-path and leaves the host cache as it is.
+ * Returns 0, or -1 with why set. */
+static int bn_llama_reset(const bn_opts *o, char *why, size_t whylen)
+{
+    if (o->reset_cmd != NULL) {
+        fflush(NULL);
+        int st = system(o->reset_cmd);
+        if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            snprintf(why, whylen, "--reset-cmd failed (status %d): %s", st, o->reset_cmd);
+            return -1;
+        }
+        if (bn_llama_wait_healthy(o->backend) != 0) {
+            snprintf(why, whylen, "%s/health not ok within 60 s after --reset-cmd",
+                     o->backend);
+            return -1;
+        }
+        return 0;
+    }
+    int slots = bn_llama_slots(o->backend);
+    if (slots < 0) {
+        snprintf(why, whylen, "cannot read %s/props", o->backend);
+        return -1;
+    }
+    for (int i = 0; i < slots; i++) {
+        char path[64];
+        json_t *r = NULL;
+        long status = 0;
+        snprintf(path, sizeof(path), "/slots/%d?action=erase", i);
+        if (bn_http_req(o->backend, path, "", true, &status, &r) != 0) {
+            snprintf(why, whylen,
+                     "POST %s%s: HTTP %ld (start llama-server with --slot-save-path, or "
+                     "use --reset-cmd)",
+                     o->backend, path, status);
+            return -1;
+        }
+        json_decref(r);
+    }
+    return 0;
+}
+
+/* Tokenizes text with the server's own tokenizer (POST /tokenize): special
+ * tokens parsed and BOS added for a rendered prompt (special true), plain
+ * text for a reply. *toksp is malloc'd. Returns the count, or -1. */
+static int64_t bn_llama_tokenize(const char *base, const char *text, bool special,
+                                 int32_t **toksp)
+{
+    json_t *req = json_pack("{s:s, s:b, s:b}", "content", text, "add_special", special,
+                            "parse_special", special);
+    json_t *resp = NULL;
+    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    int64_t n = -1;
+    *toksp = NULL;
+    if (body == NULL || bn_http_req(base, "/tokenize", body, false, NULL, &resp) != 0)
+        goto out;
+    const json_t *arr = json_object_get(resp, "tokens");
+    size_t len = json_array_size(arr);
+    if (!json_is_array(arr) || (*toksp = malloc((len + 1) * sizeof(int32_t))) == NULL)
+        goto out;
+    for (size_t i = 0; i < len; i++) {
+        const json_t *t = json_array_get(arr, i);
+        if (!json_is_integer(t)) {
+            free(*toksp);
+            *toksp = NULL;
+            goto out;
+        }
+        (*toksp)[i] = (int32_t)json_integer_value(t);
+    }
+    n = (int64_t)len;
+out:
+    free(body);
+    json_decref(req);
+    json_decref(resp);
+    return n;
+}
+
+/* Tokenizes every sent request's prompt and reply so the optimum counts in
+ * the engine's tokens. Returns 0, or -1 (then w->tokenized stays false). */
+static int bn_llama_tokenize_workload(const char *base, bn_workload *w)
+{
+    for (size_t i = 0; i < w->nreqs; i++) {
+        bn_req *q = &w->reqs[i];
+        int64_t n;
+        if (!q->sent || q->render == NULL)
+            continue;
+        if ((n = bn_llama_tokenize(base, q->render, true, &q->toks)) < 0)
+            return -1;
+        q->ntoks = (size_t)n;
+        if (q->reply != NULL) {
+            if ((n = bn_llama_tokenize(base, q->reply, false, &q->reply_toks)) < 0)
+                return -1;
+            q->nreply_toks = (size_t)n;
+        }
+    }
+    w->tokenized = true;
+    return 0;
 }
 
 /* ---- the daemon ----------------------------------------------------------- */
@@ -396,9 +603,20 @@ static int bn_daemon_start(bn_daemon *d, const bn_opts *o, const char *lmsched,
         char *json = NULL;
         int st;
         if (lmsched_status(c, 500, &json, NULL) == LMSCHED_OK) {
+            /* Wait for the daemon's first probe of the backend too: until
+             * it knows the slots, the first requests would be placed (and,
+             * against llama-server, pinned) without them. Whatever the
+             * probe found: a backend it calls unhealthy is the run's to
+             * report. */
+            json_t *doc = json_loads(json, 0, NULL);
+            json_t *be = json_object_get(doc, "backend");
+            bool probed = json_is_number(json_object_get(be, "checked_ago_s"));
+            json_decref(doc);
             lmsched_free(json);
-            rc = 0;
-            goto out;
+            if (probed) {
+                rc = 0;
+                goto out;
+            }
         }
         if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
             d->pid = 0;
@@ -408,7 +626,9 @@ static int bn_daemon_start(bn_daemon *d, const bn_opts *o, const char *lmsched,
         }
         bn_sleep_ms(50);
     }
-    snprintf(why, whylen, "the daemon did not answer within %d ms", BN_DAEMON_START_MS);
+    snprintf(why, whylen,
+             "the daemon did not answer, or did not probe the backend, within %d ms",
+             BN_DAEMON_START_MS);
 out:
     lmsched_client_close(c);
     if (rc != 0)
@@ -448,6 +668,8 @@ static void bn_record(bn_run *run, bn_req *q, lmsched_result *res, int rc)
     q->done_ms = bn_now_ms() - run->t0;
     q->err = res != NULL ? lmsched_result_error(res) : (rc != 0 ? rc : LMSCHED_EINTERNAL);
     if (res != NULL) {
+        q->prompt_tokens = lmsched_result_prompt_tokens(res);
+        q->cached_tokens = lmsched_result_cached_tokens(res);
         q->queue_ms = lmsched_result_queue_ms(res);
         q->ttft_ms = lmsched_result_ttft_ms(res);
         q->total_ms = lmsched_result_total_ms(res);
@@ -658,9 +880,55 @@ static json_t *bn_ratio(double a, double b)
     return b > 0 && a >= 0 ? json_real(round(a / b * 1000) / 1000) : json_null();
 }
 
+/* The backend's figures of one run: lmsim's /sim/stats, or for llama-server
+ * the sums of the replies' usage; -1 (printed as null) when unknown. */
+typedef struct bn_figures {
+    const char *kind; /* "lmsim" or "llamacpp" */
+    int64_t requests, prompt, prefill, cached, max_active;
+    double sim_ms, time_scale;
+} bn_figures;
+
+static bn_figures bn_figures_lmsim(const json_t *stats)
+{
+    const json_t *cfg = json_object_get(stats, "config");
+    return (bn_figures){
+        .kind = "lmsim",
+        .requests = bn_json_int(stats, "requests"),
+        .prompt = bn_json_int(stats, "prompt_tokens"),
+        .prefill = bn_json_int(stats, "prefill_tokens"),
+        .cached = bn_json_int(stats, "cached_tokens"),
+        .max_active = bn_json_int(stats, "max_active"),
+        .sim_ms = round(json_number_value(json_object_get(stats, "sim_ms"))),
+        .time_scale = json_number_value(json_object_get(cfg, "time_scale")),
+    };
+}
+
+/* llama.cpp reports per reply prompt_tokens (the whole prompt) and
+ * cached_tokens (reused from the slot): prefill is their difference. */
+static bn_figures bn_figures_llama(const bn_workload *w, double time_scale)
+{
+    bn_figures f = {
+        .kind = "llamacpp", .max_active = -1, .sim_ms = -1, .time_scale = time_scale};
+    for (size_t i = 0; i < w->nreqs; i++) {
+        const bn_req *q = &w->reqs[i];
+        if (!q->sent || q->err != LMSCHED_OK || q->prompt_tokens < 0)
+            continue;
+        f.requests++;
+        f.prompt += q->prompt_tokens;
+        f.cached += q->cached_tokens > 0 ? q->cached_tokens : 0;
+    }
+    f.prefill = f.prompt - f.cached;
+    return f;
+}
+
+static json_t *bn_int_or_null(int64_t v)
+{
+    return v >= 0 ? json_integer((json_int_t)v) : json_null();
+}
+
 /* Builds the result object of one policy run. */
 static json_t *bn_result(const bn_opts *o, const bn_workload *w, const char *policy,
-                         const json_t *stats, double makespan, int64_t optimum)
+                         const bn_figures *f, double makespan, int64_t optimum)
 {
     size_t n = 0, errors = 0, sent = 0;
     double *ttft = malloc((w->nreqs + 1) * sizeof(double));
@@ -688,24 +956,21 @@ static json_t *bn_result(const bn_opts *o, const bn_workload *w, const char *pol
     }
     bn_dist dt = bn_distribution(ttft, n), de = bn_distribution(e2e, n),
             dw = bn_distribution(wait, n);
-    int64_t prefill = bn_json_int(stats, "prefill_tokens");
-    const json_t *cfg = json_object_get(stats, "config");
+    int64_t prefill = f->prefill;
     json_object_set_new(r, "workload", json_string(w->name));
     json_object_set_new(r, "policy", json_string(policy));
+    json_object_set_new(r, "backend_kind", json_string(f->kind));
     json_object_set_new(r, "seed", json_integer((json_int_t)o->seed));
     json_object_set_new(r, "scale", json_real(o->scale));
     json_object_set_new(r, "agents", json_integer(w->nagents));
     json_object_set_new(r, "slots", json_integer(o->slots));
     json_object_set_new(r, "requests", json_integer((json_int_t)sent));
     json_object_set_new(r, "errors", json_integer((json_int_t)errors));
-    json_object_set_new(r, "backend_requests",
-                        json_integer(bn_json_int(stats, "requests")));
-    json_object_set_new(r, "prompt_tokens",
-                        json_integer(bn_json_int(stats, "prompt_tokens")));
-    json_object_set_new(r, "prefill_tokens", json_integer(prefill));
-    json_object_set_new(r, "cached_tokens",
-                        json_integer(bn_json_int(stats, "cached_tokens")));
-    json_object_set_new(r, "max_active", json_integer(bn_json_int(stats, "max_active")));
+    json_object_set_new(r, "backend_requests", bn_int_or_null(f->requests));
+    json_object_set_new(r, "prompt_tokens", bn_int_or_null(f->prompt));
+    json_object_set_new(r, "prefill_tokens", bn_int_or_null(prefill));
+    json_object_set_new(r, "cached_tokens", bn_int_or_null(f->cached));
+    json_object_set_new(r, "max_active", bn_int_or_null(f->max_active));
     json_object_set_new(r, "optimal_prefill_tokens",
                         optimum >= 0 ? json_integer(optimum) : json_null());
     json_object_set_new(r, "prefill_vs_optimal",
@@ -720,11 +985,8 @@ static json_t *bn_result(const bn_opts *o, const bn_workload *w, const char *pol
     json_object_set_new(r, "wait_p95_ms", bn_ms(dw.p95));
     json_object_set_new(r, "wait_p99_ms", bn_ms(dw.p99));
     json_object_set_new(r, "makespan_ms", bn_ms(makespan));
-    json_object_set_new(
-        r, "sim_ms",
-        json_real(round(json_number_value(json_object_get(stats, "sim_ms")))));
-    json_object_set_new(r, "time_scale",
-                        json_real(json_number_value(json_object_get(cfg, "time_scale"))));
+    json_object_set_new(r, "sim_ms", f->sim_ms >= 0 ? json_real(f->sim_ms) : json_null());
+    json_object_set_new(r, "time_scale", json_real(f->time_scale));
 out:
     free(ttft);
     free(e2e);
@@ -755,35 +1017,50 @@ static void bn_print_human(const json_t *r)
            json_number_value(json_object_get(r, "makespan_ms")));
 }
 
+/* Resets the backend before a policy's run and returns the time scale for
+ * `many`'s arrivals (lmsim's clock speed, or --time-scale for llama-server).
+ * Returns 0, or -1 with why set. */
+static int bn_backend_reset(const bn_opts *o, double *time_scale, char *why,
+                            size_t whylen)
+{
+    json_t *reset = NULL, *stats = NULL;
+    if (o->backend_kind == BN_BACKEND_LLAMACPP) {
+        *time_scale = o->time_scale;
+        return bn_llama_reset(o, why, whylen);
+    }
+    if (bn_http_json(o->backend, "/sim/reset", true, &reset) != 0) {
+        snprintf(why, whylen, "cannot reset the backend at %s (is it lmsim?)",
+                 o->backend);
+        return -1;
+    }
+    json_decref(reset);
+    /* lmsim's clock speed, to send `many`'s arrivals at simulated times */
+    if (bn_http_json(o->backend, "/sim/stats", false, &stats) != 0) {
+        snprintf(why, whylen, "cannot read %s/sim/stats", o->backend);
+        return -1;
+    }
+    *time_scale = json_number_value(
+        json_object_get(json_object_get(stats, "config"), "time_scale"));
+    json_decref(stats);
+    return 0;
+}
+
 /* Runs the workload once under one policy and prints its line. Returns 0 or
  * -1 (the policy could not be run; a JSON line with "error" says why). */
 static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
                          const char *policy)
 {
     bn_daemon d = {0};
-    json_t *stats = NULL, *reset = NULL, *r = NULL;
-    char why[256] = "";
+    json_t *stats = NULL, *r = NULL;
+    bn_figures fig;
+    char why[512] = "";
     int rc = -1;
-    double makespan;
+    double makespan, time_scale = 1;
+    bool llama = o->backend_kind == BN_BACKEND_LLAMACPP;
 
     bn_workload_reset(w);
-    if (bn_http_json(o->backend, "/sim/reset", true, &reset) != 0) {
-        snprintf(why, sizeof(why), "cannot reset the backend at %s (is it lmsim?)",
-                 o->backend);
+    if (bn_backend_reset(o, &time_scale, why, sizeof(why)) != 0)
         goto out;
-    }
-    json_decref(reset);
-    reset = NULL;
-    /* lmsim's clock speed, to send `many`'s arrivals at simulated times */
-    if (bn_http_json(o->backend, "/sim/stats", false, &stats) != 0) {
-        snprintf(why, sizeof(why), "cannot read %s/sim/stats", o->backend);
-        goto out;
-    }
-    double time_scale = json_number_value(
-        json_object_get(json_object_get(stats, "config"), "time_scale"));
-    json_decref(stats);
-    stats = NULL;
-
     if (bn_daemon_start(&d, o, lmsched, policy, why, sizeof(why)) != 0)
         goto out;
     makespan = bn_run_workload(w, d.url, time_scale);
@@ -791,19 +1068,39 @@ static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
         snprintf(why, sizeof(why), "the agents could not start");
         goto out;
     }
-    if (bn_http_json(o->backend, "/sim/stats", false, &stats) != 0) {
-        snprintf(why, sizeof(why), "cannot read %s/sim/stats", o->backend);
-        goto out;
+    if (llama) {
+        fig = bn_figures_llama(w, time_scale);
+    } else {
+        if (bn_http_json(o->backend, "/sim/stats", false, &stats) != 0) {
+            snprintf(why, sizeof(why), "cannot read %s/sim/stats", o->backend);
+            goto out;
+        }
+        fig = bn_figures_lmsim(stats);
     }
     bn_daemon_stop(&d);
+    /* The optimum counts in the engine's tokens: ask it to tokenize what
+     * was sent (its tokenizer is stateless; a reset does not matter). */
+    if (llama && bn_llama_tokenize_workload(o->backend, w) != 0) {
+        snprintf(why, sizeof(why), "cannot tokenize the prompts with %s/tokenize",
+                 o->backend);
+        goto out;
+    }
 
-    /* The optimum uses the prompts as rendered here; if lmsim counted
-     * different prompt tokens, the rendering no longer matches lmsim's. */
-    int64_t model = bn_model_prompt_tokens(w), seen = bn_json_int(stats, "prompt_tokens");
+    /* The optimum uses the prompts as rendered here; if the server counted
+     * different prompt tokens, the rendering no longer matches its own. */
+    int64_t model = bn_model_prompt_tokens(w), seen = fig.prompt;
+    if (llama) {
+        /* only replies carry a count: compare over the successful ones */
+        model = 0;
+        for (size_t i = 0; i < w->nreqs; i++)
+            if (w->reqs[i].sent && w->reqs[i].err == LMSCHED_OK &&
+                w->reqs[i].prompt_tokens >= 0)
+                model += (int64_t)w->reqs[i].ntoks;
+    }
     if (model != seen)
         fprintf(stderr,
-                "lmbench: warning: %s/%s: lmsim counted %lld prompt tokens, the workload "
-                "renders to %lld (failed requests, or a rendering mismatch)\n",
+                "lmbench: warning: %s/%s: the server counted %lld prompt tokens, the "
+                "workload renders to %lld (failed requests, or a rendering mismatch)\n",
                 w->name, policy, (long long)seen, (long long)model);
     int shown = 0;
     for (size_t i = 0; i < w->nreqs && shown < 5; i++)
@@ -814,7 +1111,7 @@ static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
                 w->reqs[i].errmsg ? w->reqs[i].errmsg : lmsched_strerror(w->reqs[i].err));
             shown++;
         }
-    if ((r = bn_result(o, w, policy, stats, makespan, bn_optimum(w, o->slots))) == NULL) {
+    if ((r = bn_result(o, w, policy, &fig, makespan, bn_optimum(w, o->slots))) == NULL) {
         snprintf(why, sizeof(why), "out of memory");
         goto out;
     }
@@ -876,6 +1173,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         goto out;
+    if (o.backend_kind == BN_BACKEND_AUTO)
+        o.backend_kind =
+            bn_llama_slots(o.backend) > 0 ? BN_BACKEND_LLAMACPP : BN_BACKEND_LMSIM;
     if (bn_workload_alloc(&w, o.kind, o.seed, o.scale) != 0) {
         fprintf(stderr, "lmbench: out of memory\n");
         goto out_curl;

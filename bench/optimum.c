@@ -38,10 +38,31 @@ static int64_t bn_tokens_ceil(size_t bytes)
     return (int64_t)((bytes + BN_BYTES_PER_TOKEN - 1) / BN_BYTES_PER_TOKEN);
 }
 
+/* The same in the engine's tokens: the common prefix of a's prompt tokens
+ * with b's prompt tokens followed by its reply's. The reply is tokenized on
+ * its own, which may split its first word differently from the tokens the
+ * engine generated; that can only shorten the shared run by a token or so. */
+static int64_t bn_common_engine_tokens(const bn_req *a, const bn_req *b)
+{
+    size_t n = 0;
+    while (n < a->ntoks && n < b->ntoks && a->toks[n] == b->toks[n])
+        n++;
+    if (n == b->ntoks && b->reply_toks != NULL) {
+        size_t k = 0;
+        while (n < a->ntoks && k < b->nreply_toks && a->toks[n] == b->reply_toks[k]) {
+            n++;
+            k++;
+        }
+    }
+    return (int64_t)n;
+}
+
 /* Leading tokens prompt a shares with the cached state of b (its prompt,
  * then its reply), in lmsim's counting: floor(common bytes / 4). */
-static int64_t bn_common_tokens(const bn_req *a, const bn_req *b)
+static int64_t bn_common_tokens(const bn_workload *w, const bn_req *a, const bn_req *b)
 {
+    if (w->tokenized)
+        return bn_common_engine_tokens(a, b);
     size_t n = 0;
     while (n < a->render_len && n < b->render_len && a->render[n] == b->render[n])
         n++;
@@ -55,12 +76,18 @@ static int64_t bn_common_tokens(const bn_req *a, const bn_req *b)
     return (int64_t)(n / BN_BYTES_PER_TOKEN);
 }
 
+/* Prompt tokens of a sent request, in the counting the optimum uses. */
+static int64_t bn_prompt_tokens(const bn_workload *w, const bn_req *r)
+{
+    return w->tokenized ? (int64_t)r->ntoks : bn_tokens_ceil(r->render_len);
+}
+
 int64_t bn_model_prompt_tokens(const bn_workload *w)
 {
     int64_t sum = 0;
     for (size_t i = 0; i < w->nreqs; i++)
         if (w->reqs[i].sent)
-            sum += bn_tokens_ceil(w->reqs[i].render_len);
+            sum += bn_prompt_tokens(w, &w->reqs[i]);
     return sum;
 }
 
@@ -105,13 +132,13 @@ int64_t bn_optimum(const bn_workload *w, unsigned slots)
         int64_t p, h = 0, x = 0, hit_share, cross_share;
         if (!r->sent)
             continue;
-        p = bn_tokens_ceil(r->render_len);
+        p = bn_prompt_tokens(w, r);
         for (size_t j = 0; j < w->nreqs; j++) {
             const bn_req *q = &w->reqs[j];
             /* a later group's request cannot have been served before r */
             if (j == i || !q->sent || q->group > r->group)
                 continue;
-            int64_t c = bn_common_tokens(r, q);
+            int64_t c = bn_common_tokens(w, r, q);
             if (q->item == r->item) {
                 if (c > h)
                     h = c;

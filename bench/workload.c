@@ -176,12 +176,18 @@ void bn_workload_reset(bn_workload *w)
         free(r->render);
         free(r->reply);
         free(r->errmsg);
+        free(r->toks);
+        free(r->reply_toks);
         r->render = r->reply = r->errmsg = NULL;
-        r->render_len = 0;
+        r->toks = r->reply_toks = NULL;
+        r->render_len = r->ntoks = r->nreply_toks = 0;
+        r->prompt_tokens = r->cached_tokens = -1;
         r->sent = false;
         r->err = 0;
         r->queue_ms = r->ttft_ms = r->total_ms = r->done_ms = 0;
     }
+    if (w != NULL)
+        w->tokenized = false;
 }
 
 void bn_workload_free(bn_workload *w)

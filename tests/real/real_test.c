@@ -1,20 +1,31 @@
 /*
  * real_test - the daemon against a real llama.cpp llama-server (issue 5).
  *
- * The server is not started here: scripts/llama-server starts one (4 slots
- * of 8192 tokens, the tiny random-weight model) and LMSCHED_LLAMA_URL names
- * it. Without that variable every test is skipped, so the suite is harmless
- * where no server can run. Each test starts its own `lmsched serve` through
- * the integration harness; the server is shared, so tests use prompts made
- * unique per run and assert only on what another test cannot disturb.
+ * Which server: LMSCHED_LLAMA_URL names one started by hand (the tests that
+ * must kill and restart the server then skip, since it is not ours). Without
+ * it, and when scripts/llama-server can run here (root, the chroot set up by
+ * `scripts/llama-server setup`), the suite starts its own server with
+ * `--cache-ram 0` in a state directory of its own (LMSCHED_REAL_STATE, or a
+ * fresh temp dir) and stops it at the end. It owns that server, so it can
+ * read its log to see how requests were placed and kill -9 it mid-stream.
+ * Otherwise every test is skipped, so the suite is harmless where no server
+ * can run. Each test starts its own `lmsched serve` through the integration
+ * harness; the server is shared, so tests use prompts made unique per run
+ * and assert only on what another test cannot disturb.
  */
+#include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,30 +36,168 @@
 
 /* Generous hang guard; a chat of 16 tokens takes milliseconds. */
 #define REAL_TIMEOUT_MS 60000
+/* Hang guard for scripts/llama-server start/stop (start takes ~0.3 s). */
+#define REAL_SCRIPT_WAIT_S 120
 
-static const char *real_url(void)
+/* The server the suite runs against. */
+static struct {
+    char url[128];
+    const char *skip_why; /* set when there is no server: every test skips */
+    bool owned;           /* started here: may be killed, log is readable */
+    bool made_state;      /* the state dir is a temp dir of ours */
+    char state[256];      /* LMSCHED_LLAMA_STATE of the owned server */
+    char script[512];     /* scripts/llama-server */
+    int port;
+} real_srv;
+
+/* Reads a small integer file of the owned server's state dir (pid, port);
+ * returns -1 if absent. */
+static long real_state_long(const char *name)
 {
-    const char *u = getenv("LMSCHED_LLAMA_URL");
-    return u && *u ? u : NULL;
+    char path[320];
+    long v = -1;
+    snprintf(path, sizeof(path), "%s/%s", real_srv.state, name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    if (fscanf(f, "%ld", &v) != 1)
+        v = -1;
+    fclose(f);
+    return v;
+}
+
+/* Runs `scripts/llama-server ARGS` for the owned server; returns its exit
+ * status. The paths are ours (CMake source dir, mkdtemp), with no quotes. */
+static int real_script(const char *args)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "LMSCHED_LLAMA_STATE='%s' timeout %d '%s' %s",
+             real_srv.state, REAL_SCRIPT_WAIT_S, real_srv.script, args);
+    int st = system(cmd);
+    return st == -1 ? -1 : WEXITSTATUS(st);
+}
+
+/* True when scripts/llama-server start would not need the network: root,
+ * and the chroot with llama-server and the model exists. Sets why if not. */
+static bool real_can_start(const char **why)
+{
+    const char *script = getenv("LMSCHED_LLAMA_SCRIPT");
+    const char *root = getenv("LMSCHED_LLAMA_ROOT");
+    char path[600];
+    struct stat st;
+    if (root == NULL || *root == '\0')
+        root = "/var/cache/lmsched/sid";
+    if (script == NULL || access(script, X_OK) != 0) {
+        *why = "LMSCHED_LLAMA_URL not set and scripts/llama-server not found "
+               "(LMSCHED_LLAMA_SCRIPT)";
+        return false;
+    }
+    if (geteuid() != 0) {
+        *why = "LMSCHED_LLAMA_URL not set and not root (scripts/llama-server needs it)";
+        return false;
+    }
+    snprintf(path, sizeof(path), "%s/usr/bin/llama-server", root);
+    bool ok = access(path, X_OK) == 0;
+    snprintf(path, sizeof(path), "%s/models/tiny.gguf", root);
+    if (!ok || stat(path, &st) != 0) {
+        *why = "LMSCHED_LLAMA_URL not set and no llama-server chroot "
+               "(run scripts/llama-server setup as root)";
+        return false;
+    }
+    snprintf(real_srv.script, sizeof(real_srv.script), "%s", script);
+    return true;
+}
+
+/* Starts (or restarts on port, when > 0) the owned server with the host
+ * prompt cache off, so slot placement is not hidden by it. */
+static int real_server_start(int port)
+{
+    char args[64];
+    if (port > 0)
+        snprintf(args, sizeof(args), "start --port %d --cache-ram 0 >/dev/null", port);
+    else
+        snprintf(args, sizeof(args), "start --cache-ram 0 >/dev/null");
+    if (real_script(args) != 0)
+        return -1;
+    real_srv.port = (int)real_state_long("port");
+    if (real_srv.port <= 0)
+        return -1;
+    snprintf(real_srv.url, sizeof(real_srv.url), "http://127.0.0.1:%d", real_srv.port);
+    return 0;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *url = getenv("LMSCHED_LLAMA_URL");
+    const char *why = NULL;
+    if (url != NULL && *url != '\0') {
+        if (strlen(url) >= sizeof(real_srv.url)) {
+            fprintf(stderr, "real: LMSCHED_LLAMA_URL is too long\n");
+            return -1;
+        }
+        snprintf(real_srv.url, sizeof(real_srv.url), "%s", url);
+        printf("real: against LMSCHED_LLAMA_URL=%s\n", url);
+        return 0;
+    }
+    if (!real_can_start(&why)) {
+        real_srv.skip_why = why;
+        printf("skipped: %s\n", why);
+        return 0;
+    }
+    const char *st = getenv("LMSCHED_REAL_STATE");
+    if (st != NULL && *st != '\0') {
+        snprintf(real_srv.state, sizeof(real_srv.state), "%s", st);
+        mkdir(real_srv.state, 0700);
+    } else {
+        snprintf(real_srv.state, sizeof(real_srv.state), "/tmp/lmsched-real-XXXXXX");
+        if (mkdtemp(real_srv.state) == NULL) {
+            perror("real: mkdtemp");
+            return -1;
+        }
+        real_srv.made_state = true;
+    }
+    real_srv.owned = true;
+    if (real_server_start(0) != 0) {
+        fprintf(stderr, "real: scripts/llama-server start failed (state %s)\n",
+                real_srv.state);
+        return -1;
+    }
+    printf("real: started llama-server --cache-ram 0 at %s (state %s)\n", real_srv.url,
+           real_srv.state);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    if (!real_srv.owned)
+        return 0;
+    real_script("stop >/dev/null 2>&1");
+    if (real_srv.made_state) {
+        char path[320];
+        snprintf(path, sizeof(path), "%s/log", real_srv.state);
+        unlink(path);
+        rmdir(real_srv.state);
+    }
+    return 0;
 }
 
 /* cmocka 1.1 counts a skip() in a setup function as an error, so without a
  * server the setup leaves the state NULL and each test skips itself. */
 static int setup(void **state)
 {
-    const char *url = real_url();
     *state = NULL;
-    if (url == NULL)
+    if (real_srv.skip_why != NULL)
         return 0;
     h_env *e = calloc(1, sizeof(*e));
     assert_non_null(e);
     h_env_init(e);
-    assert_true(strlen(url) < sizeof(e->backend));
-    snprintf(e->backend, sizeof(e->backend), "%s", url);
+    snprintf(e->backend, sizeof(e->backend), "%s", real_srv.url);
     *state = e;
     if (h_daemon_start(e, NULL) != 0) {
         h_dump_logs(e);
-        fail_msg("lmsched serve did not start against %s", url);
+        fail_msg("lmsched serve did not start against %s", real_srv.url);
     }
     return 0;
 }
@@ -63,7 +212,7 @@ static int teardown(void **state)
     return 0;
 }
 
-/* The test's environment, or a skip when no server was named. */
+/* The test's environment, or a skip when there is no server. */
 static h_env *real_env(void **state)
 {
     if (*state == NULL)
@@ -230,15 +379,314 @@ static void test_autodetect_props(void **state)
     json_decref(st);
 }
 
+/* ---- long prompts and the owned server's view --------------------------- */
+
+/* Frequent words of the license texts the tiny model's vocabulary is built
+ * from: each is a single token, so N words make about N tokens. */
+static const char *const real_words[] = {
+    "the",     "software", "license", "program", "copyright", "permission", "notice",
+    "terms",   "work",     "source",  "code",    "version",   "free",       "public",
+    "general", "you",      "any",     "of",      "to",        "and",        "or",
+    "in",      "this",     "that",    "for",     "is",        "with",       "under",
+    "not",     "by",       "be",      "may",     "other",     "such",       "all",
+};
+#define REAL_NWORDS (sizeof(real_words) / sizeof(real_words[0]))
+
+/* A system prompt of about `words` tokens, unique to this run and to `k`
+ * from its first words on (two of them share only the chat template's
+ * opening). Returns a malloc'd string. */
+static char *real_long_system(int k, int words)
+{
+    size_t cap = (size_t)words * 12 + 128, len;
+    char *s = malloc(cap);
+    assert_non_null(s);
+    len = (size_t)snprintf(s, cap, "Prompt %d of run %ld.%d.", k, (long)time(NULL),
+                           (int)getpid());
+    uint32_t x = 2166136261u ^ (uint32_t)k * 16777619u;
+    for (int i = 0; i < words; i++) {
+        x = x * 1103515245u + 12345u; /* a fixed sequence per k */
+        const char *w = real_words[(x >> 16) % REAL_NWORDS];
+        len += (size_t)snprintf(s + len, cap - len, " %s", w);
+    }
+    return s;
+}
+
+/* Lines of the owned server's log containing needle (-1 if unreadable). */
+static long real_log_count(const char *needle)
+{
+    char path[320], line[2048];
+    long n = 0;
+    snprintf(path, sizeof(path), "%s/log", real_srv.state);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (strstr(line, needle) != NULL)
+            n++;
+    fclose(f);
+    return n;
+}
+
+/* One chat with a long system prompt; returns its result (owned). */
+static lmsched_result *real_long_chat(h_env *e, lmsched_client *c, const char *system,
+                                      const char *user)
+{
+    lmsched_request *r = real_req(system, user, 4);
+    lmsched_result *res = real_chat_ok(e, c, r);
+    lmsched_request_free(r);
+    return res;
+}
+
+/* id_slot placement: a ~2,000-token system prompt sent twice hits its own
+ * cache the second time; after three other long prompts, one per remaining
+ * slot, it still hits, because the daemon pinned each prefix to a slot of
+ * its own (the server runs with --cache-ram 0, so no host cache restores an
+ * evicted prefix). A fourth other prompt would make five prefixes for four
+ * slots: one must then be evicted, and with no queue to tell them apart the
+ * least recently used one goes, which is the original. When the server is
+ * ours, its log must also show that every request was placed by id. */
+static void test_id_slot_placement(void **state)
+{
+    h_env *e = real_env(state);
+    enum { WORDS = 2000, OTHERS = 3 };
+    char *sys_a = real_long_system(0, WORDS);
+    char *others[OTHERS];
+    lmsched_result *res[OTHERS];
+    lmsched_client *c;
+    long by_id0 = real_srv.owned ? real_log_count("selected slot by id") : -1;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+
+    lmsched_result *a1 = real_long_chat(e, c, sys_a, "First question.");
+    lmsched_result *a2 = real_long_chat(e, c, sys_a, "Second question.");
+    for (int k = 0; k < OTHERS; k++) {
+        others[k] = real_long_system(k + 1, WORDS);
+        res[k] = real_long_chat(e, c, others[k], "Another question.");
+    }
+    lmsched_result *a3 = real_long_chat(e, c, sys_a, "Third question.");
+
+    int64_t p1 = lmsched_result_prompt_tokens(a1);
+    int64_t c2 = lmsched_result_cached_tokens(a2), c3 = lmsched_result_cached_tokens(a3);
+    printf(
+        "placement: prompt %lld tokens; cached: first %lld, second %lld, after %d other "
+        "prompts %lld\n",
+        (long long)p1, (long long)lmsched_result_cached_tokens(a1), (long long)c2, OTHERS,
+        (long long)c3);
+    /* The words are single tokens: the system prompt is ~2,000 of them. */
+    assert_true(p1 > WORDS && p1 < WORDS + 200);
+    assert_true(lmsched_result_cached_tokens(a1) < p1 / 10);
+    if (c2 < p1 * 9 / 10 || c3 < p1 * 9 / 10) {
+        h_dump_logs(e);
+        fail_msg("system prompt of %lld tokens: cached %lld then %lld, want >= 90%%",
+                 (long long)p1, (long long)c2, (long long)c3);
+    }
+    for (int k = 0; k < OTHERS; k++) {
+        int64_t p = lmsched_result_prompt_tokens(res[k]);
+        assert_true(p > WORDS);
+        /* different prompts: nothing beyond the template's opening */
+        assert_true(lmsched_result_cached_tokens(res[k]) < p / 10);
+    }
+    if (real_srv.owned) {
+        long by_id = real_log_count("selected slot by id") - by_id0;
+        if (by_id != 3 + OTHERS)
+            fail_msg(
+                "llama-server placed %ld of %d requests by id_slot (its log: %s/log)",
+                by_id, 3 + OTHERS, real_srv.state);
+    }
+
+    lmsched_result_free(a1);
+    lmsched_result_free(a2);
+    lmsched_result_free(a3);
+    for (int k = 0; k < OTHERS; k++) {
+        lmsched_result_free(res[k]);
+        free(others[k]);
+    }
+    free(sys_a);
+    lmsched_client_close(c);
+}
+
+/* An asynchronous chat's outcome, for the restart test. */
+typedef struct real_async {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    lmsched_result *res;
+} real_async;
+
+static void real_async_done_cb(lmsched_result *res, void *arg)
+{
+    real_async *a = arg;
+    pthread_mutex_lock(&a->mu);
+    a->res = res;
+    a->done = true;
+    pthread_cond_signal(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
+static void real_async_init(real_async *a)
+{
+    memset(a, 0, sizeof(*a));
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+}
+
+/* Waits for the outcome (the chat's own timeout bounds the wait) and hands
+ * over the result. */
+static lmsched_result *real_async_wait(real_async *a)
+{
+    pthread_mutex_lock(&a->mu);
+    while (!a->done)
+        pthread_cond_wait(&a->cv, &a->mu);
+    lmsched_result *res = a->res;
+    a->res = NULL;
+    pthread_mutex_unlock(&a->mu);
+    pthread_mutex_destroy(&a->mu);
+    pthread_cond_destroy(&a->cv);
+    return res;
+}
+
+static bool real_async_done(real_async *a)
+{
+    pthread_mutex_lock(&a->mu);
+    bool d = a->done;
+    pthread_mutex_unlock(&a->mu);
+    return d;
+}
+
+/* True while some slot of the server is generating (has decoded a token). */
+static bool real_slot_decoding(h_env *e)
+{
+    json_t *slots = h_sim_get(e, "/slots"), *s;
+    size_t i;
+    bool yes = false;
+    json_array_foreach(slots, i, s)
+    {
+        json_t *next = json_array_get(json_object_get(s, "next_token"), 0);
+        if (json_is_true(json_object_get(s, "is_processing")) &&
+            json_integer_value(json_object_get(next, "n_decoded")) > 0)
+            yes = true;
+    }
+    json_decref(slots);
+    return yes;
+}
+
+static bool real_pid_alive(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* a zombie no parent has reaped yet has closed its sockets already */
+    const char *paren = strrchr(buf, ')');
+    return paren == NULL || paren[1] == '\0' || paren[2] != 'Z';
+}
+
+/* The server killed with SIGKILL in the middle of a long streamed answer:
+ * the agent gets a clear stream error (not a hang, not a success); a
+ * request sent while the server is down waits for it or fails as
+ * backend-down; once the test restarts it on the same port, a request
+ * succeeds without restarting the daemon. */
+static void test_server_killed_mid_stream(void **state)
+{
+    h_env *e = real_env(state);
+    if (!real_srv.owned)
+        skip(); /* not ours to kill: needs LMSCHED_LLAMA_URL unset */
+    char sys[512];
+    real_unique_system(sys, sizeof(sys), "killed");
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+
+    /* ~4,000 tokens take 1-2 s here: time enough to see it generating. The
+     * random model practically never samples an end token. */
+    /* static: a failed assertion leaves the test with the chats in flight,
+     * and their callbacks must not write into a dead stack frame */
+    static real_async cut, down;
+    real_async_init(&cut);
+    lmsched_request *r = real_req(sys, "Write a long answer.", 4000);
+    assert_int_equal(lmsched_chat_async(c, r, REAL_TIMEOUT_MS, real_async_done_cb, &cut),
+                     LMSCHED_OK);
+    bool decoding = false;
+    for (int i = 0; i < 6000 && !decoding && !real_async_done(&cut); i++) {
+        decoding = real_slot_decoding(e);
+        if (!decoding)
+            usleep(5 * 1000);
+    }
+    pid_t pid = (pid_t)real_state_long("pid");
+    assert_true(pid > 1);
+    if (!decoding) {
+        h_dump_logs(e);
+        fail_msg("never saw the long request generating on the server");
+    }
+    assert_int_equal(kill(pid, SIGKILL), 0);
+
+    lmsched_result *res = real_async_wait(&cut);
+    assert_non_null(res);
+    const char *msg = lmsched_result_message(res);
+    printf("cut request: %s: %s\n", lmsched_strerror(lmsched_result_error(res)),
+           msg ? msg : "");
+    /* Tokens had been streamed, so the daemon must not retry (the agent
+     * would get a reply spliced from two generations): a stream error. */
+    assert_int_equal(lmsched_result_error(res), LMSCHED_EBACKEND_STREAM);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "LLM server"));
+    lmsched_result_free(res);
+
+    for (int i = 0; i < 1000 && real_pid_alive(pid); i++)
+        usleep(10 * 1000);
+    assert_false(real_pid_alive(pid));
+
+    /* While it is down: the daemon waits for the backend (--backend-wait),
+     * or, if it gives up, says it cannot reach it. */
+    real_async_init(&down);
+    lmsched_request_free(r);
+    r = real_req(sys, "Are you there?", 8);
+    assert_int_equal(lmsched_chat_async(c, r, REAL_TIMEOUT_MS, real_async_done_cb, &down),
+                     LMSCHED_OK);
+
+    /* Restart on the same port; the socket may take a moment to go. */
+    int rc = -1;
+    for (int i = 0; i < 20 && rc != 0; i++) {
+        rc = real_server_start(real_srv.port);
+        if (rc != 0)
+            usleep(250 * 1000);
+    }
+    if (rc != 0)
+        fail_msg("could not restart llama-server on port %d (log %s/log)", real_srv.port,
+                 real_srv.state);
+
+    res = real_async_wait(&down);
+    assert_non_null(res);
+    int err = lmsched_result_error(res);
+    printf("request sent while down: %s%s%s\n", lmsched_strerror(err), err ? ": " : "",
+           err ? lmsched_result_message(res) : "");
+    assert_true(err == LMSCHED_OK || err == LMSCHED_EBACKEND_DOWN);
+    if (err == LMSCHED_EBACKEND_DOWN)
+        assert_non_null(strstr(lmsched_result_message(res), "reach"));
+    lmsched_result_free(res);
+
+    /* Recovery, with the same daemon. */
+    lmsched_request_free(r);
+    r = real_req(sys, "And now?", 8);
+    res = real_chat_ok(e, c, r);
+    assert_true(lmsched_result_completion_tokens(res) >= 1);
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
 int main(void)
 {
-    if (real_url() == NULL)
-        printf("skipped: LMSCHED_LLAMA_URL not set\n");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_chat_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cached_system_prompt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prompt_over_context, setup, teardown),
         cmocka_unit_test_setup_teardown(test_autodetect_props, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_id_slot_placement, setup, teardown),
+        /* last: it kills the server (and restarts it) */
+        cmocka_unit_test_setup_teardown(test_server_killed_mid_stream, setup, teardown),
     };
-    return cmocka_run_group_tests_name("real", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("real", tests, group_setup, group_teardown);
 }
