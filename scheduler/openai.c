@@ -395,10 +395,15 @@ static int oa_append(oa_resp *r, const char *s, size_t n, oa_error *err)
 static int oa_malformed(oa_error *err, const char *kind, const char *what)
 {
     if (err != NULL) {
+        /* jansson's error text quotes the backend's bytes ("near '...'"),
+         * which may be control bytes, broken UTF-8 or an echoed token. */
+        char shown[OA_MAX_EXCERPT + 4] = "";
+        oa_sanitize(shown, sizeof(shown), what, strlen(what), OA_MAX_EXCERPT);
+        oa_redact(shown, sizeof(shown));
         memset(err, 0, sizeof(*err));
         err->code = LMSCHED_EBACKEND_STREAM;
         snprintf(err->message, sizeof(err->message), "malformed %s from backend: %s",
-                 kind, what);
+                 kind, shown);
     }
     return LMSCHED_EBACKEND_STREAM;
 }

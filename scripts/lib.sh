@@ -49,3 +49,34 @@ lmsched_build() {
     cmake -S "$LMSCHED_ROOT" -B "$dir" -DLMSCHED_WERROR=ON "$@" >/dev/null &&
         cmake --build "$dir" -j"$(nproc 2>/dev/null || echo 2)"
 }
+
+# clang with libFuzzer, for scripts/fuzz. Debian bookworm's clang is 14; its
+# libFuzzer and sanitizer runtimes are in libclang-rt-<major>-dev. The check
+# links a tiny fuzz target, which is what actually needs to work.
+lmsched_install_fuzz_deps() {
+    local probe='int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { return 0; }'
+    if command -v clang >/dev/null 2>&1 &&
+        echo "$probe" | clang -x c -fsanitize=fuzzer,address,undefined -o /dev/null - >/dev/null 2>&1; then
+        return 0
+    fi
+    local major=14 sudo=""
+    if command -v clang >/dev/null 2>&1; then
+        major=$(clang -dumpversion | cut -d. -f1)
+    fi
+    echo "lmsched: clang with libFuzzer missing; installing clang libclang-rt-$major-dev" >&2
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo="sudo"
+        else
+            echo "lmsched: not root and no sudo; install: clang libclang-rt-$major-dev" >&2
+            return 1
+        fi
+    fi
+    $sudo apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+            clang "libclang-rt-$major-dev" >/dev/null || return 1
+    if ! echo "$probe" | clang -x c -fsanitize=fuzzer,address,undefined -o /dev/null - >/dev/null 2>&1; then
+        echo "lmsched: clang still cannot link a libFuzzer target" >&2
+        return 1
+    fi
+}
