@@ -28,22 +28,6 @@
 #define MEM "--total-ram", "64G", "--kv-per-request", "16M"
 #define SMALL_MODEL "--model-size", "1073741824"
 
-static int setup(void **state)
-{
-    h_env *e = calloc(1, sizeof(*e));
-    h_env_init(e);
-    *state = e;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    h_env *e = *state;
-    h_env_fini(e);
-    free(e);
-    return 0;
-}
-
 static void dump_if(h_env *e, bool bad)
 {
     if (bad)
@@ -406,12 +390,12 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_backend_down_at_start, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backend_wait_bound, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backend_killed_mid_stream, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_channel_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backend_hangs, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backend_garbage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backend_down_at_start, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_wait_bound, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_killed_mid_stream, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_channel_errors, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_hangs, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_garbage, h_setup, h_teardown),
     };
     return cmocka_run_group_tests_name("faults_backend", tests, NULL, NULL);
 }

@@ -28,22 +28,6 @@
 
 #define MEM "--total-ram", "64G", "--kv-per-request", "16M"
 
-static int setup(void **state)
-{
-    h_env *e = calloc(1, sizeof(*e));
-    h_env_init(e);
-    *state = e;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    h_env *e = *state;
-    h_env_fini(e);
-    free(e);
-    return 0;
-}
-
 /* What became of one hostile message. */
 typedef struct outcome {
     bool dropped;   /* no reply: the connection was closed on us */
@@ -352,7 +336,7 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_hostile_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_messages, h_setup, h_teardown),
     };
     return cmocka_run_group_tests_name("faults_hostile", tests, NULL, NULL);
 }

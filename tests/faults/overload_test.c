@@ -23,22 +23,6 @@
 #define MEM "--total-ram", "64G", "--kv-per-request", "16M"
 #define SMALL_MODEL "--model-size", "1073741824"
 
-static int setup(void **state)
-{
-    h_env *e = calloc(1, sizeof(*e));
-    h_env_init(e);
-    *state = e;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    h_env *e = *state;
-    h_env_fini(e);
-    free(e);
-    return 0;
-}
-
 /* A 16 KiB system prompt, different per i, so the flood carries weight. */
 static lmsched_request *heavy_req(int i)
 {
@@ -191,8 +175,8 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_flood, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sigterm_under_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flood, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_under_load, h_setup, h_teardown),
     };
     return cmocka_run_group_tests_name("faults_overload", tests, NULL, NULL);
 }

@@ -25,22 +25,6 @@
 #define MEM "--total-ram", "64G", "--kv-per-request", "16M"
 #define SMALL_MODEL "--model-size", "1073741824"
 
-static int setup(void **state)
-{
-    h_env *e = calloc(1, sizeof(*e));
-    h_env_init(e);
-    *state = e;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    h_env *e = *state;
-    h_env_fini(e);
-    free(e);
-    return 0;
-}
-
 /* Fault 5: an agent process is killed with kill -9 with four requests
  * streaming and two queued. The daemon cancels their transfers (lmsim sees
  * the connections close and frees its slots) and forgets the queued ones. */
@@ -191,8 +175,8 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_agent_killed, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_daemon_killed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_agent_killed, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_daemon_killed, h_setup, h_teardown),
     };
     return cmocka_run_group_tests_name("faults_process", tests, NULL, NULL);
 }

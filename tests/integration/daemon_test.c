@@ -24,22 +24,6 @@
 /* lmsim clock runs this much faster than wall time in these tests. */
 #define FAST "--time-scale", "50"
 
-static int setup(void **state)
-{
-    h_env *e = calloc(1, sizeof(*e));
-    h_env_init(e);
-    *state = e;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    h_env *e = *state;
-    h_env_fini(e);
-    free(e);
-    return 0;
-}
-
 static lmsched_request *mkreq(const char *system, const char *user, int max_tokens)
 {
     lmsched_request *r = NULL;
@@ -489,15 +473,15 @@ static void test_refuses_oversized_model(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_one_chat, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_queue_full_busy, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_deadline, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backend_down_then_up, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_malformed_message, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_status_json, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sigterm_loses_nothing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_refuses_oversized_model, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_chat, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_concurrency_limit, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_queue_full_busy, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_deadline, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_down_then_up, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_message, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_status_json, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_loses_nothing, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_refuses_oversized_model, h_setup, h_teardown),
     };
     return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);
 }

@@ -64,6 +64,24 @@ void h_env_fini(h_env *e)
     e->dir[0] = '\0';
 }
 
+int h_setup(void **state)
+{
+    h_env *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return -1;
+    h_env_init(e);
+    *state = e;
+    return 0;
+}
+
+int h_teardown(void **state)
+{
+    h_env *e = *state;
+    h_env_fini(e);
+    free(e);
+    return 0;
+}
+
 static pid_t h_spawn(const char *const *argv, const char *log)
 {
     pid_t pid = fork();

@@ -29,6 +29,10 @@ typedef struct h_env {
 void h_env_init(h_env *e);
 /* Removes everything, killing children still running. */
 void h_env_fini(h_env *e);
+/* cmocka fixtures: *state is a fresh h_env (h_env_init), then freed
+ * (h_env_fini). */
+int h_setup(void **state);
+int h_teardown(void **state);
 
 /* Starts lmsim with extra args (NULL-terminated); port 0 picks one. Waits
  * for its port file. Returns 0 or -1. */
