@@ -16,8 +16,13 @@ lmsched_missing_deps() {
     echo "$missing"
 }
 
-# Installs the Debian packages when something is missing (as root, or with sudo).
+# Installs the Debian packages when something is missing (as root, or with
+# sudo), then the patched nng where the system's has bug #1518.
 lmsched_install_deps() {
+    lmsched_install_packages && lmsched_install_nng
+}
+
+lmsched_install_packages() {
     local missing
     missing=$(lmsched_missing_deps)
     [ -z "$missing" ] && return 0
@@ -42,11 +47,36 @@ lmsched_install_deps() {
     fi
 }
 
+# nng older than 1.6.0 (Debian bookworm's 1.5.2) has bug #1518: a peer that
+# connects and hangs up before the SP handshake stops the daemon's listener.
+# There, scripts/nng-build makes a static nng with our fix from the
+# platform's own source package (apt-get source; 15-45 s once, cached in
+# /var/cache/lmsched/nng) and the build uses it (docs/nng.md).
+# LMSCHED_SYSTEM_NNG=1 builds against the system's nng anyway (CMake warns).
+lmsched_install_nng() {
+    [ "${LMSCHED_SYSTEM_NNG:-0}" != 0 ] && return 0
+    "$LMSCHED_ROOT/scripts/nng-build" needed || return 0
+    "$LMSCHED_ROOT/scripts/nng-build" build >/dev/null && return 0
+    echo "lmsched: could not build the patched nng (above); LMSCHED_SYSTEM_NNG=1 builds" \
+        "with the system's nng instead, which has bug #1518 (docs/nng.md)" >&2
+    return 1
+}
+
+# The prefix of the patched nng for CMake's LMSCHED_NNG_PREFIX, or nothing
+# when the system's nng is used.
+lmsched_nng_prefix() {
+    [ "${LMSCHED_SYSTEM_NNG:-0}" != 0 ] && return 0
+    "$LMSCHED_ROOT/scripts/nng-build" needed || return 0
+    "$LMSCHED_ROOT/scripts/nng-build" prefix || true
+}
+
 # lmsched_build BUILD_DIR [cmake args...]
 lmsched_build() {
-    local dir=$1
+    local dir=$1 nng_prefix
     shift
-    cmake -S "$LMSCHED_ROOT" -B "$dir" -DLMSCHED_WERROR=ON "$@" >/dev/null &&
+    nng_prefix=$(lmsched_nng_prefix)
+    cmake -S "$LMSCHED_ROOT" -B "$dir" -DLMSCHED_WERROR=ON \
+        -DLMSCHED_NNG_PREFIX="$nng_prefix" "$@" >/dev/null &&
         cmake --build "$dir" -j"$(nproc 2>/dev/null || echo 2)"
 }
 
