@@ -507,7 +507,9 @@ static lmsched_result *agent_decode(const agent_call *call, nng_msg *msg)
             res = lma_result_error(LMSCHED_EPROTO,
                                    "error reply with invalid code %" PRIu32 ": %s",
                                    e->code, e->message);
-        } else if (e->field != NULL) {
+        } else if (e->field != NULL && strstr(e->message, e->field) == NULL) {
+            /* Only when the message does not name the field already (the
+             * daemon's decoder messages do: "field 'messages[0].content' ..."). */
             res = lma_result_error((int)e->code, "%s (field: %s)", e->message, e->field);
         } else {
             res = lma_result_error((int)e->code, "%s", e->message);

@@ -16,8 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Range of max_tokens accepted by the protocol (docs/protocol.md). */
-#define REQ_MAX_TOKENS_MAX 1048576
 #define REQ_PRIORITY_MAX 9
 #define REQ_TEMPERATURE_MAX 10.0
 
@@ -164,7 +162,7 @@ int lmsched_request_set_model(lmsched_request *req, const char *model)
 
 int lmsched_request_set_max_tokens(lmsched_request *req, int32_t n)
 {
-    if (req == NULL || n < 1 || n > REQ_MAX_TOKENS_MAX) {
+    if (req == NULL || n < 1 || n > LMSCHED_MAX_TOKENS_MAX) {
         return LMSCHED_EINVAL;
     }
     req->chat.max_tokens = n;

@@ -50,7 +50,6 @@
 /* Room for the longest field path, "messages[4294967295].content". */
 #define LMS__PATH_MAX 64
 
-#define LMS__MAX_TOKENS_MAX 1048576u
 #define LMS__PRIORITY_MAX 9u
 #define LMS__PRIORITY_DEFAULT 5u
 
@@ -1042,7 +1041,7 @@ static int lms__dec_chat(lms__dec *d, const msgpack_object *top, lms_chat_req *c
     }
     if (v[LMS__C_MAX_TOKENS] != NULL) {
         if ((rc = lms__get_uint(d, v[LMS__C_MAX_TOKENS], "max_tokens", 1,
-                                LMS__MAX_TOKENS_MAX, &u)) != 0) {
+                                LMSCHED_MAX_TOKENS_MAX, &u)) != 0) {
             return rc;
         }
         c->max_tokens = (int32_t)u;

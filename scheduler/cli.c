@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include <jansson.h>
 
@@ -169,8 +170,19 @@ static int cli_open(const char *cmd, const char *url, int timeout_ms, lmsched_cl
         char def[512] = "";
         if (url == NULL)
             lmsched_default_url(def, sizeof(def));
-        fprintf(stderr, "lmsched %s: invalid daemon URL '%s'%s\n", cmd,
-                url != NULL ? url : def, url != NULL ? "" : " (from LMSCHED_URL)");
+        const char *u = url != NULL ? url : def;
+        size_t max_path = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+        if (strncmp(u, "ipc://", 6) == 0 && strlen(u + 6) > max_path)
+            fprintf(stderr,
+                    "lmsched %s: daemon URL '%s'%s: the socket path is %zu bytes long, and "
+                    "a Unix socket path may have at most %zu on this system\n",
+                    cmd, u, url != NULL ? "" : " (from LMSCHED_URL)", strlen(u + 6),
+                    max_path);
+        else
+            fprintf(stderr,
+                    "lmsched %s: invalid daemon URL '%s'%s (expected ipc:///path/to/socket "
+                    "or tcp://HOST:PORT)\n",
+                    cmd, u, url != NULL ? "" : " (from LMSCHED_URL)");
         return CLI_EXIT_USAGE;
     }
     if (rc != LMSCHED_OK)
@@ -178,6 +190,22 @@ static int cli_open(const char *cmd, const char *url, int timeout_ms, lmsched_cl
     if (timeout_ms > 0 && timeout_ms < CLI_CONNECT_TIMEOUT_MS)
         lmsched_client_set_connect_timeout(*cp, timeout_ms);
     return CLI_EXIT_OK;
+}
+
+/* With --json a failed command is also a JSON document on stdout, so a
+ * script reading stdout sees why; the exit status and the stderr line are
+ * as without --json. */
+static void cli_print_error_json(int err, const char *msg)
+{
+    json_t *doc = json_pack("{s:{s:s,s:i,s:s}}", "error", "code", lms_err_name(err), "number",
+                            err, "message",
+                            msg != NULL && msg[0] != '\0' ? msg : lmsched_strerror(err));
+    if (doc == NULL)
+        return;
+    if (json_dumpf(doc, stdout, CLI_JSON_FLAGS) == 0)
+        fputc('\n', stdout);
+    json_decref(doc);
+    fflush(stdout);
 }
 
 /* ---- the status table ---------------------------------------------------- */
@@ -557,6 +585,8 @@ int cli_status_main(int argc, char **argv)
         goto out;
     int rc = lmsched_status(client, (int)timeout, &json, &errmsg);
     if (rc != LMSCHED_OK) {
+        if (as_json)
+            cli_print_error_json(rc, errmsg);
         code = cli_report(rc, errmsg);
         goto out;
     }
@@ -586,7 +616,7 @@ static void cli_chat_usage(FILE *out)
         "  --system TEXT        system prompt (default: empty)\n"
         "  --system-file FILE   read the system prompt from FILE, byte for byte\n"
         "  --model M            model to ask for (default: the server's loaded model)\n"
-        "  --max-tokens N       reply length limit in tokens\n"
+        "  --max-tokens N       reply length limit in tokens, 1 to %d\n"
         "  --temperature T      sampling temperature, 0 to 10\n"
         "  --priority P         0 (lowest) to 9 (highest), default 5\n"
         "  --agent NAME         agent name shown in the daemon's logs (default\n"
@@ -603,7 +633,7 @@ static void cli_chat_usage(FILE *out)
         "\n"
         "Exit status: 0 success, 1 the request failed, 2 usage error,\n"
         "3 daemon not reachable or no reply in time.\n",
-        LMSCHED_DEFAULT_TIMEOUT_MS);
+        LMSCHED_MAX_TOKENS_MAX, LMSCHED_DEFAULT_TIMEOUT_MS);
 }
 
 /*
@@ -748,22 +778,6 @@ static int cli_print_reply(const lmsched_result *res, bool as_json)
     return CLI_EXIT_OK;
 }
 
-/* With --json a failed request is also a JSON document on stdout, so a
- * script reading stdout sees why; the exit status and the stderr line are
- * as without --json. */
-static void cli_print_error_json(int err, const char *msg)
-{
-    json_t *doc = json_pack("{s:{s:s,s:i,s:s}}", "error", "code", lms_err_name(err), "number",
-                            err, "message",
-                            msg != NULL && msg[0] != '\0' ? msg : lmsched_strerror(err));
-    if (doc == NULL)
-        return;
-    if (json_dumpf(doc, stdout, CLI_JSON_FLAGS) == 0)
-        fputc('\n', stdout);
-    json_decref(doc);
-    fflush(stdout);
-}
-
 /* A setter refused a value that passed our own checks, or memory ran out. */
 static int cli_setter_failed(int rc, const char *what)
 {
@@ -827,7 +841,7 @@ int cli_chat_main(int argc, char **argv)
             model = optarg;
             break;
         case OPT_MAX_TOKENS:
-            if (cli_parse_long("chat", "--max-tokens", optarg, 1, INT32_MAX,
+            if (cli_parse_long("chat", "--max-tokens", optarg, 1, LMSCHED_MAX_TOKENS_MAX,
                                &max_tokens) != 0)
                 return CLI_EXIT_USAGE;
             break;

@@ -13,13 +13,46 @@
 #include "lmsched/agent.h"
 #include "scheduler/budget.h"
 
+/* API paths users paste with the server's URL (LM Studio's UI shows
+ * "http://127.0.0.1:1234/v1"); lmsched adds them itself. Longest first. */
+static const char *const config_api_suffixes[] = {"/v1/chat/completions", "/api/v1", "/v1"};
+
+/* Sets cfg->backend from a URL: trailing slashes and an API path suffix
+ * are dropped (what was dropped is kept in backend_stripped for the log).
+ * Returns 0, or -1 when it is not an http(s) URL or too long. */
+static int config_set_backend(sched_config *cfg, const char *url)
+{
+    size_t n = strlen(url);
+    if (n == 0 || n >= sizeof(cfg->backend))
+        return -1;
+    memcpy(cfg->backend, url, n + 1);
+    cfg->backend_stripped[0] = '\0';
+    while (n > 0 && cfg->backend[n - 1] == '/')
+        cfg->backend[--n] = '\0';
+    for (size_t i = 0; i < sizeof(config_api_suffixes) / sizeof(config_api_suffixes[0]); i++) {
+        size_t k = strlen(config_api_suffixes[i]);
+        if (n > k && strcmp(cfg->backend + n - k, config_api_suffixes[i]) == 0) {
+            snprintf(cfg->backend_stripped, sizeof(cfg->backend_stripped), "%s",
+                     config_api_suffixes[i]);
+            n -= k;
+            cfg->backend[n] = '\0';
+            while (n > 0 && cfg->backend[n - 1] == '/')
+                cfg->backend[--n] = '\0';
+            break;
+        }
+    }
+    if (strncmp(cfg->backend, "http://", 7) != 0 && strncmp(cfg->backend, "https://", 8) != 0)
+        return -1;
+    return 0;
+}
+
 void config_defaults(sched_config *cfg, const char *default_listen)
 {
     memset(cfg, 0, sizeof(*cfg));
     snprintf(cfg->listen, sizeof(cfg->listen), "%s", default_listen);
     const char *be = getenv("LMSCHED_BACKEND");
-    snprintf(cfg->backend, sizeof(cfg->backend), "%s",
-             be && *be ? be : "http://127.0.0.1:1234");
+    if (be == NULL || *be == '\0' || config_set_backend(cfg, be) != 0)
+        config_set_backend(cfg, "http://127.0.0.1:1234"); /* a bad one fails at its first use */
     snprintf(cfg->backend_kind, sizeof(cfg->backend_kind), "auto");
     snprintf(cfg->policy, sizeof(cfg->policy), "prefix");
     snprintf(cfg->cache_type, sizeof(cfg->cache_type), "f16");
@@ -219,20 +252,13 @@ int config_parse(sched_config *cfg, int argc, char **argv)
             if (config_str("--listen", optarg, cfg->listen, sizeof(cfg->listen)))
                 return 2;
             break;
-        case OPT_BACKEND: {
-            if (config_str("--backend", optarg, cfg->backend, sizeof(cfg->backend)))
-                return 2;
-            size_t n = strlen(cfg->backend);
-            while (n > 0 && cfg->backend[n - 1] == '/')
-                cfg->backend[--n] = '\0';
-            if (strncmp(cfg->backend, "http://", 7) != 0 &&
-                strncmp(cfg->backend, "https://", 8) != 0) {
+        case OPT_BACKEND:
+            if (config_set_backend(cfg, optarg) != 0) {
                 fprintf(stderr, "lmsched serve: --backend: expected an http:// URL, got '%s'\n",
                         optarg);
                 return 2;
             }
             break;
-        }
         case OPT_BACKEND_KIND:
             if (strcmp(optarg, "auto") && strcmp(optarg, "lmstudio") &&
                 strcmp(optarg, "llamacpp") && strcmp(optarg, "openai")) {
@@ -334,13 +360,17 @@ int config_parse(sched_config *cfg, int argc, char **argv)
             cfg->probe_interval_ms = (int)v;
             break;
         case OPT_DEF_MAXTOK:
-            if (config_num("--default-max-tokens", optarg, -1, 1 << 20, &v))
+            if (config_num("--default-max-tokens", optarg, -1, LMSCHED_MAX_TOKENS_MAX, &v))
                 return 2;
             cfg->default_max_tokens = (int32_t)v;
             break;
         case OPT_POLICY:
-            if (config_str("--policy", optarg, cfg->policy, sizeof(cfg->policy)))
+            if (strcmp(optarg, "prefix") != 0 && strcmp(optarg, "fifo") != 0) {
+                fprintf(stderr, "lmsched serve: --policy: expected prefix or fifo, got '%s'\n",
+                        optarg);
                 return 2;
+            }
+            config_str("--policy", optarg, cfg->policy, sizeof(cfg->policy));
             break;
         case OPT_LOG:
             if (log_parse_level(optarg, &cfg->log_level) != 0) {

@@ -14,6 +14,7 @@
 typedef struct sched_config {
     char listen[512];          /* nng URL the daemon listens on */
     char backend[512];         /* base URL of the LLM server, no trailing '/' */
+    char backend_stripped[24]; /* API path dropped from the given URL ("/v1"), or "" */
     char backend_kind[16];     /* "auto", "lmstudio", "llamacpp", "openai" */
     char policy[16];           /* queue policy name */
     bool cache_prompt;         /* send "cache_prompt": true */

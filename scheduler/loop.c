@@ -264,8 +264,10 @@ static void sched_budget(sched *s)
     const char *kind = strcmp(s->cfg.backend_kind, "auto") ? s->cfg.backend_kind : s->be.kind;
     s->pin_slots = strcmp(kind, "llamacpp") == 0 && strcmp(policy_name(s->pol), "prefix") == 0;
     policy_set_placement(s->pol, s->pin_slots, s->cfg.slot_similarity);
-    /* Before the first probe the numbers are provisional; say them once known. */
-    if (old != s->max_concurrent && s->be.checked_us != 0)
+    /* Until the daemon listens the numbers are provisional: start-up says
+     * them once, in sched_probe_initial's summary; afterwards every change
+     * is logged. */
+    if (old != s->max_concurrent && s->listening)
         log_info("memory budget: %s", s->bout.explain);
 }
 
@@ -283,9 +285,54 @@ static int probe_first_stage(const sched *s)
     return 0;
 }
 
+static void probe_start(sched *s, int stage);
+static void be_set_down(sched *s, const char *why);
+
+/* Starts a probe cycle: the stages from the first one (for `auto`, the
+ * dialect learned so far), each tried in turn until one is understood. */
+static void probe_cycle(sched *s)
+{
+    s->probe_tried[0] = '\0';
+    probe_start(s, probe_first_stage(s));
+}
+
+/* Notes what one stage of the cycle got, for the message when none is
+ * understood. */
+static void probe_note(sched *s, int stage, const bk_xfer *x)
+{
+    size_t n = strlen(s->probe_tried);
+    char what[64];
+    if (x->http_status >= 400)
+        snprintf(what, sizeof(what), "HTTP %ld", x->http_status);
+    else if (x->http_status > 0)
+        snprintf(what, sizeof(what), "HTTP %ld, not the JSON expected there", x->http_status);
+    else
+        snprintf(what, sizeof(what), "no answer");
+    snprintf(s->probe_tried + n, sizeof(s->probe_tried) - n, "%sGET %s (%s)", n ? ", " : "",
+             probe_paths[stage], what);
+}
+
+/* No stage of an `auto` cycle found an API it knows, though the server
+ * answers HTTP: most likely a wrong URL (a path that is not the server's
+ * root). Reported unhealthy, so dispatch pauses and requests that give up
+ * waiting say why, rather than each failing with a 404 of its own. */
+static void probe_found_nothing(sched *s)
+{
+    char why[sizeof(s->cfg.backend) + sizeof(s->probe_tried) + 256];
+    int n = snprintf(why, sizeof(why),
+             "no LLM server API found at %s: tried %s; check the URL (the server's root, "
+             "without /v1: lmsched adds the API paths itself), or pass --backend-kind openai "
+             "to skip this check",
+             s->cfg.backend, s->probe_tried);
+    (void)n;
+    snprintf(s->be.kind, sizeof(s->be.kind), "unknown");
+    be_set_down(s, why);
+}
+
 static void probe_start(sched *s, int stage)
 {
     s->probe_stage = stage;
+    s->probe_started_us = clock_now_us();
     int rc = backend_get_start(s->bk, probe_paths[stage], NULL, stage, &s->probe);
     if (rc != LMSCHED_OK) {
         log_error("cannot start backend probe: %s", lmsched_strerror(rc));
@@ -311,7 +358,8 @@ static void be_set_down(sched *s, const char *why)
 
 static void be_set_up(sched *s)
 {
-    if (!s->be.healthy)
+    /* At start-up sched_probe_initial's summary says it. */
+    if (!s->be.healthy && (s->listening || s->be.down_since_us != 0))
         log_info("backend %s healthy (%s)", s->cfg.backend, s->be.kind);
     s->be.healthy = true;
     s->be.down_since_us = 0;
@@ -322,6 +370,9 @@ static void probe_done(sched *s, bk_xfer *x)
 {
     int stage = x->tag;
     int64_t now = clock_now_us();
+    log_debug("probe GET %s: HTTP %ld after %" PRId64 " ms%s%s", probe_paths[stage],
+              x->http_status, (now - x->start_us) / 1000, x->err.code ? ": " : "",
+              x->err.code ? x->err.message : "");
     s->probe = NULL;
     s->be.checked_us = now;
     bool forced = strcmp(s->cfg.backend_kind, "auto") != 0;
@@ -353,9 +404,15 @@ static void probe_done(sched *s, bk_xfer *x)
             return;
         }
         oa_model_info_fini(&mi);
+        probe_note(s, stage, x);
         /* Answered, but not in this dialect: try the next one. */
         if (!forced && stage + 1 < PROBE_STAGES) {
             probe_start(s, stage + 1);
+            return;
+        }
+        if (!forced) {
+            probe_found_nothing(s);
+            s->next_probe_us = now + PROBE_RETRY_MS * 1000LL;
             return;
         }
         be_set_up(s); /* it answers HTTP; chat may still work */
@@ -366,8 +423,14 @@ static void probe_done(sched *s, bk_xfer *x)
     if (x->err.code == LMSCHED_EBACKEND_HTTP || x->err.code == LMSCHED_EAUTH) {
         if (x->err.code == LMSCHED_EAUTH)
             log_warn("backend refused the probe: %s (set LM_API_TOKEN)", x->err.message);
+        probe_note(s, stage, x);
         if (!forced && stage + 1 < PROBE_STAGES && x->err.code != LMSCHED_EAUTH) {
             probe_start(s, stage + 1);
+            return;
+        }
+        if (!forced && x->err.code != LMSCHED_EAUTH) {
+            probe_found_nothing(s);
+            s->next_probe_us = now + PROBE_RETRY_MS * 1000LL;
             return;
         }
         be_set_up(s);
@@ -464,6 +527,17 @@ static void sched_on_request(sched *s, srv_ctx *c, nng_msg *msg)
         lms_msg_fini(&m);
         return;
     }
+    if (!s->be.healthy && !s->probe) {
+        /* It waits for the backend: ask again soon rather than at the next
+         * 2 s probe, so it goes out as soon as the backend is back (at
+         * most one probe per DOWN_RECHECK_US). */
+        int64_t soon = s->probe_started_us + DOWN_RECHECK_US;
+        int64_t now = clock_now_us();
+        if (soon < now)
+            soon = now;
+        if (soon < s->next_probe_us)
+            s->next_probe_us = soon;
+    }
     job *j = calloc(1, sizeof(*j));
     if (j == NULL) {
         s->st.failed++;
@@ -485,6 +559,29 @@ static void sched_on_request(sched *s, srv_ctx *c, nng_msg *msg)
         sched_send_error(s, c, m.id, LMSCHED_ENOMEM, "scheduler out of memory", NULL);
         s->st.failed++;
         s->st.failed_by_code[LMSCHED_ENOMEM]++;
+        job_free(j);
+        return;
+    }
+    /* A prompt that cannot fit the slot's context would cost a slot only to
+     * come back as the backend's 400: refused here, with the numbers. Only
+     * when it is certain (the token floor alone fills the context); nearer
+     * the edge the backend's own answer goes back to the agent. A large
+     * max_tokens is not refused: LM Studio and llama.cpp stop at the
+     * context with finish_reason "length". */
+    int64_t known_ctx = s->be.context_length > 0 ? s->be.context_length : s->cfg.context;
+    uint64_t floor_tokens = j->chain.bytes / PREFIX_MAX_BYTES_PER_TOKEN;
+    if (known_ctx > 0 && floor_tokens >= (uint64_t)known_ctx) {
+        char why[400];
+        snprintf(why, sizeof(why),
+                 "the prompt cannot fit the backend's context: about %u tokens (estimated "
+                 "from its %" PRIu64 " bytes; at least %" PRIu64 "), and the context is %" PRId64
+                 " tokens per slot%s; shorten the prompt",
+                 j->chain.tokens, j->chain.bytes, floor_tokens, known_ctx,
+                 s->be.context_length > 0 ? "" : " (--context)");
+        s->st.failed++;
+        s->st.failed_by_code[LMSCHED_ETOOLARGE]++;
+        log_debug("request %u/%" PRIu64 " refused: %s", j->pipe, j->id, why);
+        sched_send_error(s, c, j->id, LMSCHED_ETOOLARGE, why, "messages");
         job_free(j);
         return;
     }
@@ -570,8 +667,16 @@ static void sched_drain_inbox(sched *s)
                 s->draining = true;
                 s->drain_deadline_us = clock_now_us() + (int64_t)s->cfg.drain_timeout_ms * 1000;
                 log_info("shutting down: %u queued request(s) get a shutdown error, waiting up "
-                         "to %d ms for %u in flight", s->queued, s->cfg.drain_timeout_ms,
-                         s->inflight);
+                         "to %d ms for %u in flight (a second SIGINT/SIGTERM ends the wait)",
+                         s->queued, s->cfg.drain_timeout_ms, s->inflight);
+            } else if (s->drain_deadline_us > clock_now_us()) {
+                /* A second signal: as most servers do, stop waiting. The
+                 * drain step answers every request still here with the
+                 * shutdown error on this turn. */
+                s->drain_deadline_us = clock_now_us();
+                s->drain_forced = true;
+                log_info("second stop signal: ending the drain now; %u request(s) in flight "
+                         "get a shutdown error", s->inflight);
             }
             break;
         }
@@ -864,8 +969,11 @@ static void sched_drain_step(sched *s, int64_t now)
             job_fail(s, j, LMSCHED_ESHUTDOWN, "lmsched is shutting down; the request was still "
                                               "queued and did not run");
         else if (now >= s->drain_deadline_us)
-            job_fail(s, j, LMSCHED_ESHUTDOWN, "lmsched is shutting down; the request was "
-                                              "canceled after the drain timeout");
+            job_fail(s, j, LMSCHED_ESHUTDOWN,
+                     s->drain_forced ? "lmsched is shutting down; the request was canceled "
+                                       "by a second stop signal"
+                                     : "lmsched is shutting down; the request was canceled "
+                                       "after the drain timeout");
     }
     if (s->jobs == NULL && srv_sending(s->srv) == 0)
         s->stopped = true;
@@ -948,7 +1056,7 @@ int sched_init(sched *s, const sched_config *cfg)
 
 int sched_probe_initial(sched *s, int wait_ms)
 {
-    probe_start(s, probe_first_stage(s));
+    probe_cycle(s);
     int64_t until = clock_now_us() + (int64_t)wait_ms * 1000;
     while (s->probe && clock_now_us() < until) {
         backend_poll(s->bk, 50);
@@ -965,13 +1073,21 @@ int sched_probe_initial(sched *s, int wait_ms)
         s->next_probe_us = clock_now_us() + PROBE_RETRY_MS * 1000LL;
     }
     sched_budget(s);
-    char b1[32], b2[32], b3[32];
-    log_info("backend %s: %s, %s, model %s, context %" PRId64 ", slots %" PRId64, s->cfg.backend,
-             s->be.kind, s->be.healthy ? "healthy" : "unreachable",
-             s->be.model[0] ? s->be.model : "unknown", s->be.context_length, s->be.slots);
+    char b1[32], b2[32], b3[32], ctx[24] = "unknown", slots[24] = "unknown";
+    if (s->be.context_length > 0)
+        snprintf(ctx, sizeof(ctx), "%" PRId64, s->be.context_length);
+    if (s->be.slots > 0)
+        snprintf(slots, sizeof(slots), "%" PRId64, s->be.slots);
+    if (s->be.healthy)
+        log_info("backend %s: %s, healthy, model %s, context %s, slots %s", s->cfg.backend,
+                 s->be.kind, s->be.model[0] ? s->be.model : "unknown", ctx, slots);
+    else
+        log_warn("backend %s: not usable yet (%s); requests wait for it up to --backend-wait",
+                 s->cfg.backend, s->be.last_error);
     log_info("memory: RAM %s, model %s, KV per request %s; %s",
              budget_fmt_size(s->bin.total_ram, b1, sizeof(b1)),
-             budget_fmt_size(s->bin.model_size, b2, sizeof(b2)),
+             s->bin.model_size ? budget_fmt_size(s->bin.model_size, b2, sizeof(b2))
+                               : "size unknown",
              budget_fmt_size(s->bin.kv_per_request, b3, sizeof(b3)), s->bout.explain);
     if (s->bout.model_too_big) {
         if (!s->cfg.force) {
@@ -1006,6 +1122,7 @@ int sched_listen(sched *s)
         fprintf(stderr, "lmsched serve: %s\n", err);
         return 4;
     }
+    s->listening = true;
     log_info("listening on %s (policy %s, max %u concurrent, queue %u, %u per "
              "connection%s)", s->cfg.listen, policy_name(s->pol), s->max_concurrent, s->cfg.max_queue,
              s->cfg.max_per_conn, srv_auth_required(s->srv) ? ", token required" : "");
@@ -1052,7 +1169,7 @@ void sched_run(sched *s)
         else
             down_wake = sched_expire_down(s, now);
         if (!s->probe && now >= s->next_probe_us && !s->draining)
-            probe_start(s, probe_first_stage(s));
+            probe_cycle(s);
         if (s->draining)
             sched_drain_step(s, now);
         if (s->stopped)

@@ -65,7 +65,7 @@ typedef struct sched_event sched_event;
 typedef struct backend_state {
     char kind[16];            /* "lmstudio", "llamacpp", "openai", "unknown" */
     bool healthy;
-    char last_error[512];
+    char last_error[1024];
     char model[256];
     int64_t context_length;   /* per slot, -1 unknown */
     int64_t slots;            /* -1 unknown */
@@ -114,11 +114,15 @@ typedef struct sched {
     backend_state be;
     bk_xfer *probe;            /* running probe, or NULL */
     int probe_stage;
+    char probe_tried[400];     /* what each stage of the current cycle got */
     int64_t next_probe_us;
+    int64_t probe_started_us;  /* when the last probe stage started */
 
     sched_stats st;
     int64_t start_us;
+    bool listening;           /* sched_listen succeeded */
     bool draining;
+    bool drain_forced;        /* a second stop signal ended the drain */
     int64_t drain_deadline_us;
     bool stopped;
 } sched;

@@ -91,6 +91,9 @@ static int serve_main(int argc, char **argv)
     }
     log_info("lmsched %s starting; backend %s%s", LMSCHED_VERSION, cfg.backend,
              s.token ? " (with LM_API_TOKEN)" : "");
+    if (cfg.backend_stripped[0])
+        log_info("the backend URL ended in %s: using %s (lmsched adds the API paths itself)",
+                 cfg.backend_stripped, cfg.backend);
     if ((exit_code = sched_probe_initial(&s, 3000)) != 0)
         goto out;
     if ((exit_code = sched_listen(&s)) != 0)

@@ -111,6 +111,7 @@ int prefix_chain_build(prefix_chain *c, const lms_chat_req *req)
     c->n_blocks = (uint32_t)nb;
     size_t tok = (len + PREFIX_BYTES_PER_TOKEN - 1) / PREFIX_BYTES_PER_TOKEN;
     c->tokens = tok > UINT32_MAX ? UINT32_MAX : (uint32_t)tok;
+    c->bytes = len;
     c->group = have_sys ? XXH3_64bits(buf, sys_len) : 0;
     free(buf);
     return LMSCHED_OK;

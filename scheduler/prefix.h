@@ -20,11 +20,17 @@
 
 #define PREFIX_BLOCK_BYTES 64
 #define PREFIX_BYTES_PER_TOKEN 4
+/* A floor on a prompt's tokens is its rendered bytes / this. Real text
+ * averages 3-5 bytes per token; a run of one long word can reach 8 and more
+ * (" license" is one token of 8 bytes), so the margin is wide: a prompt whose
+ * floor alone fills the context cannot fit, whatever the tokenizer. */
+#define PREFIX_MAX_BYTES_PER_TOKEN 16
 
 typedef struct prefix_chain {
     uint64_t *blocks;     /* blocks[i] = hash of rendered bytes [0, (i+1)*BLOCK) chained */
     uint32_t n_blocks;    /* whole blocks only; a trailing partial block is not hashed */
     uint32_t tokens;      /* estimated prompt tokens: ceil(rendered bytes / 4) */
+    uint64_t bytes;       /* rendered bytes */
     uint64_t group;       /* hash of the rendered system message: the prefix group */
 } prefix_chain;
 

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <nng/protocol/reqrep0/rep.h>
@@ -287,6 +288,47 @@ static int srv_sock_group(const char *path, const char *group, unsigned mode,
     return 0;
 }
 
+/* Says in the user's terms why listening on url failed with nng error rv
+ * (nng's own words, "Entry not found" or "Address invalid", name no cause
+ * a user can act on); the original is logged at debug level. */
+static void srv_listen_error(const char *url, int rv, char *errbuf, size_t errlen)
+{
+    bool ipc = strncmp(url, "ipc://", 6) == 0;
+    const char *path = url + 6;
+    size_t max_path = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+
+    log_debug("listen on %s: nng error %d: %s", url, rv, nng_strerror(rv));
+    if (ipc && rv == NNG_EADDRINVAL && strlen(path) > max_path) {
+        snprintf(errbuf, errlen,
+                 "cannot listen on %s: the socket path is %zu bytes long, and a Unix "
+                 "socket path may have at most %zu on this system; choose a shorter one "
+                 "(for example under $XDG_RUNTIME_DIR)",
+                 url, strlen(path), max_path);
+    } else if (ipc && rv == NNG_ENOENT) {
+        const char *slash = strrchr(path, '/');
+        int dlen = slash != NULL && slash != path ? (int)(slash - path) : 1;
+        snprintf(errbuf, errlen,
+                 "cannot listen on %s: the directory %.*s does not exist; create it or "
+                 "choose another path",
+                 url, dlen, slash != NULL ? path : "/");
+    } else if (rv == NNG_EPERM) {
+        snprintf(errbuf, errlen, "cannot listen on %s: permission denied%s", url,
+                 ipc ? " (cannot create the socket file in that directory)" : "");
+    } else if (rv == NNG_EADDRINUSE) {
+        snprintf(errbuf, errlen,
+                 "cannot listen on %s: Address in use: another process listens there "
+                 "(is another lmsched serve running?)",
+                 url);
+    } else if (rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP) {
+        snprintf(errbuf, errlen,
+                 "cannot listen on %s: not a usable address (expected ipc:///path/to/socket "
+                 "or tcp://HOST:PORT)",
+                 url);
+    } else {
+        snprintf(errbuf, errlen, "cannot listen on %s: %s", url, nng_strerror(rv));
+    }
+}
+
 int srv_open(srv **sp, const srv_opts *o, const srv_events *ev, char *errbuf,
              size_t errlen)
 {
@@ -311,7 +353,7 @@ int srv_open(srv **sp, const srv_opts *o, const srv_events *ev, char *errbuf,
     nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, o->max_msg);
     nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, srv_pipe_cb, s);
     if ((rv = nng_listener_create(&s->listener, s->sock, o->url)) != 0) {
-        snprintf(errbuf, errlen, "cannot listen on %s: %s", o->url, nng_strerror(rv));
+        srv_listen_error(o->url, rv, errbuf, errlen);
         goto fail;
     }
     if (ipc) {
@@ -328,8 +370,7 @@ int srv_open(srv **sp, const srv_opts *o, const srv_events *ev, char *errbuf,
         }
     }
     if ((rv = nng_listener_start(s->listener, 0)) != 0) {
-        snprintf(errbuf, errlen, "cannot listen on %s: %s%s", o->url, nng_strerror(rv),
-                 rv == NNG_EADDRINUSE ? " (is another lmsched serve running?)" : "");
+        srv_listen_error(o->url, rv, errbuf, errlen);
         goto fail;
     }
     if (ipc && o->socket_group != NULL &&

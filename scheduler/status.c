@@ -59,9 +59,10 @@ char *status_json(const sched *s)
         s->be.checked_us ? json_real((double)(now - s->be.checked_us) / 1e6) : json_null());
 
     json_t *memory = json_pack(
-        "{s:I,s:f,s:I,s:I,s:I,s:i,s:s,s:s,s:I,s:s,s:I}", "total_bytes",
+        "{s:I,s:f,s:o,s:I,s:I,s:i,s:s,s:s,s:I,s:s,s:I}", "total_bytes",
         (json_int_t)s->bin.total_ram, "ram_fraction", s->bin.ram_fraction, "model_size_bytes",
-        (json_int_t)s->bin.model_size, "kv_per_request_bytes", (json_int_t)s->bin.kv_per_request,
+        s->bin.model_size ? json_integer((json_int_t)s->bin.model_size) : json_null(),
+        "kv_per_request_bytes", (json_int_t)s->bin.kv_per_request,
         "budget_bytes", (json_int_t)s->bout.budget_bytes, "max_concurrent",
         (int)s->max_concurrent, "limited_by", s->limited_by ? s->limited_by : "memory",
         "accounting", s->cfg.kv_per_request ? "per_request" : "per_token",

@@ -559,10 +559,64 @@ static void test_status_error_reply(void **state)
     run_result r = run(cli_status_main, NULL,
                        (const char *[]){"status", "--json", "--url", fake.url, NULL});
     assert_int_equal(r.code, 1);
-    assert_string_equal(r.out, "");
+    /* --json: the error is a JSON document on stdout too, as with chat */
+    json_error_t jerr;
+    json_t *doc = json_loads(r.out, 0, &jerr);
+    assert_non_null(doc);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(doc, "error"), "code")),
+                        "shutdown");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(doc, "error"), "message")),
+        "draining, bye");
+    json_decref(doc);
     assert_contains(r.err,
                     "lmsched: shutdown: scheduler is shutting down: draining, bye\n");
     run_free(&r);
+    /* without --json stdout stays empty */
+    r = run(cli_status_main, NULL, (const char *[]){"status", "--url", fake.url, NULL});
+    assert_int_equal(r.code, 1);
+    assert_string_equal(r.out, "");
+    run_free(&r);
+}
+
+/* No daemon and --json: the error document says so on stdout (issue 9). */
+static void test_status_json_no_daemon(void **state)
+{
+    char url[160];
+    snprintf(url, sizeof(url), "ipc://%s/nobody.sock", fake.dir);
+    run_result r = run(cli_status_main, NULL,
+                       (const char *[]){"status", "--json", "--url", url, "--timeout", "300",
+                                        NULL});
+    assert_int_equal(r.code, 3);
+    json_error_t jerr;
+    json_t *doc = json_loads(r.out, 0, &jerr);
+    if (doc == NULL)
+        fail_msg("stdout is not JSON: '%s'", r.out);
+    const char *code =
+        json_string_value(json_object_get(json_object_get(doc, "error"), "code"));
+    assert_non_null(code);
+    assert_true(strcmp(code, "no_daemon") == 0 || strcmp(code, "timeout") == 0);
+    json_decref(doc);
+    run_free(&r);
+}
+
+/* One limit for max_tokens, quoted when it is passed (issue 9). */
+static void test_chat_max_tokens_limit(void **state)
+{
+    run_result r = run(cli_chat_main, NULL,
+                       (const char *[]){"chat", "--max-tokens", "2000000", "hi", NULL});
+    assert_int_equal(r.code, 2);
+    assert_contains(r.err, "--max-tokens: expected an integer from 1 to 1048576, got '2000000'");
+    run_free(&r);
+    r = run(cli_chat_main, NULL, (const char *[]){"chat", "--help", NULL});
+    assert_contains(r.out, "1 to 1048576");
+    run_free(&r);
+    fake.mode = FAKE_CHAT;
+    r = run(cli_chat_main, NULL,
+            (const char *[]){"chat", "--max-tokens", "1048576", "--url", fake.url, "hi", NULL});
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    assert_int_equal(fake.last.u.chat.max_tokens, 1048576);
 }
 
 /* No daemon at the URL: exit 3 well within the hang guard. */
@@ -843,6 +897,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_status_error_reply, fake_setup,
                                         fake_teardown),
         cmocka_unit_test_setup_teardown(test_status_no_daemon, fake_setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_status_json_no_daemon, fake_setup,
+                                        fake_teardown),
+        cmocka_unit_test_setup_teardown(test_chat_max_tokens_limit, fake_setup,
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_status_usage, fake_setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_chat_flags_on_the_wire, fake_setup,
                                         fake_teardown),

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -245,10 +247,18 @@ static void test_deadline(void **state)
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
     tally t;
     tally_init(&t);
-    /* 60 tokens at 45 tok/s x2 = ~0.7 s holding the only slot */
-    lmsched_request *slow = mkreq("sys", "a long answer please", 60);
+    /* 200 tokens at 45 tok/s x2 = ~2.2 s holding the only slot; the quick
+     * one is sent once it runs (a fixed sleep raced a loaded machine). */
+    lmsched_request *slow = mkreq("sys", "a long answer please", 200);
     assert_int_equal(lmsched_chat_async(c, slow, 30000, tally_cb, &t), LMSCHED_OK);
-    usleep(100000);
+    for (int i = 0; i < 500; i++) {
+        json_t *st = h_status(e);
+        int64_t inflight = st ? h_json_int(st, "inflight") : 0;
+        json_decref(st);
+        if (inflight == 1)
+            break;
+        usleep(5000);
+    }
     lmsched_request *r = mkreq("sys", "quick", 4);
     assert_int_equal(lmsched_request_set_deadline_ms(r, 150), LMSCHED_OK);
     lmsched_result *res = NULL;
@@ -470,6 +480,281 @@ static void test_refuses_oversized_model(void **state)
     assert_int_equal(h_daemon_start(e, df), 0);
 }
 
+
+/* ---- issue 9: what a new user hit ------------------------------------------ */
+
+/* Runs cmd with stdout and stderr into out (NUL-terminated); returns the
+ * exit status, -1 if it could not run. */
+static int run_capture(const char *cmd, char *out, size_t len)
+{
+    char full[2048];
+    snprintf(full, sizeof(full), "%s 2>&1", cmd);
+    FILE *f = popen(full, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(out, 1, len - 1, f);
+    out[n] = '\0';
+    int st = pclose(f);
+    return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
+}
+
+static char *read_log(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char *buf = calloc(1, 1 << 16);
+    assert_non_null(buf);
+    size_t n = fread(buf, 1, (1 << 16) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static unsigned count_str(const char *hay, const char *needle)
+{
+    unsigned n = 0;
+    for (const char *p = strstr(hay, needle); p != NULL; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* The URL LM Studio's UI shows (".../v1") is accepted: the daemon strips
+ * it, says so, and chat works. */
+static void test_backend_url_with_v1(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, NULL};
+    assert_int_equal(h_sim_start(e, 0, sim), 0);
+    char be[160];
+    snprintf(be, sizeof(be), "%s/v1/", e->backend);
+    const char *d[] = {"--backend", be, NULL};
+    if (h_daemon_start(e, d) != 0) {
+        h_dump_logs(e);
+        fail_msg("lmsched serve did not start");
+    }
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    lmsched_request *r = mkreq("sys", "hello", 4);
+    lmsched_result *res = NULL;
+    int rc = lmsched_chat(c, r, 10000, &res);
+    if (rc != LMSCHED_OK)
+        fail_msg("chat through a /v1 URL: %s", res ? lmsched_result_message(res) : "?");
+    lmsched_result_free(res);
+    json_t *st = h_status(e);
+    assert_string_equal(json_string_value(h_json_get(st, "backend.url")), e->backend);
+    assert_string_equal(json_string_value(h_json_get(st, "backend.kind")), "lmstudio");
+    json_decref(st);
+    char *log = read_log(e->daemon.log);
+    assert_non_null(strstr(log, "ended in /v1"));
+    free(log);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* A URL where no known API answers (a wrong path): the start-up log and
+ * status say which URLs were tried and what answered; the backend is not
+ * reported healthy, and a request fails saying the same. */
+static void test_backend_nothing_found(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, NULL};
+    assert_int_equal(h_sim_start(e, 0, sim), 0);
+    char be[160];
+    snprintf(be, sizeof(be), "%s/not-here", e->backend);
+    const char *d[] = {"--backend", be, "--backend-wait", "300", NULL};
+    if (h_daemon_start(e, d) != 0) {
+        h_dump_logs(e);
+        fail_msg("lmsched serve did not start");
+    }
+    json_t *st = h_status(e);
+    assert_non_null(st);
+    assert_true(json_is_false(h_json_get(st, "backend.healthy")));
+    const char *le = json_string_value(h_json_get(st, "backend.last_error"));
+    assert_non_null(le);
+    printf("last_error: %s\n", le);
+    assert_non_null(strstr(le, "no LLM server API found"));
+    assert_non_null(strstr(le, "GET /api/v1/models (HTTP 404)"));
+    assert_non_null(strstr(le, "GET /props (HTTP 404)"));
+    assert_non_null(strstr(le, "GET /v1/models (HTTP 404)"));
+    json_decref(st);
+    char *log = read_log(e->daemon.log);
+    assert_non_null(strstr(log, "no LLM server API found"));
+    assert_null(strstr(log, "healthy, model"));
+    free(log);
+
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    lmsched_request *r = mkreq("sys", "hello", 4);
+    lmsched_result *res = NULL;
+    assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_EBACKEND_DOWN);
+    assert_non_null(strstr(lmsched_result_message(res), "no LLM server API found"));
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* A prompt that certainly cannot fit the context the backend reported is
+ * refused before it costs a slot, naming the estimate and the context; one
+ * near the edge goes to the backend, whose own 400 comes back. */
+static void test_prompt_over_context(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, "--ctx", "8192", NULL};
+    start_all(e, sim, NULL);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+
+    size_t big = 1u << 20; /* ~262k tokens by the estimate, at least 65k */
+    char *text = malloc(big + 1);
+    assert_non_null(text);
+    memset(text, 'x', big);
+    text[big] = '\0';
+    lmsched_request *r = mkreq("sys", text, 0);
+    lmsched_result *res = NULL;
+    assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_ETOOLARGE);
+    const char *msg = lmsched_result_message(res);
+    printf("refused: %s\n", msg);
+    assert_non_null(strstr(msg, "cannot fit"));
+    assert_non_null(strstr(msg, "context is 8192 tokens"));
+    assert_non_null(strstr(msg, "262"));
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    json_t *ss = h_sim_get(e, "/sim/stats");
+    assert_int_equal(h_json_int(ss, "requests"), 0);
+    assert_int_equal(h_json_int(ss, "prompt_tokens"), 0);
+    json_decref(ss);
+
+    /* 40 KB: ~10k tokens by the estimate, but not certainly over 8192. */
+    text[40000] = '\0';
+    r = mkreq("sys", text, 0);
+    assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_EBACKEND_HTTP);
+    printf("backend: %s\n", lmsched_result_message(res));
+    assert_non_null(strstr(lmsched_result_message(res), "context"));
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    free(text);
+    lmsched_client_close(c);
+}
+
+/* A field over its limit is named once in the message, not twice. */
+static void test_field_named_once(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, NULL};
+    start_all(e, sim, NULL);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    size_t big = 5u << 20;
+    char *text = malloc(big + 1);
+    assert_non_null(text);
+    memset(text, 'x', big);
+    text[big] = '\0';
+    lmsched_request *r = mkreq("sys", text, 0);
+    free(text);
+    lmsched_result *res = NULL;
+    assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_ETOOLARGE);
+    const char *msg = lmsched_result_message(res);
+    printf("over the limit: %s\n", msg);
+    assert_int_equal(count_str(msg, "messages[0].content"), 1);
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
+/* Bad flags and listen addresses: exit 2 (usage) or 4 (cannot listen) with
+ * a message in the user's terms, not nng's. */
+static void test_serve_messages(void **state)
+{
+    h_env *e = *state;
+    const char *bin = getenv("LMSCHED_BIN_DIR");
+    assert_non_null(bin);
+    char cmd[1024], out[8192];
+
+    snprintf(cmd, sizeof(cmd), "%s/lmsched serve --policy lifo", bin);
+    assert_int_equal(run_capture(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--policy: expected prefix or fifo, got 'lifo'"));
+
+    snprintf(cmd, sizeof(cmd),
+             "%s/lmsched serve --backend http://127.0.0.1:9 --connect-timeout 100 "
+             "--listen ipc://%s/no/such/dir/x.sock",
+             bin, e->dir);
+    assert_int_equal(run_capture(cmd, out, sizeof(out)), 4);
+    assert_null(strstr(out, "Entry not found"));
+    assert_non_null(strstr(out, "/no/such/dir does not exist"));
+
+    char longp[200];
+    memset(longp, 'a', 150);
+    longp[150] = '\0';
+    snprintf(cmd, sizeof(cmd),
+             "%s/lmsched serve --backend http://127.0.0.1:9 --connect-timeout 100 "
+             "--listen ipc:///tmp/%s.sock",
+             bin, longp);
+    assert_int_equal(run_capture(cmd, out, sizeof(out)), 4);
+    assert_null(strstr(out, "Address invalid"));
+    assert_non_null(strstr(out, "may have at most 107"));
+}
+
+/* Start-up says the memory budget once, and an unknown model size as
+ * unknown (status: null), not "0 B". */
+static void test_startup_log(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {FAST, "--model-size", "0", NULL};
+    start_all(e, sim, NULL);
+    char *log = read_log(e->daemon.log);
+    assert_int_equal(count_str(log, "per request fits"), 1);
+    assert_null(strstr(log, "model 0 B"));
+    assert_non_null(strstr(log, "model size unknown"));
+    free(log);
+    json_t *st = h_status(e);
+    assert_true(json_is_null(h_json_get(st, "memory.model_size_bytes")));
+    json_decref(st);
+}
+
+/* A second SIGTERM during the drain ends it at once: the requests in
+ * flight get the shutdown error now, not after --drain-timeout. */
+static void test_second_sigterm(void **state)
+{
+    h_env *e = *state;
+    const char *sim[] = {"--time-scale", "1", "--decode-tps", "5", NULL};
+    const char *d[] = {"--max-concurrent", "2", "--drain-timeout", "60000", NULL};
+    start_all(e, sim, d);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    tally t;
+    tally_init(&t);
+    lmsched_request *r = mkreq("sys", "answer slowly", 500);
+    enum { N = 4 };
+    for (int i = 0; i < N; i++)
+        assert_int_equal(lmsched_chat_async(c, r, 30000, tally_cb, &t), LMSCHED_OK);
+    for (int i = 0; i < 200; i++) {
+        json_t *st = h_status(e);
+        int64_t inflight = st ? h_json_int(st, "inflight") : 0;
+        json_decref(st);
+        if (inflight == 2)
+            break;
+        usleep(10000);
+    }
+    kill(e->daemon.pid, SIGTERM);
+    usleep(300000);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int status = h_proc_stop(&e->daemon, SIGTERM, 10000);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+    assert_int_equal(tally_wait(&t, N, 10), N);
+    printf("second sigterm: exit %d after %.0f ms; shutdown %d\n", status, ms,
+           t.by_code[LMSCHED_ESHUTDOWN]);
+    assert_int_equal(status, 0);
+    assert_true(ms < 5000);
+    assert_int_equal(t.by_code[LMSCHED_ESHUTDOWN], N);
+    char *log = read_log(e->daemon.log);
+    assert_non_null(strstr(log, "second stop signal"));
+    free(log);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -482,6 +767,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_status_json, h_setup, h_teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_loses_nothing, h_setup, h_teardown),
         cmocka_unit_test_setup_teardown(test_refuses_oversized_model, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_url_with_v1, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_nothing_found, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_prompt_over_context, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_serve_messages, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_field_named_once, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_startup_log, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_second_sigterm, h_setup, h_teardown),
     };
     return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);
 }

@@ -45,6 +45,11 @@ extern "C" {
 /* The wire protocol version spoken by this library (see docs/protocol.md). */
 #define LMSCHED_PROTOCOL_VERSION 1
 
+/* The largest max_tokens a request may carry (2^20); the wire protocol,
+ * lmsched_request_set_max_tokens and `lmsched chat --max-tokens` all take
+ * 1 .. LMSCHED_MAX_TOKENS_MAX. */
+#define LMSCHED_MAX_TOKENS_MAX 1048576
+
 /* Default for timeouts given as <= 0: ten minutes, long enough for a slow
  * local model to answer a long prompt behind a full queue. */
 #define LMSCHED_DEFAULT_TIMEOUT_MS 600000
