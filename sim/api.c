@@ -453,7 +453,8 @@ static json_t *simapi_config(const sim_config *cfg)
          json_object_set_new(c, "garbage_rate", json_real(cfg->garbage_rate)) != 0 ||
          json_object_set_new(c, "garbage_mode", json_string(modes[gm])) != 0 ||
          json_object_set_new(c, "garbage_bytes", json_integer((json_int_t)cfg->garbage_bytes)) !=
-             0)) {
+             0 ||
+         json_object_set_new(c, "instant", json_boolean(cfg->instant)) != 0)) {
         json_decref(c);
         return NULL;
     }

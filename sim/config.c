@@ -42,6 +42,7 @@ enum {
     OPT_GARBAGE_BYTES,
     OPT_SEED,
     OPT_LOG_LEVEL,
+    OPT_INSTANT,
     OPT_HELP,
     OPT_VERSION,
 };
@@ -72,6 +73,7 @@ static const struct option simcfg_options[] = {
     {"garbage-bytes", required_argument, NULL, OPT_GARBAGE_BYTES},
     {"seed", required_argument, NULL, OPT_SEED},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"instant", no_argument, NULL, OPT_INSTANT},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -106,6 +108,8 @@ static const char simcfg_usage[] =
     "  --garbage-bytes N      length of a 'huge' answer (default 67108864)\n"
     "  --seed N               seed for replies and fault draws (default 1)\n"
     "  --log-level L          error, warn, info or debug (default info)\n"
+    "  --instant              answer every chat at once with the reply, without\n"
+    "                         slots, time model or faults (overhead benchmarks)\n"
     "  --help, --version\n";
 
 void simcfg_init(sim_config *cfg)
@@ -299,6 +303,9 @@ int simcfg_parse(sim_config *cfg, int argc, char **argv, FILE *out, FILE *err)
             if (cfg->log_level < 0)
                 goto bad;
             break;
+        case OPT_INSTANT:
+            cfg->instant = true;
+            break;
         case OPT_HELP:
             fputs(simcfg_usage, out);
             return 1;
@@ -317,6 +324,14 @@ int simcfg_parse(sim_config *cfg, int argc, char **argv, FILE *out, FILE *err)
     }
     if (optind < argc) {
         fprintf(err, "lmsim: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    /* An instant answer never reaches the engine, where every fault is
+     * drawn: accepting both would silently drop the faults. */
+    if (cfg->instant &&
+        (cfg->fail_rate > 0 || cfg->crash_after > 0 || cfg->spike_rate > 0 ||
+         cfg->malformed_rate > 0 || cfg->hang_rate > 0 || cfg->garbage_rate > 0)) {
+        fprintf(err, "lmsim: --instant cannot be combined with fault injection\n");
         return -1;
     }
     return 0;

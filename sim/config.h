@@ -52,6 +52,7 @@ typedef struct sim_config {
     uint64_t garbage_bytes; /* length of a SIM_GARBAGE_HUGE stream */
     uint64_t seed;
     int log_level; /* enum simlog_level */
+    bool instant;  /* answer chats at once, outside the engine (--instant) */
 } sim_config;
 
 /* Fills cfg with the defaults. */

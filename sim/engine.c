@@ -705,6 +705,37 @@ static uint64_t simeng_hash(const char *p, size_t n)
     return h;
 }
 
+/* Tokens a request generates (see docs/simulator.md, Timing); *capped when
+ * a limit rather than the model's own end stops it ("length"). */
+static unsigned simeng_target(const sim_config *cfg, const sim_req_params *p,
+                              unsigned prompt_n, bool *capped)
+{
+    unsigned room = cfg->ctx - prompt_n;
+    unsigned target = cfg->reply_tokens;
+    *capped = false;
+    if (p->ignore_eos) {
+        target =
+            p->max_tokens > 0 && p->max_tokens < room ? (unsigned)p->max_tokens : room;
+        *capped = true;
+    } else if (p->max_tokens > 0 && (uint64_t)p->max_tokens <= target) {
+        /* The limit reached before the model's own end counts as "length". */
+        target = (unsigned)p->max_tokens;
+        *capped = true;
+    }
+    if (target > room) {
+        target = room;
+        *capped = true;
+    }
+    return target;
+}
+
+/* The reply's word seed: the same request gets the same words. */
+static uint64_t simeng_word_seed(const sim_config *cfg, const sim_req_params *p)
+{
+    return simeng_mix(cfg->seed ^
+                      simeng_mix(simeng_hash(p->prompt, p->prompt_len) ^ p->seed));
+}
+
 sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
                             unsigned *prompt_n)
 {
@@ -740,24 +771,9 @@ sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
     r->stream = p->stream;
     r->id_slot = p->id_slot < 0 ? -1 : p->id_slot;
     r->slot = r->last_slot = -1;
-    r->word_seed = simeng_mix(
-        cfg->seed ^ simeng_mix(simeng_hash(p->prompt, p->prompt_len) ^ p->seed));
+    r->word_seed = simeng_word_seed(cfg, p);
 
-    unsigned room = cfg->ctx - r->prompt_n;
-    r->target = cfg->reply_tokens;
-    if (p->ignore_eos) {
-        r->target =
-            p->max_tokens > 0 && p->max_tokens < room ? (unsigned)p->max_tokens : room;
-        r->capped = true;
-    } else if (p->max_tokens > 0 && (uint64_t)p->max_tokens <= r->target) {
-        /* The limit reached before the model's own end counts as "length". */
-        r->target = (unsigned)p->max_tokens;
-        r->capped = true;
-    }
-    if (r->target > room) {
-        r->target = room;
-        r->capped = true;
-    }
+    r->target = simeng_target(cfg, p, r->prompt_n, &r->capped);
 
     r->prompt = p->prompt;
     r->prompt_len = p->prompt_len;
@@ -828,6 +844,45 @@ fail:
     pthread_mutex_unlock(&e->mu);
     free(r);
     return rc;
+}
+
+sim_submit_rc simeng_instant(sim_engine *e, const sim_req_params *p, sim_view *v,
+                             unsigned *prompt_n)
+{
+    const sim_config *cfg = e->cfg;
+    size_t n_big = (p->prompt_len + SIMENG_BYTES_PER_TOKEN - 1) / SIMENG_BYTES_PER_TOKEN;
+    unsigned n = n_big > UINT32_MAX ? UINT32_MAX : (unsigned)n_big;
+    bool capped;
+
+    memset(v, 0, sizeof *v);
+    *prompt_n = n;
+    /* The same refusals as a modelled request, so clients see no difference. */
+    if (n_big >= cfg->ctx)
+        return SIM_SUBMIT_ECONTEXT;
+    if (p->id_slot >= (int)cfg->slots)
+        return SIM_SUBMIT_ESLOT;
+    v->state = SIM_DONE;
+    v->created = time(NULL);
+    v->stream = p->stream;
+    v->prompt_n = n < 1 ? 1 : n;
+    v->n_gen = simeng_target(cfg, p, v->prompt_n, &capped);
+    v->finish_reason = capped ? "length" : "stop";
+    v->word_seed = simeng_word_seed(cfg, p);
+    v->slot = -1;
+    /* Counted as a request that prefilled its whole prompt in no time; the
+     * lock is held for a few increments only. */
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping) {
+        pthread_mutex_unlock(&e->mu);
+        return SIM_SUBMIT_EBUSY;
+    }
+    v->id = ++e->next_id;
+    e->requests++;
+    e->prompt_tokens += v->prompt_n;
+    e->prefill_tokens += v->prompt_n;
+    e->completion_tokens += v->n_gen;
+    pthread_mutex_unlock(&e->mu);
+    return SIM_SUBMIT_OK;
 }
 
 static void simeng_view(const sim_engine *e, const sim_req *r, sim_view *v)

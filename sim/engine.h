@@ -140,6 +140,16 @@ void simeng_free(sim_engine *e);
 sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
                             unsigned *prompt_n);
 
+/* lmsim --instant: the request as if it had finished the moment it
+ * arrived, without a slot, the clock or faults. Fills *v as a finished
+ * request (SIM_DONE, its tokens, finish reason, zero timings, slot -1) and
+ * counts it in the stats (requests, prompt, prefill and completion tokens).
+ * Nothing is held: there is nothing to release. Returns SIM_SUBMIT_OK, or
+ * the refusal simeng_submit would give (context, id_slot, stopping);
+ * p->prompt stays with the caller either way. */
+sim_submit_rc simeng_instant(sim_engine *e, const sim_req_params *p, sim_view *v,
+                             unsigned *prompt_n);
+
 /* Blocks until r has more than `have` tokens, reaches a final state
  * (SIM_DONE, SIM_CUT, SIM_FAILED, SIM_CANCELLED, SIM_GARBAGE), the engine stops, or
  * timeout_ms of wall time pass; then fills *v. */

@@ -17,6 +17,10 @@
  *   that goes away frees its slot as llama-server does.
  * - Request bodies accumulate in the per-request context (con_cls) up to
  *   SIMHTTP_MAX_BODY; the rest is discarded and answered with 413.
+ * - --instant answers a chat from a buffer formatted at once, without the
+ *   engine's clock, so no handler blocks: MHD then runs a small pool of
+ *   event-loop threads instead of a thread per connection, which keeps the
+ *   server cheap with many keep-alive clients (overhead benchmarks).
  */
 #include "sim/http.h"
 
@@ -29,12 +33,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "sim/api.h"
 #include "sim/log.h"
 
 /* How often a blocked connection thread checks its peer, wall ms. */
 #define SIMHTTP_POLL_MS 100u
+/* --instant: event-loop threads, one per CPU within these bounds. */
+#define SIMHTTP_MIN_POOL 2
+#define SIMHTTP_MAX_POOL 16
 
 static const char simhttp_oom_body[] =
     "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\"}}";
@@ -308,6 +316,58 @@ static enum MHD_Result simhttp_garbage(struct MHD_Connection *c, simhttp_conn *c
     }
 }
 
+/* lmsim --instant: the whole answer at once from one buffer, a complete
+ * event stream (role, one chunk per token, final, usage, [DONE]) or a
+ * completion, formatted on this thread without touching the engine's clock. */
+static enum MHD_Result simhttp_instant(struct MHD_Connection *c, simhttp_conn *cc,
+                                       const sim_req_params *p, bool include_usage)
+{
+    const sim_config *cfg = cc->h->cfg;
+    unsigned prompt_n = 0;
+    sim_view v;
+    switch (simeng_instant(cc->h->engine, p, &v, &prompt_n)) {
+    case SIM_SUBMIT_OK:
+        break;
+    case SIM_SUBMIT_ECONTEXT:
+        return simhttp_json(c, MHD_HTTP_BAD_REQUEST,
+                            api_context_error_json(prompt_n, cfg->ctx));
+    case SIM_SUBMIT_ESLOT:
+        return simhttp_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request_error",
+                             "'id_slot' is out of range");
+    case SIM_SUBMIT_EBUSY:
+    case SIM_SUBMIT_ENOMEM:
+    default:
+        return simhttp_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error",
+                             "server busy or shutting down");
+    }
+    if (!p->stream)
+        return simhttp_send(c, MHD_HTTP_OK, api_completion(cfg, &v),
+                            "application/json; charset=utf-8", NULL);
+    int rc = simhttp_event(cc, api_chunk_role(cfg, &v));
+    for (unsigned i = 0; rc == 0 && i < v.n_gen; i++)
+        rc = simhttp_event(cc, api_chunk_content(cfg, &v, simeng_word(v.word_seed, i)));
+    if (rc == 0)
+        rc = simhttp_event(cc, api_chunk_final(cfg, &v));
+    if (rc == 0 && include_usage)
+        rc = simhttp_event(cc, api_chunk_usage(cfg, &v));
+    if (rc == 0)
+        rc = simhttp_out(cc, simhttp_done, strlen(simhttp_done));
+    if (rc != 0)
+        return simhttp_json(c, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+    /* The response takes the buffer (and frees it); cc forgets it. */
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(cc->out_len, cc->out, MHD_RESPMEM_MUST_FREE);
+    if (!resp)
+        return MHD_NO;
+    cc->out = NULL;
+    cc->out_len = cc->out_cap = 0;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result simhttp_chat(struct MHD_Connection *c, simhttp_conn *cc)
 {
     sim_http *h = cc->h;
@@ -333,6 +393,11 @@ static enum MHD_Result simhttp_chat(struct MHD_Connection *c, simhttp_conn *cc)
         .ignore_eos = chat.ignore_eos,
         .seed = chat.seed,
     };
+    if (h->cfg->instant) {
+        enum MHD_Result ret = simhttp_instant(c, cc, &p, chat.include_usage);
+        api_chat_fini(&chat);
+        return ret;
+    }
     sim_submit_rc rc = simeng_submit(h->engine, &p, &cc->req, &prompt_n);
     cc->include_usage = chat.include_usage;
     chat.prompt = p.prompt; /* NULL when the engine took it */
@@ -513,14 +578,26 @@ int simhttp_start(sim_http **out, const sim_config *cfg, sim_engine *e, uint16_t
     addr.sin_port = htons((uint16_t)cfg->port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 
-    /* AUTO picks poll() over select(), which fails past fd 1023. */
+    /* AUTO picks poll() over select(), which fails past fd 1023 (and epoll
+     * where there is one). With --instant no handler ever blocks, so a
+     * small pool of event-loop threads serves every connection, and a
+     * client's request costs the server no thread switch of its own. */
+    unsigned pool = 0;
+    unsigned int flags =
+        MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    if (cfg->instant) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        pool = n < SIMHTTP_MIN_POOL   ? SIMHTTP_MIN_POOL
+               : n > SIMHTTP_MAX_POOL ? SIMHTTP_MAX_POOL
+                                      : (unsigned)n;
+    } else {
+        flags |= MHD_USE_THREAD_PER_CONNECTION;
+    }
     h->daemon = MHD_start_daemon(
-        MHD_USE_AUTO | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-            MHD_USE_ERROR_LOG,
-        0, NULL, NULL, simhttp_handler, h, MHD_OPTION_EXTERNAL_LOGGER, simhttp_mhd_log,
-        NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED,
-        simhttp_completed, h, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)128,
-        MHD_OPTION_END);
+        flags, 0, NULL, NULL, simhttp_handler, h, MHD_OPTION_EXTERNAL_LOGGER,
+        simhttp_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_NOTIFY_COMPLETED, simhttp_completed, h, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        (unsigned int)128, MHD_OPTION_THREAD_POOL_SIZE, pool, MHD_OPTION_END);
     if (!h->daemon) {
         simlog(SIMLOG_ERROR, "cannot listen on 127.0.0.1:%d: %s", cfg->port,
                strerror(errno));

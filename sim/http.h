@@ -1,7 +1,8 @@
 /*
  * simhttp - lmsim's HTTP server (libmicrohttpd, one thread per connection,
- * 127.0.0.1 only): routes the OpenAI / LM Studio endpoints and the /sim/ endpoints to
- * the engine and streams tokens as server-sent events as they appear.
+ * or a pool of event-loop threads with --instant; 127.0.0.1 only): routes
+ * the OpenAI / LM Studio endpoints and the /sim/ endpoints to the engine and
+ * streams tokens as server-sent events as they appear.
  */
 #ifndef LMSIM_HTTP_H
 #define LMSIM_HTTP_H

@@ -1241,6 +1241,161 @@ static void test_keep_alive(void **state)
     sim_stop(s);
 }
 
+/* The content of a non-streamed completion (a copy). */
+static char *completion_content(json_t *c)
+{
+    json_t *ch = json_array_get(json_object_get(c, "choices"), 0);
+    const char *t =
+        json_string_value(json_object_get(json_object_get(ch, "message"), "content"));
+    assert_non_null(t);
+    char *copy = strdup(t);
+    assert_non_null(copy);
+    return copy;
+}
+
+/* --instant: every chat answered at once, as a whole event stream or
+ * completion, with no slots, clock or faults. The rates below would make a
+ * modelled request take days, so each answer arriving within the request
+ * guard shows it bypassed the time model. */
+static void test_instant(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {
+        "--instant", "--reply-tokens", "5",     "--slots", "2", "--prefill-tps",
+        "0.001",     "--decode-tps",   "0.001", NULL};
+    sim_start(s, args);
+    const char *sys = "You are a helpful assistant.";
+    resp r;
+
+    /* Streamed with usage: role, 5 tokens, final, usage, [DONE]. */
+    char *body = chat_body(sys, "Count.",
+                           "{\"stream\":true,\"max_tokens\":100,\"cache_prompt\":true,"
+                           "\"stream_options\":{\"include_usage\":true}}");
+    http(s, "POST", "/v1/chat/completions", body, &r);
+    free(body);
+    assert_int_equal(r.cc, CURLE_OK);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.ctype, "text/event-stream"));
+    sse ev;
+    sse_parse(r.body, r.len, &ev);
+    assert_int_equal(ev.malformed, 0);
+    assert_true(ev.done_last);
+    size_t n = json_array_size(ev.events);
+    assert_int_equal(n, 1 + 5 + 1 + 1);
+    json_t *first = json_array_get(ev.events, 0);
+    json_t *delta =
+        json_object_get(json_array_get(json_object_get(first, "choices"), 0), "delta");
+    assert_string_equal(json_string_value(json_object_get(delta, "role")), "assistant");
+    char streamed[64] = "";
+    for (size_t i = 1; i <= 5; i++) {
+        const char *t = delta_content(json_array_get(ev.events, i));
+        assert_non_null(t);
+        assert_int_equal(strlen(t), 4);
+        strcat(streamed, t);
+    }
+    json_t *fin = json_array_get(ev.events, 6);
+    json_t *ch = json_array_get(json_object_get(fin, "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(ch, "finish_reason")), "stop");
+    json_t *tm = json_object_get(fin, "timings");
+    assert_int_equal(jint(tm, "predicted_n"), 5);
+    assert_int_equal(jint(tm, "prompt_n"), prompt_tokens(sys, "Count."));
+    assert_int_equal(jint(tm, "cache_n"), 0);
+    json_t *u = json_object_get(json_array_get(ev.events, 7), "usage");
+    assert_int_equal(jint(u, "prompt_tokens"), prompt_tokens(sys, "Count."));
+    assert_int_equal(jint(u, "completion_tokens"), 5);
+    assert_int_equal(jint(json_object_get(u, "prompt_tokens_details"), "cached_tokens"),
+                     0);
+    json_decref(ev.events);
+    resp_fini(&r);
+
+    /* max_tokens below the reply cuts it with "length"; no usage asked. */
+    body = chat_body(sys, "Count.", "{\"stream\":true,\"max_tokens\":3}");
+    http(s, "POST", "/v1/chat/completions", body, &r);
+    free(body);
+    assert_int_equal(r.status, 200);
+    sse_parse(r.body, r.len, &ev);
+    assert_true(ev.done_last);
+    assert_int_equal(json_array_size(ev.events), 1 + 3 + 1);
+    ch = json_array_get(json_object_get(json_array_get(ev.events, 4), "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(ch, "finish_reason")),
+                        "length");
+    json_decref(ev.events);
+    resp_fini(&r);
+
+    /* Not streamed: the same words as the stream, for the same request. */
+    json_t *c = chat(s, sys, "Count.", NULL);
+    char *instant_text = completion_content(c);
+    assert_string_equal(instant_text, streamed);
+    assert_int_equal(jint(json_object_get(c, "usage"), "completion_tokens"), 5);
+    json_decref(c);
+
+    /* Keep-alive connections stay usable; no slot limit applies. */
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/v1/chat/completions", s->port);
+    body = chat_body("sys", "q", "{\"stream\":true,\"max_tokens\":2}");
+    CURL *k = curl_easy_init();
+    assert_non_null(k);
+    resp kr = {0};
+    curl_easy_setopt(k, CURLOPT_URL, url);
+    curl_easy_setopt(k, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(k, CURLOPT_WRITEFUNCTION, resp_write_cb);
+    curl_easy_setopt(k, CURLOPT_WRITEDATA, &kr);
+    curl_easy_setopt(k, CURLOPT_TIMEOUT, REQ_GUARD_S);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(curl_easy_perform(k), CURLE_OK);
+    long conns = -1;
+    curl_easy_getinfo(k, CURLINFO_NUM_CONNECTS, &conns);
+    assert_int_equal(conns, 0);
+    curl_easy_cleanup(k);
+    free(kr.body);
+    free(body);
+
+    /* The refusals of a modelled request still apply. */
+    body = chat_body(sys, "q", "{\"id_slot\":2}");
+    http(s, "POST", "/v1/chat/completions", body, &r);
+    free(body);
+    assert_int_equal(r.status, 400);
+    resp_fini(&r);
+    char *big = text('a', 40000); /* 10,000 tokens over 8,192 */
+    body = chat_body(big, "q", NULL);
+    http(s, "POST", "/v1/chat/completions", body, &r);
+    free(body);
+    free(big);
+    assert_int_equal(r.status, 400);
+    assert_int_equal(jint(json_object_get(r.json, "error"), "n_ctx"), 8192);
+    resp_fini(&r);
+
+    /* Counted in the stats as prefilled in full; the flag is reported. */
+    json_t *st = get_stats(s);
+    assert_int_equal(jint(st, "requests"), 6);
+    assert_int_equal(jint(st, "completion_tokens"), 5 + 3 + 5 + 3 * 2);
+    assert_int_equal(jint(st, "prompt_tokens"), jint(st, "prefill_tokens"));
+    assert_int_equal(jint(st, "cached_tokens"), 0);
+    assert_int_equal(jint(st, "max_active"), 0);
+    assert_true(json_is_true(json_object_get(json_object_get(st, "config"), "instant")));
+    json_decref(st);
+    sim_stop(s);
+
+    /* The modelled engine gives the same request the same words. */
+    const char *modelled[] = {"--reply-tokens", "5", "--time-scale", "100", NULL};
+    sim_start(s, modelled);
+    c = chat(s, sys, "Count.", NULL);
+    char *model_text = completion_content(c);
+    assert_string_equal(model_text, instant_text);
+    json_decref(c);
+    free(model_text);
+    free(instant_text);
+    sim_stop(s);
+
+    /* Faults are drawn by the engine, which --instant bypasses: refused. */
+    const char *faulty[] = {"--instant", "--fail-rate", "0.5", NULL};
+    sim_spawn(s, faulty, false);
+    int st2 = sim_wait_exit(s);
+    sim_cleanup_files(s);
+    assert_true(WIFEXITED(st2));
+    assert_int_equal(WEXITSTATUS(st2), 2);
+}
+
 /* Every test gets a sim slot; teardown kills a child a failed assertion
  * left running. */
 static int sim_setup(void **state)
@@ -1301,6 +1456,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_requests, sim_setup, sim_teardown),
         cmocka_unit_test_setup_teardown(test_refuse_then_listen, sim_setup, sim_teardown),
         cmocka_unit_test_setup_teardown(test_keep_alive, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_instant, sim_setup, sim_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

@@ -1,0 +1,1254 @@
+/*
+ * lmoverhead - what lmsched itself adds to every request. It starts a
+ * backend that answers at once (`lmsim --instant`, or takes --backend) and
+ * one `lmsched serve` in front of it, then measures, side by side in one
+ * run and against the same backend:
+ *
+ *   - one client, sequential requests: p50 and p99 latency, calling the
+ *     backend directly with libcurl versus through agentlib and the daemon;
+ *   - N concurrent clients (default 64), closed loop: requests per second,
+ *     direct versus through lmsched.
+ *
+ * It prints one JSON object per repetition and one with the medians (and
+ * the spread) over the repetitions, then a table (docs/benchmarks.md,
+ * "Overhead"). It uses only the public agentlib API and the lmsched and
+ * lmsim commands, so it measures whatever the daemon's internals become.
+ *
+ * Design notes
+ * - The direct client does what the daemon does for a request: POST
+ *   /v1/chat/completions with the daemon's body ("stream": true,
+ *   stream_options.include_usage, cache_prompt, the model the backend
+ *   reports), on a keep-alive connection, reading the whole event stream to
+ *   [DONE] and decoding every chunk (content and usage), as an agent talking
+ *   to the server itself would have to. Both paths check every answer.
+ * - Concurrency is N threads per path, each a closed loop of blocking calls:
+ *   direct, each thread its own curl easy handle (its own keep-alive
+ *   connection); through lmsched, each thread its own lmsched_client and
+ *   lmsched_chat. That is N agent processes' worth of clients in one
+ *   process (agents in practice are separate processes, each with its own
+ *   client), and the same thread structure on both sides.
+ * - The daemon gets --max-concurrent N and a memory budget that does not
+ *   bind, and lmsim reports N slots, so nothing caps concurrency below N.
+ * - Each repetition runs direct then lmsched, every second one lmsched
+ *   then direct, so a drift of the noisy machine does not always favour
+ *   one side. Each phase warms up first.
+ * - CPU time per request of each process (this one, the daemon, lmsim;
+ *   from getrusage and /proc/PID/stat around the measured part of each
+ *   phase) is reported too: on a small machine it is what bounds the
+ *   throughput, and it says which side a change has to make cheaper.
+ *
+ * Exit status: 0 after a run in which every request succeeded, 1 when
+ * something could not be started or requests failed, 2 on a usage error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "lmsched/agent.h"
+
+#define OV_MAX_CLIENTS 256
+#define OV_MAX_ARGS 32
+#define OV_MAX_REPS 99
+/* An instant answer is a few KiB; anything near this is not one. */
+#define OV_MAX_BODY (1u << 20)
+/* Hang guards only: a healthy run never gets close. */
+#define OV_START_MS 15000
+#define OV_STOP_MS 40000
+#define OV_CALL_TIMEOUT_MS 30000
+
+static const char ov_system[] = "You are the lmsched overhead benchmark. Answer briefly.";
+static const char ov_user[] = "Say something short.";
+
+typedef struct ov_opts {
+    const char *backend; /* NULL: start lmsim --instant */
+    const char *lmsched, *lmsim;
+    const char *daemon_args[OV_MAX_ARGS];
+    int ndaemon_args;
+    int clients;
+    int requests;                   /* sequential, measured, per path and repetition */
+    int warmup;                     /* sequential warm-up requests */
+    double seconds, warmup_seconds; /* concurrent, per path and repetition */
+    int reps;
+    int max_tokens;
+    bool json;
+    bool sequential, throughput; /* --phase */
+    bool paths[2];               /* --path: [OV_DIRECT], [OV_LMSCHED] */
+} ov_opts;
+
+static void ov_usage(FILE *out)
+{
+    fprintf(
+        out,
+        "usage: lmoverhead [--clients N] [--requests N] [--warmup N] [--seconds S]\n"
+        "                  [--warmup-seconds S] [--reps N] [--max-tokens N]\n"
+        "                  [--backend URL] [--lmsim PATH] [--lmsched PATH]\n"
+        "                  [--daemon-arg ARG]... [--phase both|sequential|throughput]\n"
+        "                  [--path both|direct|lmsched] [--json]\n"
+        "\n"
+        "Measures the latency and throughput lmsched adds, calling a backend that\n"
+        "answers at once directly (libcurl, keep-alive) and through agentlib and\n"
+        "`lmsched serve`, side by side (docs/benchmarks.md, \"Overhead\").\n"
+        "\n"
+        "  --clients N         concurrent clients of the throughput phase (default 64)\n"
+        "  --requests N        sequential requests measured per path (default 2000)\n"
+        "  --warmup N          sequential warm-up requests per path (default 200)\n"
+        "  --seconds S         throughput measured per path (default 3)\n"
+        "  --warmup-seconds S  throughput warm-up per path (default 1)\n"
+        "  --reps N            repetitions; medians are reported (default 5)\n"
+        "  --max-tokens N      reply tokens asked for (default 4)\n"
+        "  --backend URL       use this backend instead of starting `lmsim --instant`\n"
+        "  --lmsim PATH        the lmsim command (default: next to lmoverhead)\n"
+        "  --lmsched PATH      the lmsched command (default: next to lmoverhead)\n"
+        "  --daemon-arg ARG    one more argument for `lmsched serve` (repeatable)\n"
+        "  --phase P           run only the sequential or the throughput phase\n"
+        "                      (default both; for profiling the daemon under one load)\n"
+        "  --path P            measure only direct or only lmsched (default both)\n"
+        "  --json              print only the JSON lines, not the table\n");
+}
+
+static int ov_num(const char *flag, const char *s, double lo, double hi, bool whole,
+                  double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(v >= lo && v <= hi) ||
+        (whole && v != floor(v))) {
+        fprintf(stderr, "lmoverhead: %s: expected a%s number from %g to %g, got '%s'\n",
+                flag, whole ? " whole" : "", lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Returns 0 to run, 1 after --help, 2 on a usage error (reported). */
+static int ov_parse(int argc, char **argv, ov_opts *o)
+{
+    enum {
+        OPT_CLIENTS = 256,
+        OPT_REQUESTS,
+        OPT_WARMUP,
+        OPT_SECONDS,
+        OPT_WARMUP_SECONDS,
+        OPT_REPS,
+        OPT_MAX_TOKENS,
+        OPT_BACKEND,
+        OPT_LMSIM,
+        OPT_LMSCHED,
+        OPT_DAEMON_ARG,
+        OPT_JSON,
+        OPT_PHASE,
+        OPT_PATH,
+    };
+    static const struct option opts[] = {
+        {"clients", required_argument, NULL, OPT_CLIENTS},
+        {"requests", required_argument, NULL, OPT_REQUESTS},
+        {"warmup", required_argument, NULL, OPT_WARMUP},
+        {"seconds", required_argument, NULL, OPT_SECONDS},
+        {"warmup-seconds", required_argument, NULL, OPT_WARMUP_SECONDS},
+        {"reps", required_argument, NULL, OPT_REPS},
+        {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+        {"backend", required_argument, NULL, OPT_BACKEND},
+        {"lmsim", required_argument, NULL, OPT_LMSIM},
+        {"lmsched", required_argument, NULL, OPT_LMSCHED},
+        {"daemon-arg", required_argument, NULL, OPT_DAEMON_ARG},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"phase", required_argument, NULL, OPT_PHASE},
+        {"path", required_argument, NULL, OPT_PATH},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    double v;
+    int c;
+    *o = (ov_opts){.clients = 64,
+                   .requests = 2000,
+                   .warmup = 200,
+                   .seconds = 3,
+                   .warmup_seconds = 1,
+                   .reps = 5,
+                   .max_tokens = 4,
+                   .sequential = true,
+                   .throughput = true,
+                   .paths = {true, true}};
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_CLIENTS:
+            if (ov_num("--clients", optarg, 1, OV_MAX_CLIENTS, true, &v) != 0)
+                return 2;
+            o->clients = (int)v;
+            break;
+        case OPT_REQUESTS:
+            if (ov_num("--requests", optarg, 1, 10000000, true, &v) != 0)
+                return 2;
+            o->requests = (int)v;
+            break;
+        case OPT_WARMUP:
+            if (ov_num("--warmup", optarg, 0, 10000000, true, &v) != 0)
+                return 2;
+            o->warmup = (int)v;
+            break;
+        case OPT_SECONDS:
+            if (ov_num("--seconds", optarg, 0.1, 3600, false, &v) != 0)
+                return 2;
+            o->seconds = v;
+            break;
+        case OPT_WARMUP_SECONDS:
+            if (ov_num("--warmup-seconds", optarg, 0, 3600, false, &v) != 0)
+                return 2;
+            o->warmup_seconds = v;
+            break;
+        case OPT_REPS:
+            if (ov_num("--reps", optarg, 1, OV_MAX_REPS, true, &v) != 0)
+                return 2;
+            o->reps = (int)v;
+            break;
+        case OPT_MAX_TOKENS:
+            if (ov_num("--max-tokens", optarg, 1, 4096, true, &v) != 0)
+                return 2;
+            o->max_tokens = (int)v;
+            break;
+        case OPT_BACKEND:
+            o->backend = optarg;
+            break;
+        case OPT_LMSIM:
+            o->lmsim = optarg;
+            break;
+        case OPT_LMSCHED:
+            o->lmsched = optarg;
+            break;
+        case OPT_DAEMON_ARG:
+            if (o->ndaemon_args == OV_MAX_ARGS) {
+                fprintf(stderr, "lmoverhead: at most %d --daemon-arg\n", OV_MAX_ARGS);
+                return 2;
+            }
+            o->daemon_args[o->ndaemon_args++] = optarg;
+            break;
+        case OPT_JSON:
+            o->json = true;
+            break;
+        case OPT_PHASE:
+            o->sequential = strcmp(optarg, "throughput") != 0;
+            o->throughput = strcmp(optarg, "sequential") != 0;
+            if (strcmp(optarg, "both") != 0 && o->sequential == o->throughput) {
+                fprintf(stderr,
+                        "lmoverhead: --phase must be both, sequential or throughput\n");
+                return 2;
+            }
+            break;
+        case OPT_PATH:
+            o->paths[0] = strcmp(optarg, "lmsched") != 0;
+            o->paths[1] = strcmp(optarg, "direct") != 0;
+            if (strcmp(optarg, "both") != 0 && o->paths[0] == o->paths[1]) {
+                fprintf(stderr, "lmoverhead: --path must be both, direct or lmsched\n");
+                return 2;
+            }
+            break;
+        case 'h':
+            ov_usage(stdout);
+            return 1;
+        default:
+            fprintf(stderr, "lmoverhead: %s '%s' (see --help)\n",
+                    c == ':' ? "option needs a value" : "unknown option",
+                    argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "lmoverhead: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+static uint64_t ov_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void ov_sleep_ms(double ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(fmod(ms, 1000) * 1e6)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* The command `name` next to this program (build/bin). */
+static int ov_sibling(const char *name, char *buf, size_t len)
+{
+    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
+    if (n <= 0 || (size_t)n + strlen(name) + 2 > len)
+        return -1;
+    buf[n] = '\0';
+    char *slash = strrchr(buf, '/');
+    if (slash == NULL)
+        return -1;
+    strcpy(slash + 1, name);
+    return 0;
+}
+
+/* ---- child processes (lmsim, lmsched) ------------------------------------ */
+
+typedef struct ov_child {
+    pid_t pid;
+} ov_child;
+
+/* Starts exe with argv; its stdout goes to our stderr (it would mix with
+ * the JSON lines), or nowhere when quiet. */
+static int ov_spawn(ov_child *ch, const char *exe, const char *const *argv, bool quiet)
+{
+    fflush(NULL);
+    ch->pid = fork();
+    if (ch->pid < 0) {
+        fprintf(stderr, "lmoverhead: fork: %s\n", strerror(errno));
+        ch->pid = 0;
+        return -1;
+    }
+    if (ch->pid == 0) {
+        /* A benchmark killed outright must not leave a server behind. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        int out = quiet ? open("/dev/null", O_WRONLY) : STDERR_FILENO;
+        dup2(out >= 0 ? out : STDERR_FILENO, STDOUT_FILENO);
+        execv(exe, (char *const *)argv);
+        fprintf(stderr, "lmoverhead: cannot run %s: %s\n", exe, strerror(errno));
+        _exit(127);
+    }
+    return 0;
+}
+
+/* True (and the pid forgotten) when the child has exited. */
+static bool ov_child_exited(ov_child *ch)
+{
+    int st;
+    if (ch->pid > 0 && waitpid(ch->pid, &st, WNOHANG) == ch->pid) {
+        ch->pid = 0;
+        return true;
+    }
+    return ch->pid <= 0;
+}
+
+static void ov_child_stop(ov_child *ch, const char *what)
+{
+    if (ch->pid <= 0)
+        return;
+    kill(ch->pid, SIGTERM);
+    for (uint64_t end = ov_now_ns() + (uint64_t)OV_STOP_MS * 1000000u; ov_now_ns() < end;
+         ov_sleep_ms(20))
+        if (ov_child_exited(ch))
+            return;
+    fprintf(stderr, "lmoverhead: %s did not stop on SIGTERM; killing it\n", what);
+    kill(ch->pid, SIGKILL);
+    waitpid(ch->pid, NULL, 0);
+    ch->pid = 0;
+}
+
+/* ---- HTTP (libcurl) --------------------------------------------------------- */
+
+typedef struct ov_buf {
+    char *p;
+    size_t len, cap;
+    bool toobig;
+} ov_buf;
+
+static size_t ov_buf_write_cb(char *data, size_t size, size_t n, void *arg)
+{
+    ov_buf *b = arg;
+    size_t add = size * n;
+    if (b->len + add > OV_MAX_BODY) {
+        b->toobig = true;
+        return 0;
+    }
+    if (b->len + add + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + add + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (p == NULL)
+            return 0;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, add);
+    b->len += add;
+    b->p[b->len] = '\0';
+    return add;
+}
+
+/* GET base + path and parse the JSON answer (*outp owned by the caller).
+ * Returns 0 or -1; quiet. */
+static int ov_http_get_json(const char *base, const char *path, json_t **outp)
+{
+    CURL *h = curl_easy_init();
+    ov_buf b = {0};
+    char url[1024];
+    long status = 0;
+    *outp = NULL;
+    if (h == NULL)
+        return -1;
+    snprintf(url, sizeof(url), "%s%s", base, path);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, ov_buf_write_cb);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROXY, "");
+    if (curl_easy_perform(h) == CURLE_OK &&
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
+        status == 200 && b.p != NULL)
+        *outp = json_loadb(b.p, b.len, 0, NULL);
+    free(b.p);
+    curl_easy_cleanup(h);
+    return *outp != NULL ? 0 : -1;
+}
+
+/* The model the backend serves (data[0].id of GET /v1/models, which the
+ * daemon also learns and then names in its requests), or NULL. */
+static char *ov_backend_model(const char *base)
+{
+    json_t *doc = NULL;
+    char *model = NULL;
+    if (ov_http_get_json(base, "/v1/models", &doc) == 0) {
+        const char *id = json_string_value(
+            json_object_get(json_array_get(json_object_get(doc, "data"), 0), "id"));
+        if (id != NULL)
+            model = strdup(id);
+    }
+    json_decref(doc);
+    return model;
+}
+
+/* The body the daemon sends for our request (scheduler/openai.c): system
+ * prompt first, then the user message, max_tokens, streaming with usage,
+ * cache_prompt. Malloc'd, or NULL. */
+static char *ov_direct_body(const char *model, int max_tokens)
+{
+    json_t *o = json_object();
+    char *s = NULL;
+    if (o == NULL)
+        return NULL;
+    if (model != NULL)
+        json_object_set_new(o, "model", json_string(model));
+    json_object_set_new(o, "messages",
+                        json_pack("[{s:s,s:s},{s:s,s:s}]", "role", "system", "content",
+                                  ov_system, "role", "user", "content", ov_user));
+    json_object_set_new(o, "max_tokens", json_integer(max_tokens));
+    json_object_set_new(o, "stream", json_true());
+    json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    json_object_set_new(o, "cache_prompt", json_true());
+    if (json_object_size(o) >= 5)
+        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+/* One direct client: a curl easy handle that keeps its connection. */
+typedef struct ov_direct {
+    CURL *h;
+    struct curl_slist *hdrs;
+    ov_buf buf;
+} ov_direct;
+
+static void ov_direct_fini(ov_direct *d)
+{
+    curl_easy_cleanup(d->h);
+    curl_slist_free_all(d->hdrs);
+    free(d->buf.p);
+    memset(d, 0, sizeof(*d));
+}
+
+/* url and body must outlive the handle (curl keeps POSTFIELDS' pointer). */
+static int ov_direct_init(ov_direct *d, const char *url, const char *body)
+{
+    memset(d, 0, sizeof(*d));
+    if ((d->h = curl_easy_init()) == NULL)
+        return -1;
+    d->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    if (d->hdrs != NULL)
+        d->hdrs =
+            curl_slist_append(d->hdrs, "Accept: text/event-stream, application/json");
+    if (d->hdrs == NULL) {
+        ov_direct_fini(d);
+        return -1;
+    }
+    curl_easy_setopt(d->h, CURLOPT_URL, url);
+    curl_easy_setopt(d->h, CURLOPT_HTTPHEADER, d->hdrs);
+    curl_easy_setopt(d->h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(d->h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    curl_easy_setopt(d->h, CURLOPT_WRITEFUNCTION, ov_buf_write_cb);
+    curl_easy_setopt(d->h, CURLOPT_WRITEDATA, &d->buf);
+    curl_easy_setopt(d->h, CURLOPT_TIMEOUT_MS, (long)OV_CALL_TIMEOUT_MS);
+    curl_easy_setopt(d->h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(d->h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(d->h, CURLOPT_PROXY, "");
+    return 0;
+}
+
+/* Decodes an event stream as an agent would: every "data:" event's JSON,
+ * the content of its delta, the usage chunk, [DONE] last. Returns the
+ * content bytes, or -1 when the stream is not a complete answer. */
+static long ov_sse_decode(char *p, size_t len)
+{
+    char *end = p + len;
+    long content = 0;
+    bool usage = false, done = false;
+    while (p < end) {
+        char *sep = strstr(p, "\n\n");
+        size_t n = sep != NULL ? (size_t)(sep - p) : (size_t)(end - p);
+        if (n >= 6 && memcmp(p, "data: ", 6) == 0) {
+            if (done)
+                return -1; /* something after [DONE] */
+            if (n == 12 && memcmp(p + 6, "[DONE]", 6) == 0) {
+                done = true;
+            } else {
+                json_t *ev = json_loadb(p + 6, n - 6, 0, NULL);
+                if (ev == NULL)
+                    return -1;
+                const json_t *ch = json_array_get(json_object_get(ev, "choices"), 0);
+                const json_t *text =
+                    json_object_get(json_object_get(ch, "delta"), "content");
+                if (json_is_string(text))
+                    content += (long)json_string_length(text);
+                if (json_is_integer(json_object_get(json_object_get(ev, "usage"),
+                                                    "completion_tokens")))
+                    usage = true;
+                json_decref(ev);
+            }
+        }
+        p += n + (sep != NULL ? 2 : 0);
+    }
+    return done && usage && content > 0 ? content : -1;
+}
+
+/* One request, directly. Returns 0 or -1. */
+static int ov_direct_call(ov_direct *d)
+{
+    long status = 0;
+    d->buf.len = 0;
+    d->buf.toobig = false;
+    if (curl_easy_perform(d->h) != CURLE_OK ||
+        curl_easy_getinfo(d->h, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK ||
+        status != 200 || d->buf.p == NULL)
+        return -1;
+    return ov_sse_decode(d->buf.p, d->buf.len) > 0 ? 0 : -1;
+}
+
+/* ---- through lmsched ---------------------------------------------------- */
+
+/* One request through the daemon. Returns 0 or -1. */
+static int ov_lmsched_call(lmsched_client *c, const lmsched_request *req)
+{
+    lmsched_result *res = NULL;
+    int rc = lmsched_chat(c, req, OV_CALL_TIMEOUT_MS, &res);
+    const char *content = res != NULL ? lmsched_result_content(res) : NULL;
+    bool ok = rc == LMSCHED_OK && content != NULL && content[0] != '\0';
+    lmsched_result_free(res);
+    return ok ? 0 : -1;
+}
+
+typedef struct ov_daemon {
+    ov_child child;
+    char dir[64];
+    char url[128];
+} ov_daemon;
+
+static void ov_daemon_stop(ov_daemon *d)
+{
+    ov_child_stop(&d->child, "the daemon");
+    if (d->dir[0] != '\0') {
+        char sock[128];
+        snprintf(sock, sizeof(sock), "%s/o.sock", d->dir);
+        unlink(sock);
+        rmdir(d->dir);
+        d->dir[0] = '\0';
+    }
+}
+
+/* Starts `lmsched serve` in front of backend and waits until it answers
+ * and has probed the backend. Returns 0 or -1 (reported). */
+static int ov_daemon_start(ov_daemon *d, const ov_opts *o, const char *lmsched,
+                           const char *backend)
+{
+    const char *argv[24 + OV_MAX_ARGS];
+    char conc[16];
+    lmsched_client *c = NULL;
+    int n = 0, rc = -1;
+    memset(d, 0, sizeof(*d));
+    strcpy(d->dir, "/tmp/lmoverhead.XXXXXX");
+    if (mkdtemp(d->dir) == NULL) {
+        fprintf(stderr, "lmoverhead: mkdtemp: %s\n", strerror(errno));
+        d->dir[0] = '\0';
+        return -1;
+    }
+    snprintf(d->url, sizeof(d->url), "ipc://%s/o.sock", d->dir);
+    snprintf(conc, sizeof(conc), "%d", o->clients);
+    argv[n++] = lmsched;
+    argv[n++] = "serve";
+    argv[n++] = "--listen";
+    argv[n++] = d->url;
+    argv[n++] = "--backend";
+    argv[n++] = backend;
+    argv[n++] = "--log-level";
+    argv[n++] = "warn";
+    /* Nothing may cap concurrency below the clients: not the backend's
+     * slots, not the memory budget (a made-up 1 TiB machine, 1 MiB of KV
+     * per request), not the queue or the per-connection limit (defaults
+     * 1024 and 256). Later --daemon-arg flags override these. */
+    argv[n++] = "--max-concurrent";
+    argv[n++] = conc;
+    argv[n++] = "--total-ram";
+    argv[n++] = "1T";
+    argv[n++] = "--kv-per-request";
+    argv[n++] = "1M";
+    for (int i = 0; i < o->ndaemon_args; i++)
+        argv[n++] = o->daemon_args[i];
+    argv[n] = NULL;
+    if (ov_spawn(&d->child, lmsched, argv, false) != 0)
+        goto out;
+    if (lmsched_client_open(&c, d->url) != LMSCHED_OK) {
+        fprintf(stderr, "lmoverhead: cannot open a client for %s\n", d->url);
+        goto out;
+    }
+    lmsched_client_set_connect_timeout(c, 200);
+    for (uint64_t end = ov_now_ns() + (uint64_t)OV_START_MS * 1000000u; ov_now_ns() < end;
+         ov_sleep_ms(50)) {
+        char *json = NULL;
+        if (lmsched_status(c, 500, &json, NULL) == LMSCHED_OK) {
+            json_t *doc = json_loads(json, 0, NULL);
+            bool probed = json_is_number(
+                json_object_get(json_object_get(doc, "backend"), "checked_ago_s"));
+            json_decref(doc);
+            lmsched_free(json);
+            if (probed) {
+                rc = 0;
+                goto out;
+            }
+        }
+        if (ov_child_exited(&d->child)) {
+            fprintf(stderr, "lmoverhead: `lmsched serve` exited during start-up\n");
+            goto out;
+        }
+    }
+    fprintf(stderr,
+            "lmoverhead: the daemon did not answer, or did not probe %s, "
+            "within %d ms\n",
+            backend, OV_START_MS);
+out:
+    lmsched_client_close(c);
+    if (rc != 0)
+        ov_daemon_stop(d);
+    return rc;
+}
+
+/* `lmsim --instant` on a free port, reporting `slots` slots. Returns 0 and
+ * sets url, or -1 (reported). */
+static int ov_lmsim_start(ov_child *ch, char *dir, const char *lmsim, int slots,
+                          char *url, size_t urllen)
+{
+    char port_file[96], nslots[16];
+    const char *argv[16];
+    int n = 0;
+    strcpy(dir, "/tmp/lmoverhead-sim.XXXXXX");
+    if (mkdtemp(dir) == NULL) {
+        fprintf(stderr, "lmoverhead: mkdtemp: %s\n", strerror(errno));
+        dir[0] = '\0';
+        return -1;
+    }
+    snprintf(port_file, sizeof(port_file), "%s/port", dir);
+    snprintf(nslots, sizeof(nslots), "%d", slots < 4 ? 4 : slots);
+    argv[n++] = lmsim;
+    argv[n++] = "--instant";
+    argv[n++] = "--slots";
+    argv[n++] = nslots;
+    argv[n++] = "--port-file";
+    argv[n++] = port_file;
+    argv[n++] = "--log-level";
+    argv[n++] = "warn";
+    argv[n] = NULL;
+    /* its one stdout line, the URL, is in the JSON already */
+    if (ov_spawn(ch, lmsim, argv, true) != 0)
+        return -1;
+    for (uint64_t end = ov_now_ns() + (uint64_t)OV_START_MS * 1000000u; ov_now_ns() < end;
+         ov_sleep_ms(20)) {
+        FILE *f = fopen(port_file, "r");
+        unsigned port = 0;
+        if (f != NULL) {
+            int ok = fscanf(f, "%u", &port);
+            fclose(f);
+            if (ok == 1 && port > 0 && port < 65536) {
+                snprintf(url, urllen, "http://127.0.0.1:%u", port);
+                return 0;
+            }
+        }
+        if (ov_child_exited(ch)) {
+            fprintf(stderr, "lmoverhead: lmsim --instant exited during start-up\n");
+            return -1;
+        }
+    }
+    fprintf(stderr, "lmoverhead: lmsim did not write its port file\n");
+    return -1;
+}
+
+static void ov_lmsim_stop(ov_child *ch, char *dir)
+{
+    ov_child_stop(ch, "lmsim");
+    if (dir[0] != '\0') {
+        char port_file[96];
+        snprintf(port_file, sizeof(port_file), "%s/port", dir);
+        unlink(port_file);
+        rmdir(dir);
+        dir[0] = '\0';
+    }
+}
+
+/* ---- the phases ------------------------------------------------------------ */
+
+typedef enum ov_path { OV_DIRECT, OV_LMSCHED } ov_path;
+
+/* Everything both paths need, built once for the whole run. */
+typedef struct ov_bench {
+    const ov_opts *o;
+    char url[1024];           /* backend + /v1/chat/completions */
+    char *body;               /* the direct request body */
+    ov_direct *direct;        /* o->clients handles */
+    lmsched_client **clients; /* o->clients handles */
+    lmsched_request *req;
+    pid_t daemon_pid, backend_pid; /* backend_pid 0: not ours */
+    atomic_bool stop;
+} ov_bench;
+
+/* CPU time used so far, microseconds: this process (the clients), the
+ * daemon, the backend (-1 when unknown). Per-request CPU of each side is
+ * what bounds throughput on a small machine. */
+typedef struct ov_cpu {
+    double client, daemon, backend;
+} ov_cpu;
+
+/* utime + stime of a child from /proc (whole process, every thread), or -1. */
+static double ov_proc_cpu_us(pid_t pid)
+{
+    char path[64], buf[1024];
+    unsigned long long ut, st;
+    FILE *f;
+    size_t n;
+    if (pid <= 0)
+        return -1;
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+    if ((f = fopen(path, "r")) == NULL)
+        return -1;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* the command name may hold spaces: fields count from its ')' */
+    char *p = strrchr(buf, ')');
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+               &st) != 2)
+        return -1;
+    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static ov_cpu ov_cpu_now(const ov_bench *b)
+{
+    struct rusage ru;
+    ov_cpu c = {-1, -1, -1};
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        c.client = (double)ru.ru_utime.tv_sec * 1e6 + (double)ru.ru_utime.tv_usec +
+                   (double)ru.ru_stime.tv_sec * 1e6 + (double)ru.ru_stime.tv_usec;
+    c.daemon = ov_proc_cpu_us(b->daemon_pid);
+    c.backend = ov_proc_cpu_us(b->backend_pid);
+    return c;
+}
+
+/* CPU microseconds per request between two samples (NaN when unknown). */
+static ov_cpu ov_cpu_per_req(ov_cpu a, ov_cpu z, double requests)
+{
+    ov_cpu c;
+    c.client = a.client >= 0 && z.client >= 0 ? (z.client - a.client) / requests : NAN;
+    c.daemon = a.daemon >= 0 && z.daemon >= 0 ? (z.daemon - a.daemon) / requests : NAN;
+    c.backend =
+        a.backend >= 0 && z.backend >= 0 ? (z.backend - a.backend) / requests : NAN;
+    return c;
+}
+
+static int ov_call(ov_bench *b, ov_path path, int i)
+{
+    return path == OV_DIRECT ? ov_direct_call(&b->direct[i])
+                             : ov_lmsched_call(b->clients[i], b->req);
+}
+
+typedef struct ov_lat {
+    double p50, p99, mean;
+    ov_cpu cpu; /* per request */
+} ov_lat;
+
+static int ov_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of sorted v. */
+static double ov_rank(const double *v, size_t n, double p)
+{
+    size_t k = (size_t)ceil(p / 100.0 * (double)n);
+    return v[k > 0 ? k - 1 : 0];
+}
+
+/* One client, one request at a time: warm-up, then o->requests timed ones
+ * into lat (us). Returns the number of failed requests. */
+static int ov_sequential(ov_bench *b, ov_path path, double *lat, ov_lat *out)
+{
+    int errors = 0;
+    double sum = 0;
+    for (int i = 0; i < b->o->warmup; i++)
+        errors += ov_call(b, path, 0) != 0;
+    ov_cpu c0 = ov_cpu_now(b);
+    for (int i = 0; i < b->o->requests; i++) {
+        uint64_t t0 = ov_now_ns();
+        errors += ov_call(b, path, 0) != 0;
+        lat[i] = (double)(ov_now_ns() - t0) / 1e3;
+        sum += lat[i];
+    }
+    out->cpu = ov_cpu_per_req(c0, ov_cpu_now(b), b->o->requests);
+    qsort(lat, (size_t)b->o->requests, sizeof(*lat), ov_cmp_double);
+    out->p50 = ov_rank(lat, (size_t)b->o->requests, 50);
+    out->p99 = ov_rank(lat, (size_t)b->o->requests, 99);
+    out->mean = sum / b->o->requests;
+    return errors;
+}
+
+/* A client thread of the throughput phase; counters on their own cache
+ * line so the threads do not share one. */
+typedef struct ov_worker {
+    _Alignas(64) atomic_uint_fast64_t done;
+    atomic_uint_fast64_t errors;
+    ov_bench *b;
+    ov_path path;
+    int index;
+    pthread_t thread;
+} ov_worker;
+
+static void *ov_worker_main(void *arg)
+{
+    ov_worker *w = arg;
+    while (!atomic_load_explicit(&w->b->stop, memory_order_relaxed)) {
+        if (ov_call(w->b, w->path, w->index) != 0) {
+            atomic_fetch_add_explicit(&w->errors, 1, memory_order_relaxed);
+            ov_sleep_ms(1); /* a dead path must not spin */
+        } else {
+            atomic_fetch_add_explicit(&w->done, 1, memory_order_relaxed);
+        }
+    }
+    return NULL;
+}
+
+static uint64_t ov_sum_done(ov_worker *w, int n)
+{
+    uint64_t s = 0;
+    for (int i = 0; i < n; i++)
+        s += atomic_load_explicit(&w[i].done, memory_order_relaxed);
+    return s;
+}
+
+/* o->clients closed-loop clients for warmup_seconds, then counted for
+ * seconds. Returns requests per second, or -1 if the threads could not
+ * start; *errors gets the failed requests, *cpu the CPU per request. */
+static double ov_concurrent(ov_bench *b, ov_path path, uint64_t *errors, ov_cpu *cpu)
+{
+    int n = b->o->clients, started = 0;
+    double rps = -1;
+    ov_worker *w = aligned_alloc(64, sizeof(*w) * (size_t)n);
+    *errors = 0;
+    *cpu = (ov_cpu){NAN, NAN, NAN};
+    if (w == NULL)
+        return -1;
+    atomic_store(&b->stop, false);
+    for (int i = 0; i < n; i++) {
+        atomic_init(&w[i].done, 0);
+        atomic_init(&w[i].errors, 0);
+        w[i].b = b;
+        w[i].path = path;
+        w[i].index = i;
+        if (pthread_create(&w[i].thread, NULL, ov_worker_main, &w[i]) != 0)
+            break;
+        started++;
+    }
+    if (started == n) {
+        ov_sleep_ms(b->o->warmup_seconds * 1000);
+        ov_cpu c0 = ov_cpu_now(b);
+        uint64_t t0 = ov_now_ns(), d0 = ov_sum_done(w, n);
+        ov_sleep_ms(b->o->seconds * 1000);
+        uint64_t t1 = ov_now_ns(), d1 = ov_sum_done(w, n);
+        ov_cpu c1 = ov_cpu_now(b);
+        rps = (double)(d1 - d0) / ((double)(t1 - t0) / 1e9);
+        *cpu = ov_cpu_per_req(c0, c1, d1 > d0 ? (double)(d1 - d0) : NAN);
+    } else {
+        fprintf(stderr, "lmoverhead: cannot start %d client threads\n", n);
+    }
+    atomic_store(&b->stop, true);
+    for (int i = 0; i < started; i++) {
+        pthread_join(w[i].thread, NULL);
+        *errors += atomic_load(&w[i].errors);
+    }
+    free(w);
+    return rps;
+}
+
+/* ---- figures ---------------------------------------------------------------- */
+
+/* The figures of one repetition, in the order of the JSON fields. */
+enum {
+    OV_DIRECT_P50,
+    OV_LMSCHED_P50,
+    OV_ADDED_P50,
+    OV_DIRECT_P99,
+    OV_LMSCHED_P99,
+    OV_ADDED_P99,
+    OV_DIRECT_MEAN,
+    OV_LMSCHED_MEAN,
+    OV_DIRECT_RPS,
+    OV_LMSCHED_RPS,
+    OV_RATIO,
+    OV_NMAIN, /* the figures above get a min and max in the summary */
+    /* CPU microseconds per request, sequential phase then throughput phase:
+     * the clients (this process), the daemon, the backend. */
+    OV_SEQ_DIRECT_CLIENT_CPU = OV_NMAIN,
+    OV_SEQ_DIRECT_BACKEND_CPU,
+    OV_SEQ_LMSCHED_CLIENT_CPU,
+    OV_SEQ_LMSCHED_DAEMON_CPU,
+    OV_SEQ_LMSCHED_BACKEND_CPU,
+    OV_TPUT_DIRECT_CLIENT_CPU,
+    OV_TPUT_DIRECT_BACKEND_CPU,
+    OV_TPUT_LMSCHED_CLIENT_CPU,
+    OV_TPUT_LMSCHED_DAEMON_CPU,
+    OV_TPUT_LMSCHED_BACKEND_CPU,
+    OV_NFIG
+};
+
+static const char *const ov_fig_names[OV_NFIG] = {
+    "direct_p50_us",
+    "lmsched_p50_us",
+    "added_p50_us",
+    "direct_p99_us",
+    "lmsched_p99_us",
+    "added_p99_us",
+    "direct_mean_us",
+    "lmsched_mean_us",
+    "direct_rps",
+    "lmsched_rps",
+    "throughput_ratio",
+    "seq_direct_client_cpu_us",
+    "seq_direct_backend_cpu_us",
+    "seq_lmsched_client_cpu_us",
+    "seq_lmsched_daemon_cpu_us",
+    "seq_lmsched_backend_cpu_us",
+    "tput_direct_client_cpu_us",
+    "tput_direct_backend_cpu_us",
+    "tput_lmsched_client_cpu_us",
+    "tput_lmsched_daemon_cpu_us",
+    "tput_lmsched_backend_cpu_us",
+};
+
+static json_t *ov_fig_json(int k, double v)
+{
+    if (!(v == v)) /* NaN: not measured */
+        return json_null();
+    if (k == OV_RATIO)
+        return json_real(round(v * 1000) / 1000);
+    return json_integer((json_int_t)llround(v));
+}
+
+static void ov_print_json(json_t *o)
+{
+    char *line =
+        json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12));
+    if (line != NULL)
+        printf("%s\n", line);
+    free(line);
+    fflush(stdout);
+}
+
+static double ov_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), ov_cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* One table cell: v with decimals, or "-" when not measured. */
+static const char *ov_cell(char *buf, size_t len, double v, int decimals)
+{
+    if (v == v)
+        snprintf(buf, len, "%.*f", decimals, v);
+    else
+        snprintf(buf, len, "-");
+    return buf;
+}
+
+static void ov_table_row(const char *label, const double *f)
+{
+    static const int cols[] = {OV_DIRECT_P50, OV_LMSCHED_P50, OV_ADDED_P50,
+                               OV_DIRECT_P99, OV_LMSCHED_P99, OV_ADDED_P99,
+                               OV_DIRECT_RPS, OV_LMSCHED_RPS, OV_RATIO};
+    static const int width[] = {8, 8, 8, 10, 8, 8, 11, 9, 7};
+    char cell[32];
+    printf("%-7s", label);
+    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
+        printf(" %*s", width[i],
+               ov_cell(cell, sizeof(cell), f[cols[i]], cols[i] == OV_RATIO ? 3 : 0));
+    printf("\n");
+}
+
+/* Runs every repetition and prints the lines. Returns 0, or 1 when a
+ * request failed or a phase could not run. */
+static int ov_run(ov_bench *b, const char *backend_kind, const char *backend)
+{
+    const ov_opts *o = b->o;
+    double(*fig)[OV_NFIG] = calloc((size_t)o->reps, sizeof(*fig));
+    double *lat = malloc(sizeof(double) * (size_t)o->requests);
+    double med[OV_NFIG], lo[OV_NFIG], hi[OV_NFIG], col[OV_MAX_REPS];
+    uint64_t errors_total = 0;
+    int code = 1;
+    if (fig == NULL || lat == NULL) {
+        fprintf(stderr, "lmoverhead: out of memory\n");
+        goto out;
+    }
+    for (int r = 0; r < o->reps; r++) {
+        /* a phase left out (--phase) leaves its figures NaN: null, "-" */
+        const ov_lat none = {NAN, NAN, NAN, {NAN, NAN, NAN}};
+        ov_lat seq[2] = {none, none};
+        ov_cpu tcpu[2] = {none.cpu, none.cpu};
+        double rps[2] = {NAN, NAN};
+        uint64_t errs[2] = {0, 0}, cerr;
+        for (int k = 0; o->sequential && k < 2; k++) {
+            /* odd repetitions run lmsched first */
+            ov_path p = (ov_path)((k + r) % 2);
+            if (o->paths[p])
+                errs[p] += (uint64_t)ov_sequential(b, p, lat, &seq[p]);
+        }
+        for (int k = 0; o->throughput && k < 2; k++) {
+            ov_path p = (ov_path)((k + r) % 2);
+            if (!o->paths[p])
+                continue;
+            rps[p] = ov_concurrent(b, p, &cerr, &tcpu[p]);
+            errs[p] += cerr;
+            if (rps[p] < 0)
+                goto out;
+        }
+        double *f = fig[r];
+        f[OV_DIRECT_P50] = seq[OV_DIRECT].p50;
+        f[OV_LMSCHED_P50] = seq[OV_LMSCHED].p50;
+        f[OV_ADDED_P50] = seq[OV_LMSCHED].p50 - seq[OV_DIRECT].p50;
+        f[OV_DIRECT_P99] = seq[OV_DIRECT].p99;
+        f[OV_LMSCHED_P99] = seq[OV_LMSCHED].p99;
+        f[OV_ADDED_P99] = seq[OV_LMSCHED].p99 - seq[OV_DIRECT].p99;
+        f[OV_DIRECT_MEAN] = seq[OV_DIRECT].mean;
+        f[OV_LMSCHED_MEAN] = seq[OV_LMSCHED].mean;
+        f[OV_DIRECT_RPS] = rps[OV_DIRECT];
+        f[OV_LMSCHED_RPS] = rps[OV_LMSCHED];
+        f[OV_RATIO] = rps[OV_DIRECT] > 0 ? rps[OV_LMSCHED] / rps[OV_DIRECT] : NAN;
+        f[OV_SEQ_DIRECT_CLIENT_CPU] = seq[OV_DIRECT].cpu.client;
+        f[OV_SEQ_DIRECT_BACKEND_CPU] = seq[OV_DIRECT].cpu.backend;
+        f[OV_SEQ_LMSCHED_CLIENT_CPU] = seq[OV_LMSCHED].cpu.client;
+        f[OV_SEQ_LMSCHED_DAEMON_CPU] = seq[OV_LMSCHED].cpu.daemon;
+        f[OV_SEQ_LMSCHED_BACKEND_CPU] = seq[OV_LMSCHED].cpu.backend;
+        f[OV_TPUT_DIRECT_CLIENT_CPU] = tcpu[OV_DIRECT].client;
+        f[OV_TPUT_DIRECT_BACKEND_CPU] = tcpu[OV_DIRECT].backend;
+        f[OV_TPUT_LMSCHED_CLIENT_CPU] = tcpu[OV_LMSCHED].client;
+        f[OV_TPUT_LMSCHED_DAEMON_CPU] = tcpu[OV_LMSCHED].daemon;
+        f[OV_TPUT_LMSCHED_BACKEND_CPU] = tcpu[OV_LMSCHED].backend;
+        errors_total += errs[0] + errs[1];
+
+        json_t *line = json_pack("{s:s,s:i}", "workload", "overhead", "rep", r + 1);
+        for (int k = 0; line != NULL && k < OV_NFIG; k++)
+            json_object_set_new(line, ov_fig_names[k], ov_fig_json(k, f[k]));
+        if (line != NULL) {
+            json_object_set_new(line, "direct_errors", json_integer((json_int_t)errs[0]));
+            json_object_set_new(line, "lmsched_errors",
+                                json_integer((json_int_t)errs[1]));
+            ov_print_json(line);
+        }
+        json_decref(line);
+    }
+
+    /* Medians over the repetitions: each figure's own median, so added_p50
+     * is the median of the per-repetition differences (each measured side by
+     * side), not the difference of the medians. */
+    for (int k = 0; k < OV_NFIG; k++) {
+        for (int r = 0; r < o->reps; r++)
+            col[r] = fig[r][k];
+        med[k] = ov_median(col, o->reps);
+        lo[k] = col[0];
+        hi[k] = col[o->reps - 1];
+    }
+    json_t *sum =
+        json_pack("{s:s,s:s,s:i,s:s,s:s,s:i,s:i,s:i,s:f,s:i}", "workload", "overhead",
+                  "rep", "median", "reps", o->reps, "backend_kind", backend_kind,
+                  "backend", backend, "clients", o->clients, "requests", o->requests,
+                  "max_tokens", o->max_tokens, "seconds", o->seconds, "errors",
+                  (int)(errors_total > INT_MAX ? INT_MAX : errors_total));
+    for (int k = 0; sum != NULL && k < OV_NFIG; k++)
+        json_object_set_new(sum, ov_fig_names[k], ov_fig_json(k, med[k]));
+    for (int k = 0; sum != NULL && k < OV_NMAIN; k++) {
+        char key[64];
+        snprintf(key, sizeof(key), "%s_min", ov_fig_names[k]);
+        json_object_set_new(sum, key, ov_fig_json(k, lo[k]));
+        snprintf(key, sizeof(key), "%s_max", ov_fig_names[k]);
+        json_object_set_new(sum, key, ov_fig_json(k, hi[k]));
+    }
+    if (sum != NULL)
+        ov_print_json(sum);
+    json_decref(sum);
+
+    if (!o->json) {
+        printf("\nlmsched overhead: %s backend %s; sequential: 1 client, %d requests; "
+               "throughput: %d clients, %g s; %d rep(s)\n",
+               backend_kind, backend, o->requests, o->clients, o->seconds, o->reps);
+        printf("%-7s %8s %8s %8s   %8s %8s %8s   %9s %9s %7s\n", "", "direct", "lmsched",
+               "added", "direct", "lmsched", "added", "direct", "lmsched", "ratio");
+        printf("%-7s %8s %8s %8s   %8s %8s %8s   %9s %9s %7s\n", "rep", "p50 us",
+               "p50 us", "p50 us", "p99 us", "p99 us", "p99 us", "req/s", "req/s",
+               "lms/dir");
+        for (int r = 0; r < o->reps; r++) {
+            char label[16];
+            snprintf(label, sizeof(label), "%d", r + 1);
+            ov_table_row(label, fig[r]);
+        }
+        ov_table_row("median", med);
+        ov_table_row("min", lo);
+        ov_table_row("max", hi);
+        fflush(stdout);
+    }
+    if (errors_total > 0)
+        fprintf(stderr, "lmoverhead: %llu request(s) failed\n",
+                (unsigned long long)errors_total);
+    code = errors_total > 0 ? 1 : 0;
+out:
+    free(fig);
+    free(lat);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    ov_opts o;
+    ov_bench b = {0};
+    ov_child sim = {0};
+    ov_daemon d = {0};
+    char lmsched[PATH_MAX], lmsim[PATH_MAX], simdir[64] = "", backend[256];
+    char *model = NULL;
+    int code = 2, ndirect = 0, nclients = 0;
+
+    switch (ov_parse(argc, argv, &o)) {
+    case 0:
+        break;
+    case 1:
+        return 0;
+    default:
+        return 2;
+    }
+    if (o.lmsched != NULL)
+        snprintf(lmsched, sizeof(lmsched), "%s", o.lmsched);
+    else if (ov_sibling("lmsched", lmsched, sizeof(lmsched)) != 0)
+        lmsched[0] = '\0';
+    if (o.lmsim != NULL)
+        snprintf(lmsim, sizeof(lmsim), "%s", o.lmsim);
+    else if (ov_sibling("lmsim", lmsim, sizeof(lmsim)) != 0)
+        lmsim[0] = '\0';
+    if (access(lmsched, X_OK) != 0 || (o.backend == NULL && access(lmsim, X_OK) != 0)) {
+        fprintf(stderr, "lmoverhead: cannot run %s; use --lmsched / --lmsim\n",
+                access(lmsched, X_OK) != 0 ? "lmsched" : "lmsim");
+        return 2;
+    }
+    code = 1;
+    /* A child that dies must not take us with it through a closed socket. */
+    signal(SIGPIPE, SIG_IGN);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return 1;
+    b.o = &o;
+    if (o.backend != NULL) {
+        snprintf(backend, sizeof(backend), "%s", o.backend);
+    } else if (ov_lmsim_start(&sim, simdir, lmsim, o.clients, backend, sizeof(backend)) !=
+               0) {
+        goto out;
+    }
+    model = ov_backend_model(backend);
+    snprintf(b.url, sizeof(b.url), "%s/v1/chat/completions", backend);
+    if ((b.body = ov_direct_body(model, o.max_tokens)) == NULL ||
+        (b.direct = calloc((size_t)o.clients, sizeof(*b.direct))) == NULL ||
+        (b.clients = calloc((size_t)o.clients, sizeof(*b.clients))) == NULL) {
+        fprintf(stderr, "lmoverhead: out of memory\n");
+        goto out;
+    }
+    for (; ndirect < o.clients; ndirect++)
+        if (ov_direct_init(&b.direct[ndirect], b.url, b.body) != 0) {
+            fprintf(stderr, "lmoverhead: cannot make a curl handle\n");
+            goto out;
+        }
+    if (ov_daemon_start(&d, &o, lmsched, backend) != 0)
+        goto out;
+    b.daemon_pid = d.child.pid;
+    b.backend_pid = sim.pid;
+    for (; nclients < o.clients; nclients++)
+        if (lmsched_client_open(&b.clients[nclients], d.url) != LMSCHED_OK) {
+            fprintf(stderr, "lmoverhead: cannot open a client for %s\n", d.url);
+            goto out;
+        }
+    if (lmsched_request_alloc(&b.req) != LMSCHED_OK ||
+        lmsched_request_set_system(b.req, ov_system) != LMSCHED_OK ||
+        lmsched_request_add_message(b.req, "user", ov_user) != LMSCHED_OK ||
+        lmsched_request_set_max_tokens(b.req, o.max_tokens) != LMSCHED_OK ||
+        lmsched_request_set_agent(b.req, "lmoverhead") != LMSCHED_OK) {
+        fprintf(stderr, "lmoverhead: cannot build the request\n");
+        goto out;
+    }
+    /* One request each way first: a backend or daemon that cannot answer
+     * is reported now, not as a run full of errors. */
+    if (ov_direct_call(&b.direct[0]) != 0) {
+        fprintf(stderr,
+                "lmoverhead: the backend at %s did not answer a chat request "
+                "with a complete event stream\n",
+                backend);
+        goto out;
+    }
+    if (ov_lmsched_call(b.clients[0], b.req) != 0) {
+        fprintf(stderr, "lmoverhead: a chat request through the daemon failed\n");
+        goto out;
+    }
+    code = ov_run(&b, o.backend != NULL ? "external" : "lmsim-instant", backend);
+out:
+    for (int i = 0; i < nclients; i++)
+        lmsched_client_close(b.clients[i]);
+    ov_daemon_stop(&d);
+    for (int i = 0; i < ndirect; i++)
+        ov_direct_fini(&b.direct[i]);
+    ov_lmsim_stop(&sim, simdir);
+    lmsched_request_free(b.req);
+    free(b.clients);
+    free(b.direct);
+    free(b.body);
+    free(model);
+    curl_global_cleanup();
+    return code;
+}
