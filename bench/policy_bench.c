@@ -20,8 +20,8 @@
 #include <time.h>
 
 #include "lmsched/agent.h"
-#include "scheduler/policy.h"
-#include "scheduler/prefix.h"
+#include "scheduler/policy/policy.h"
+#include "scheduler/chat/chain.h"
 
 #define PB_PFX_BLOCKS 125 /* 2,000 tokens */
 #define PB_MAX_BLOCKS 400

@@ -11,10 +11,10 @@
 #include <curl/curl.h>
 
 #include "lmsched/agent.h"
-#include "scheduler/cli.h"
-#include "scheduler/config.h"
-#include "scheduler/log.h"
-#include "scheduler/loop.h"
+#include "scheduler/cli/cli.h"
+#include "scheduler/core/config.h"
+#include "scheduler/util/log.h"
+#include "scheduler/core/loop.h"
 
 static void usage(FILE *out)
 {

@@ -33,8 +33,8 @@
 #include <strings.h>
 
 #include "proto/proto.h"
-#include "scheduler/openai.h"
-#include "scheduler/sse.h"
+#include "scheduler/backend/openai.h"
+#include "scheduler/backend/sse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "scheduler/sse.h"
+#include "scheduler/backend/sse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,0 +1,170 @@
+/*
+ * policy_int - the policy's internal state, shared by policy.c (queue,
+ * groups, slots, fifo) and policy_prefix.c (the prefix decision). Nothing
+ * outside those two files includes it.
+ */
+#ifndef LMSCHED_POLICY_INT_H
+#define LMSCHED_POLICY_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "scheduler/policy/policy.h"
+#include "scheduler/chat/chain.h"
+#include "scheduler/policy/slots.h"
+
+#define POL_LEVELS 10
+#define POL_MAX_SLOTS 256
+/* Groups kept for status once they have nothing queued, in flight or
+ * resident; active groups are never dropped. */
+#define POL_MAX_IDLE_GROUPS 4096
+/* A group remembers this many blocks of its first member to measure the
+ * prefix its members share (64 KiB of prompt). */
+#define POL_REF_BLOCKS 1024
+/* Per group and priority, how many queued items the prefix policy compares
+ * for a deeper-than-the-group match (multi-turn conversations). */
+#define POL_SCAN_ITEMS 32
+/* How many older queued items one dispatch credits with an overtake. */
+#define POL_OVERTAKE_WALK 64
+/* A group whose prefix is on a busy slot gets another slot once it has
+ * more than this many queued items per slot holding it. */
+#define POL_DUP_FACTOR 2
+/* ... or at once onto an empty slot when its prefix is at most this many
+ * blocks (512 tokens). */
+#define POL_CHEAP_COPY_BLOCKS 32
+/* Prompts remembered to recognise conversations (policy.served). */
+#define POL_SERVED 64
+/* A group is conversational while its score (+2 per request that
+ * continued a served prompt, -1 per other request, at most 8) is at least
+ * this. */
+#define POL_CONV_MIN 2
+/* A slot is held for a conversation's next turn unless the turn it just
+ * served was already such a continuation: each conversation keeps a slot
+ * for two turns in a row at most, so others are not starved. */
+#define POL_STICKY_TURNS 1
+#define POL_TOKENS_PER_BLOCK (PREFIX_BLOCK_BYTES / PREFIX_BYTES_PER_TOKEN)
+
+enum { POL_FIFO, POL_PREFIX };
+
+struct pol_group;
+
+/* The policy's per-item state, it->priv while queued. */
+typedef struct pol_node {
+    pol_item *it;
+    struct pol_group *g;
+    struct pol_node *gprev, *gnext; /* in g->lv[priority], seq order */
+    uint32_t overtakes;             /* later arrivals dispatched before it */
+} pol_node;
+
+typedef struct pol_nlist {
+    pol_node *head, *tail;
+} pol_nlist;
+
+typedef struct pol_list {
+    pol_item *head, *tail;
+} pol_list;
+
+typedef struct pol_group {
+    uint64_t id;
+    struct pol_group *hnext;         /* hash chain */
+    struct pol_group *rprev, *rnext; /* recency list, most recent first */
+    char label[48];
+    bool seen; /* a member was pushed (ref, label set) */
+    pol_nlist lv[POL_LEVELS];
+    unsigned n_lv[POL_LEVELS];
+    size_t lv_pos[POL_LEVELS]; /* index in heap policy.active[lv] while n_lv > 0 */
+    unsigned queued, inflight, resident;
+    uint64_t *ref; /* first member's blocks, at most POL_REF_BLOCKS */
+    uint32_t n_ref;
+    uint32_t pfx_blocks; /* blocks every member seen so far shares */
+    uint64_t requests, prompt_tokens, cached_tokens;
+    unsigned conv_score; /* POL_CONV_MIN: recent requests continued served prompts */
+} pol_group;
+
+typedef struct pol_slot {
+    slot_cache cache;
+    bool busy;
+    uint64_t last_used; /* LRU stamp, as the backend keeps one */
+    pol_group *group;   /* whose prefix the cache holds, or NULL */
+    pol_group *run;     /* the group of the request running there */
+    bool run_cont;      /* that request continued the slot's previous prompt */
+    unsigned streak;    /* consecutive such continuations on this slot */
+    bool hold_pending;  /* freed after a conversation turn: hold it ... */
+    int64_t hold_until; /* ... until then, for the turn that continues it */
+} pol_slot;
+
+typedef struct pol_garr {
+    pol_group **v;
+    size_t n, cap;
+} pol_garr;
+
+struct policy {
+    int kind;
+    size_t max_queue;
+    size_t depth;
+    size_t n_deadline;    /* queued items with deadline_us != 0 */
+    int64_t deadline_low; /* <= every queued deadline; INT64_MAX when none */
+    uint64_t next_seq;
+    pol_list lv[POL_LEVELS];
+    pol_slot *slots;
+    unsigned n_slots;
+    uint64_t lru_clock;
+    policy_tuning tun; /* max_overtakes 0: 4 x slots */
+    bool pinned;       /* the slot we choose is the slot it runs in (id_slot) */
+    double similarity; /* else: the backend's own slot rule, with this threshold */
+    pol_group **htab;
+    size_t hmask;
+    size_t n_groups;
+    pol_group *recent, *recent_tail;
+    pol_garr active[POL_LEVELS]; /* heaps of the groups with queued items at that level */
+    pol_node *spare;             /* freed nodes for reuse, linked by gnext */
+    size_t n_spare;
+    int64_t wake_us; /* policy_next_wake; recomputed by each policy_next */
+    int64_t now_us;  /* of the current policy_next */
+    /* The last prompts dispatched: (block count, last block hash), to see
+     * that a new request continues one of them (a conversation). */
+    struct {
+        uint32_t n;
+        uint64_t h;
+    } served[POL_SERVED];
+    unsigned served_pos;
+};
+
+static inline pol_node *pol_node_of(const pol_item *it)
+{
+    return (pol_node *)it->priv;
+}
+
+/* A group's demand at a level: queued items there x prefix blocks (at
+ * least 1). The per-level heaps put the highest demand on top, the oldest
+ * head on ties (pol_heap_better). */
+uint64_t pol_demand(const pol_group *g, int lv);
+bool pol_heap_better(const pol_group *a, const pol_group *b, int lv);
+/* Cached blocks of it's prompt in slot s, per the model. */
+uint32_t pol_cached_blocks(const policy *p, unsigned s, const pol_item *it);
+/* A group whose prefix is on a slot where one of its requests runs: its
+ * queued requests are followers, held until that slot frees. */
+static inline bool pol_group_held(const pol_group *g)
+{
+    return g->pfx_blocks > 0 && g->resident > 0 && g->inflight > 0;
+}
+
+static inline bool pol_group_conv(const pol_group *g)
+{
+    return g->conv_score >= POL_CONV_MIN;
+}
+
+/* Slot s is held for a conversation's next turn at now and it is not that
+ * turn. */
+bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_us);
+
+/* The idle slot to (re)load when no idle slot holds what is wanted: the
+ * one whose group has the least queued demand per holding slot, LRU on
+ * ties. -1 if no slot is idle. */
+int pol_evict_slot(const policy *p);
+/* The prefix policy's choice, without dispatching: the item and *slot, or
+ * NULL. */
+pol_item *pol_prefix_choose(policy *p, int64_t now_us, int *slot);
+
+#endif /* LMSCHED_POLICY_INT_H */

@@ -1,0 +1,899 @@
+/*
+ * policy - the queue of waiting requests, the prefix groups they belong to,
+ * the model of the backend's slots, and the "fifo" policy (see policy.h;
+ * the "prefix" decision lives in policy_prefix.c).
+ *
+ * Design notes: every queued item is on two intrusive lists. One list per
+ * priority level in arrival order (it->prev/next) gives FIFO order, expiry
+ * and draining in O(1) per item. A node the policy allocates per item
+ * (it->priv) links it into its group's list for that priority, which is
+ * what the prefix policy searches. Per-level arrays of the groups that have
+ * items at that level bound the prefix policy's scans by the number of
+ * groups, never by the queue length. Both policies keep the same group and
+ * slot bookkeeping, so `lmsched status` reports per-group figures either
+ * way and the benchmark can compare them.
+ *
+ * Deadlines are not indexed: the scans are skipped while no queued item has
+ * a deadline (the common case), and pop_expired also skips them while "now"
+ * is before a known lower bound of the queued deadlines.
+ */
+#include "scheduler/policy/policy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "lmsched/agent.h"
+#include "scheduler/policy/internal.h"
+
+#define POL_SPARE_MAX 1024
+#define POL_DEFAULT_STARVE_US (30LL * 1000 * 1000)
+#define POL_DEFAULT_GATHER_US (10LL * 1000)
+
+/* ---- groups -------------------------------------------------------- */
+
+static size_t pol_hash(uint64_t id, size_t mask)
+{
+    return (size_t)((id ^ (id >> 31)) & mask);
+}
+
+static void pol_recent_unlink(policy *p, pol_group *g)
+{
+    if (g->rprev != NULL)
+        g->rprev->rnext = g->rnext;
+    else
+        p->recent = g->rnext;
+    if (g->rnext != NULL)
+        g->rnext->rprev = g->rprev;
+    else
+        p->recent_tail = g->rprev;
+    g->rprev = g->rnext = NULL;
+}
+
+/* Marks g as just active: it moves to the front of the recency list. */
+static void pol_touch(policy *p, pol_group *g)
+{
+    if (p->recent == g)
+        return;
+    pol_recent_unlink(p, g);
+    g->rnext = p->recent;
+    if (p->recent != NULL)
+        p->recent->rprev = g;
+    p->recent = g;
+    if (p->recent_tail == NULL)
+        p->recent_tail = g;
+}
+
+static void pol_group_drop(policy *p, pol_group *g)
+{
+    pol_group **pp = &p->htab[pol_hash(g->id, p->hmask)];
+    while (*pp != g)
+        pp = &(*pp)->hnext;
+    *pp = g->hnext;
+    pol_recent_unlink(p, g);
+    free(g->ref);
+    free(g);
+    p->n_groups--;
+}
+
+static bool pol_group_idle(const pol_group *g)
+{
+    return g->queued == 0 && g->inflight == 0 && g->resident == 0;
+}
+
+static int pol_htab_grow(policy *p)
+{
+    size_t n = (p->hmask + 1) * 2;
+    pol_group **t = calloc(n, sizeof(*t));
+    if (t == NULL)
+        return LMSCHED_ENOMEM;
+    for (size_t i = 0; i <= p->hmask; i++) {
+        pol_group *g = p->htab[i];
+        while (g != NULL) {
+            pol_group *next = g->hnext;
+            size_t h = pol_hash(g->id, n - 1);
+            g->hnext = t[h];
+            t[h] = g;
+            g = next;
+        }
+    }
+    free(p->htab);
+    p->htab = t;
+    p->hmask = n - 1;
+    return LMSCHED_OK;
+}
+
+/* The group with this id, created if new. NULL on ENOMEM. Memory stays
+ * bounded: past POL_MAX_IDLE_GROUPS groups, creating one drops the least
+ * recently active group that has nothing queued, running or resident. */
+static pol_group *pol_group_get(policy *p, uint64_t id)
+{
+    pol_group *g;
+
+    for (g = p->htab[pol_hash(id, p->hmask)]; g != NULL; g = g->hnext)
+        if (g->id == id)
+            return g;
+    if (p->n_groups >= POL_MAX_IDLE_GROUPS) {
+        /* Idle groups drift to the tail; a bounded walk finds one unless
+         * thousands of groups are active, and then growing is right. */
+        int walk = 64;
+        for (g = p->recent_tail; g != NULL && walk-- > 0; g = g->rprev) {
+            if (pol_group_idle(g)) {
+                pol_group_drop(p, g);
+                break;
+            }
+        }
+    }
+    if (p->n_groups >= p->hmask + 1 && pol_htab_grow(p) != LMSCHED_OK)
+        return NULL;
+    g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    g->id = id;
+    size_t h = pol_hash(id, p->hmask);
+    g->hnext = p->htab[h];
+    p->htab[h] = g;
+    p->n_groups++;
+    g->rnext = p->recent;
+    if (p->recent != NULL)
+        p->recent->rprev = g;
+    p->recent = g;
+    if (p->recent_tail == NULL)
+        p->recent_tail = g;
+    return g;
+}
+
+/* Leading blocks two chains share: chained hashes make "equal at k-1"
+ * imply equal before, so binary search applies. */
+static uint32_t pol_common_blocks(const uint64_t *a, uint32_t na, const uint64_t *b,
+                                  uint32_t nb)
+{
+    uint32_t hi = na < nb ? na : nb;
+    if (hi == 0 || a[0] != b[0])
+        return 0;
+    if (a[hi - 1] == b[hi - 1])
+        return hi;
+    uint32_t lo = 1;
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (a[mid - 1] == b[mid - 1])
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The group prefix is what all members seen so far share: the first
+ * member's chain, cut back to the common part by each later one. */
+static bool pol_group_learn(pol_group *g, const pol_item *it)
+{
+    const uint64_t *b = it->n_blocks > 0 ? it->blocks : NULL;
+    uint32_t n = b != NULL ? it->n_blocks : 0;
+
+    if (!g->seen) {
+        g->seen = true;
+        uint32_t keep = n < POL_REF_BLOCKS ? n : POL_REF_BLOCKS;
+        if (keep > 0) {
+            g->ref = malloc((size_t)keep * sizeof(*g->ref));
+            if (g->ref != NULL) {
+                memcpy(g->ref, b, (size_t)keep * sizeof(*b));
+                g->n_ref = keep;
+            }
+        }
+        /* Without the copy (ENOMEM) later members cut this back to 0. */
+        g->pfx_blocks = keep;
+        const char *l = it->label != NULL && it->label[0] != '\0' ? it->label : "(none)";
+        size_t i;
+        for (i = 0; i < sizeof(g->label) - 1 && l[i] != '\0'; i++) {
+            unsigned char c = (unsigned char)l[i];
+            g->label[i] =
+                c >= 0x20 && c < 0x7f ? (char)c : (c == '\n' || c == '\t' ? ' ' : '?');
+        }
+        g->label[i] = '\0';
+        return false;
+    }
+    uint32_t common = pol_common_blocks(b, n, g->ref, g->n_ref);
+    if (common >= g->pfx_blocks)
+        return false;
+    g->pfx_blocks = common;
+    return true;
+}
+
+/* Per level, the groups with queued items at that level form a binary
+ * max-heap by (demand at the level, oldest head), so the prefix policy's
+ * load choice does not scan every group. */
+uint64_t pol_demand(const pol_group *g, int lv)
+{
+    return (uint64_t)g->n_lv[lv] * (g->pfx_blocks ? g->pfx_blocks : 1);
+}
+
+bool pol_heap_better(const pol_group *a, const pol_group *b, int lv)
+{
+    uint64_t da = pol_demand(a, lv), db = pol_demand(b, lv);
+    if (da != db)
+        return da > db;
+    return a->lv[lv].head->it->seq < b->lv[lv].head->it->seq;
+}
+
+static void pol_heap_set(pol_garr *a, size_t i, pol_group *g, int lv)
+{
+    a->v[i] = g;
+    g->lv_pos[lv] = i;
+}
+
+/* Restores heap order around position i after g's key changed. */
+static void pol_heap_fix(pol_garr *a, size_t i, int lv)
+{
+    pol_group *g = a->v[i];
+    while (i > 0 && pol_heap_better(g, a->v[(i - 1) / 2], lv)) {
+        pol_heap_set(a, i, a->v[(i - 1) / 2], lv);
+        i = (i - 1) / 2;
+    }
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= a->n)
+            break;
+        if (c + 1 < a->n && pol_heap_better(a->v[c + 1], a->v[c], lv))
+            c++;
+        if (!pol_heap_better(a->v[c], g, lv))
+            break;
+        pol_heap_set(a, i, a->v[c], lv);
+        i = c;
+    }
+    pol_heap_set(a, i, g, lv);
+}
+
+static int pol_heap_reserve(pol_garr *a)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 16;
+        pol_group **v = realloc(a->v, cap * sizeof(*v));
+        if (v == NULL)
+            return LMSCHED_ENOMEM;
+        a->v = v;
+        a->cap = cap;
+    }
+    return LMSCHED_OK;
+}
+
+/* g must have an item at lv and room reserved. */
+static void pol_heap_add(pol_garr *a, pol_group *g, int lv)
+{
+    pol_heap_set(a, a->n++, g, lv);
+    pol_heap_fix(a, a->n - 1, lv);
+}
+
+static void pol_heap_del(pol_garr *a, size_t pos, int lv)
+{
+    pol_group *last = a->v[--a->n];
+    if (pos == a->n)
+        return;
+    pol_heap_set(a, pos, last, lv);
+    pol_heap_fix(a, pos, lv);
+}
+
+/* ---- alloc / free -------------------------------------------------- */
+
+static void pol_slots_release(policy *p)
+{
+    for (unsigned i = 0; i < p->n_slots; i++) {
+        pol_slot *s = &p->slots[i];
+        if (s->group != NULL)
+            s->group->resident--;
+        if (s->busy && s->run != NULL)
+            s->run->inflight--; /* its slot_done will be ignored */
+        slot_cache_fini(&s->cache);
+    }
+    free(p->slots);
+    p->slots = NULL;
+    p->n_slots = 0;
+}
+
+/* Ownership: on success *pp belongs to the caller (policy_free). Any thread;
+ * does not block. */
+int policy_alloc(policy **pp, const char *name, size_t max_queue)
+{
+    policy *p = NULL;
+    int rv, kind;
+
+    if (pp == NULL)
+        return LMSCHED_EINVAL;
+    *pp = NULL;
+    if (name == NULL || max_queue == 0)
+        return LMSCHED_EINVAL;
+    if (strcmp(name, "fifo") == 0)
+        kind = POL_FIFO;
+    else if (strcmp(name, "prefix") == 0)
+        kind = POL_PREFIX;
+    else
+        return LMSCHED_EINVAL;
+    p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        rv = LMSCHED_ENOMEM;
+        goto fail;
+    }
+    p->kind = kind;
+    p->max_queue = max_queue;
+    p->deadline_low = INT64_MAX;
+    p->tun.starve_us = POL_DEFAULT_STARVE_US;
+    p->tun.gather_us = POL_DEFAULT_GATHER_US;
+    p->wake_us = INT64_MAX;
+    p->pinned = true;
+    p->similarity = 0.10;
+    p->hmask = 63;
+    p->htab = calloc(p->hmask + 1, sizeof(*p->htab));
+    if (p->htab == NULL) {
+        rv = LMSCHED_ENOMEM;
+        goto fail;
+    }
+    rv = policy_set_slots(p, 1);
+    if (rv != LMSCHED_OK)
+        goto fail;
+    *pp = p;
+    return LMSCHED_OK;
+fail:
+    policy_free(p);
+    return rv;
+}
+
+/* Items still queued are not touched (they belong to the caller, who
+ * drains them with policy_pop_any first if it needs them unlinked); the
+ * nodes the policy allocated for them are freed through the groups. */
+void policy_free(policy *p)
+{
+    if (p == NULL)
+        return;
+    pol_slots_release(p);
+    for (size_t i = 0; p->htab != NULL && i <= p->hmask; i++) {
+        pol_group *g = p->htab[i];
+        while (g != NULL) {
+            pol_group *next = g->hnext;
+            for (int lv = 0; lv < POL_LEVELS; lv++) {
+                pol_node *n = g->lv[lv].head;
+                while (n != NULL) {
+                    pol_node *nn = n->gnext;
+                    free(n);
+                    n = nn;
+                }
+            }
+            free(g->ref);
+            free(g);
+            g = next;
+        }
+    }
+    free(p->htab);
+    for (int lv = 0; lv < POL_LEVELS; lv++)
+        free(p->active[lv].v);
+    while (p->spare != NULL) {
+        pol_node *n = p->spare;
+        p->spare = n->gnext;
+        free(n);
+    }
+    free(p);
+}
+
+const char *policy_name(const policy *p)
+{
+    if (p == NULL)
+        return "";
+    return p->kind == POL_PREFIX ? "prefix" : "fifo";
+}
+
+void policy_set_tuning(policy *p, const policy_tuning *t)
+{
+    if (p == NULL || t == NULL)
+        return;
+    p->tun.starve_us = t->starve_us > 0 ? t->starve_us : POL_DEFAULT_STARVE_US;
+    p->tun.max_overtakes = t->max_overtakes; /* 0: 4 x slots, worked out at use */
+    p->tun.gather_us = t->gather_us > 0 ? t->gather_us : 0;
+}
+
+void policy_set_placement(policy *p, bool pinned, double similarity)
+{
+    if (p == NULL)
+        return;
+    p->pinned = pinned;
+    p->similarity = similarity >= 0 && similarity <= 1 ? similarity : 0.10;
+}
+
+int policy_set_slots(policy *p, unsigned n)
+{
+    if (p == NULL || n == 0 || n > POL_MAX_SLOTS)
+        return LMSCHED_EINVAL;
+    if (n == p->n_slots)
+        return LMSCHED_OK;
+    pol_slot *s = calloc(n, sizeof(*s));
+    if (s == NULL)
+        return LMSCHED_ENOMEM;
+    pol_slots_release(p);
+    for (unsigned i = 0; i < n; i++)
+        slot_cache_init(&s[i].cache);
+    p->slots = s;
+    p->n_slots = n;
+    return LMSCHED_OK;
+}
+
+unsigned policy_slots(const policy *p)
+{
+    return p != NULL ? p->n_slots : 0;
+}
+
+/* ---- queue --------------------------------------------------------- */
+
+/* The level an item lives in. Priority is clamped in place at push, so
+ * this is stable while the item is queued. */
+static int pol_level(const pol_item *it)
+{
+    return it->priority < POL_LEVELS ? it->priority : POL_LEVELS - 1;
+}
+
+/* Takes the item out of every list; frees its node. */
+static void pol_unqueue(policy *p, pol_item *it)
+{
+    int lv = pol_level(it);
+    pol_list *l = &p->lv[lv];
+    pol_node *n = pol_node_of(it);
+    pol_group *g = n->g;
+
+    if (it->prev != NULL)
+        it->prev->next = it->next;
+    else
+        l->head = it->next;
+    if (it->next != NULL)
+        it->next->prev = it->prev;
+    else
+        l->tail = it->prev;
+    it->prev = it->next = NULL;
+    it->queued = 0;
+    it->priv = NULL;
+    p->depth--;
+    if (it->deadline_us != 0 && --p->n_deadline == 0)
+        p->deadline_low = INT64_MAX;
+
+    if (n->gprev != NULL)
+        n->gprev->gnext = n->gnext;
+    else
+        g->lv[lv].head = n->gnext;
+    if (n->gnext != NULL)
+        n->gnext->gprev = n->gprev;
+    else
+        g->lv[lv].tail = n->gprev;
+    g->queued--;
+    if (--g->n_lv[lv] == 0)
+        pol_heap_del(&p->active[lv], g->lv_pos[lv], lv);
+    else
+        pol_heap_fix(&p->active[lv], g->lv_pos[lv], lv);
+
+    if (p->n_spare < POL_SPARE_MAX) {
+        n->gnext = p->spare;
+        p->spare = n;
+        p->n_spare++;
+    } else {
+        free(n);
+    }
+}
+
+/* Remembers a dispatched prompt, so a later request that extends it (the
+ * next turn of a conversation: this prompt, the reply, a new message) is
+ * recognised. */
+static void pol_served_add(policy *p, const pol_item *it)
+{
+    if (it->n_blocks == 0 || it->blocks == NULL)
+        return;
+    p->served[p->served_pos].n = it->n_blocks;
+    p->served[p->served_pos].h = it->blocks[it->n_blocks - 1];
+    p->served_pos = (p->served_pos + 1) % POL_SERVED;
+}
+
+/* it extends a remembered prompt beyond its group's shared prefix. Chained
+ * hashes make one comparison per remembered prompt enough. */
+static bool pol_continues(const policy *p, const pol_item *it, uint32_t pfx_blocks)
+{
+    for (unsigned i = 0; i < POL_SERVED; i++) {
+        uint32_t n = p->served[i].n;
+        if (n > pfx_blocks && n <= it->n_blocks && it->blocks[n - 1] == p->served[i].h)
+            return true;
+    }
+    return false;
+}
+
+/* The item stays owned by the caller; the policy links it and keeps a node
+ * of its own in it->priv until the item leaves. Returns LMSCHED_EINVAL for
+ * a NULL or already queued item (linking it twice would corrupt the lists),
+ * LMSCHED_EBUSY when full, LMSCHED_ENOMEM when its group or node cannot be
+ * allocated (the item is then not queued). Loop thread; does not block. */
+int policy_push(policy *p, pol_item *it)
+{
+    if (p == NULL || it == NULL || it->queued)
+        return LMSCHED_EINVAL;
+    if (p->depth >= p->max_queue)
+        return LMSCHED_EBUSY;
+    if (it->priority >= POL_LEVELS)
+        it->priority = POL_LEVELS - 1;
+    int lv = pol_level(it);
+
+    pol_group *g = pol_group_get(p, it->group);
+    if (g == NULL)
+        return LMSCHED_ENOMEM;
+    pol_node *n = p->spare;
+    if (n != NULL) {
+        p->spare = n->gnext;
+        p->n_spare--;
+    } else {
+        n = malloc(sizeof(*n));
+        if (n == NULL)
+            return LMSCHED_ENOMEM;
+    }
+    if (g->n_lv[lv] == 0 && pol_heap_reserve(&p->active[lv]) != LMSCHED_OK) {
+        free(n);
+        return LMSCHED_ENOMEM;
+    }
+    bool shrunk = pol_group_learn(g, it);
+    /* +2 per continuation, -1 per other request: a group is conversational
+     * while at least a third of its requests continue a conversation (the
+     * first turns of conversations are not continuations). */
+    if (it->n_blocks > 0 && it->blocks != NULL && pol_continues(p, it, g->pfx_blocks)) {
+        g->conv_score = g->conv_score + 2 < 8 ? g->conv_score + 2 : 8;
+    } else if (g->conv_score > 0) {
+        g->conv_score--;
+    }
+
+    memset(n, 0, sizeof(*n));
+    n->it = it;
+    n->g = g;
+    n->gprev = g->lv[lv].tail;
+    if (g->lv[lv].tail != NULL)
+        g->lv[lv].tail->gnext = n;
+    else
+        g->lv[lv].head = n;
+    g->lv[lv].tail = n;
+    g->n_lv[lv]++;
+    g->queued++;
+    pol_touch(p, g);
+
+    pol_list *l = &p->lv[lv];
+    it->priv = n;
+    it->seq = p->next_seq++;
+    /* The heaps compare heads' seq, so it is set before they move. */
+    if (g->n_lv[lv] == 1)
+        pol_heap_add(&p->active[lv], g, lv);
+    else
+        pol_heap_fix(&p->active[lv], g->lv_pos[lv], lv);
+    if (shrunk) /* less demand at every level the group is in */
+        for (int k = 0; k < POL_LEVELS; k++)
+            if (g->n_lv[k] > 0)
+                pol_heap_fix(&p->active[k], g->lv_pos[k], k);
+    it->next = NULL;
+    it->prev = l->tail;
+    if (l->tail != NULL)
+        l->tail->next = it;
+    else
+        l->head = it;
+    l->tail = it;
+    it->queued = 1;
+    p->depth++;
+    if (it->deadline_us != 0) {
+        p->n_deadline++;
+        if (it->deadline_us < p->deadline_low)
+            p->deadline_low = it->deadline_us;
+    }
+    return LMSCHED_OK;
+}
+
+pol_item *policy_pop(policy *p, int64_t now_us)
+{
+    (void)now_us;
+    return policy_pop_any(p);
+}
+
+void policy_remove(policy *p, pol_item *it)
+{
+    if (p == NULL || it == NULL || !it->queued)
+        return;
+    pol_unqueue(p, it);
+}
+
+pol_item *policy_pop_expired(policy *p, int64_t now_us)
+{
+    if (p == NULL || p->n_deadline == 0 || now_us < p->deadline_low)
+        return NULL;
+    /* One pass finds an expired item and, if there is none, tightens the
+     * lower bound to the exact earliest deadline so the next calls before
+     * that time return at once. */
+    int64_t low = INT64_MAX;
+    for (int lv = POL_LEVELS - 1; lv >= 0; lv--) {
+        for (pol_item *it = p->lv[lv].head; it != NULL; it = it->next) {
+            if (it->deadline_us == 0)
+                continue;
+            if (it->deadline_us <= now_us) {
+                pol_unqueue(p, it);
+                return it;
+            }
+            if (it->deadline_us < low)
+                low = it->deadline_us;
+        }
+    }
+    p->deadline_low = low;
+    return NULL;
+}
+
+int64_t policy_next_deadline(const policy *p)
+{
+    if (p == NULL || p->n_deadline == 0)
+        return INT64_MAX;
+    int64_t low = INT64_MAX;
+    for (int lv = 0; lv < POL_LEVELS; lv++)
+        for (const pol_item *it = p->lv[lv].head; it != NULL; it = it->next)
+            if (it->deadline_us != 0 && it->deadline_us < low)
+                low = it->deadline_us;
+    return low;
+}
+
+pol_item *policy_pop_any(policy *p)
+{
+    if (p == NULL)
+        return NULL;
+    for (int lv = POL_LEVELS - 1; lv >= 0; lv--) {
+        pol_item *it = p->lv[lv].head;
+        if (it != NULL) {
+            pol_unqueue(p, it);
+            return it;
+        }
+    }
+    return NULL;
+}
+
+size_t policy_depth(const policy *p)
+{
+    return p != NULL ? p->depth : 0;
+}
+
+/* ---- slots and dispatch -------------------------------------------- */
+
+uint32_t pol_cached_blocks(const policy *p, unsigned s, const pol_item *it)
+{
+    return slot_cache_match(&p->slots[s].cache, it->blocks, it->n_blocks);
+}
+
+/* Cached tokens for a number of held blocks. The backend always evaluates
+ * at least the last prompt token, so at most tokens - 1 are reused. */
+static uint32_t pol_block_tokens(uint32_t blocks, const pol_item *it)
+{
+    uint64_t t = (uint64_t)blocks * POL_TOKENS_PER_BLOCK;
+    uint32_t cap = it->tokens > 0 ? it->tokens - 1 : 0;
+    return t < cap ? (uint32_t)t : cap;
+}
+
+bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_us)
+{
+    const pol_slot *sl = &p->slots[s];
+    if (sl->busy || sl->hold_until <= now_us)
+        return false;
+    return it == NULL || pol_cached_blocks(p, s, it) < sl->cache.n_blocks;
+}
+
+static int pol_lru_idle(const policy *p)
+{
+    int lru = -1;
+    for (unsigned i = 0; i < p->n_slots; i++) {
+        const pol_slot *s = &p->slots[i];
+        if (!s->busy && (lru < 0 || s->last_used < p->slots[lru].last_used))
+            lru = (int)i;
+    }
+    return lru;
+}
+
+int pol_evict_slot(const policy *p)
+{
+    int best = -1;
+    uint64_t best_demand = 0;
+    for (unsigned i = 0; i < p->n_slots; i++) {
+        const pol_slot *s = &p->slots[i];
+        if (s->busy || pol_slot_held(p, i, NULL, p->now_us))
+            continue;
+        uint64_t d = 0;
+        const pol_group *g = s->group;
+        if (g != NULL && g->resident > 0)
+            d = (uint64_t)g->queued * g->pfx_blocks / g->resident;
+        if (best < 0 || d < best_demand ||
+            (d == best_demand && s->last_used < p->slots[best].last_used)) {
+            best = (int)i;
+            best_demand = d;
+        }
+    }
+    return best;
+}
+
+/* Starts it on slot s: it leaves the queue, the slot is busy and modelled
+ * as holding its prompt. Returns the prompt tokens expected cached. */
+static uint32_t pol_dispatch(policy *p, pol_item *it, unsigned s)
+{
+    pol_slot *sl = &p->slots[s];
+    pol_group *g = pol_node_of(it)->g;
+
+    /* Every queued item that arrived earlier at the same or a higher
+     * priority is overtaken. Lower priorities are not: being passed by
+     * more urgent work is what priority means. Nor are followers held for
+     * their leader's slot: they wait for their own group's prefill, which
+     * no other request's dispatch delays. The walk is bounded; the oldest
+     * items, the only ones near the limit, come first. */
+    int budget = POL_OVERTAKE_WALK;
+    for (int lv = pol_level(it); lv < POL_LEVELS && budget > 0; lv++)
+        for (pol_item *x = p->lv[lv].head; x != NULL && x->seq < it->seq && budget > 0;
+             x = x->next, budget--)
+            if (!pol_group_held(pol_node_of(x)->g))
+                pol_node_of(x)->overtakes++;
+
+    uint32_t held = pol_cached_blocks(p, s, it);
+    uint32_t cached = pol_block_tokens(held, it);
+    pol_unqueue(p, it);
+    /* A turn that extends the slot's whole previous prompt, beyond what
+     * the group shares, continues a conversation. */
+    sl->run_cont = held > 0 && held == sl->cache.n_blocks && held > g->pfx_blocks;
+    sl->streak = sl->run_cont ? sl->streak + 1 : 0;
+    sl->hold_pending = false;
+    sl->hold_until = 0;
+    pol_served_add(p, it);
+
+    sl->busy = true;
+    sl->last_used = ++p->lru_clock;
+    sl->run = g;
+    g->inflight++;
+    if (sl->group != g) {
+        if (sl->group != NULL)
+            sl->group->resident--;
+        sl->group = g;
+        g->resident++;
+    }
+    if (slot_cache_hold(&sl->cache, it->blocks, it->n_blocks) != LMSCHED_OK) {
+        /* Not modelled: claim nothing. */
+        g->resident--;
+        sl->group = NULL;
+    }
+    pol_touch(p, g);
+    return cached;
+}
+
+static pol_item *pol_fifo_choose(policy *p, int *slot)
+{
+    *slot = pol_lru_idle(p);
+    for (int lv = POL_LEVELS - 1; lv >= 0; lv--)
+        if (p->lv[lv].head != NULL)
+            return p->lv[lv].head;
+    return NULL;
+}
+
+/* The item has left the queue and belongs to the caller again; it is
+ * running on *slot until policy_slot_done. Loop thread; does not block. */
+pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
+{
+    int s = -1;
+    pol_item *it;
+
+    if (slot != NULL)
+        *slot = -1;
+    if (cached != NULL)
+        *cached = 0;
+    if (p == NULL)
+        return NULL;
+    p->wake_us = INT64_MAX;
+    p->now_us = now_us;
+    if (p->depth == 0 || pol_lru_idle(p) < 0)
+        return NULL;
+    if (p->kind == POL_PREFIX) {
+        /* Holds start when the loop first looks after the slot freed. */
+        for (unsigned i = 0; i < p->n_slots; i++) {
+            pol_slot *sl = &p->slots[i];
+            if (sl->hold_pending) {
+                sl->hold_pending = false;
+                sl->hold_until = now_us + p->tun.gather_us;
+            }
+            if (!sl->busy && sl->hold_until > now_us && sl->hold_until < p->wake_us)
+                p->wake_us = sl->hold_until;
+        }
+    }
+    if (p->kind == POL_PREFIX)
+        it = pol_prefix_choose(p, now_us, &s);
+    else
+        it = pol_fifo_choose(p, &s);
+    if (it == NULL || s < 0)
+        return NULL;
+    if (!p->pinned) {
+        /* Sent without a slot id, it runs where the backend's own rule
+         * puts it; the model follows, so it stays true. */
+        int b = policy_backend_choice(p, it, p->similarity);
+        if (b >= 0 && p->kind == POL_PREFIX && pol_slot_held(p, (unsigned)b, it, now_us))
+            return NULL; /* it would land on a slot kept for a conversation */
+        if (b >= 0)
+            s = b;
+    }
+    uint32_t c = pol_dispatch(p, it, (unsigned)s);
+    if (slot != NULL)
+        *slot = s;
+    if (cached != NULL)
+        *cached = c;
+    return it;
+}
+
+void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
+                      int64_t cached_tokens)
+{
+    if (p == NULL || slot < 0 || (unsigned)slot >= p->n_slots)
+        return;
+    pol_slot *s = &p->slots[slot];
+    if (!s->busy)
+        return;
+    s->busy = false;
+    s->last_used = ++p->lru_clock;
+    pol_group *g = s->run;
+    s->run = NULL;
+    s->hold_pending = ok && g != NULL && p->kind == POL_PREFIX && p->tun.gather_us > 0 &&
+                      pol_group_conv(g) && s->streak < POL_STICKY_TURNS && s->group == g;
+    if (g != NULL) {
+        g->inflight--;
+        g->requests++;
+        if (prompt_tokens > 0)
+            g->prompt_tokens += (uint64_t)prompt_tokens;
+        if (cached_tokens > 0)
+            g->cached_tokens += (uint64_t)cached_tokens;
+        pol_touch(p, g);
+    }
+    if (!ok) {
+        /* The backend may have dropped or half-written the cache. */
+        slot_cache_forget(&s->cache);
+        if (s->group != NULL)
+            s->group->resident--;
+        s->group = NULL;
+    }
+}
+
+/* Mirrors the backend's own rule (llama.cpp's slot selection, which lmsim's
+ * engine copies): strictly longest cached prefix, lowest index on ties, if
+ * it covers at least `similarity` of the prompt, else least recently used. */
+int policy_backend_choice(const policy *p, const pol_item *it, double similarity)
+{
+    if (p == NULL || it == NULL)
+        return -1;
+    int best = -1;
+    uint32_t best_tok = 0;
+    for (unsigned i = 0; i < p->n_slots; i++) {
+        if (p->slots[i].busy)
+            continue;
+        uint64_t t = (uint64_t)pol_cached_blocks(p, i, it) * POL_TOKENS_PER_BLOCK;
+        uint32_t tok = t < it->tokens ? (uint32_t)t : it->tokens;
+        if (tok > best_tok) {
+            best_tok = tok;
+            best = (int)i;
+        }
+    }
+    if (best >= 0 && (double)best_tok >= similarity * (double)it->tokens)
+        return best;
+    return pol_lru_idle(p);
+}
+
+int64_t policy_next_wake(const policy *p)
+{
+    return p != NULL ? p->wake_us : INT64_MAX;
+}
+
+size_t policy_groups(const policy *p, pol_group_info *out, size_t max)
+{
+    size_t n = 0;
+    if (p == NULL || out == NULL)
+        return 0;
+    for (const pol_group *g = p->recent; g != NULL && n < max; g = g->rnext, n++) {
+        pol_group_info *o = &out[n];
+        memset(o, 0, sizeof(*o));
+        o->group = g->id;
+        memcpy(o->label, g->label, sizeof(o->label));
+        o->queued = g->queued;
+        o->inflight = g->inflight;
+        for (unsigned i = 0; i < p->n_slots && i < 32; i++)
+            if (p->slots[i].group == g)
+                o->slots_mask |= 1u << i;
+        o->requests = g->requests;
+        o->prompt_tokens = g->prompt_tokens;
+        o->cached_tokens = g->cached_tokens;
+    }
+    return n;
+}

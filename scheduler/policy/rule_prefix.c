@@ -1,0 +1,212 @@
+/*
+ * policy_prefix - the "prefix" policy's decision: which queued request
+ * starts next and on which idle slot, so that the backend's per-slot
+ * prompt cache is hit as often as possible without starving anyone
+ * (docs/scheduling.md explains each rule and why).
+ *
+ * Design notes: the rules, in order, each applied per priority level from
+ * the highest down (a level whose requests all wait for their leader lets
+ * lower levels use the idle slot):
+ *   1. Urgent: the oldest request of a level that has waited longer than
+ *      starve_us, or was overtaken by more than max_overtakes later
+ *      arrivals, runs now on its best idle slot (highest level first).
+ *   2. Hit: for each idle slot, the queued requests of the group it holds
+ *      (the first POL_SCAN_ITEMS per level, enough to find the deepest
+ *      match of a multi-turn conversation) are compared by cached blocks;
+ *      the deepest match wins, the oldest on ties.
+ *   3. Load: otherwise a group whose prefix no slot holds is loaded into
+ *      the idle slot whose group has the least queued demand: the group
+ *      with the most demand at the level (queued x prefix blocks), oldest
+ *      on ties. Its oldest request is the leader; the others follow it
+ *      onto that slot.
+ *   4. Hold or duplicate: a group whose prefix is on a busy slot waits for
+ *      that slot (its followers would otherwise pay the prefill again),
+ *      unless it has more than POL_DUP_FACTOR queued requests per slot
+ *      holding it; then its prefix is copied onto the idle slot.
+ * Cost per decision: O(slots x POL_SCAN_ITEMS x log blocks) for rule 2
+ * and O(slots log slots) for rules 3-4 (a walk of the level's demand heap
+ * that skips at most one group per busy slot), whatever the queue length
+ * and the number of groups.
+ */
+#include <stdint.h>
+
+#include "scheduler/policy/internal.h"
+
+/* A match worth keeping a slot for: at least one block and at least half
+ * the prefix the item's group shares; without pinning, also enough of the
+ * prompt for the backend's similarity rule to pick that slot. */
+static bool pp_real_hit(const policy *p, uint32_t blocks, const pol_item *it,
+                        const pol_group *g)
+{
+    if (blocks < 1 || (uint64_t)blocks * 2 < g->pfx_blocks)
+        return false;
+    return p->pinned ||
+           (double)blocks * POL_TOKENS_PER_BLOCK >= p->similarity * (double)it->tokens;
+}
+
+/* The idle slot where it has the most cached blocks (LRU on ties); with no
+ * match anywhere, the slot that is cheapest to evict. */
+static int pp_best_slot(const policy *p, const pol_item *it)
+{
+    int best = -1;
+    uint32_t best_c = 0;
+    for (unsigned i = 0; i < p->n_slots; i++) {
+        const pol_slot *s = &p->slots[i];
+        if (s->busy || pol_slot_held(p, i, it, p->now_us))
+            continue;
+        uint32_t c = pol_cached_blocks(p, i, it);
+        if (c > 0 && (best < 0 || c > best_c ||
+                      (c == best_c && s->last_used < p->slots[best].last_used))) {
+            best = (int)i;
+            best_c = c;
+        }
+    }
+    return best >= 0 ? best : pol_evict_slot(p);
+}
+
+/* Rule 1. */
+static pol_item *pp_urgent(policy *p, int64_t now_us, int *slot)
+{
+    unsigned max_ot = p->tun.max_overtakes ? p->tun.max_overtakes : 4 * p->n_slots;
+    for (int lv = POL_LEVELS - 1; lv >= 0; lv--) {
+        /* The head of a level is its oldest and the most overtaken. */
+        pol_item *it = p->lv[lv].head;
+        if (it == NULL)
+            continue;
+        if (now_us - it->enq_us > p->tun.starve_us ||
+            pol_node_of(it)->overtakes > max_ot) {
+            *slot = pp_best_slot(p, it);
+            return it;
+        }
+    }
+    return NULL;
+}
+
+/* Rule 2 at one level. */
+static pol_item *pp_hit(policy *p, int lv, int *slot)
+{
+    pol_item *best = NULL;
+    uint32_t best_c = 0;
+    for (unsigned i = 0; i < p->n_slots; i++) {
+        const pol_slot *s = &p->slots[i];
+        const pol_group *g = s->group;
+        if (s->busy || g == NULL || g->n_lv[lv] == 0)
+            continue;
+        int scan = POL_SCAN_ITEMS;
+        for (const pol_node *n = g->lv[lv].head; n != NULL && scan-- > 0; n = n->gnext) {
+            uint32_t c = pol_cached_blocks(p, i, n->it);
+            if (!pp_real_hit(p, c, n->it, g) || pol_slot_held(p, i, n->it, p->now_us))
+                continue;
+            if (best == NULL || c > best_c || (c == best_c && n->it->seq < best->seq)) {
+                best = n->it;
+                best_c = c;
+                *slot = (int)i;
+            }
+        }
+    }
+    return best;
+}
+
+/* Rule 3's candidates: no slot holds the group's prefix, or nothing of it
+ * runs (so no leader is coming), or it has no prefix worth waiting for. */
+static bool pp_loadable(const pol_group *g)
+{
+    return !pol_group_held(g);
+}
+
+/* Rules 3 and 4 at one level. */
+static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
+{
+    const pol_garr *a = &p->active[lv];
+    pol_group *g = NULL;
+
+    /* Best-first walk of the level's heap (most demand, then oldest on
+     * top). Groups that are not loadable have a request in flight, so at
+     * most one per slot is skipped and the walk stays O(slots log). */
+    size_t open[2 * POL_MAX_SLOTS + 4];
+    size_t n_open = 0;
+    if (a->n > 0)
+        open[n_open++] = 0;
+    while (n_open > 0) {
+        size_t bi = 0;
+        for (size_t k = 1; k < n_open; k++)
+            if (pol_heap_better(a->v[open[k]], a->v[open[bi]], lv))
+                bi = k;
+        size_t i = open[bi];
+        open[bi] = open[--n_open];
+        if (pp_loadable(a->v[i])) {
+            g = a->v[i];
+            break;
+        }
+        if (n_open + 2 > sizeof(open) / sizeof(open[0]))
+            break; /* cannot happen: see above */
+        if (2 * i + 1 < a->n)
+            open[n_open++] = 2 * i + 1;
+        if (2 * i + 2 < a->n)
+            open[n_open++] = 2 * i + 2;
+    }
+    /* Rule 4: every group here waits for a leader; copy the one with the
+     * longest queue per holding slot, if it is long enough, or at once if
+     * a slot is empty and the prefix short (copying it there evicts
+     * nothing and costs less than waiting for the leader's answer; a long
+     * one would also slow the leader's prefill, which shares the engine). */
+    if (g == NULL) {
+        uint64_t best_d = 0;
+        bool empty = false;
+        for (unsigned s = 0; s < p->n_slots && !empty; s++)
+            empty = !p->slots[s].busy && p->slots[s].cache.n_blocks == 0 &&
+                    !pol_slot_held(p, s, NULL, now_us);
+        for (unsigned s = 0; s < p->n_slots; s++) {
+            pol_group *c = p->slots[s].group;
+            if (c == NULL || c->n_lv[lv] == 0 || pp_loadable(c))
+                continue;
+            bool cheap = empty && c->pfx_blocks <= POL_CHEAP_COPY_BLOCKS;
+            if (c->queued <= (cheap ? 0 : POL_DUP_FACTOR * c->resident))
+                continue;
+            uint64_t d = pol_demand(c, lv) / c->resident;
+            if (g == NULL || d > best_d ||
+                (d == best_d && c->lv[lv].head->it->seq < g->lv[lv].head->it->seq)) {
+                g = c;
+                best_d = d;
+            }
+        }
+    }
+    if (g == NULL)
+        return NULL; /* followers wait for their leaders' slots */
+    pol_item *it = g->lv[lv].head->it;
+    int s = pol_evict_slot(p);
+    if (s < 0)
+        return NULL; /* the idle slots are kept for conversations */
+    /* Gather: requests sent together (a coordinator's fan-out) reach the
+     * daemon over a few milliseconds. Loading the first one at once would
+     * evict a prefix that the next ones are about to hit, so a load that
+     * overwrites a cached prefix waits until its request has been queued
+     * gather_us; hits go first meanwhile. */
+    int over = p->pinned ? s : policy_backend_choice(p, it, p->similarity);
+    if (over >= 0 && p->slots[over].cache.n_blocks > 0 && now_us < it->enq_us + p->tun.gather_us) {
+        if (it->enq_us + p->tun.gather_us < p->wake_us)
+            p->wake_us = it->enq_us + p->tun.gather_us;
+        return NULL;
+    }
+    *slot = s;
+    return it;
+}
+
+/* Ownership: returns a queued item (still queued; policy_next dispatches
+ * it) and its idle slot, or NULL. Loop thread; does not block. */
+pol_item *pol_prefix_choose(policy *p, int64_t now_us, int *slot)
+{
+    pol_item *it = pp_urgent(p, now_us, slot);
+    if (it != NULL)
+        return it;
+    for (int lv = POL_LEVELS - 1; lv >= 0; lv--) {
+        if (p->lv[lv].head == NULL)
+            continue;
+        it = pp_hit(p, lv, slot);
+        if (it == NULL)
+            it = pp_load(p, lv, now_us, slot);
+        if (it != NULL)
+            return it;
+    }
+    return NULL;
+}
