@@ -1107,7 +1107,7 @@ static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
         if (w->reqs[i].sent && w->reqs[i].err != LMSCHED_OK) {
             fprintf(
                 stderr, "lmbench: %s/%s: agent %d request %d: %s: %s\n", w->name, policy,
-                w->reqs[i].agent + 1, w->reqs[i].seq + 1, lms_err_name(w->reqs[i].err),
+                w->reqs[i].agent + 1, w->reqs[i].seq + 1, lmsched_err_name(w->reqs[i].err),
                 w->reqs[i].errmsg ? w->reqs[i].errmsg : lmsched_strerror(w->reqs[i].err));
             shown++;
         }

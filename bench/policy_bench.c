@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 #include "scheduler/policy/policy.h"
 #include "scheduler/chat/chain.h"
 

@@ -141,7 +141,7 @@ static void soak_summary(soak *s, const char *label, FILE *out)
             (unsigned long long)err);
     for (int c = 1; c < SOAK_CODES; c++)
         if (s->by_code[c])
-            fprintf(out, " %s=%llu", lms_err_name(c), (unsigned long long)s->by_code[c]);
+            fprintf(out, " %s=%llu", lmsched_err_name(c), (unsigned long long)s->by_code[c]);
     fprintf(out, " p50_ms %.0f p95_ms %.0f\n", p50, p95);
     fflush(out);
     pthread_mutex_unlock(&s->mtx);

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "lmsched/agent.h"
-/* Only for lms_err_name, the short error names lmsched uses everywhere
+/* Only for lmsched_err_name, the short error names lmsched uses everywhere
  * ("deadline", "no_daemon"); agent.h has just the long descriptions. */
 #include "proto/proto.h"
 
@@ -306,7 +306,7 @@ static bool ra_report(const ra_opts *o, long i, const lmsched_result *res, int e
                excerpt);
     } else {
         const char *msg = res != NULL ? lmsched_result_message(res) : NULL;
-        printf("%s role=%s q=%ld error=%s: %s\n", o->agent, o->role, i, lms_err_name(err),
+        printf("%s role=%s q=%ld error=%s: %s\n", o->agent, o->role, i, lmsched_err_name(err),
                msg != NULL ? msg : lmsched_strerror(err));
     }
     fflush(stdout);

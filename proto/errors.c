@@ -1,8 +1,9 @@
 /*
  * errors.c - text for the lmsched_err codes: lmsched_strerror (public, for
- * people) and lms_err_name (stable identifiers for logs and the status JSON).
+ * people) and lmsched_err_name (public, stable identifiers for logs, the status
+ * JSON and bindings).
  * Both switch over the enum with no default, so -Wswitch names any code
- * added to agent.h and not described here.
+ * added to lmsched/wire.h and not described here.
  */
 #include "proto/proto.h"
 
@@ -53,7 +54,7 @@ const char *lmsched_strerror(int err)
     return "unknown error";
 }
 
-const char *lms_err_name(int code)
+const char *lmsched_err_name(int code)
 {
     switch ((lmsched_err)code) {
     case LMSCHED_OK:

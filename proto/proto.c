@@ -55,8 +55,8 @@
 
 void lms_limits_default(lms_limits *lim)
 {
-    lim->max_msg_bytes = 16u * 1024 * 1024;
-    lim->max_text_bytes = 4u * 1024 * 1024;
+    lim->max_msg_bytes = LMSCHED_MAX_MESSAGE_BYTES;
+    lim->max_text_bytes = LMSCHED_MAX_TEXT_BYTES;
     lim->max_name_bytes = 256;
     lim->max_messages = 1024;
     lim->max_stop = 16;

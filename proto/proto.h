@@ -1,8 +1,9 @@
 /*
  * proto - the lmsched wire format: msgpack maps between agents and the
  * scheduler daemon. Encoding and strict decoding only, no I/O. The error
- * codes are the public lmsched_err enum of <lmsched/agent.h>, so an error
- * reply carries the same number the agent library returns.
+ * codes are the public lmsched_err enum of <lmsched/wire.h>, owned here and
+ * included by <lmsched/agent.h>, so an error reply carries the same number
+ * the agent library returns.
  *
  * Every message is one msgpack map with at least "v" (protocol version),
  * "kind" (a string) and "id" (the client's 64-bit correlation id). See
@@ -19,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 
 #define LMS_PROTO_VERSION LMSCHED_PROTOCOL_VERSION
 
@@ -155,11 +156,5 @@ int lms_encode_error(uint64_t id, int code, const char *message, const char *fie
 /* "chat", "chat_reply", ... or "unknown". */
 const char *lms_kind_name(lms_kind kind);
 
-/* Short stable identifier of an error code for logs and status JSON:
- * "ok", "invalid", "nomem", "proto", "version", "busy", "deadline",
- * "timeout", "no_daemon", "closed", "shutdown", "backend_down",
- * "backend_timeout", "backend_http", "backend_crash", "backend_stream",
- * "too_large", "internal", "canceled", "auth"; "unknown" otherwise. */
-const char *lms_err_name(int code);
 
 #endif /* LMSCHED_PROTO_H */

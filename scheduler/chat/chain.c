@@ -18,7 +18,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 
 static const char prefix_im_start[] = "<|im_start|>";
 static const char prefix_im_end[] = "<|im_end|>\n";

@@ -24,10 +24,9 @@
 
 #include <jansson.h>
 
+/* A client of the daemon like any agent: the public header only (its
+ * lmsched_err_name gives the names the status JSON uses). */
 #include "lmsched/agent.h"
-/* Only for lms_err_name and the text limits: the error names printed here must
- * be the ones the status JSON uses ("deadline", "no_daemon", ...). */
-#include "proto/proto.h"
 
 /* Exit codes, documented in docs/cli.md (serve's 4 lives in main.c). */
 enum {
@@ -100,10 +99,10 @@ static int cli_report(int err, const char *detail)
     const char *text = lmsched_strerror(err);
     if (detail != NULL && detail[0] != '\0' && strcmp(detail, text) != 0) {
         char clean[1024];
-        fprintf(stderr, "lmsched: %s: %s: %s\n", lms_err_name(err), text,
+        fprintf(stderr, "lmsched: %s: %s: %s\n", lmsched_err_name(err), text,
                 cli_clean(clean, sizeof(clean), detail, sizeof(clean) - 1));
     } else {
-        fprintf(stderr, "lmsched: %s: %s\n", lms_err_name(err), text);
+        fprintf(stderr, "lmsched: %s: %s\n", lmsched_err_name(err), text);
     }
     return cli_exit_for(err);
 }
@@ -197,7 +196,7 @@ static int cli_open(const char *cmd, const char *url, int timeout_ms, lmsched_cl
  * as without --json. */
 static void cli_print_error_json(int err, const char *msg)
 {
-    json_t *doc = json_pack("{s:{s:s,s:i,s:s}}", "error", "code", lms_err_name(err), "number",
+    json_t *doc = json_pack("{s:{s:s,s:i,s:s}}", "error", "code", lmsched_err_name(err), "number",
                             err, "message",
                             msg != NULL && msg[0] != '\0' ? msg : lmsched_strerror(err));
     if (doc == NULL)
@@ -687,22 +686,20 @@ fail:
 /* Reads a prompt from a file, or stdin for "-"; reports problems itself. */
 static int cli_read_text(const char *what, const char *path, char **outp)
 {
-    lms_limits lim;
-    lms_limits_default(&lim);
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
     if (f == NULL) {
         fprintf(stderr, "lmsched chat: cannot open %s '%s': %s\n", what, path,
                 strerror(errno));
         return -1;
     }
-    int rc = cli_read_all(f, lim.max_text_bytes, outp);
+    int rc = cli_read_all(f, LMSCHED_MAX_TEXT_BYTES, outp);
     int saved = errno;
     if (f != stdin)
         fclose(f);
     if (rc != 0) {
         if (saved == EFBIG)
-            fprintf(stderr, "lmsched chat: the %s is over the %zu byte limit\n", what,
-                    lim.max_text_bytes);
+            fprintf(stderr, "lmsched chat: the %s is over the %u byte limit\n", what,
+                    LMSCHED_MAX_TEXT_BYTES);
         else if (saved == EILSEQ)
             fprintf(stderr, "lmsched chat: the %s contains a NUL byte\n", what);
         else

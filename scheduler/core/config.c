@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 #include "scheduler/memory/budget.h"
 
 /* API paths users paste with the server's URL (LM Studio's UI shows
@@ -453,7 +453,7 @@ int config_parse(sched_config *cfg, int argc, char **argv)
             config_usage(stdout);
             return 1;
         case OPT_VERSION:
-            printf("lmsched %s (protocol %d)\n", LMSCHED_VERSION, LMSCHED_PROTOCOL_VERSION);
+            printf("lmsched %s (protocol %d)\n", LMSCHED_SERVE_VERSION, LMSCHED_PROTOCOL_VERSION);
             return 1;
         default:
             fprintf(stderr, "lmsched serve: unknown or incomplete option '%s' (see --help)\n",

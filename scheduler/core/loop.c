@@ -211,7 +211,7 @@ static void job_fail(sched *s, job *j, int code, const char *msg)
     if (code >= 0 && code < (int)(sizeof(s->st.failed_by_code) / sizeof(s->st.failed_by_code[0])))
         s->st.failed_by_code[code]++;
     log_debug("request %u/%" PRIu64 " from %s failed: %s: %s", j->pipe, j->id,
-              j->req.agent ? j->req.agent : "?", lms_err_name(code), msg);
+              j->req.agent ? j->req.agent : "?", lmsched_err_name(code), msg);
     sched_send_error(s, j->ctx, j->id, code, msg, NULL);
     job_free(j);
 }

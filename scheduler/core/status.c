@@ -48,7 +48,7 @@ char *status_json(const sched *s)
     for (int c = 0; c < (int)(sizeof(s->st.failed_by_code) / sizeof(s->st.failed_by_code[0]));
          c++)
         if (s->st.failed_by_code[c])
-            json_object_set_new(failed, lms_err_name(c), json_integer((json_int_t)s->st.failed_by_code[c]));
+            json_object_set_new(failed, lmsched_err_name(c), json_integer((json_int_t)s->st.failed_by_code[c]));
 
     json_t *be = json_pack(
         "{s:s,s:s,s:b,s:o,s:o,s:o,s:o,s:o}", "url", s->cfg.backend, "kind", s->be.kind,
@@ -104,7 +104,7 @@ char *status_json(const sched *s)
     json_t *doc = json_pack(
         "{s:s,s:i,s:i,s:f,s:s,s:s,s:o,s:o,s:{s:i,s:i},s:i,s:o,s:{s:o,s:o,s:o},"
         "s:{s:I,s:I,s:I,s:o},s:o}",
-        "version", LMSCHED_VERSION, "protocol", LMSCHED_PROTOCOL_VERSION, "pid", (int)getpid(),
+        "version", LMSCHED_SERVE_VERSION, "protocol", LMSCHED_PROTOCOL_VERSION, "pid", (int)getpid(),
         "uptime_s", (double)(now - s->start_us) / 1e6, "listen", s->cfg.listen, "policy",
         policy_name(s->pol), "backend", be, "memory", memory, "queue", "depth",
         (int)s->queued, "max", (int)s->cfg.max_queue, "inflight", (int)s->inflight, "requests",

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 #include "scheduler/policy/internal.h"
 
 #define POL_SPARE_MAX 1024

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 
 /* 0 marks an empty cell; a real hash of 0 is stored as 1 (a collision with
  * a hash of 1 merely counts one block as held). */

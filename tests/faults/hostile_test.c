@@ -169,7 +169,7 @@ static void expect(h_env *e, counts *c, const char *name, const void *buf, size_
 {
     outcome o = send_raw(e, buf, len);
     count(c, &o);
-    printf("  %-28s -> %s%s%s: %s\n", name, o.dropped ? "dropped" : lms_err_name(o.code),
+    printf("  %-28s -> %s%s%s: %s\n", name, o.dropped ? "dropped" : lmsched_err_name(o.code),
            o.field[0] ? " field " : "", o.field, o.message);
     assert_false(o.dropped);
     assert_int_equal(o.code, code);

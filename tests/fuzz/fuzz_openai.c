@@ -82,7 +82,7 @@ static void fz_check_error(int rc, const oa_error *err)
 
     FZ_CHECK(rc != LMSCHED_OK, "error check on success");
     FZ_CHECK(err->code == rc, "err.code %d but returned %d", err->code, rc);
-    FZ_CHECK(strcmp(lms_err_name(rc), "unknown") != 0, "unknown error code %d", rc);
+    FZ_CHECK(strcmp(lmsched_err_name(rc), "unknown") != 0, "unknown error code %d", rc);
     FZ_CHECK(n < sizeof(err->message), "error message not terminated");
     FZ_CHECK(n > 0, "empty error message");
     for (size_t i = 0; i < n; i++)

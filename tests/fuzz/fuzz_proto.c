@@ -279,7 +279,7 @@ static void fz_check_rejection(int rc, const lms_decode_err *err, const lms_msg 
 
     FZ_CHECK(rc == LMSCHED_EPROTO || rc == LMSCHED_EVERSION || rc == LMSCHED_ETOOLARGE ||
                  rc == LMSCHED_ENOMEM,
-             "decode returned %d (%s)", rc, lms_err_name(rc));
+             "decode returned %d (%s)", rc, lmsched_err_name(rc));
     FZ_CHECK(err->code == rc, "err.code %d but returned %d", err->code, rc);
     FZ_CHECK(memchr(err->message, '\0', sizeof(err->message)) != NULL &&
                  err->message[0] != '\0',

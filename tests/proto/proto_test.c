@@ -1294,21 +1294,21 @@ static void test_error_strings(void **state)
     const char *names[LMSCHED_EAUTH + 1];
 
     for (int c = LMSCHED_OK; c <= LMSCHED_EAUTH; c++) {
-        names[c] = lms_err_name(c);
+        names[c] = lmsched_err_name(c);
         assert_string_not_equal(names[c], "unknown");
         assert_string_not_equal(lmsched_strerror(c), "unknown error");
         for (int j = 0; j < c; j++) {
             assert_string_not_equal(names[j], names[c]);
         }
     }
-    assert_string_equal(lms_err_name(LMSCHED_OK), "ok");
-    assert_string_equal(lms_err_name(LMSCHED_EBACKEND_CRASH), "backend_crash");
-    assert_string_equal(lms_err_name(LMSCHED_ETOOLARGE), "too_large");
+    assert_string_equal(lmsched_err_name(LMSCHED_OK), "ok");
+    assert_string_equal(lmsched_err_name(LMSCHED_EBACKEND_CRASH), "backend_crash");
+    assert_string_equal(lmsched_err_name(LMSCHED_ETOOLARGE), "too_large");
     assert_string_equal(lmsched_strerror(LMSCHED_EBUSY), "scheduler queue is full");
     assert_string_equal(lmsched_strerror(LMSCHED_ENODAEMON),
                         "lmsched daemon is not reachable");
-    assert_string_equal(lms_err_name(999), "unknown");
-    assert_string_equal(lms_err_name(-1), "unknown");
+    assert_string_equal(lmsched_err_name(999), "unknown");
+    assert_string_equal(lmsched_err_name(-1), "unknown");
     assert_string_equal(lmsched_strerror(999), "unknown error");
 
     assert_string_equal(lms_kind_name(LMS_KIND_STATUS_REPLY), "status_reply");

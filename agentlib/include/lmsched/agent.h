@@ -2,9 +2,10 @@
  * lmsched/agent.h - the client library for agents that send chat requests
  * through the lmsched scheduler instead of talking to the LLM server directly.
  *
- * This is the one installed public header of liblmsched-agent. It includes
- * only <stddef.h>, <stdint.h> and <stdbool.h>; every object is opaque and
- * built with typed setters.
+ * This is the public header of liblmsched-agent. It includes only <stddef.h>,
+ * <stdint.h>, <stdbool.h> and <lmsched/wire.h> (the protocol's constants and
+ * error codes, installed beside it); every object is opaque and built with
+ * typed setters.
  *
  * Threads: every function may be called from any thread, and one client
  * handle may be shared by many threads at once. No function blocks forever:
@@ -23,17 +24,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The protocol's constants and the error codes (owned by the wire format). */
+#include <lmsched/wire.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#if defined(LMSCHED_STATIC_LIB)
-#define LMSCHED_DECL
-#elif defined(__GNUC__)
-#define LMSCHED_DECL __attribute__((visibility("default")))
-#else
-#define LMSCHED_DECL
-#endif
 
 /* Version of this header. CMake reads these three lines. */
 #define LMSCHED_VERSION_MAJOR 0
@@ -42,13 +39,6 @@ extern "C" {
 #define LMSCHED_VERSION "0.1.0"
 #define LMSCHED_VERSION_NUM 0x000100
 
-/* The wire protocol version spoken by this library (see docs/protocol.md). */
-#define LMSCHED_PROTOCOL_VERSION 1
-
-/* The largest max_tokens a request may carry (2^20); the wire protocol,
- * lmsched_request_set_max_tokens and `lmsched chat --max-tokens` all take
- * 1 .. LMSCHED_MAX_TOKENS_MAX. */
-#define LMSCHED_MAX_TOKENS_MAX 1048576
 
 /* Default for timeouts given as <= 0: ten minutes, long enough for a slow
  * local model to answer a long prompt behind a full queue. */
@@ -57,36 +47,6 @@ extern "C" {
 /* Runtime version of the library, e.g. "0.1.0". */
 LMSCHED_DECL const char *lmsched_version(void);
 
-/*
- * Error codes. These numbers are part of the wire protocol (error replies
- * carry them) and of the ABI: they are never renumbered, and a retired code
- * stays as a placeholder.
- */
-typedef enum lmsched_err {
-    LMSCHED_OK = 0,
-    LMSCHED_EINVAL = 1,          /* invalid argument from the caller */
-    LMSCHED_ENOMEM = 2,          /* out of memory */
-    LMSCHED_EPROTO = 3,          /* malformed or invalid protocol message */
-    LMSCHED_EVERSION = 4,        /* protocol version not supported */
-    LMSCHED_EBUSY = 5,           /* scheduler queue full, try again later */
-    LMSCHED_EDEADLINE = 6,       /* request deadline passed before it ran */
-    LMSCHED_ETIMEDOUT = 7,       /* no reply within the caller's timeout */
-    LMSCHED_ENODAEMON = 8,       /* scheduler daemon not reachable */
-    LMSCHED_ECLOSED = 9,         /* client handle closed */
-    LMSCHED_ESHUTDOWN = 10,      /* scheduler shutting down */
-    LMSCHED_EBACKEND_DOWN = 11,  /* LLM server unreachable */
-    LMSCHED_EBACKEND_TIMEOUT = 12, /* LLM server did not answer in time */
-    LMSCHED_EBACKEND_HTTP = 13,  /* LLM server answered with an HTTP error */
-    LMSCHED_EBACKEND_CRASH = 14, /* model crashed ("Channel Error") */
-    LMSCHED_EBACKEND_STREAM = 15, /* broken or malformed response stream */
-    LMSCHED_ETOOLARGE = 16,      /* message or field over a configured limit */
-    LMSCHED_EINTERNAL = 17,      /* internal error in the scheduler */
-    LMSCHED_ECANCELED = 18,      /* request canceled */
-    LMSCHED_EAUTH = 19,          /* authentication required or refused */
-} lmsched_err;
-
-/* A short English description of an error code; never NULL. */
-LMSCHED_DECL const char *lmsched_strerror(int err);
 
 /* ---- client ----------------------------------------------------------- */
 

@@ -17,7 +17,7 @@
 #include <jansson.h>
 #include <xxhash.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 #include "scheduler/chat/chain.h"
 #include "sim/api.h"
 

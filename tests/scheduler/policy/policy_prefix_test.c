@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 #include "scheduler/policy/policy.h"
 #include "scheduler/chat/chain.h"
 

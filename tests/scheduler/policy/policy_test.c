@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "lmsched/agent.h"
+#include "lmsched/wire.h"
 #include "scheduler/policy/policy.h"
 
 #define NITEMS 16
