@@ -1,7 +1,9 @@
 /*
- * policy_int - the policy's internal state, shared by policy.c (queue,
- * groups, slots, fifo) and policy_prefix.c (the prefix decision). Nothing
- * outside those two files includes it.
+ * internal - the policy's internal state and its rule table, shared by the
+ * files of scheduler/policy/ only: policy.c (the public API: queue, groups,
+ * dispatch bookkeeping), state.c (the queries every rule makes) and the
+ * rules (rule_fifo.c, rule_prefix.c). Calls go policy.c -> rules -> state.c
+ * and policy.c -> state.c, never back.
  */
 #ifndef LMSCHED_POLICY_INT_H
 #define LMSCHED_POLICY_INT_H
@@ -45,7 +47,23 @@
 #define POL_STICKY_TURNS 1
 #define POL_TOKENS_PER_BLOCK (PREFIX_BLOCK_BYTES / PREFIX_BYTES_PER_TOKEN)
 
-enum { POL_FIFO, POL_PREFIX };
+struct policy;
+
+/* A queue policy's decision, as a table of functions: policy.c looks the
+ * rule up by name and calls it; nothing else tells policies apart. */
+typedef struct pol_rule {
+    const char *name;
+    /* The queued item to start next and its idle slot (*slot), the item
+     * still queued (policy_next dispatches it), or NULL to start nothing
+     * now. May lower p->wake_us to when it could choose differently. */
+    pol_item *(*choose)(struct policy *p, int64_t now_us, int *slot);
+    /* Keeps a slot that just served a conversation's turn for its next
+     * turn (gather_us), and refuses to dispatch onto such a slot. */
+    bool holds_slots;
+} pol_rule;
+
+extern const pol_rule pol_rule_fifo;
+extern const pol_rule pol_rule_prefix;
 
 struct pol_group;
 
@@ -100,7 +118,7 @@ typedef struct pol_garr {
 } pol_garr;
 
 struct policy {
-    int kind;
+    const pol_rule *rule;
     size_t max_queue;
     size_t depth;
     size_t n_deadline;    /* queued items with deadline_us != 0 */
@@ -136,11 +154,27 @@ static inline pol_node *pol_node_of(const pol_item *it)
     return (pol_node *)it->priv;
 }
 
+/* ---- state.c -------------------------------------------------------- */
+
 /* A group's demand at a level: queued items there x prefix blocks (at
  * least 1). The per-level heaps put the highest demand on top, the oldest
  * head on ties (pol_heap_better). */
 uint64_t pol_demand(const pol_group *g, int lv);
 bool pol_heap_better(const pol_group *a, const pol_group *b, int lv);
+void pol_heap_set(pol_garr *a, size_t i, pol_group *g, int lv);
+/* Restores heap order around position i after its group's key changed. */
+void pol_heap_fix(pol_garr *a, size_t i, int lv);
+/* Room for one more group; LMSCHED_OK or LMSCHED_ENOMEM. */
+int pol_heap_reserve(pol_garr *a);
+/* g must have an item at lv and room reserved. */
+void pol_heap_add(pol_garr *a, pol_group *g, int lv);
+void pol_heap_del(pol_garr *a, size_t pos, int lv);
+/* Cached tokens for a number of held blocks (at most tokens - 1). */
+uint32_t pol_block_tokens(uint32_t blocks, const pol_item *it);
+/* The least recently used idle slot, -1 if none. */
+int pol_lru_idle(const policy *p);
+/* The idle slot the backend itself would pick (see policy_backend_choice). */
+int pol_backend_choice(const policy *p, const pol_item *it, double similarity);
 /* Cached blocks of it's prompt in slot s, per the model. */
 uint32_t pol_cached_blocks(const policy *p, unsigned s, const pol_item *it);
 /* A group whose prefix is on a slot where one of its requests runs: its
@@ -163,8 +197,5 @@ bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_
  * one whose group has the least queued demand per holding slot, LRU on
  * ties. -1 if no slot is idle. */
 int pol_evict_slot(const policy *p);
-/* The prefix policy's choice, without dispatching: the item and *slot, or
- * NULL. */
-pol_item *pol_prefix_choose(policy *p, int64_t now_us, int *slot);
 
 #endif /* LMSCHED_POLICY_INT_H */

@@ -1,7 +1,8 @@
 /*
  * policy - the queue of waiting requests, the prefix groups they belong to,
- * the model of the backend's slots, and the "fifo" policy (see policy.h;
- * the "prefix" decision lives in policy_prefix.c).
+ * and the bookkeeping of the backend's slots (see policy.h). The decision
+ * itself is a rule from a table (internal.h): rule_fifo.c, rule_prefix.c;
+ * the queries the rules share are in state.c.
  *
  * Design notes: every queued item is on two intrusive lists. One list per
  * priority level in arrival order (it->prev/next) gives FIFO order, expiry
@@ -26,6 +27,9 @@
 #include "scheduler/policy/internal.h"
 
 #define POL_SPARE_MAX 1024
+
+/* The policies, by name; the first is the default of `lmsched serve`. */
+static const pol_rule *const pol_rules[] = {&pol_rule_prefix, &pol_rule_fifo};
 #define POL_DEFAULT_STARVE_US (30LL * 1000 * 1000)
 #define POL_DEFAULT_GATHER_US (10LL * 1000)
 
@@ -199,78 +203,12 @@ static bool pol_group_learn(pol_group *g, const pol_item *it)
     return true;
 }
 
-/* Per level, the groups with queued items at that level form a binary
- * max-heap by (demand at the level, oldest head), so the prefix policy's
- * load choice does not scan every group. */
-uint64_t pol_demand(const pol_group *g, int lv)
-{
-    return (uint64_t)g->n_lv[lv] * (g->pfx_blocks ? g->pfx_blocks : 1);
-}
 
-bool pol_heap_better(const pol_group *a, const pol_group *b, int lv)
-{
-    uint64_t da = pol_demand(a, lv), db = pol_demand(b, lv);
-    if (da != db)
-        return da > db;
-    return a->lv[lv].head->it->seq < b->lv[lv].head->it->seq;
-}
 
-static void pol_heap_set(pol_garr *a, size_t i, pol_group *g, int lv)
-{
-    a->v[i] = g;
-    g->lv_pos[lv] = i;
-}
 
-/* Restores heap order around position i after g's key changed. */
-static void pol_heap_fix(pol_garr *a, size_t i, int lv)
-{
-    pol_group *g = a->v[i];
-    while (i > 0 && pol_heap_better(g, a->v[(i - 1) / 2], lv)) {
-        pol_heap_set(a, i, a->v[(i - 1) / 2], lv);
-        i = (i - 1) / 2;
-    }
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= a->n)
-            break;
-        if (c + 1 < a->n && pol_heap_better(a->v[c + 1], a->v[c], lv))
-            c++;
-        if (!pol_heap_better(a->v[c], g, lv))
-            break;
-        pol_heap_set(a, i, a->v[c], lv);
-        i = c;
-    }
-    pol_heap_set(a, i, g, lv);
-}
 
-static int pol_heap_reserve(pol_garr *a)
-{
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 16;
-        pol_group **v = realloc(a->v, cap * sizeof(*v));
-        if (v == NULL)
-            return LMSCHED_ENOMEM;
-        a->v = v;
-        a->cap = cap;
-    }
-    return LMSCHED_OK;
-}
 
-/* g must have an item at lv and room reserved. */
-static void pol_heap_add(pol_garr *a, pol_group *g, int lv)
-{
-    pol_heap_set(a, a->n++, g, lv);
-    pol_heap_fix(a, a->n - 1, lv);
-}
 
-static void pol_heap_del(pol_garr *a, size_t pos, int lv)
-{
-    pol_group *last = a->v[--a->n];
-    if (pos == a->n)
-        return;
-    pol_heap_set(a, pos, last, lv);
-    pol_heap_fix(a, pos, lv);
-}
 
 /* ---- alloc / free -------------------------------------------------- */
 
@@ -294,25 +232,25 @@ static void pol_slots_release(policy *p)
 int policy_alloc(policy **pp, const char *name, size_t max_queue)
 {
     policy *p = NULL;
-    int rv, kind;
+    const pol_rule *rule = NULL;
+    int rv;
 
     if (pp == NULL)
         return LMSCHED_EINVAL;
     *pp = NULL;
     if (name == NULL || max_queue == 0)
         return LMSCHED_EINVAL;
-    if (strcmp(name, "fifo") == 0)
-        kind = POL_FIFO;
-    else if (strcmp(name, "prefix") == 0)
-        kind = POL_PREFIX;
-    else
+    for (size_t i = 0; i < sizeof(pol_rules) / sizeof(pol_rules[0]); i++)
+        if (strcmp(name, pol_rules[i]->name) == 0)
+            rule = pol_rules[i];
+    if (rule == NULL)
         return LMSCHED_EINVAL;
     p = calloc(1, sizeof(*p));
     if (p == NULL) {
         rv = LMSCHED_ENOMEM;
         goto fail;
     }
-    p->kind = kind;
+    p->rule = rule;
     p->max_queue = max_queue;
     p->deadline_low = INT64_MAX;
     p->tun.starve_us = POL_DEFAULT_STARVE_US;
@@ -376,7 +314,7 @@ const char *policy_name(const policy *p)
 {
     if (p == NULL)
         return "";
-    return p->kind == POL_PREFIX ? "prefix" : "fifo";
+    return p->rule->name;
 }
 
 void policy_set_tuning(policy *p, const policy_tuning *t)
@@ -650,59 +588,10 @@ size_t policy_depth(const policy *p)
 
 /* ---- slots and dispatch -------------------------------------------- */
 
-uint32_t pol_cached_blocks(const policy *p, unsigned s, const pol_item *it)
-{
-    return slot_cache_match(&p->slots[s].cache, it->blocks, it->n_blocks);
-}
 
-/* Cached tokens for a number of held blocks. The backend always evaluates
- * at least the last prompt token, so at most tokens - 1 are reused. */
-static uint32_t pol_block_tokens(uint32_t blocks, const pol_item *it)
-{
-    uint64_t t = (uint64_t)blocks * POL_TOKENS_PER_BLOCK;
-    uint32_t cap = it->tokens > 0 ? it->tokens - 1 : 0;
-    return t < cap ? (uint32_t)t : cap;
-}
 
-bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_us)
-{
-    const pol_slot *sl = &p->slots[s];
-    if (sl->busy || sl->hold_until <= now_us)
-        return false;
-    return it == NULL || pol_cached_blocks(p, s, it) < sl->cache.n_blocks;
-}
 
-static int pol_lru_idle(const policy *p)
-{
-    int lru = -1;
-    for (unsigned i = 0; i < p->n_slots; i++) {
-        const pol_slot *s = &p->slots[i];
-        if (!s->busy && (lru < 0 || s->last_used < p->slots[lru].last_used))
-            lru = (int)i;
-    }
-    return lru;
-}
 
-int pol_evict_slot(const policy *p)
-{
-    int best = -1;
-    uint64_t best_demand = 0;
-    for (unsigned i = 0; i < p->n_slots; i++) {
-        const pol_slot *s = &p->slots[i];
-        if (s->busy || pol_slot_held(p, i, NULL, p->now_us))
-            continue;
-        uint64_t d = 0;
-        const pol_group *g = s->group;
-        if (g != NULL && g->resident > 0)
-            d = (uint64_t)g->queued * g->pfx_blocks / g->resident;
-        if (best < 0 || d < best_demand ||
-            (d == best_demand && s->last_used < p->slots[best].last_used)) {
-            best = (int)i;
-            best_demand = d;
-        }
-    }
-    return best;
-}
 
 /* Starts it on slot s: it leaves the queue, the slot is busy and modelled
  * as holding its prompt. Returns the prompt tokens expected cached. */
@@ -754,14 +643,6 @@ static uint32_t pol_dispatch(policy *p, pol_item *it, unsigned s)
     return cached;
 }
 
-static pol_item *pol_fifo_choose(policy *p, int *slot)
-{
-    *slot = pol_lru_idle(p);
-    for (int lv = POL_LEVELS - 1; lv >= 0; lv--)
-        if (p->lv[lv].head != NULL)
-            return p->lv[lv].head;
-    return NULL;
-}
 
 /* The item has left the queue and belongs to the caller again; it is
  * running on *slot until policy_slot_done. Loop thread; does not block. */
@@ -780,7 +661,7 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
     p->now_us = now_us;
     if (p->depth == 0 || pol_lru_idle(p) < 0)
         return NULL;
-    if (p->kind == POL_PREFIX) {
+    if (p->rule->holds_slots) {
         /* Holds start when the loop first looks after the slot freed. */
         for (unsigned i = 0; i < p->n_slots; i++) {
             pol_slot *sl = &p->slots[i];
@@ -792,17 +673,14 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
                 p->wake_us = sl->hold_until;
         }
     }
-    if (p->kind == POL_PREFIX)
-        it = pol_prefix_choose(p, now_us, &s);
-    else
-        it = pol_fifo_choose(p, &s);
+    it = p->rule->choose(p, now_us, &s);
     if (it == NULL || s < 0)
         return NULL;
     if (!p->pinned) {
         /* Sent without a slot id, it runs where the backend's own rule
          * puts it; the model follows, so it stays true. */
-        int b = policy_backend_choice(p, it, p->similarity);
-        if (b >= 0 && p->kind == POL_PREFIX && pol_slot_held(p, (unsigned)b, it, now_us))
+        int b = pol_backend_choice(p, it, p->similarity);
+        if (b >= 0 && p->rule->holds_slots && pol_slot_held(p, (unsigned)b, it, now_us))
             return NULL; /* it would land on a slot kept for a conversation */
         if (b >= 0)
             s = b;
@@ -827,7 +705,7 @@ void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
     s->last_used = ++p->lru_clock;
     pol_group *g = s->run;
     s->run = NULL;
-    s->hold_pending = ok && g != NULL && p->kind == POL_PREFIX && p->tun.gather_us > 0 &&
+    s->hold_pending = ok && g != NULL && p->rule->holds_slots && p->tun.gather_us > 0 &&
                       pol_group_conv(g) && s->streak < POL_STICKY_TURNS && s->group == g;
     if (g != NULL) {
         g->inflight--;
@@ -847,28 +725,12 @@ void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
     }
 }
 
-/* Mirrors the backend's own rule (llama.cpp's slot selection, which lmsim's
- * engine copies): strictly longest cached prefix, lowest index on ties, if
- * it covers at least `similarity` of the prompt, else least recently used. */
+
 int policy_backend_choice(const policy *p, const pol_item *it, double similarity)
 {
     if (p == NULL || it == NULL)
         return -1;
-    int best = -1;
-    uint32_t best_tok = 0;
-    for (unsigned i = 0; i < p->n_slots; i++) {
-        if (p->slots[i].busy)
-            continue;
-        uint64_t t = (uint64_t)pol_cached_blocks(p, i, it) * POL_TOKENS_PER_BLOCK;
-        uint32_t tok = t < it->tokens ? (uint32_t)t : it->tokens;
-        if (tok > best_tok) {
-            best_tok = tok;
-            best = (int)i;
-        }
-    }
-    if (best >= 0 && (double)best_tok >= similarity * (double)it->tokens)
-        return best;
-    return pol_lru_idle(p);
+    return pol_backend_choice(p, it, similarity);
 }
 
 int64_t policy_next_wake(const policy *p)

@@ -1,5 +1,5 @@
 /*
- * policy_prefix - the "prefix" policy's decision: which queued request
+ * rule_prefix - the "prefix" policy's decision: which queued request
  * starts next and on which idle slot, so that the backend's per-slot
  * prompt cache is hit as often as possible without starving anyone
  * (docs/scheduling.md explains each rule and why).
@@ -182,7 +182,7 @@ static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
      * evict a prefix that the next ones are about to hit, so a load that
      * overwrites a cached prefix waits until its request has been queued
      * gather_us; hits go first meanwhile. */
-    int over = p->pinned ? s : policy_backend_choice(p, it, p->similarity);
+    int over = p->pinned ? s : pol_backend_choice(p, it, p->similarity);
     if (over >= 0 && p->slots[over].cache.n_blocks > 0 && now_us < it->enq_us + p->tun.gather_us) {
         if (it->enq_us + p->tun.gather_us < p->wake_us)
             p->wake_us = it->enq_us + p->tun.gather_us;
@@ -194,7 +194,7 @@ static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
 
 /* Ownership: returns a queued item (still queued; policy_next dispatches
  * it) and its idle slot, or NULL. Loop thread; does not block. */
-pol_item *pol_prefix_choose(policy *p, int64_t now_us, int *slot)
+static pol_item *prefix_choose(policy *p, int64_t now_us, int *slot)
 {
     pol_item *it = pp_urgent(p, now_us, slot);
     if (it != NULL)
@@ -210,3 +210,9 @@ pol_item *pol_prefix_choose(policy *p, int64_t now_us, int *slot)
     }
     return NULL;
 }
+
+const pol_rule pol_rule_prefix = {
+    .name = "prefix",
+    .choose = prefix_choose,
+    .holds_slots = true,
+};
