@@ -1,7 +1,8 @@
 /*
  * simcfg - lmsim's command line: the simulated machine (slots, context,
  * speeds), the model it pretends to serve, and the faults it injects.
- * Defaults model an M4 Pro running an 8B Q4 model under LM Studio.
+ * Defaults model an M4 Pro running an 8B Q4 model under LM Studio. The
+ * flags are one option table (scheduler/util/opt), as the daemon's are.
  */
 #ifndef LMSIM_CONFIG_H
 #define LMSIM_CONFIG_H
@@ -9,6 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "scheduler/util/log.h"
 
 /* Upper bounds on what the command line may ask for; they keep memory and
  * arithmetic bounded, not a limit of the model. */
@@ -27,10 +30,10 @@ typedef enum sim_garbage_mode {
 
 typedef struct sim_config {
     int port;               /* 0: pick a free port */
-    const char *port_file;  /* NULL: none; points into argv */
+    char port_file[4096];   /* "": none */
     unsigned slots;         /* parallel sequences (LM Studio "parallel") */
     unsigned ctx;           /* context per slot, tokens */
-    const char *model;      /* model key; points into argv or a literal */
+    char model[SIMCFG_MAX_MODEL_NAME + 1]; /* model key */
     int64_t model_size;     /* bytes, reported as size_bytes */
     double slot_similarity; /* fraction of the prompt a cached prefix must cover */
     double prefill_tps;     /* prompt tokens/s shared by all prefilling sequences */
@@ -51,16 +54,21 @@ typedef struct sim_config {
     int garbage_mode;      /* enum sim_garbage_mode */
     uint64_t garbage_bytes; /* length of a SIM_GARBAGE_HUGE stream */
     uint64_t seed;
-    int log_level; /* enum simlog_level */
+    log_level log_level;
     bool instant;  /* answer chats at once, outside the engine (--instant) */
 } sim_config;
+
+struct opt_table;
 
 /* Fills cfg with the defaults. */
 void simcfg_init(sim_config *cfg);
 
-/* Parses argv into cfg (string fields point into argv afterwards). Returns 0
- * to run, 1 when --help or --version was printed to out (exit 0), -1 after
- * printing an error to err (exit 2). Not thread-safe (getopt). */
+/* Parses argv into cfg. Returns 0 to run, 1 when --help, --version or
+ * --help-markdown was printed to out (exit 0), -1 after printing an error
+ * to err (exit 2). Not thread-safe (getopt); permutes argv. */
 int simcfg_parse(sim_config *cfg, int argc, char **argv, FILE *out, FILE *err);
+
+/* The option table (util/opt): what --help and the docs are made from. */
+const struct opt_table *simcfg_options(void);
 
 #endif /* LMSIM_CONFIG_H */

@@ -30,7 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "sim/log.h"
+#include "scheduler/util/log.h"
 
 /* Remaining work below this counts as done (floating-point slack). */
 #define SIMENG_EPS_TOKENS 1e-6
@@ -342,8 +342,8 @@ static void simeng_crash(sim_engine *e)
     e->fault_cut += cut;
     e->fault_crash_failed += failed;
     e->errors_injected += cut + failed;
-    simlog(SIMLOG_WARN, "injected model crash: %u stream(s) cut, %u request(s) failed",
-           cut, failed);
+    log_warn("injected model crash: %u stream(s) cut, %u request(s) failed",
+             cut, failed);
     if (e->cfg->crash_exit) {
         e->exit_pending = true;
         pthread_cond_signal(&e->wake);
@@ -406,8 +406,8 @@ static void simeng_place(sim_engine *e, sim_req *r, int slot, double t)
         r->t_prefill = t;
     }
     e->changed = true;
-    simlog(SIMLOG_DEBUG, "req %llu -> slot %d: prompt %u, cached %u",
-           (unsigned long long)r->id, slot, r->prompt_n, r->cache_n);
+    log_debug("req %llu -> slot %d: prompt %u, cached %u",
+              (unsigned long long)r->id, slot, r->prompt_n, r->cache_n);
 }
 
 /* Moves waiting requests into idle slots, in arrival order. A request
@@ -581,7 +581,7 @@ static void simeng_crash_exit(sim_engine *e)
         if (pthread_cond_timedwait(&e->wake, &e->mu, &deadline) == ETIMEDOUT)
             break;
     }
-    simlog(SIMLOG_WARN, "exiting with status 3 after the injected crash (--crash-exit)");
+    log_warn("exiting with status 3 after the injected crash (--crash-exit)");
     fflush(stdout);
     fflush(stderr);
     _exit(3);
@@ -787,8 +787,8 @@ sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
         r->fail_body = simeng_channel_error;
         e->fault_fail++;
         e->errors_injected++;
-        simlog(SIMLOG_INFO, "req %llu: injected Channel Error",
-               (unsigned long long)r->id);
+        log_info("req %llu: injected Channel Error",
+                 (unsigned long long)r->id);
         goto out;
     }
     /* Drawn only when asked for, so runs without these faults keep the
@@ -800,7 +800,7 @@ sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
         e->hanging++;
         e->fault_hang++;
         e->errors_injected++;
-        simlog(SIMLOG_INFO, "req %llu: injected hang", (unsigned long long)r->id);
+        log_info("req %llu: injected hang", (unsigned long long)r->id);
         goto out;
     }
     if (simeng_draw(e, cfg->garbage_rate)) {
@@ -810,8 +810,8 @@ sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
             r->garbage_mode = (int)(simeng_uniform(e) * 4.0) % 4;
         e->fault_garbage++;
         e->errors_injected++;
-        simlog(SIMLOG_INFO, "req %llu: injected garbage (mode %d)", (unsigned long long)r->id,
-               r->garbage_mode);
+        log_info("req %llu: injected garbage (mode %d)", (unsigned long long)r->id,
+                 r->garbage_mode);
         goto out;
     }
     if (simeng_draw(e, cfg->spike_rate) && cfg->spike_ms > 0) {
@@ -955,8 +955,8 @@ void simeng_release(sim_engine *e, sim_req *r)
         r->next = NULL;
         simeng_finish(e, r, SIM_CANCELLED);
     } else if (!simeng_final(r->state)) {
-        simlog(SIMLOG_DEBUG, "req %llu: client gone after %u token(s)",
-               (unsigned long long)r->id, r->n_gen);
+        log_debug("req %llu: client gone after %u token(s)",
+                  (unsigned long long)r->id, r->n_gen);
         simeng_finish(e, r, SIM_CANCELLED);
         simeng_admit(e, e->sim_now);
     }
@@ -994,7 +994,7 @@ void simeng_reset(sim_engine *e)
     e->rng = e->cfg->seed;
     e->stats_base = e->sim_now;
     pthread_mutex_unlock(&e->mu);
-    simlog(SIMLOG_INFO, "state reset");
+    log_info("state reset");
 }
 
 void simeng_stats(sim_engine *e, sim_stats *st)

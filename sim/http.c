@@ -35,8 +35,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "scheduler/util/log.h"
 #include "sim/api.h"
-#include "sim/log.h"
 
 /* How often a blocked connection thread checks its peer, wall ms. */
 #define SIMHTTP_POLL_MS 100u
@@ -93,7 +93,7 @@ static void simhttp_mhd_log(void *cls, const char *fmt, va_list ap)
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
     /* MHD reports every client hang-up; that is routine here. */
-    simlog(SIMLOG_DEBUG, "mhd: %s", msg);
+    log_debug("mhd: %s", msg);
 }
 
 /* True when the client closed its end (or the socket broke). */
@@ -228,8 +228,8 @@ static int simhttp_stream_fill(simhttp_conn *cc)
             return 0;
         if (simeng_final(v.state) || v.stopping) {
             if (v.state == SIM_CUT)
-                simlog(SIMLOG_INFO, "req %llu: stream cut after %u token(s)",
-                       (unsigned long long)v.id, v.n_gen);
+                log_info("req %llu: stream cut after %u token(s)",
+                         (unsigned long long)v.id, v.n_gen);
             return -1;
         }
         if (simhttp_peer_gone(cc->fd))
@@ -542,7 +542,7 @@ static enum MHD_Result simhttp_handler(void *cls, struct MHD_Connection *c,
         cc->body[cc->body_len] = '\0';
         return MHD_YES;
     }
-    simlog(SIMLOG_DEBUG, "%s %s (%zu body bytes)", method, url, cc->body_len);
+    log_debug("%s %s (%zu body bytes)", method, url, cc->body_len);
     return simhttp_route(c, cc, url, method);
 }
 
@@ -567,7 +567,7 @@ int simhttp_start(sim_http **out, const sim_config *cfg, sim_engine *e, uint16_t
     sim_http *h = calloc(1, sizeof *h);
     *out = NULL;
     if (!h) {
-        simlog(SIMLOG_ERROR, "out of memory");
+        log_error("out of memory");
         return -1;
     }
     h->cfg = cfg;
@@ -599,15 +599,15 @@ int simhttp_start(sim_http **out, const sim_config *cfg, sim_engine *e, uint16_t
         MHD_OPTION_NOTIFY_COMPLETED, simhttp_completed, h, MHD_OPTION_LISTEN_BACKLOG_SIZE,
         (unsigned int)128, MHD_OPTION_THREAD_POOL_SIZE, pool, MHD_OPTION_END);
     if (!h->daemon) {
-        simlog(SIMLOG_ERROR, "cannot listen on 127.0.0.1:%d: %s", cfg->port,
-               strerror(errno));
+        log_error("cannot listen on 127.0.0.1:%d: %s", cfg->port,
+                  strerror(errno));
         free(h);
         return -1;
     }
     const union MHD_DaemonInfo *di =
         MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
     if (!di || di->port == 0) {
-        simlog(SIMLOG_ERROR, "cannot learn the bound port");
+        log_error("cannot learn the bound port");
         MHD_stop_daemon(h->daemon);
         free(h);
         return -1;

@@ -16,10 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "scheduler/util/log.h"
 #include "sim/config.h"
 #include "sim/engine.h"
 #include "sim/http.h"
-#include "sim/log.h"
 
 /* Writes the port to path through a temporary file and rename, so a reader
  * sees either no file or the whole number. Returns 0 or -1 after logging. */
@@ -29,7 +29,7 @@ static int lmsim_write_port_file(const char *path, unsigned port)
     FILE *f = NULL;
     int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     if (n < 0 || (size_t)n >= sizeof tmp) {
-        simlog(SIMLOG_ERROR, "port file path too long");
+        log_error("port file path too long");
         return -1;
     }
     f = fopen(tmp, "w");
@@ -47,7 +47,7 @@ static int lmsim_write_port_file(const char *path, unsigned port)
     return 0;
 
 fail:
-    simlog(SIMLOG_ERROR, "cannot write port file %s: %s", path, strerror(errno));
+    log_error("cannot write port file %s: %s", path, strerror(errno));
     if (f)
         fclose(f);
     unlink(tmp);
@@ -96,7 +96,8 @@ int main(int argc, char **argv)
     int rc = simcfg_parse(&cfg, argc, argv, stdout, stderr);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
-    simlog_set_level(cfg.log_level);
+    log_set_program("lmsim");
+    log_set_level(cfg.log_level);
 
     /* A client hanging up mid-write must not kill the server. */
     signal(SIGPIPE, SIG_IGN);
@@ -107,7 +108,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
     if (cfg.refuse_ms > 0) {
-        simlog(SIMLOG_INFO, "refusing connections for %u ms", cfg.refuse_ms);
+        log_info("refusing connections for %u ms", cfg.refuse_ms);
         sig = lmsim_wait_signal(&sigs, cfg.refuse_ms);
         if (sig != 0) {
             status = 0;
@@ -116,11 +117,11 @@ int main(int argc, char **argv)
     }
 
     if (simeng_alloc(&engine, &cfg) != 0) {
-        simlog(SIMLOG_ERROR, "out of memory");
+        log_error("out of memory");
         goto out;
     }
     if (simeng_start(engine) != 0) {
-        simlog(SIMLOG_ERROR, "cannot start the engine thread");
+        log_error("cannot start the engine thread");
         goto out;
     }
     if (simhttp_start(&http, &cfg, engine, &port) != 0)
@@ -128,17 +129,16 @@ int main(int argc, char **argv)
 
     printf("lmsim listening on http://127.0.0.1:%u\n", (unsigned)port);
     fflush(stdout);
-    if (cfg.port_file && lmsim_write_port_file(cfg.port_file, port) != 0)
+    if (cfg.port_file[0] != '\0' && lmsim_write_port_file(cfg.port_file, port) != 0)
         goto out;
-    simlog(SIMLOG_INFO,
-           "model %s: %u slot(s) x %u tokens, prefill %.0f tok/s, decode %.1f tok/s, "
-           "time scale %g",
-           cfg.model, cfg.slots, cfg.ctx, cfg.prefill_tps, cfg.decode_tps,
-           cfg.time_scale);
+    log_info("model %s: %u slot(s) x %u tokens, prefill %.0f tok/s, decode %.1f tok/s, "
+             "time scale %g",
+             cfg.model, cfg.slots, cfg.ctx, cfg.prefill_tps, cfg.decode_tps,
+             cfg.time_scale);
 
     while (sigwait(&sigs, &sig) != 0)
         ;
-    simlog(SIMLOG_INFO, "signal %d: stopping", sig);
+    log_info("signal %d: stopping", sig);
     status = 0;
 
 out:

@@ -1,6 +1,7 @@
 /*
  * config - the flags of `lmsched serve`, parsed into one struct the rest of
- * the daemon reads. Defaults live here and in config_usage() only.
+ * the daemon reads. Each flag is one entry of the option table in config.c
+ * (util/opt): its field, range, default, environment variable and help.
  */
 #ifndef LMSCHED_CONFIG_H
 #define LMSCHED_CONFIG_H
@@ -51,14 +52,35 @@ typedef struct sched_config {
     unsigned max_per_conn;     /* outstanding requests per agent connection (default 256) */
 } sched_config;
 
-/* Fills defaults. default_listen is the agent library's default URL. */
+struct opt_table;
+
+/* Fills defaults. default_listen is the agent library's default URL. The
+ * environment (LMSCHED_URL, LMSCHED_BACKEND) is read by config_parse. */
 void config_defaults(sched_config *cfg, const char *default_listen);
 
-/* Parses `serve` arguments (argv[0] is "serve"). Returns 0 to run, 1 when
- * --help or --version was handled (exit 0), 2 on a usage error (message
- * already printed to stderr). */
+/* Parses `serve` arguments (argv[0] is "serve") over the defaults, then the
+ * environment variables of the flags not given. Returns 0 to run, 1 when
+ * --help, --version or --help-markdown was printed to stdout (exit 0), 2
+ * on a usage error (one line already printed to stderr). Main thread,
+ * before other threads start (getopt); permutes argv. */
 int config_parse(sched_config *cfg, int argc, char **argv);
 
+/* Writes `lmsched serve --help`. */
 void config_usage(FILE *out);
+
+/* Writes the option tables of docs/cli.md (what --help-markdown prints). */
+void config_markdown(FILE *out);
+
+/* Returns a JSON object of flag name (without "--") -> current value, for
+ * the "config" section of the status: numbers for numbers and sizes
+ * (bytes), true/false for flags (true when given), strings for URLs, paths,
+ * names, the socket mode ("0600") and the log level; null for a flag
+ * without a default that is unset. No secret is an option (LM_API_TOKEN is
+ * not; --auth-token-file is the file's path). One line, malloc'd: the
+ * caller frees it. NULL when out of memory. Any thread; cfg is read only. */
+char *config_json(const sched_config *cfg);
+
+/* The option table itself (util/opt), for tests. */
+const struct opt_table *config_options(void);
 
 #endif /* LMSCHED_CONFIG_H */

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "scheduler/util/num.h"
+
 #ifdef __APPLE__
 #include <sys/types.h>
 #include <sys/sysctl.h>
@@ -215,85 +217,10 @@ int budget_total_ram(uint64_t *out)
 #endif
 }
 
-/* Multiplier of a unit letter, or 0 if c is not one. */
-static uint64_t budget_unit(char c)
-{
-    switch (c) {
-    case 'k':
-    case 'K':
-        return 1ULL << 10;
-    case 'm':
-    case 'M':
-        return 1ULL << 20;
-    case 'g':
-    case 'G':
-        return 1ULL << 30;
-    case 't':
-    case 'T':
-        return 1ULL << 40;
-    default:
-        return 0;
-    }
-}
-
 int budget_parse_size(const char *s, uint64_t *out)
 {
-    const char *p = s;
-    uint64_t whole = 0;
-    double frac = 0.0, scale = 1.0;
-    bool has_frac = false;
-
-    if (s == NULL || out == NULL)
-        return -1;
-    /* Digits first: this rejects "", "-1", "+1", " 1" and ".5" up front. */
-    if (*p < '0' || *p > '9')
-        return -1;
-    for (; *p >= '0' && *p <= '9'; p++)
-        if (budget_add_digit(&whole, *p) != 0)
-            return -1;
-    if (*p == '.') {
-        p++;
-        if (*p < '0' || *p > '9')
-            return -1;
-        has_frac = true;
-        /* Digits past the 17th cannot change a double; they are still
-         * consumed so "1.50000000000000000001G" parses. */
-        for (; *p >= '0' && *p <= '9'; p++) {
-            if (scale < 1e17) {
-                scale *= 10.0;
-                frac += (double)(*p - '0') / scale;
-            }
-        }
-    }
-
-    uint64_t mult = budget_unit(*p);
-    if (mult != 0) {
-        p++;
-        if (*p == 'i' || *p == 'I')
-            p++;
-    } else {
-        mult = 1;
-    }
-    if (*p == 'b' || *p == 'B')
-        p++;
-    if (*p != '\0')
-        return -1;
-    /* A fraction of a byte is almost surely a missing unit ("1.5" for 1.5G). */
-    if (has_frac && mult == 1)
-        return -1;
-
-    if (whole > UINT64_MAX / mult)
-        return -1;
-    uint64_t v = whole * mult;
-    if (has_frac) {
-        /* frac < 1 and mult <= 2^40, so this stays far below 2^64. */
-        uint64_t extra = budget_d2u(frac * (double)mult);
-        if (v > UINT64_MAX - extra)
-            return -1;
-        v += extra;
-    }
-    *out = v;
-    return 0;
+    /* The one size parser is util/num's; this name stays for callers. */
+    return num_parse_size(s, out);
 }
 
 const char *budget_fmt_size(uint64_t bytes, char *buf, unsigned len)

@@ -59,7 +59,8 @@ int budget_parse_meminfo(const char *text, uint64_t *out);
 
 /* Parses a size: "123" (bytes), "4.5G", "512MiB", "8GB", "1k" ... K/M/G/T
  * with or without "i"/"B", all powers of 1024 (so "48GB" is 48 GiB, as
- * macOS reports memory). Returns 0 or -1 on junk, overflow, or negatives. */
+ * macOS reports memory). Returns 0 or -1 on junk, overflow, or negatives.
+ * The same as num_parse_size (scheduler/util/num.h), which flags use. */
 int budget_parse_size(const char *s, uint64_t *out);
 
 /* Formats bytes as "12.3 GiB" / "512.0 MiB" / "900 B" into buf. */

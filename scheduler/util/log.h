@@ -1,7 +1,7 @@
 /*
- * log - leveled logging to stderr, safe from any thread. The daemon logs;
- * library code never prints. Secrets (the LM Studio token) are never passed
- * here.
+ * log - leveled logging to stderr, safe from any thread, shared by the
+ * daemon and lmsim. The daemon logs; library code never prints. Secrets (the
+ * LM Studio token) are never passed here.
  */
 #ifndef LMSCHED_LOG_H
 #define LMSCHED_LOG_H
@@ -17,9 +17,16 @@ typedef enum log_level {
  * at start-up before other threads exist. */
 void log_set_level(log_level level);
 log_level log_get_level(void);
-/* Parses "error", "warn", "info", "debug". Returns 0 or -1. */
+/* Sets the program name every line carries ("lmsched" unless set; lmsim
+ * sets "lmsim"). name must outlive the logging, a string literal in
+ * practice. Not thread-safe: call at start-up like log_set_level. */
+void log_set_program(const char *name);
+/* Parses "error", "warn" (or "warning"), "info", "debug". Returns 0 or -1. */
 int log_parse_level(const char *s, log_level *out);
+/* "error", "warn", "info" or "debug"; "?" for a value outside the enum. */
+const char *log_level_name(log_level level);
 
+/* One line: "<UTC time> <program> <level>: <message>". */
 void log_msg(log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
