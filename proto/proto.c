@@ -432,6 +432,19 @@ int lms_encode_error(uint64_t id, int code, const char *message, const char *fie
     return lms_encode(&m, bufp, lenp);
 }
 
+int lms_encode_chat_reply(uint64_t id, const lms_chat_reply *reply, void **bufp,
+                          size_t *lenp)
+{
+    lms_msg m;
+
+    lms_msg_init(&m, LMS_KIND_CHAT_REPLY);
+    m.id = id;
+    /* A copy of the caller's view: encoding only reads the strings, and m
+     * is never finied, so nothing is freed or taken. */
+    m.u.chat_reply = *reply;
+    return lms_encode(&m, bufp, lenp);
+}
+
 /* ---- decoding: structural pre-check -------------------------------------- */
 
 typedef struct lms__dec {

@@ -149,7 +149,11 @@ int lms_decode(const void *buf, size_t len, const lms_limits *lim, lms_msg *out,
  */
 int lms_encode(const lms_msg *m, void **bufp, size_t *lenp);
 
-/* Convenience: encode an error reply. */
+/* Encodes a chat_reply whose strings belong to the caller (only read). */
+int lms_encode_chat_reply(uint64_t id, const lms_chat_reply *reply, void **bufp,
+                          size_t *lenp);
+
+/* Convenience: encode an error reply (the strings are only read). */
 int lms_encode_error(uint64_t id, int code, const char *message, const char *field,
                      void **bufp, size_t *lenp);
 

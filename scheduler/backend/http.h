@@ -1,87 +1,110 @@
 /*
- * backend - the libcurl side of talking to the LLM server: one multi handle,
- * keep-alive connections, streamed chat completions parsed as they arrive,
- * and plain GETs for probing the server. Only the loop thread calls these,
- * except backend_wakeup, which any thread may call.
+ * http - the daemon's HTTP client for LLM servers: transfers that run
+ * inside the loop's one poll, keep-alive connections, streamed chat
+ * completions parsed as they arrive (SSE, then openai.c's chunk parser),
+ * and plain GETs for probing. The poll is also where the loop sleeps: any
+ * thread may interrupt it with http_wakeup.
  *
- * A transfer (bk_xfer) is started, runs inside backend_poll, and comes back
- * from backend_done with its outcome classified; the caller then frees it.
- * Freeing a transfer that has not finished cancels it (its connection is
- * closed by curl).
+ * The client is a table of functions (http_ops) with two implementations:
+ * libcurl's multi interface (http_curl_alloc, the daemon's) and the fake of
+ * the core's unit tests, which finishes transfers when a test says so. The
+ * loop only ever calls the functions below.
+ *
+ * A transfer (http_xfer) is started, runs inside http_poll/http_perform,
+ * and comes back from http_done with its outcome classified; the caller
+ * then frees it. Freeing one that has not finished cancels it (curl closes
+ * its connection, so the server drops the request too). Every function but
+ * http_wakeup belongs to the loop thread.
  */
-#ifndef LMSCHED_BACKEND_H
-#define LMSCHED_BACKEND_H
+#ifndef LMSCHED_BACKEND_HTTP_H
+#define LMSCHED_BACKEND_HTTP_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/proto.h"
 #include "scheduler/backend/openai.h"
-#include "scheduler/backend/sse.h"
 
-typedef struct backend backend;
+typedef struct http_client http_client;
+typedef struct http_target http_target;
 
-typedef struct bk_xfer {
-    void *owner;              /* caller's pointer (a job, or NULL for probes) */
-    int tag;                  /* caller's tag (e.g. which probe) */
+/* A transfer: what the caller set, and the outcome once http_done returned
+ * it. An implementation may embed this in a larger struct of its own. */
+typedef struct http_xfer {
+    void *owner;            /* caller's pointer (a job, a backend's probe) */
+    int tag;                /* caller's tag (which probe stage) */
     bool is_chat;
-    /* Outcome, valid once backend_done returned the transfer: */
-    oa_error err;             /* err.code == LMSCHED_OK on success */
-    oa_resp resp;             /* chat: content, usage, timings */
-    long http_status;         /* 0 if no response */
-    char *raw;                /* body of non-streamed responses (probes, errors), NUL-terminated */
+    /* Outcome: */
+    oa_error err;           /* err.code == LMSCHED_OK on success */
+    oa_resp resp;           /* chat: content, usage, timings */
+    long http_status;       /* 0 if no response */
+    char *raw;              /* body of non-streamed responses (probes, errors), NUL-terminated */
     size_t raw_len;
-    int64_t start_us;         /* when the transfer was started */
-    int64_t first_token_us;   /* when the first token arrived, 0 if none */
+    int64_t start_us;       /* when it was started */
+    int64_t first_token_us; /* when the first token arrived, 0 if none */
     int64_t end_us;
-    /* Internal: */
-    struct backend *bk;
-    void *easy;
-    char *body;
-    size_t raw_cap;
-    sse_parser sse;
-    int mode;                 /* 0 unknown, 1 sse, 2 raw */
-    bool aborted;             /* our write callback stopped the transfer */
-    uint64_t recv_bytes;      /* body bytes received so far */
-    bool done;
-    char errbuf[256];
-    struct bk_xfer *next_done;
-    struct bk_xfer *all_prev, *all_next; /* every live transfer, for backend_free */
-} bk_xfer;
+} http_xfer;
 
-typedef struct backend_opts {
-    const char *base_url;     /* "http://127.0.0.1:1234" */
-    const char *token;        /* Bearer token or NULL; never logged */
+/* Limits and timeouts of every transfer of a client. */
+typedef struct http_opts {
     int connect_timeout_ms;
-    int request_timeout_ms;   /* chat transfers; probes use min(this, 5000) */
-    size_t max_body;          /* most bytes of a non-streamed body */
-    size_t max_content;       /* most bytes of generated content */
-    uint64_t max_response;    /* most bytes of one response, streamed or not (0: max_body) */
-} backend_opts;
+    int request_timeout_ms; /* chat transfers; probes use min(this, 5000) */
+    size_t max_body;        /* most bytes of a non-streamed body */
+    size_t max_content;     /* most bytes of generated content */
+    uint64_t max_response;  /* most bytes of one response, streamed or not (0: max_body) */
+} http_opts;
 
-int backend_alloc(backend **bp, const backend_opts *opts);
-void backend_free(backend *b);     /* frees unfinished transfers too; accepts NULL */
+typedef struct http_ops {
+    int (*target_alloc)(http_client *c, const char *base_url, const char *token,
+                        http_target **tp);
+    void (*target_free)(http_client *c, http_target *t);
+    int (*post_start)(http_client *c, http_target *t, const char *path, char *body,
+                      void *owner, http_xfer **xp);
+    int (*get_start)(http_client *c, http_target *t, const char *path, void *owner, int tag,
+                     http_xfer **xp);
+    int (*poll)(http_client *c, int timeout_ms);
+    int (*perform)(http_client *c);
+    http_xfer *(*done)(http_client *c);
+    void (*xfer_free)(http_client *c, http_xfer *x);
+    void (*wakeup)(http_client *c);
+    void (*free)(http_client *c);
+} http_ops;
 
-/* Starts POST /v1/chat/completions. Returns LMSCHED_OK and *xp, or an error. */
-int backend_chat_start(backend *b, const lms_chat_req *req, const oa_body_opts *opts,
-                       void *owner, bk_xfer **xp);
+/* Every implementation's client starts with this. */
+struct http_client {
+    const http_ops *ops;
+};
+
+/* The libcurl client. Returns LMSCHED_OK and *cp, or LMSCHED_ENOMEM. */
+int http_curl_alloc(http_client **cp, const http_opts *o);
+
+/* Frees the client and every transfer still alive. Accepts NULL. */
+void http_free(http_client *c);
+
+/* A server to talk to: its base URL ("http://127.0.0.1:1234", no trailing
+ * '/') and Bearer token (NULL: none; copied, never logged). */
+int http_target_alloc(http_client *c, const char *base_url, const char *token,
+                      http_target **tp);
+void http_target_free(http_client *c, http_target *t);
+
+/* Starts a streamed POST of a JSON body to base_url + path (a chat
+ * completion); takes ownership of body (malloc'd), also on failure. */
+int http_post_start(http_client *c, http_target *t, const char *path, char *body, void *owner,
+                    http_xfer **xp);
 /* Starts GET base_url + path. */
-int backend_get_start(backend *b, const char *path, void *owner, int tag, bk_xfer **xp);
+int http_get_start(http_client *c, http_target *t, const char *path, void *owner, int tag,
+                   http_xfer **xp);
 
 /* Waits up to timeout_ms for network activity or a wakeup, then runs
  * transfers. Returns LMSCHED_OK or LMSCHED_EINTERNAL. */
-int backend_poll(backend *b, int timeout_ms);
+int http_poll(http_client *c, int timeout_ms);
 /* Runs transfers without waiting (after starting new ones). */
-int backend_perform(backend *b);
-
-/* Returns a finished transfer (no longer running), or NULL. */
-bk_xfer *backend_done(backend *b);
-
+int http_perform(http_client *c);
+/* A finished transfer, or NULL. */
+http_xfer *http_done(http_client *c);
 /* Frees a transfer; cancels it if still running. Accepts NULL. */
-void backend_xfer_free(bk_xfer *x);
+void http_xfer_free(http_client *c, http_xfer *x);
+/* Interrupts http_poll. Safe from any thread. */
+void http_wakeup(http_client *c);
 
-/* Interrupts backend_poll. Safe from any thread. */
-void backend_wakeup(backend *b);
-
-#endif /* LMSCHED_BACKEND_H */
+#endif /* LMSCHED_BACKEND_HTTP_H */

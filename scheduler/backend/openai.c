@@ -268,7 +268,7 @@ static json_t *oa_message(const char *role, const char *content)
     return m;
 }
 
-char *oa_build_chat_body(const lms_chat_req *req, const oa_body_opts *opts)
+char *oa_build_chat_body(const chat_req *req, const oa_body_opts *opts)
 {
     json_t *root = json_object();
     json_t *msgs = json_array();
@@ -287,7 +287,7 @@ char *oa_build_chat_body(const lms_chat_req *req, const oa_body_opts *opts)
         json_array_append_new(msgs, oa_message("system", req->system)) != 0)
         goto fail;
     for (size_t i = 0; i < req->n_messages; i++) {
-        const lms_chat_msg *m = &req->messages[i];
+        const chat_msg *m = &req->messages[i];
         if (m->role == NULL || m->content == NULL ||
             json_array_append_new(msgs, oa_message(m->role, m->content)) != 0)
             goto fail;

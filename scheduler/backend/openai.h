@@ -14,7 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/proto.h"
+#include "lmsched/wire.h"
+#include "scheduler/chat/chat.h"
 
 typedef struct oa_body_opts {
     bool stream;             /* "stream": true plus stream_options.include_usage */
@@ -28,7 +29,7 @@ typedef struct oa_body_opts {
  * {"role":"system","content":<system>} (byte-identical; omitted only when the
  * system prompt is ""), then the request's messages in order; optional fields
  * only when given. Returns a malloc'd NUL-terminated string, NULL on ENOMEM. */
-char *oa_build_chat_body(const lms_chat_req *req, const oa_body_opts *opts);
+char *oa_build_chat_body(const chat_req *req, const oa_body_opts *opts);
 
 /* Accumulated state of one chat-completion response. */
 typedef struct oa_resp {

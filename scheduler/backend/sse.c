@@ -5,21 +5,26 @@
  * line buffer a run at a time, so a 1-byte feed and a 1 MiB feed take the
  * same path. A CR ends a line at once; last_cr remembers it across feeds so
  * the LF of a CRLF split between two feeds is not read as an empty line
- * (which would dispatch early). Both buffers grow geometrically up to
- * max_event (+1 for the NUL) and never beyond: a peer that never sends a
- * line end or a blank line gets SSE_ETOOBIG, not our memory.
+ * (which would dispatch early). Both buffers (util/strbuf) grow up to
+ * max_event and never beyond: a peer that never sends a line end or a
+ * blank line gets SSE_ETOOBIG, not our memory.
  */
 #include "scheduler/backend/sse.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-/* First allocation of either buffer; most chunk events fit. */
-#define SSE_MIN_CAP 256
+/* A buf error as the parser's. */
+static int sse_err(int rc)
+{
+    return rc == STRBUF_EOVER ? SSE_ETOOBIG : rc == STRBUF_ENOMEM ? SSE_ENOMEM : 0;
+}
 
 void sse_init(sse_parser *p, size_t max_event, sse_event_cb cb, void *arg)
 {
     memset(p, 0, sizeof(*p));
+    strbuf_init(&p->line);
+    strbuf_init(&p->data);
     p->cb = cb;
     p->arg = arg;
     p->max_event = max_event;
@@ -29,37 +34,16 @@ void sse_fini(sse_parser *p)
 {
     if (p == NULL)
         return;
-    free(p->line);
-    free(p->data);
-    p->line = p->data = NULL;
-    p->line_len = p->line_cap = p->data_len = p->data_cap = 0;
+    strbuf_fini(&p->line);
+    strbuf_fini(&p->data);
     p->event[0] = '\0';
     p->have_data = 0;
     p->last_cr = 0;
 }
 
-/* Makes room for need bytes in *bufp (need <= max_event + 1 is checked by
- * the callers). Returns 0 or SSE_ENOMEM. */
-static int sse_reserve(char **bufp, size_t *capp, size_t need, size_t limit)
-{
-    if (need <= *capp)
-        return 0;
-    size_t cap = *capp ? *capp : SSE_MIN_CAP;
-    while (cap < need)
-        cap = cap > limit / 2 ? limit : cap * 2;
-    if (cap < need)
-        cap = need;
-    char *b = realloc(*bufp, cap);
-    if (b == NULL)
-        return SSE_ENOMEM;
-    *bufp = b;
-    *capp = cap;
-    return 0;
-}
-
 static void sse_reset_event(sse_parser *p)
 {
-    p->data_len = 0;
+    strbuf_clear(&p->data);
     p->have_data = 0;
     p->event[0] = '\0';
 }
@@ -71,24 +55,27 @@ static int sse_dispatch(sse_parser *p)
         sse_reset_event(p);
         return 0;
     }
-    /* data holds "line\n" per data line; the last "\n" is not part of it. */
-    size_t len = p->data_len > 0 ? p->data_len - 1 : 0;
-    int rc = sse_reserve(&p->data, &p->data_cap, len + 1, p->max_event + 1);
-    if (rc != 0)
-        return rc;
-    p->data[len] = '\0';
+    /* data holds "line\n" per data line; the last "\n" is not part of it
+     * (it ends as the NUL: a data line always appended one byte). */
+    size_t len = p->data.len > 0 ? p->data.len - 1 : 0;
+    p->data.data[len] = '\0';
     char event[sizeof(p->event)];
     memcpy(event, p->event, sizeof(event));
-    sse_reset_event(p);
-    return p->cb(p->arg, event, p->data, len);
+    /* The event ends before the callback (which may feed more), its
+     * bytes stay in place until the next data line. */
+    char *data = p->data.data;
+    p->data.len = 0;
+    p->have_data = 0;
+    p->event[0] = '\0';
+    return p->cb(p->arg, event, data, len);
 }
 
 /* One complete line (without its terminator) in p->line. */
 static int sse_line(sse_parser *p)
 {
-    const char *line = p->line;
-    size_t len = p->line_len;
-    p->line_len = 0;
+    const char *line = strbuf_str(&p->line);
+    size_t len = p->line.len;
+    p->line.len = 0; /* the bytes stay readable until the next append */
 
     if (len == 0)
         return sse_dispatch(p);
@@ -105,17 +92,13 @@ static int sse_line(sse_parser *p)
     }
 
     if (name_len == 4 && memcmp(line, "data", 4) == 0) {
-        /* The joined data (earlier lines, this one) must fit max_event. */
-        if (p->data_len + value_len > p->max_event)
-            return SSE_ETOOBIG;
-        int rc = sse_reserve(&p->data, &p->data_cap, p->data_len + value_len + 1,
-                             p->max_event + 1);
+        /* The joined data (earlier lines, this one and its "\n") must
+         * fit max_event + 1: the last "\n" is not part of the event. */
+        int rc = strbuf_append(&p->data, value, value_len, p->max_event);
+        if (rc == 0)
+            rc = strbuf_append(&p->data, "\n", 1, p->max_event + 1);
         if (rc != 0)
-            return rc;
-        if (value_len > 0)
-            memcpy(p->data + p->data_len, value, value_len);
-        p->data_len += value_len;
-        p->data[p->data_len++] = '\n';
+            return sse_err(rc);
         p->have_data = 1;
     } else if (name_len == 5 && memcmp(line, "event", 5) == 0) {
         size_t n = value_len < sizeof(p->event) - 1 ? value_len : sizeof(p->event) - 1;
@@ -126,34 +109,29 @@ static int sse_line(sse_parser *p)
     return 0;
 }
 
-int sse_feed(sse_parser *p, const char *buf, size_t len)
+int sse_feed(sse_parser *p, const char *bytes, size_t len)
 {
     size_t i = 0;
     while (i < len) {
         if (p->last_cr) {
             p->last_cr = 0;
-            if (buf[i] == '\n') {
+            if (bytes[i] == '\n') {
                 i++; /* the LF of a CRLF whose line already ended */
                 continue;
             }
         }
         size_t j = i;
-        while (j < len && buf[j] != '\r' && buf[j] != '\n')
+        while (j < len && bytes[j] != '\r' && bytes[j] != '\n')
             j++;
         size_t run = j - i;
         if (run > 0) {
-            if (p->line_len + run > p->max_event)
-                return SSE_ETOOBIG;
-            int rc =
-                sse_reserve(&p->line, &p->line_cap, p->line_len + run, p->max_event + 1);
+            int rc = strbuf_append(&p->line, bytes + i, run, p->max_event);
             if (rc != 0)
-                return rc;
-            memcpy(p->line + p->line_len, buf + i, run);
-            p->line_len += run;
+                return sse_err(rc);
         }
         if (j == len)
             break; /* the line continues in a later feed */
-        p->last_cr = buf[j] == '\r';
+        p->last_cr = bytes[j] == '\r';
         i = j + 1;
         int rc = sse_line(p);
         if (rc != 0)

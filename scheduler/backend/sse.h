@@ -13,6 +13,8 @@
 
 #include <stddef.h>
 
+#include "scheduler/util/strbuf.h"
+
 /* Called once per complete event. event is the "event:" field or "" (never
  * NULL); data is NUL-terminated, len bytes. Both are valid only during the
  * call. Return 0 to continue, non-zero to stop parsing (sse_feed then
@@ -23,10 +25,8 @@ typedef struct sse_parser {
     sse_event_cb cb;
     void *arg;
     size_t max_event;   /* most bytes of data one event may hold */
-    char *line;         /* the line being read (not yet terminated) */
-    size_t line_len, line_cap;
-    char *data;         /* data of the event being assembled */
-    size_t data_len, data_cap;
+    strbuf line;          /* the line being read (not yet terminated) */
+    strbuf data;          /* data of the event being assembled */
     char event[64];     /* "event:" field, truncated */
     int have_data;      /* a data line was seen for this event */
     int last_cr;        /* previous byte was CR (so a following LF is skipped) */
@@ -41,6 +41,6 @@ void sse_fini(sse_parser *p);
  * non-zero return. */
 #define SSE_ETOOBIG (-1)
 #define SSE_ENOMEM (-2)
-int sse_feed(sse_parser *p, const char *buf, size_t len);
+int sse_feed(sse_parser *p, const char *bytes, size_t len);
 
 #endif /* LMSCHED_SSE_H */

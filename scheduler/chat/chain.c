@@ -54,7 +54,7 @@ static size_t prefix_msg_put(char *dst, const char *role, const char *content)
  * on failure (then empty). The request is only read. Any thread. Messages
  * with a NULL role or content are skipped, as the backend module refuses
  * to send them anyway. */
-int prefix_chain_build(prefix_chain *c, const lms_chat_req *req)
+int prefix_chain_build(prefix_chain *c, const chat_req *req)
 {
     char *buf = NULL;
     size_t len = 0, sys_len = 0, pos = 0;
@@ -69,7 +69,7 @@ int prefix_chain_build(prefix_chain *c, const lms_chat_req *req)
         sys_len = prefix_msg_len("system", sys);
     len = sys_len;
     for (size_t i = 0; i < req->n_messages; i++) {
-        const lms_chat_msg *m = &req->messages[i];
+        const chat_msg *m = &req->messages[i];
         if (m->role != NULL && m->content != NULL)
             len += prefix_msg_len(m->role, m->content);
     }
@@ -83,7 +83,7 @@ int prefix_chain_build(prefix_chain *c, const lms_chat_req *req)
     if (have_sys)
         pos += prefix_msg_put(buf + pos, "system", sys);
     for (size_t i = 0; i < req->n_messages; i++) {
-        const lms_chat_msg *m = &req->messages[i];
+        const chat_msg *m = &req->messages[i];
         if (m->role != NULL && m->content != NULL)
             pos += prefix_msg_put(buf + pos, m->role, m->content);
     }

@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#include "proto/proto.h"
+#include "scheduler/chat/chat.h"
 
 #define PREFIX_BLOCK_BYTES 64
 #define PREFIX_BYTES_PER_TOKEN 4
@@ -35,7 +35,7 @@ typedef struct prefix_chain {
 } prefix_chain;
 
 /* Renders req and builds its chain. Returns LMSCHED_OK or LMSCHED_ENOMEM. */
-int prefix_chain_build(prefix_chain *c, const lms_chat_req *req);
+int prefix_chain_build(prefix_chain *c, const chat_req *req);
 void prefix_chain_fini(prefix_chain *c);
 
 #endif /* LMSCHED_PREFIX_H */

@@ -1,16 +1,29 @@
 /*
- * status - the status document of `lmsched status --json`, built from the
- * scheduler's state on the loop thread. docs/status.md is its contract: keys
- * are only ever added. jansson builds it; the token is never part of it.
+ * status - the snapshot of the scheduler's state and the status document of
+ * `lmsched status --json` built from it. docs/status.md is its contract:
+ * keys are only ever added. jansson builds it; the token is never part of
+ * it.
  */
+#include "scheduler/core/status.h"
+
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
+#include "lmsched/wire.h"
+#include "scheduler/core/core.h"
 #include "scheduler/util/clock.h"
-#include "scheduler/core/loop.h"
+
+void lat_add(lat_ring *r, double v)
+{
+    r->v[r->pos] = v;
+    r->pos = (r->pos + 1) % LAT_SAMPLES;
+    if (r->n < LAT_SAMPLES)
+        r->n++;
+}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -18,22 +31,75 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* {"p50": x, "p95": y} over the ring, nulls when empty. */
-static json_t *status_pct(const lat_ring *r)
+/* Nearest-rank p50 and p95 over the ring. */
+static status_pct status_pct_of(const lat_ring *r)
 {
+    status_pct p = {false, 0, 0};
     if (r->n == 0)
-        return json_pack("{s:n,s:n}", "p50", "p95");
-    double *v = malloc(sizeof(double) * r->n);
-    if (v == NULL)
-        return json_pack("{s:n,s:n}", "p50", "p95");
+        return p;
+    double v[LAT_SAMPLES];
     memcpy(v, r->v, sizeof(double) * r->n);
     qsort(v, r->n, sizeof(double), cmp_double);
-    /* nearest-rank percentiles */
     unsigned i50 = (unsigned)((r->n * 50 + 99) / 100) - 1;
     unsigned i95 = (unsigned)((r->n * 95 + 99) / 100) - 1;
-    json_t *o = json_pack("{s:f,s:f}", "p50", v[i50], "p95", v[i95]);
-    free(v);
-    return o;
+    p.have = true;
+    p.p50 = v[i50];
+    p.p95 = v[i95];
+    return p;
+}
+
+void status_take(sched *s, status_snapshot *o)
+{
+    int64_t now = clock_now_us();
+    const backend *b = &s->backends[0];
+    memset(o, 0, sizeof(*o));
+    o->uptime_s = (double)(now - s->start_us) / 1e6;
+    o->pid = (int)getpid();
+    o->listen = s->cfg.listen;
+    o->policy = policy_name(s->pol);
+
+    o->backend.url = b->url;
+    o->backend.kind = backend_kind_name(b);
+    o->backend.healthy = b->healthy;
+    o->backend.last_error = b->last_error[0] ? b->last_error : NULL;
+    o->backend.model = b->model[0] ? b->model : NULL;
+    o->backend.context_length = b->context_length;
+    o->backend.slots = b->slots;
+    o->backend.checked_ago_s = b->checked_us ? (double)(now - b->checked_us) / 1e6 : -1;
+
+    o->memory.total_bytes = s->bin.total_ram;
+    o->memory.ram_fraction = s->bin.ram_fraction;
+    o->memory.model_size_bytes = s->bin.model_size;
+    o->memory.kv_per_request_bytes = s->bin.kv_per_request;
+    o->memory.budget_bytes = s->bout.budget_bytes;
+    o->memory.max_concurrent = s->max_concurrent;
+    o->memory.limited_by = s->limited_by != NULL ? s->limited_by : "memory";
+    o->memory.accounting = s->cfg.kv_per_request ? "per_request" : "per_token";
+    o->memory.kv_bytes_per_token = s->kv_bytes_per_token;
+    o->memory.kv_source = s->kv_source != NULL ? s->kv_source : "default";
+    o->memory.reserved_bytes = s->reserved_bytes;
+
+    o->queue_depth = s->queued;
+    o->queue_max = s->cfg.max_queue;
+    o->inflight = s->inflight;
+    o->requests.received = s->st.received;
+    o->requests.completed = s->st.completed;
+    o->requests.failed = s->st.failed;
+    o->requests.retried = s->st.retried;
+    o->requests.rejected_busy = s->st.rejected_busy;
+    o->requests.bad_messages = s->st.bad_messages;
+    o->requests.auth_refused = s->st.auth_refused;
+    o->requests.status_requests = s->st.status_requests;
+    memcpy(o->requests.failed_by_code, s->st.failed_by_code,
+           sizeof(o->requests.failed_by_code));
+
+    o->queue_wait = status_pct_of(&s->st.queue_wait);
+    o->ttft = status_pct_of(&s->st.ttft);
+    o->total = status_pct_of(&s->st.total);
+    o->tokens_prompt = s->st.tokens_prompt;
+    o->tokens_completion = s->st.tokens_completion;
+    o->tokens_cached = s->st.tokens_cached;
+    o->n_groups = policy_groups(s->pol, o->groups, STATUS_MAX_GROUPS);
 }
 
 static json_t *opt_int(int64_t v)
@@ -41,83 +107,102 @@ static json_t *opt_int(int64_t v)
     return v >= 0 ? json_integer(v) : json_null();
 }
 
-char *status_json(const sched *s)
+static json_t *opt_str(const char *v)
 {
-    int64_t now = clock_now_us();
-    json_t *failed = json_object();
-    for (int c = 0; c < (int)(sizeof(s->st.failed_by_code) / sizeof(s->st.failed_by_code[0]));
-         c++)
-        if (s->st.failed_by_code[c])
-            json_object_set_new(failed, lmsched_err_name(c), json_integer((json_int_t)s->st.failed_by_code[c]));
+    return v != NULL ? json_string(v) : json_null();
+}
 
+static json_t *pct_json(const status_pct *p)
+{
+    if (!p->have)
+        return json_pack("{s:n,s:n}", "p50", "p95");
+    return json_pack("{s:f,s:f}", "p50", p->p50, "p95", p->p95);
+}
+
+char *status_json(const status_snapshot *o)
+{
+    json_t *failed = json_object();
+    for (int c = 0; c < STATUS_ERR_CODES; c++)
+        if (o->requests.failed_by_code[c])
+            json_object_set_new(failed, lmsched_err_name(c),
+                                json_integer((json_int_t)o->requests.failed_by_code[c]));
+
+    const status_backend *b = &o->backend;
     json_t *be = json_pack(
-        "{s:s,s:s,s:b,s:o,s:o,s:o,s:o,s:o}", "url", s->cfg.backend, "kind", s->be.kind,
-        "healthy", s->be.healthy, "last_error",
-        s->be.last_error[0] ? json_string(s->be.last_error) : json_null(), "model",
-        s->be.model[0] ? json_string(s->be.model) : json_null(), "context_length",
-        opt_int(s->be.context_length), "slots", opt_int(s->be.slots), "checked_ago_s",
-        s->be.checked_us ? json_real((double)(now - s->be.checked_us) / 1e6) : json_null());
+        "{s:s,s:s,s:b,s:o,s:o,s:o,s:o,s:o}", "url", b->url, "kind", b->kind, "healthy",
+        b->healthy, "last_error", opt_str(b->last_error), "model", opt_str(b->model),
+        "context_length", opt_int(b->context_length), "slots", opt_int(b->slots),
+        "checked_ago_s", b->checked_ago_s >= 0 ? json_real(b->checked_ago_s) : json_null());
 
     json_t *memory = json_pack(
         "{s:I,s:f,s:o,s:I,s:I,s:i,s:s,s:s,s:I,s:s,s:I}", "total_bytes",
-        (json_int_t)s->bin.total_ram, "ram_fraction", s->bin.ram_fraction, "model_size_bytes",
-        s->bin.model_size ? json_integer((json_int_t)s->bin.model_size) : json_null(),
-        "kv_per_request_bytes", (json_int_t)s->bin.kv_per_request,
-        "budget_bytes", (json_int_t)s->bout.budget_bytes, "max_concurrent",
-        (int)s->max_concurrent, "limited_by", s->limited_by ? s->limited_by : "memory",
-        "accounting", s->cfg.kv_per_request ? "per_request" : "per_token",
-        "kv_bytes_per_token", (json_int_t)s->kv_bytes_per_token, "kv_source",
-        s->kv_source ? s->kv_source : "default", "reserved_bytes",
-        (json_int_t)s->reserved_bytes);
+        (json_int_t)o->memory.total_bytes, "ram_fraction", o->memory.ram_fraction,
+        "model_size_bytes",
+        o->memory.model_size_bytes ? json_integer((json_int_t)o->memory.model_size_bytes)
+                                   : json_null(),
+        "kv_per_request_bytes", (json_int_t)o->memory.kv_per_request_bytes, "budget_bytes",
+        (json_int_t)o->memory.budget_bytes, "max_concurrent", (int)o->memory.max_concurrent,
+        "limited_by", o->memory.limited_by, "accounting", o->memory.accounting,
+        "kv_bytes_per_token", (json_int_t)o->memory.kv_bytes_per_token, "kv_source",
+        o->memory.kv_source, "reserved_bytes", (json_int_t)o->memory.reserved_bytes);
 
     /* Per prefix group: where its prefix is cached and how often it hit. */
     json_t *groups = json_array();
-    pol_group_info gi[64];
-    size_t ng = policy_groups(s->pol, gi, sizeof(gi) / sizeof(gi[0]));
-    for (size_t i = 0; i < ng; i++) {
+    for (size_t i = 0; i < o->n_groups; i++) {
+        const pol_group_info *g = &o->groups[i];
         json_t *slots = json_array();
-        for (unsigned b = 0; b < 32; b++)
-            if (gi[i].slots_mask & (1u << b))
-                json_array_append_new(slots, json_integer(b));
+        for (unsigned k = 0; k < 32; k++)
+            if (g->slots_mask & (1u << k))
+                json_array_append_new(slots, json_integer(k));
         char id[24];
-        snprintf(id, sizeof(id), "%016llx", (unsigned long long)gi[i].group);
+        snprintf(id, sizeof(id), "%016llx", (unsigned long long)g->group);
         json_array_append_new(
             groups, json_pack("{s:s,s:s,s:i,s:i,s:o,s:I,s:I,s:I,s:o}", "id", id, "label",
-                              gi[i].label, "queued", (int)gi[i].queued, "inflight",
-                              (int)gi[i].inflight, "cached_in_slots", slots, "requests",
-                              (json_int_t)gi[i].requests, "prompt_tokens",
-                              (json_int_t)gi[i].prompt_tokens, "cached_tokens",
-                              (json_int_t)gi[i].cached_tokens, "hit_rate",
-                              gi[i].prompt_tokens
-                                  ? json_real((double)gi[i].cached_tokens /
-                                              (double)gi[i].prompt_tokens)
-                                  : json_null()));
+                              g->label, "queued", (int)g->queued, "inflight", (int)g->inflight,
+                              "cached_in_slots", slots, "requests", (json_int_t)g->requests,
+                              "prompt_tokens", (json_int_t)g->prompt_tokens, "cached_tokens",
+                              (json_int_t)g->cached_tokens, "hit_rate",
+                              g->prompt_tokens ? json_real((double)g->cached_tokens /
+                                                           (double)g->prompt_tokens)
+                                               : json_null()));
     }
 
     json_t *requests = json_pack(
-        "{s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I}", "received", (json_int_t)s->st.received,
-        "completed", (json_int_t)s->st.completed, "failed", (json_int_t)s->st.failed, "retried",
-        (json_int_t)s->st.retried, "rejected_busy", (json_int_t)s->st.rejected_busy,
-        "failed_by_class", failed, "bad_messages", (json_int_t)s->st.bad_messages,
-        "auth_refused", (json_int_t)(s->srv != NULL ? srv_auth_refused(s->srv) : 0));
+        "{s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I}", "received", (json_int_t)o->requests.received,
+        "completed", (json_int_t)o->requests.completed, "failed",
+        (json_int_t)o->requests.failed, "retried", (json_int_t)o->requests.retried,
+        "rejected_busy", (json_int_t)o->requests.rejected_busy, "failed_by_class", failed,
+        "bad_messages", (json_int_t)o->requests.bad_messages, "auth_refused",
+        (json_int_t)o->requests.auth_refused);
 
     json_t *doc = json_pack(
         "{s:s,s:i,s:i,s:f,s:s,s:s,s:o,s:o,s:{s:i,s:i},s:i,s:o,s:{s:o,s:o,s:o},"
         "s:{s:I,s:I,s:I,s:o},s:o}",
-        "version", LMSCHED_SERVE_VERSION, "protocol", LMSCHED_PROTOCOL_VERSION, "pid", (int)getpid(),
-        "uptime_s", (double)(now - s->start_us) / 1e6, "listen", s->cfg.listen, "policy",
-        policy_name(s->pol), "backend", be, "memory", memory, "queue", "depth",
-        (int)s->queued, "max", (int)s->cfg.max_queue, "inflight", (int)s->inflight, "requests",
-        requests, "latency_ms", "queue_wait", status_pct(&s->st.queue_wait), "ttft",
-        status_pct(&s->st.ttft), "total", status_pct(&s->st.total), "tokens", "prompt",
-        (json_int_t)s->st.tokens_prompt, "completion", (json_int_t)s->st.tokens_completion,
-        "cached", (json_int_t)s->st.tokens_cached, "cached_ratio",
-        s->st.tokens_prompt ? json_real((double)s->st.tokens_cached / (double)s->st.tokens_prompt)
-                            : json_null(),
+        "version", LMSCHED_SERVE_VERSION, "protocol", LMSCHED_PROTOCOL_VERSION, "pid", o->pid,
+        "uptime_s", o->uptime_s, "listen", o->listen, "policy", o->policy, "backend", be,
+        "memory", memory, "queue", "depth", (int)o->queue_depth, "max", (int)o->queue_max,
+        "inflight", (int)o->inflight, "requests", requests, "latency_ms", "queue_wait",
+        pct_json(&o->queue_wait), "ttft", pct_json(&o->ttft), "total", pct_json(&o->total),
+        "tokens", "prompt", (json_int_t)o->tokens_prompt, "completion",
+        (json_int_t)o->tokens_completion, "cached", (json_int_t)o->tokens_cached,
+        "cached_ratio",
+        o->tokens_prompt ? json_real((double)o->tokens_cached / (double)o->tokens_prompt)
+                         : json_null(),
         "groups", groups);
     if (doc == NULL)
         return NULL;
     char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     json_decref(doc);
+    return text;
+}
+
+char *sched_status_json(sched *s)
+{
+    status_snapshot *snap = malloc(sizeof(*snap));
+    if (snap == NULL)
+        return NULL;
+    status_take(s, snap);
+    char *text = status_json(snap);
+    free(snap);
     return text;
 }

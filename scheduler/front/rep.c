@@ -1,27 +1,33 @@
 /*
- * server - nng REP socket with one context per outstanding request, and the
+ * rep - nng REP socket with one context per outstanding request, and the
  * daemon's access control: socket file mode and group, the access token,
- * and the per-connection limit on outstanding requests.
+ * and the per-connection limit on outstanding requests (see rep.h).
  *
- * Design notes: a context is in one of three states. RECV: waiting for a
- * request (srv keeps SRV_RECEIVERS of these). HELD: holding a request the
- * scheduler has not answered yet. SEND: sending the reply. Callbacks run on
- * nng threads and only forward events; state and counters are changed by the
- * loop thread alone (srv_fill, srv_reply, srv_ctx_recycle), so there is no
- * lock here. A context is freed only from the loop thread after its idle
- * event was handled, which is after its callback returned, so nng_aio_free
- * never runs inside the aio's own callback.
+ * Design notes: a context goes RECV (waiting for a request) -> POSTED (its
+ * request is an event in the core's inbox) -> HELD (the loop has it; the
+ * request is being served) -> SEND (the reply is going out) -> RECV again.
+ * nng's callback does RECV -> POSTED (posting the context's own embedded
+ * event: nothing is allocated per request) and SEND -> RECV (re-arming the
+ * receive from the callback, as nng allows for a new operation on the same
+ * aio); the loop does the rest. So the loop wakes once per request, and a
+ * context is never freed or stopped inside its own callback: contexts live
+ * until rep_close. The loop keeps REP_RECEIVERS contexts receiving beyond
+ * those it holds, making new ones as requests are taken; the number of
+ * contexts is bounded by the requests outstanding at the busiest moment
+ * (the queue limit bounds those) plus REP_RECEIVERS.
  *
  * Per-connection limit: a HELD context is counted against its pipe in a
- * small hash table (srv_conn), from srv_take until it leaves HELD (reply or
- * recycle). An entry exists only while its count is non-zero, so the table
- * holds one entry per connection with a request outstanding and needs no
- * cleanup when a pipe closes: its requests are answered (canceled) and the
- * counts drop to zero.
+ * small hash table (rep_conn), from the loop taking it until its reply.
+ * An entry exists only while its count is non-zero. Loop thread only.
  *
- * The token is kept zero-padded in a fixed SRV_TOKEN_MAX buffer and compared
- * over the whole buffer with no early exit, so the time taken tells a peer
- * nothing about how much of its guess was right, nor the token's length.
+ * Agent connections that close are batched: nng's pipe callback appends
+ * the pipe id under a mutex and posts one embedded event if none is
+ * pending.
+ *
+ * The token is kept zero-padded in a fixed REP_TOKEN_MAX buffer and
+ * compared over the whole buffer with no early exit, so the time taken
+ * tells a peer nothing about how much of its guess was right, nor the
+ * token's length.
  */
 #include "scheduler/front/rep.h"
 
@@ -29,85 +35,113 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdatomic.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/transport/ipc/ipc.h>
 
 #include "scheduler/util/clock.h"
 #include "scheduler/util/log.h"
 
-#define SRV_RECEIVERS 32
+/* Contexts kept receiving beyond those holding requests. */
+#define REP_RECEIVERS 32
 /* Buckets of the per-connection table; connections with requests
  * outstanding are few (one per agent process), so chains stay short. */
-#define SRV_CONN_BUCKETS 256
+#define REP_CONN_BUCKETS 256
 /* Auth refusals are logged at most this often. */
-#define SRV_AUTH_LOG_US 1000000
+#define REP_AUTH_LOG_US 1000000
+/* Closed connections remembered until the loop takes them. */
+#define REP_GONE_MAX 256
 
-enum { SRV_RECV = 1, SRV_HELD = 2, SRV_SEND = 3, SRV_DEAD = 4 };
+enum { REP_RECV = 1, REP_POSTED, REP_HELD, REP_SEND, REP_RECV_ERR };
 
-struct srv_ctx {
-    srv *s;
+struct rep_ctx {
+    sched_event ev; /* first: the loop's event for this context */
+    rep *r;
     nng_ctx ctx;
     nng_aio *aio;
-    int state;
+    _Atomic int state;
+    nng_msg *msg;   /* the request while POSTED/HELD */
     uint32_t pipe;
-    bool counted;         /* HELD and counted in its pipe's srv_conn */
-    srv_ctx *prev, *next; /* all contexts, for srv_close */
+    uint64_t user;  /* the caller's (the request id) */
+    bool counted;   /* HELD and counted in its pipe's rep_conn */
+    rep_ctx *next;  /* every context, for rep_close */
 };
 
 /* Requests outstanding on one connection (pipe). */
-typedef struct srv_conn {
+typedef struct rep_conn {
     uint32_t pipe;
     unsigned held;
-    struct srv_conn *next;
-} srv_conn;
+    struct rep_conn *next;
+} rep_conn;
 
-struct srv {
+struct rep {
+    sched *s;
     nng_socket sock;
     nng_listener listener;
-    srv_events ev;
-    unsigned receiving;
-    unsigned sending;
-    srv_ctx *all;
-    atomic_int closing; /* read by the pipe callback on nng threads */
+    rep_events ev;
+    atomic_uint receiving; /* contexts in RECV */
+    atomic_uint sending;   /* contexts in SEND */
+    rep_ctx *all;
+    atomic_int closing;
     unsigned max_per_conn;
-    srv_conn *conns[SRV_CONN_BUCKETS];
-    uint64_t conn_refused;
+    rep_conn *conns[REP_CONN_BUCKETS];
+    /* Closed connections, handed from nng's pipe callback to the loop. */
+    pthread_mutex_t gone_mtx;
+    uint32_t gone[REP_GONE_MAX];
+    unsigned n_gone;
+    bool gone_lost; /* more closed than gone[] held: cancel by a full sweep */
+    bool gone_posted;
+    sched_event gone_ev;
     bool have_token;
     size_t token_len;
-    unsigned char token[SRV_TOKEN_MAX]; /* zero-padded */
+    unsigned char token[REP_TOKEN_MAX]; /* zero-padded */
     uint64_t auth_refused;
     uint64_t auth_unlogged; /* refusals since the last log line */
     int64_t auth_logged_us; /* when the last one was logged, 0 never */
 };
 
-static void srv_ctx_cb(void *arg)
+static void rep_recv(rep *r, rep_ctx *c)
 {
-    srv_ctx *c = arg;
-    srv *s = c->s;
+    atomic_store(&c->state, REP_RECV);
+    c->pipe = 0;
+    atomic_fetch_add(&r->receiving, 1);
+    nng_ctx_recv(c->ctx, c->aio);
+}
+
+/* nng's thread, no lock held. */
+static void rep_ctx_cb(void *arg)
+{
+    rep_ctx *c = arg;
+    rep *r = c->r;
     int rv = nng_aio_result(c->aio);
-    if (c->state == SRV_RECV) {
+    int state = atomic_load(&c->state);
+    if (state == REP_RECV) {
+        atomic_fetch_sub(&r->receiving, 1);
         if (rv == 0) {
-            nng_msg *m = nng_aio_get_msg(c->aio);
+            c->msg = nng_aio_get_msg(c->aio);
             nng_aio_set_msg(c->aio, NULL);
-            c->pipe = nng_pipe_id(nng_msg_get_pipe(m));
-            s->ev.request(s->ev.arg, c, m);
+            c->pipe = nng_pipe_id(nng_msg_get_pipe(c->msg));
+            atomic_store(&c->state, REP_POSTED);
+            sched_post(r->s, &c->ev);
             return;
         }
-        if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
-            return; /* shutting down: srv_close frees it */
+        if (rv == NNG_ECLOSED || rv == NNG_ECANCELED || atomic_load(&r->closing))
+            return; /* shutting down: rep_close frees it */
         log_warn("receive failed: %s", nng_strerror(rv));
-        s->ev.idle(s->ev.arg, c);
+        atomic_store(&c->state, REP_RECV_ERR);
+        sched_post(r->s, &c->ev); /* the loop re-arms it */
         return;
     }
-    if (c->state == SRV_SEND) {
+    if (state == REP_SEND) {
         if (rv != 0) {
             nng_msg *m = nng_aio_get_msg(c->aio);
             nng_aio_set_msg(c->aio, NULL);
@@ -115,73 +149,188 @@ static void srv_ctx_cb(void *arg)
             if (rv != NNG_ECLOSED)
                 log_debug("reply not delivered: %s", nng_strerror(rv));
         }
-        s->ev.idle(s->ev.arg, c);
+        if (!atomic_load(&r->closing) && rv != NNG_ECLOSED)
+            rep_recv(r, c);
+        atomic_fetch_sub(&r->sending, 1);
     }
 }
 
-static void srv_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
+static void rep_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-    srv *s = arg;
-    if (ev == NNG_PIPE_EV_REM_POST && !atomic_load(&s->closing))
-        s->ev.pipe_gone(s->ev.arg, nng_pipe_id(p));
+    rep *r = arg;
+    if (ev != NNG_PIPE_EV_REM_POST || atomic_load(&r->closing))
+        return;
+    bool post = false;
+    pthread_mutex_lock(&r->gone_mtx);
+    if (r->n_gone < REP_GONE_MAX)
+        r->gone[r->n_gone++] = nng_pipe_id(p);
+    else
+        r->gone_lost = true;
+    if (!r->gone_posted) {
+        r->gone_posted = true;
+        post = true;
+    }
+    pthread_mutex_unlock(&r->gone_mtx);
+    if (post)
+        sched_post(r->s, &r->gone_ev);
 }
 
-static void srv_ctx_free(srv *s, srv_ctx *c)
+static void rep_ctx_free(rep_ctx *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->all = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    if (c->aio) {
+    if (c->aio != NULL) {
         nng_aio_stop(c->aio);
         nng_msg *m = nng_aio_get_msg(c->aio);
-        if (m)
+        if (m != NULL)
             nng_msg_free(m);
         nng_aio_free(c->aio);
     }
+    if (c->msg != NULL)
+        nng_msg_free(c->msg);
     nng_ctx_close(c->ctx);
     free(c);
 }
 
-static srv_ctx *srv_ctx_new(srv *s)
+static void rep_on_event(sched *s, sched_event *e);
+
+static rep_ctx *rep_ctx_new(rep *r)
 {
-    srv_ctx *c = calloc(1, sizeof(*c));
+    rep_ctx *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
-    c->s = s;
-    if (nng_aio_alloc(&c->aio, srv_ctx_cb, c) != 0) {
+    c->r = r;
+    c->ev.run = rep_on_event;
+    if (nng_aio_alloc(&c->aio, rep_ctx_cb, c) != 0) {
         free(c);
         return NULL;
     }
-    if (nng_ctx_open(&c->ctx, s->sock) != 0) {
+    if (nng_ctx_open(&c->ctx, r->sock) != 0) {
         nng_aio_free(c->aio);
         free(c);
         return NULL;
     }
-    c->next = s->all;
-    if (s->all)
-        s->all->prev = c;
-    s->all = c;
+    c->next = r->all;
+    r->all = c;
     return c;
 }
 
-static void srv_recv(srv *s, srv_ctx *c)
+/* Keeps REP_RECEIVERS contexts receiving (loop thread). */
+static void rep_fill(rep *r)
 {
-    c->state = SRV_RECV;
-    c->pipe = 0;
-    s->receiving++;
-    nng_ctx_recv(c->ctx, c->aio);
+    while (!atomic_load(&r->closing) && atomic_load(&r->receiving) < REP_RECEIVERS) {
+        rep_ctx *c = rep_ctx_new(r);
+        if (c == NULL) {
+            log_error("cannot allocate a receive context");
+            return;
+        }
+        rep_recv(r, c);
+    }
 }
 
-/* Reads the access token from path into s (see srv_opts). */
-static int srv_token_load(srv *s, const char *path, bool force, char *errbuf,
+static rep_conn **rep_conn_slot(rep *r, uint32_t pipe)
+{
+    /* Fibonacci hashing: pipe ids are sequential from a random start. */
+    rep_conn **pp = &r->conns[(uint32_t)(pipe * 2654435761u) % REP_CONN_BUCKETS];
+    while (*pp != NULL && (*pp)->pipe != pipe)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* Counts a context that became HELD against its connection. Returns false
+ * when the connection already had max_per_conn outstanding. */
+static bool rep_conn_hold(rep *r, rep_ctx *c)
+{
+    rep_conn **pp = rep_conn_slot(r, c->pipe);
+    rep_conn *cn = *pp;
+    if (cn == NULL) {
+        if ((cn = calloc(1, sizeof(*cn))) == NULL) {
+            /* Uncounted: the request is served rather than refused for our
+             * own lack of memory. */
+            log_error("out of memory counting requests of connection %u", c->pipe);
+            return true;
+        }
+        cn->pipe = c->pipe;
+        *pp = cn;
+    }
+    cn->held++;
+    c->counted = true;
+    return r->max_per_conn == 0 || cn->held <= r->max_per_conn;
+}
+
+/* A context leaves HELD: uncount it. */
+static void rep_conn_rele(rep *r, rep_ctx *c)
+{
+    if (!c->counted)
+        return;
+    c->counted = false;
+    rep_conn **pp = rep_conn_slot(r, c->pipe);
+    rep_conn *cn = *pp;
+    if (cn == NULL)
+        return;
+    if (--cn->held == 0) {
+        *pp = cn->next;
+        free(cn);
+    }
+}
+
+
+/* The loop takes a posted request, or re-arms a context whose receive
+ * failed. */
+static void rep_on_event(sched *s, sched_event *e)
+{
+    rep_ctx *c = (rep_ctx *)e;
+    rep *r = c->r;
+    (void)s;
+    if (atomic_load(&c->state) == REP_RECV_ERR) {
+        rep_recv(r, c);
+        return;
+    }
+    atomic_store(&c->state, REP_HELD);
+    rep_conn_hold(r, c);
+    rep_fill(r);
+    nng_msg *m = c->msg;
+    c->msg = NULL;
+    r->ev.request(r->ev.arg, c, nng_msg_body(m), nng_msg_len(m));
+    nng_msg_free(m);
+}
+
+/* The loop takes the connections that closed. */
+static void rep_on_gone(sched *s, sched_event *e)
+{
+    rep *r = (rep *)((char *)e - offsetof(rep, gone_ev));
+    uint32_t gone[REP_GONE_MAX];
+    (void)s;
+    pthread_mutex_lock(&r->gone_mtx);
+    unsigned n = r->n_gone;
+    bool lost = r->gone_lost;
+    memcpy(gone, r->gone, n * sizeof(gone[0]));
+    r->n_gone = 0;
+    r->gone_lost = false;
+    r->gone_posted = false;
+    pthread_mutex_unlock(&r->gone_mtx);
+    for (unsigned i = 0; i < n; i++)
+        r->ev.pipe_gone(r->ev.arg, gone[i]);
+    if (lost)
+        log_warn("more than %d agent connections closed at once; their requests are "
+                 "answered when their replies fail", REP_GONE_MAX);
+}
+
+bool rep_within_limit(const rep *r, const rep_ctx *c)
+{
+    if (r->max_per_conn == 0 || !c->counted)
+        return true;
+    rep_conn *const *pp = &r->conns[(uint32_t)(c->pipe * 2654435761u) % REP_CONN_BUCKETS];
+    while (*pp != NULL && (*pp)->pipe != c->pipe)
+        pp = &(*pp)->next;
+    return *pp == NULL || (*pp)->held <= r->max_per_conn;
+}
+
+/* Reads the access token from path into s (see rep_opts). */
+static int rep_token_load(rep *r, const char *path, bool force, char *errbuf,
                           size_t errlen)
 {
     /* Room for the longest token plus "\r\n", and one byte to see that a
      * file is longer than that. */
-    char buf[SRV_TOKEN_MAX + 3];
+    char buf[REP_TOKEN_MAX + 3];
     size_t n = 0;
     struct stat st;
     int rv = NNG_EINVAL;
@@ -204,16 +353,16 @@ static int srv_token_load(srv *s, const char *path, bool force, char *errbuf,
         goto out;
     }
     while (n < sizeof(buf)) {
-        ssize_t r = read(fd, buf + n, sizeof(buf) - n);
-        if (r < 0 && errno == EINTR)
+        ssize_t got = read(fd, buf + n, sizeof(buf) - n);
+        if (got < 0 && errno == EINTR)
             continue;
-        if (r < 0) {
+        if (got < 0) {
             snprintf(errbuf, errlen, "--auth-token-file %s: %s", path, strerror(errno));
             goto out;
         }
-        if (r == 0)
+        if (got == 0)
             break;
-        n += (size_t)r;
+        n += (size_t)got;
     }
     /* The trailing newline an editor or `echo` adds is not part of it. */
     if (n > 0 && buf[n - 1] == '\n')
@@ -224,10 +373,10 @@ static int srv_token_load(srv *s, const char *path, bool force, char *errbuf,
         snprintf(errbuf, errlen, "--auth-token-file %s: the file holds no token", path);
         goto out;
     }
-    if (n > SRV_TOKEN_MAX) {
+    if (n > REP_TOKEN_MAX) {
         snprintf(errbuf, errlen,
                  "--auth-token-file %s: the token is longer than %d bytes", path,
-                 SRV_TOKEN_MAX);
+                 REP_TOKEN_MAX);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -241,10 +390,10 @@ static int srv_token_load(srv *s, const char *path, bool force, char *errbuf,
             goto out;
         }
     }
-    memset(s->token, 0, sizeof(s->token));
-    memcpy(s->token, buf, n);
-    s->token_len = n;
-    s->have_token = true;
+    memset(r->token, 0, sizeof(r->token));
+    memcpy(r->token, buf, n);
+    r->token_len = n;
+    r->have_token = true;
     rv = 0;
 out:
     explicit_bzero(buf, sizeof(buf));
@@ -255,7 +404,7 @@ out:
 /* Gives the ipc:// socket file at path the group (a name or a number) and
  * then its final mode. Until then it was owner-only, so no member of the
  * user's own group could connect in between. */
-static int srv_sock_group(const char *path, const char *group, unsigned mode,
+static int rep_sock_group(const char *path, const char *group, unsigned mode,
                           char *errbuf, size_t errlen)
 {
     gid_t gid;
@@ -291,7 +440,7 @@ static int srv_sock_group(const char *path, const char *group, unsigned mode,
 /* Says in the user's terms why listening on url failed with nng error rv
  * (nng's own words, "Entry not found" or "Address invalid", name no cause
  * a user can act on); the original is logged at debug level. */
-static void srv_listen_error(const char *url, int rv, char *errbuf, size_t errlen)
+static void rep_listen_error(const char *url, int rv, char *errbuf, size_t errlen)
 {
     bool ipc = strncmp(url, "ipc://", 6) == 0;
     const char *path = url + 6;
@@ -329,257 +478,169 @@ static void srv_listen_error(const char *url, int rv, char *errbuf, size_t errle
     }
 }
 
-int srv_open(srv **sp, const srv_opts *o, const srv_events *ev, char *errbuf,
+int rep_open(rep **rp, sched *s, const rep_opts *o, const rep_events *ev, char *errbuf,
              size_t errlen)
 {
-    srv *s = calloc(1, sizeof(*s));
+    rep *r = calloc(1, sizeof(*r));
     bool ipc = strncmp(o->url, "ipc://", 6) == 0;
     int rv;
-    if (s == NULL)
-        return NNG_ENOMEM;
-    s->ev = *ev;
-    s->max_per_conn = o->max_per_conn;
+    if (r == NULL) {
+        snprintf(errbuf, errlen, "out of memory");
+        return -1;
+    }
+    r->s = s;
+    r->ev = *ev;
+    r->max_per_conn = o->max_per_conn;
+    r->gone_ev.run = rep_on_gone;
+    pthread_mutex_init(&r->gone_mtx, NULL);
     if (o->auth_token_file != NULL &&
-        (rv = srv_token_load(s, o->auth_token_file, o->force, errbuf, errlen)) != 0) {
-        free(s);
-        return rv;
+        rep_token_load(r, o->auth_token_file, o->force, errbuf, errlen) != 0) {
+        pthread_mutex_destroy(&r->gone_mtx);
+        free(r);
+        return -1;
     }
-    if ((rv = nng_rep0_open(&s->sock)) != 0) {
+    if ((rv = nng_rep0_open(&r->sock)) != 0) {
         snprintf(errbuf, errlen, "cannot open socket: %s", nng_strerror(rv));
-        explicit_bzero(s->token, sizeof(s->token));
-        free(s);
-        return rv;
+        explicit_bzero(r->token, sizeof(r->token));
+        pthread_mutex_destroy(&r->gone_mtx);
+        free(r);
+        return -1;
     }
-    nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, o->max_msg);
-    nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, srv_pipe_cb, s);
-    if ((rv = nng_listener_create(&s->listener, s->sock, o->url)) != 0) {
-        srv_listen_error(o->url, rv, errbuf, errlen);
+    nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, o->max_msg);
+    nng_pipe_notify(r->sock, NNG_PIPE_EV_REM_POST, rep_pipe_cb, r);
+    if ((rv = nng_listener_create(&r->listener, r->sock, o->url)) != 0) {
+        rep_listen_error(o->url, rv, errbuf, errlen);
         goto fail;
     }
     if (ipc) {
         /* Owner-only unless asked otherwise: other local users must not
          * submit requests. With a group the file stays owner-only until it
-         * belongs to that group (srv_sock_group). */
+         * belongs to that group (rep_sock_group). */
         unsigned mode =
             o->socket_group != NULL ? (o->socket_mode & 0700) : o->socket_mode;
-        if ((rv = nng_listener_set_int(s->listener, NNG_OPT_IPC_PERMISSIONS,
+        if ((rv = nng_listener_set_int(r->listener, NNG_OPT_IPC_PERMISSIONS,
                                        (int)mode)) != 0) {
             snprintf(errbuf, errlen, "cannot set permissions of %s: %s", o->url,
                      nng_strerror(rv));
             goto fail;
         }
     }
-    if ((rv = nng_listener_start(s->listener, 0)) != 0) {
-        srv_listen_error(o->url, rv, errbuf, errlen);
+    if ((rv = nng_listener_start(r->listener, 0)) != 0) {
+        rep_listen_error(o->url, rv, errbuf, errlen);
         goto fail;
     }
     if (ipc && o->socket_group != NULL &&
-        (rv = srv_sock_group(o->url + 6, o->socket_group, o->socket_mode, errbuf,
-                             errlen)) != 0) {
+        rep_sock_group(o->url + 6, o->socket_group, o->socket_mode, errbuf, errlen) != 0)
         goto fail;
-    }
-    *sp = s;
-    srv_fill(s);
+    *rp = r;
+    rep_fill(r);
     return 0;
 fail:
-    nng_close(s->sock);
-    explicit_bzero(s->token, sizeof(s->token));
-    free(s);
-    return rv;
+    nng_close(r->sock);
+    explicit_bzero(r->token, sizeof(r->token));
+    pthread_mutex_destroy(&r->gone_mtx);
+    free(r);
+    return -1;
 }
 
-void srv_fill(srv *s)
+bool rep_auth_required(const rep *r)
 {
-    while (!atomic_load(&s->closing) && s->receiving < SRV_RECEIVERS) {
-        srv_ctx *c = srv_ctx_new(s);
-        if (c == NULL) {
-            log_error("cannot allocate a receive context");
-            return;
-        }
-        srv_recv(s, c);
-    }
+    return r->have_token;
 }
 
-static srv_conn **srv_conn_slot(srv *s, uint32_t pipe)
+bool rep_auth_ok(rep *r, const rep_ctx *c, const char *auth)
 {
-    /* Fibonacci hashing: pipe ids are sequential from a random start. */
-    srv_conn **pp = &s->conns[(uint32_t)(pipe * 2654435761u) % SRV_CONN_BUCKETS];
-    while (*pp != NULL && (*pp)->pipe != pipe)
-        pp = &(*pp)->next;
-    return pp;
-}
-
-/* Counts a context that became HELD against its connection. Returns false
- * when the connection already had max_per_conn outstanding. */
-static bool srv_conn_hold(srv *s, srv_ctx *c)
-{
-    srv_conn **pp = srv_conn_slot(s, c->pipe);
-    srv_conn *cn = *pp;
-    if (cn == NULL) {
-        if ((cn = calloc(1, sizeof(*cn))) == NULL) {
-            /* Uncounted: the request is served rather than refused for our
-             * own lack of memory. */
-            log_error("out of memory counting requests of connection %u", c->pipe);
-            return true;
-        }
-        cn->pipe = c->pipe;
-        *pp = cn;
-    }
-    cn->held++;
-    c->counted = true;
-    return s->max_per_conn == 0 || cn->held <= s->max_per_conn;
-}
-
-/* A context leaves HELD: uncount it. */
-static void srv_conn_rele(srv *s, srv_ctx *c)
-{
-    if (!c->counted)
-        return;
-    c->counted = false;
-    srv_conn **pp = srv_conn_slot(s, c->pipe);
-    srv_conn *cn = *pp;
-    if (cn == NULL)
-        return;
-    if (--cn->held == 0) {
-        *pp = cn->next;
-        free(cn);
-    }
-}
-
-bool srv_take(srv *s, srv_ctx *c)
-{
-    bool ok = true;
-    if (c->state == SRV_RECV) {
-        s->receiving--;
-        c->state = SRV_HELD;
-        ok = srv_conn_hold(s, c);
-        if (!ok)
-            s->conn_refused++;
-    }
-    srv_fill(s);
-    return ok;
-}
-
-bool srv_auth_required(const srv *s)
-{
-    return s->have_token;
-}
-
-bool srv_auth_ok(srv *s, const srv_ctx *c, const char *auth)
-{
-    unsigned char given[SRV_TOKEN_MAX];
-    size_t n = auth != NULL ? strnlen(auth, SRV_TOKEN_MAX + 1) : 0;
+    unsigned char given[REP_TOKEN_MAX];
+    size_t n = auth != NULL ? strnlen(auth, REP_TOKEN_MAX + 1) : 0;
     volatile unsigned diff = 0;
 
-    if (!s->have_token)
+    if (!r->have_token)
         return true;
-    /* The decoder caps "auth" at SRV_TOKEN_MAX bytes; anything longer or
+    /* The decoder caps "auth" at REP_TOKEN_MAX bytes; anything longer or
      * missing is a mismatch, found by the same full-length loop. */
-    diff |= (auth == NULL) | (n > SRV_TOKEN_MAX);
-    if (n > SRV_TOKEN_MAX)
-        n = SRV_TOKEN_MAX;
+    diff |= (auth == NULL) | (n > REP_TOKEN_MAX);
+    if (n > REP_TOKEN_MAX)
+        n = REP_TOKEN_MAX;
     memset(given, 0, sizeof(given));
     if (n > 0)
         memcpy(given, auth, n);
-    diff |= (unsigned)((n ^ s->token_len) != 0);
-    for (size_t i = 0; i < SRV_TOKEN_MAX; i++)
-        diff |= (unsigned)(given[i] ^ s->token[i]);
+    diff |= (unsigned)((n ^ r->token_len) != 0);
+    for (size_t i = 0; i < REP_TOKEN_MAX; i++)
+        diff |= (unsigned)(given[i] ^ r->token[i]);
     explicit_bzero(given, sizeof(given));
     if (diff == 0)
         return true;
 
-    s->auth_refused++;
-    s->auth_unlogged++;
+    r->auth_refused++;
+    r->auth_unlogged++;
     int64_t now = clock_now_us();
-    if (s->auth_logged_us == 0 || now - s->auth_logged_us >= SRV_AUTH_LOG_US) {
+    if (r->auth_logged_us == 0 || now - r->auth_logged_us >= REP_AUTH_LOG_US) {
         log_warn("refused a request from connection %u: %s (%" PRIu64
                  " refused since the last such message, %" PRIu64 " in all)",
-                 c->pipe, auth == NULL ? "no token" : "wrong token", s->auth_unlogged,
-                 s->auth_refused);
-        s->auth_logged_us = now;
-        s->auth_unlogged = 0;
+                 c->pipe, auth == NULL ? "no token" : "wrong token", r->auth_unlogged,
+                 r->auth_refused);
+        r->auth_logged_us = now;
+        r->auth_unlogged = 0;
     }
     return false;
 }
 
-uint64_t srv_auth_refused(const srv *s)
+void rep_reply(rep_ctx *c, const void *buf, size_t len)
 {
-    return s->auth_refused;
-}
-
-uint64_t srv_conn_refused(const srv *s)
-{
-    return s->conn_refused;
-}
-
-int srv_reply(srv *s, srv_ctx *c, const void *buf, size_t len)
-{
+    rep *r = c->r;
     nng_msg *m = NULL;
-    int rv = nng_msg_alloc(&m, 0);
-    if (rv == 0)
-        rv = nng_msg_append(m, buf, len);
+    int rv = nng_msg_alloc(&m, len);
+    rep_conn_rele(r, c);
     if (rv != 0) {
-        nng_msg_free(m);
-        log_error("cannot build reply: %s", nng_strerror(rv));
-        srv_ctx_recycle(s, c);
-        return rv;
+        log_error("cannot build a reply: %s", nng_strerror(rv));
+        rep_recv(r, c); /* the agent's own timeout answers it */
+        return;
     }
-    srv_conn_rele(s, c);
-    c->state = SRV_SEND;
-    s->sending++;
+    memcpy(nng_msg_body(m), buf, len);
+    atomic_fetch_add(&r->sending, 1);
+    atomic_store(&c->state, REP_SEND);
     nng_aio_set_msg(c->aio, m);
     nng_ctx_send(c->ctx, c->aio);
-    return 0;
 }
 
-void srv_ctx_recycle(srv *s, srv_ctx *c)
-{
-    srv_conn_rele(s, c);
-    if (c->state == SRV_SEND)
-        s->sending--;
-    else if (c->state == SRV_RECV)
-        s->receiving--;
-    c->state = SRV_HELD;
-    if (!atomic_load(&s->closing) && s->receiving < SRV_RECEIVERS)
-        srv_recv(s, c);
-    else
-        srv_ctx_free(s, c);
-}
-
-uint32_t srv_ctx_pipe(const srv_ctx *c)
+uint32_t rep_ctx_pipe(const rep_ctx *c)
 {
     return c->pipe;
 }
 
-unsigned srv_receiving(const srv *s)
+uint64_t *rep_ctx_user(rep_ctx *c)
 {
-    return s->receiving;
+    return &c->user;
 }
 
-unsigned srv_sending(const srv *s)
+unsigned rep_sending(const rep *r)
 {
-    return s->sending;
+    return atomic_load(&r->sending);
 }
 
-void srv_close(srv *s)
+void rep_close(rep *r)
 {
-    if (s == NULL)
+    if (r == NULL)
         return;
-    atomic_store(&s->closing, 1);
-    nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
+    atomic_store(&r->closing, 1);
+    nng_pipe_notify(r->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
     /* Stop every aio first (waits for running callbacks), then close. */
-    for (srv_ctx *c = s->all; c; c = c->next)
+    for (rep_ctx *c = r->all; c != NULL; c = c->next)
         nng_aio_stop(c->aio);
-    nng_close(s->sock);
-    while (s->all)
-        srv_ctx_free(s, s->all);
-    for (size_t i = 0; i < SRV_CONN_BUCKETS; i++) {
-        while (s->conns[i] != NULL) {
-            srv_conn *cn = s->conns[i];
-            s->conns[i] = cn->next;
+    nng_close(r->sock);
+    while (r->all != NULL) {
+        rep_ctx *c = r->all;
+        r->all = c->next;
+        rep_ctx_free(c);
+    }
+    for (size_t i = 0; i < REP_CONN_BUCKETS; i++) {
+        while (r->conns[i] != NULL) {
+            rep_conn *cn = r->conns[i];
+            r->conns[i] = cn->next;
             free(cn);
         }
     }
-    explicit_bzero(s->token, sizeof(s->token));
-    free(s);
+    pthread_mutex_destroy(&r->gone_mtx);
+    explicit_bzero(r->token, sizeof(r->token));
+    free(r);
 }

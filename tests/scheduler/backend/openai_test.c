@@ -48,9 +48,9 @@ static oa_body_opts opts_none(void)
     return o;
 }
 
-static lms_chat_req req_basic(char *system, lms_chat_msg *msgs, size_t n)
+static chat_req req_basic(char *system, chat_msg *msgs, size_t n)
 {
-    lms_chat_req r;
+    chat_req r;
     memset(&r, 0, sizeof(r));
     r.system = system;
     r.messages = msgs;
@@ -65,8 +65,8 @@ static lms_chat_req req_basic(char *system, lms_chat_msg *msgs, size_t n)
 static void test_body_minimal(void **state)
 {
     (void)state;
-    lms_chat_msg m[] = {{"user", "hi"}};
-    lms_chat_req req = req_basic("S", m, 1);
+    chat_msg m[] = {{"user", "hi"}};
+    chat_req req = req_basic("S", m, 1);
     oa_body_opts o = opts_none();
     char *body = oa_build_chat_body(&req, &o);
     assert_non_null(body);
@@ -85,9 +85,9 @@ static void test_body_minimal(void **state)
 static void test_body_all_fields(void **state)
 {
     (void)state;
-    lms_chat_msg m[] = {{"user", "q1"}, {"assistant", "a1"}, {"user", "q2"}};
+    chat_msg m[] = {{"user", "q1"}, {"assistant", "a1"}, {"user", "q2"}};
     char *stop[] = {"\n\n", "END"};
-    lms_chat_req req = req_basic("sys", m, 3);
+    chat_req req = req_basic("sys", m, 3);
     req.model = "m1";
     req.max_tokens = 50;
     req.has_temperature = true;
@@ -165,8 +165,8 @@ static void test_body_system_byte_identical(void **state)
     char system[] =
         "You are \"helpful\".\nRules:\r\n\t- use C:\\path\\\n"
         "- h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x9a\x80\x01</script>";
-    lms_chat_msg m[] = {{"user", "caf\xc3\xa9 \"q\""}};
-    lms_chat_req req = req_basic(system, m, 1);
+    chat_msg m[] = {{"user", "caf\xc3\xa9 \"q\""}};
+    chat_req req = req_basic(system, m, 1);
     oa_body_opts o = opts_none();
     o.stream = true;
     char *body = oa_build_chat_body(&req, &o);

@@ -167,13 +167,13 @@ static void test_event_name_truncated(void **state)
     (void)state;
     rec r = {0};
     sse_parser p;
-    char buf[256];
-    memset(buf, 0, sizeof(buf));
-    strcpy(buf, "event: ");
-    memset(buf + 7, 'e', 100);
-    strcat(buf, "\ndata: x\n\n");
+    char bytes[256];
+    memset(bytes, 0, sizeof(bytes));
+    strcpy(bytes, "event: ");
+    memset(bytes + 7, 'e', 100);
+    strcat(bytes, "\ndata: x\n\n");
     sse_init(&p, 1024, rec_cb, &r);
-    assert_int_equal(sse_feed(&p, buf, strlen(buf)), 0);
+    assert_int_equal(sse_feed(&p, bytes, strlen(bytes)), 0);
     assert_int_equal(r.n, 1);
     assert_int_equal(strlen(r.event[0]), 63);
     sse_fini(&p);
@@ -200,28 +200,28 @@ static void test_line_too_big(void **state)
     (void)state;
     rec r = {0};
     sse_parser p;
-    char buf[64];
-    memset(buf, 'x', sizeof(buf));
+    char bytes[64];
+    memset(bytes, 'x', sizeof(bytes));
     sse_init(&p, 1000, rec_cb, &r);
     /* A line with no end, fed in small pieces, must hit the bound without
      * the buffer growing past it. */
     int rc = 0, feeds = 0;
     while (rc == 0 && feeds < 1000) {
-        rc = sse_feed(&p, buf, sizeof(buf));
+        rc = sse_feed(&p, bytes, sizeof(bytes));
         feeds++;
     }
     assert_int_equal(rc, SSE_ETOOBIG);
     assert_int_equal(feeds, 16); /* 15 x 64 = 960 fit, the 16th passes 1000 */
-    assert_true(p.line_cap <= 1001);
+    assert_true(p.line.cap <= 1001);
     assert_int_equal(r.n, 0);
     sse_fini(&p);
 
     /* A line of exactly max_event bytes is fine. */
     sse_init(&p, 32, rec_cb, &r);
-    memcpy(buf, "data: ", 6);
-    buf[32] = '\n';
-    buf[33] = '\n';
-    assert_int_equal(sse_feed(&p, buf, 34), 0);
+    memcpy(bytes, "data: ", 6);
+    bytes[32] = '\n';
+    bytes[33] = '\n';
+    assert_int_equal(sse_feed(&p, bytes, 34), 0);
     assert_int_equal(r.n, 1);
     assert_int_equal(r.len[0], 26);
     sse_fini(&p);

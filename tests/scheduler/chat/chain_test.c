@@ -24,8 +24,8 @@
 #define MAXMSG 8
 
 typedef struct conv {
-    lms_chat_req req;
-    lms_chat_msg msg[MAXMSG];
+    chat_req req;
+    chat_msg msg[MAXMSG];
 } conv;
 
 static void conv_init(conv *c, const char *system)

@@ -1,0 +1,168 @@
+/*
+ * core - the scheduler core's state and the functions its files share:
+ * loop.c (the turn and its phases), job.c (a request's life and its one
+ * answer), admit.c (taking a request in), capacity.c (the memory budget
+ * and how many run at once), status.c (the snapshot and its JSON). Nothing
+ * outside scheduler/core/ includes it; the rest of the daemon uses sched.h.
+ * Loop thread only, except the inbox (inbox_mtx).
+ */
+#ifndef LMSCHED_CORE_CORE_H
+#define LMSCHED_CORE_CORE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "scheduler/backend/backend.h"
+#include "scheduler/backend/http.h"
+#include "scheduler/chat/chain.h"
+#include "scheduler/core/sched.h"
+#include "scheduler/memory/budget.h"
+#include "scheduler/policy/policy.h"
+
+#define SCHED_MAX_FRONTS 4
+#define SCHED_MAX_BACKENDS 1
+#define LAT_SAMPLES 1024
+
+/* While a backend is unreachable dispatch is paused; the loop then wakes
+ * at least this often (the policy's own wake time is not refreshed). */
+#define SCHED_DOWN_TICK_US 50000
+/* How often a request that could not connect checks whether the backend
+ * came back. */
+#define SCHED_DOWN_RECHECK_US 250000
+
+typedef struct lat_ring {
+    double v[LAT_SAMPLES];
+    unsigned n;   /* samples held, <= LAT_SAMPLES */
+    unsigned pos; /* next slot to write */
+} lat_ring;
+
+void lat_add(lat_ring *r, double v);
+
+typedef struct sched_stats {
+    uint64_t received; /* chat requests submitted */
+    uint64_t completed;
+    uint64_t failed; /* answered with an error (not counting BUSY) */
+    uint64_t retried;
+    uint64_t rejected_busy;
+    uint64_t failed_by_code[32];
+    uint64_t bad_messages; /* undecodable messages answered with an error */
+    uint64_t status_requests;
+    uint64_t auth_refused;
+    uint64_t tokens_prompt, tokens_completion, tokens_cached;
+    lat_ring queue_wait, ttft, total;
+} sched_stats;
+
+typedef enum job_state {
+    JOB_QUEUED = 1,
+    JOB_INFLIGHT = 2,   /* a backend transfer is running */
+    JOB_RETRY_WAIT = 3, /* holds its concurrency slot until retry_at_us */
+    JOB_PENDING = 4,    /* chosen for a slot, waiting for KV memory to be free */
+} job_state;
+
+struct job {
+    pol_item pi; /* first: the policy links it */
+    job_state state;
+    chat_req *req;  /* owned */
+    sink sink;      /* where the answer goes */
+    backend *be;    /* the backend it runs on, once dispatched */
+    int64_t recv_us, dispatch_us;
+    int64_t retry_at_us;
+    unsigned attempts;    /* transfers started */
+    unsigned refused;     /* of those, ones that could not connect (not counted
+                           * against --max-retries: they never reached the backend) */
+    int64_t down_wait_us; /* since when it waits for an unreachable backend, 0 if not */
+    http_xfer *xfer;      /* while JOB_INFLIGHT */
+    prefix_chain chain;   /* the prompt's prefix blocks (pi points into it) */
+    int slot;             /* backend slot chosen by the policy, -1 before */
+    uint64_t reserve;     /* KV bytes this request reserves while it runs */
+    bool reserved;        /* reserve is counted in sched.reserved_bytes */
+    job *prev, *next;     /* every live job */
+};
+
+struct sched {
+    sched_config cfg;
+    char *token; /* LM_API_TOKEN, never logged or shown */
+    http_client *http;
+    backend backends[SCHED_MAX_BACKENDS];
+    unsigned n_backends;
+    policy *pol;
+
+    struct {
+        const front_ops *ops;
+        void *arg;
+    } fronts[SCHED_MAX_FRONTS];
+    unsigned n_fronts;
+
+    pthread_mutex_t inbox_mtx;
+    sched_event *inbox_head, *inbox_tail;
+    atomic_uint stops; /* stop requests not yet seen by the loop */
+
+    job *jobs;
+    unsigned queued, inflight; /* inflight counts every job that left the queue */
+    job *pending;              /* chosen by the policy, waiting for memory */
+    uint64_t reserved_bytes;   /* KV reserved by running requests */
+    uint64_t kv_bytes_per_token;
+    const char *kv_source;     /* where kv_bytes_per_token came from */
+    bool pin_slots;            /* requests carry the policy's slot */
+
+    budget_in bin;
+    budget_out bout;
+    const char *limited_by; /* "memory", "slots", "flag" */
+    unsigned max_concurrent;
+
+    sched_stats st;
+    int64_t start_us;
+    bool started;      /* sched_start is done: changes are logged from now on */
+    bool draining;
+    bool drain_forced; /* a second stop signal ended the drain */
+    int64_t drain_deadline_us;
+    bool stopped;
+};
+
+/* ---- job.c ---------------------------------------------------------------- */
+
+/* A job for req (taken) answering through k; not linked anywhere yet.
+ * NULL on ENOMEM (req is then freed). */
+job *job_new(sched *s, chat_req *req, const sink *k);
+/* Links a new job into the list of live jobs. */
+void job_link(sched *s, job *j);
+/* Ends j with its answer: the sink's done, then the job is freed. */
+void job_complete(sched *s, job *j, const chat_result *r);
+/* Ends j with an error: detached from whatever holds it (queue, transfer,
+ * slot, memory), the sink's fail, then freed. */
+void job_fail(sched *s, job *j, int code, const char *msg, const char *field);
+/* Gives back j's slot and KV reservation. */
+void job_release_slot(sched *s, job *j, bool ok, int64_t prompt, int64_t cached);
+
+/* ---- capacity.c ---------------------------------------------------------- */
+
+/* The per-slot context the core plans with: the backend's, --context, or
+ * the default. */
+int64_t sched_context(const sched *s);
+
+/* Reads the machine's RAM and the KV size per token (flags, GGUF). Returns
+ * 0, or 1 with the reason logged. */
+int capacity_init(sched *s);
+/* Recomputes the budget, max_concurrent, the policy's slots and placement
+ * from what the backends report and the flags. */
+void capacity_update(sched *s);
+/* The KV bytes a request with this prompt reserves while it runs. */
+uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_tokens);
+
+/* ---- loop.c -------------------------------------------------------------- */
+
+/* Takes the backend's answer to a finished transfer of a job. */
+void loop_job_done(sched *s, job *j, http_xfer *x);
+
+/* One turn of the loop without its sleep (sched_run calls it, and so do
+ * the core's unit tests, which drive the clock themselves). Returns when
+ * the loop wants the next turn. */
+int64_t sched_turn(sched *s);
+
+/* sched_alloc with an HTTP client of the caller's (taken, freed by
+ * sched_free): the unit tests' fake. */
+int sched_alloc_http(sched **sp, const sched_config *cfg, http_client *http);
+
+#endif /* LMSCHED_CORE_CORE_H */

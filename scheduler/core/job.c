@@ -1,0 +1,119 @@
+/*
+ * job - one request's life in the core, and its one answer.
+ *
+ * Design notes: a job ends in exactly one of job_complete and job_fail.
+ * Both unlink it, make the sink's one call, and free it, in that order:
+ * nothing else frees a job, so no path can answer twice or forget to. The
+ * sink copies what it needs during the call (the nng front encodes the
+ * reply there and then), so results are views and nothing is borrowed and
+ * zeroed afterwards.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lmsched/wire.h"
+#include "scheduler/core/core.h"
+#include "scheduler/util/clock.h"
+#include "scheduler/util/log.h"
+
+job *job_new(sched *s, chat_req *req, const sink *k)
+{
+    (void)s;
+    job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        chat_req_free(req);
+        return NULL;
+    }
+    j->req = req;
+    j->sink = *k;
+    j->slot = -1;
+    j->recv_us = clock_now_us();
+    return j;
+}
+
+void job_link(sched *s, job *j)
+{
+    j->prev = NULL;
+    j->next = s->jobs;
+    if (s->jobs != NULL)
+        s->jobs->prev = j;
+    s->jobs = j;
+}
+
+static void job_unlink(sched *s, job *j)
+{
+    if (j->prev != NULL)
+        j->prev->next = j->next;
+    else if (s->jobs == j)
+        s->jobs = j->next;
+    if (j->next != NULL)
+        j->next->prev = j->prev;
+    j->prev = j->next = NULL;
+}
+
+static void job_free(job *j)
+{
+    prefix_chain_fini(&j->chain);
+    chat_req_free(j->req);
+    free(j);
+}
+
+void job_release_slot(sched *s, job *j, bool ok, int64_t prompt, int64_t cached)
+{
+    if (j->reserved) {
+        s->reserved_bytes -= j->reserve;
+        j->reserved = false;
+    }
+    if (j->slot >= 0 && (unsigned)j->slot < policy_slots(s->pol))
+        policy_slot_done(s->pol, j->slot, ok, prompt, cached);
+    j->slot = -1;
+}
+
+/* Detaches j from whatever holds it: the queue, or its transfer, slot and
+ * memory. */
+static void job_detach(sched *s, job *j)
+{
+    if (j->state == JOB_QUEUED) {
+        policy_remove(s->pol, &j->pi);
+        s->queued--;
+    } else if (j->state != 0) {
+        if (j->xfer != NULL) {
+            http_xfer_free(s->http, j->xfer);
+            j->xfer = NULL;
+        }
+        if (s->pending == j)
+            s->pending = NULL;
+        job_release_slot(s, j, false, -1, -1);
+        s->inflight--;
+    }
+    j->state = 0;
+}
+
+void job_complete(sched *s, job *j, const chat_result *r)
+{
+    job_detach(s, j);
+    job_unlink(s, j);
+    s->st.completed++;
+    j->sink.ops->done(j->sink.arg, j, r);
+    job_free(j);
+}
+
+void job_fail(sched *s, job *j, int code, const char *msg, const char *field)
+{
+    job_detach(s, j);
+    job_unlink(s, j);
+    if (code == LMSCHED_EBUSY) {
+        s->st.rejected_busy++;
+    } else {
+        s->st.failed++;
+        if (code >= 0 &&
+            code < (int)(sizeof(s->st.failed_by_code) / sizeof(s->st.failed_by_code[0])))
+            s->st.failed_by_code[code]++;
+    }
+    log_debug("request %" PRIu64 "/%" PRIu64 " from %s failed: %s: %s", j->sink.owner,
+              j->sink.id, j->req->agent != NULL ? j->req->agent : "?", lmsched_err_name(code),
+              msg);
+    j->sink.ops->fail(j->sink.arg, j, code, msg, field);
+    job_free(j);
+}

@@ -1,0 +1,74 @@
+/*
+ * status - what the scheduler is doing, as one snapshot taken on the loop
+ * thread, and the status document (docs/status.md) built from it. Every
+ * view of the figures (`lmsched status`, the JSON, metrics) is built from a
+ * snapshot, so they agree.
+ */
+#ifndef LMSCHED_CORE_STATUS_H
+#define LMSCHED_CORE_STATUS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "scheduler/core/sched.h"
+#include "scheduler/policy/policy.h"
+
+#define STATUS_MAX_GROUPS 64
+#define STATUS_ERR_CODES 32
+
+/* Nearest-rank percentiles of a latency window; have is false when empty. */
+typedef struct status_pct {
+    bool have;
+    double p50, p95;
+} status_pct;
+
+typedef struct status_backend {
+    const char *url;
+    const char *kind;
+    bool healthy;
+    const char *last_error; /* NULL when healthy */
+    const char *model;      /* NULL unknown */
+    int64_t context_length; /* -1 unknown */
+    int64_t slots;          /* -1 unknown */
+    double checked_ago_s;   /* < 0: never checked */
+} status_backend;
+
+typedef struct status_snapshot {
+    double uptime_s;
+    int pid;
+    const char *listen;
+    const char *policy;
+    status_backend backend;
+    struct {
+        uint64_t total_bytes;
+        double ram_fraction;
+        uint64_t model_size_bytes; /* 0 unknown */
+        uint64_t kv_per_request_bytes;
+        uint64_t budget_bytes;
+        unsigned max_concurrent;
+        const char *limited_by;
+        const char *accounting; /* "per_token", "per_request" */
+        uint64_t kv_bytes_per_token;
+        const char *kv_source;
+        uint64_t reserved_bytes;
+    } memory;
+    unsigned queue_depth, queue_max, inflight;
+    struct {
+        uint64_t received, completed, failed, retried, rejected_busy;
+        uint64_t bad_messages, auth_refused, status_requests;
+        uint64_t failed_by_code[STATUS_ERR_CODES];
+    } requests;
+    status_pct queue_wait, ttft, total;
+    uint64_t tokens_prompt, tokens_completion, tokens_cached;
+    pol_group_info groups[STATUS_MAX_GROUPS];
+    size_t n_groups;
+} status_snapshot;
+
+/* Fills out from the scheduler's state. The strings point into the
+ * scheduler and are valid until the loop runs again. Loop thread. */
+void status_take(sched *s, status_snapshot *out);
+
+/* The status document as compact JSON text (malloc'd), NULL on ENOMEM. */
+char *status_json(const status_snapshot *snap);
+
+#endif /* LMSCHED_CORE_STATUS_H */

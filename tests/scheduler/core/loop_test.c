@@ -1,0 +1,456 @@
+/*
+ * loop_test - the scheduler core in-process: the real loop, admission,
+ * policy, budget and backend objects, with a fake HTTP client and a clock
+ * the test moves. Wake times, retries, deadlines, outages, drain and
+ * cancellation, and "every request gets exactly one answer", in
+ * milliseconds of real time.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fake_http.h"
+#include "lmsched/wire.h"
+#include "scheduler/core/core.h"
+#include "scheduler/util/clock.h"
+#include "scheduler/util/log.h"
+
+/* ---- a clock the test moves -------------------------------------------- */
+
+static int64_t fake_now = 1000000000;
+
+static int64_t fake_clock(void *arg)
+{
+    (void)arg;
+    return fake_now;
+}
+
+static void advance_ms(int64_t ms)
+{
+    fake_now += ms * 1000;
+}
+
+/* ---- a sink that records ------------------------------------------------ */
+
+typedef struct answer {
+    int calls;
+    int code; /* LMSCHED_OK for done */
+    char content[128];
+    char msg[512];
+    uint32_t retries;
+    int64_t prompt, cached;
+} answer;
+
+static void rec_done(void *arg, job *j, const chat_result *r)
+{
+    answer *a = arg;
+    (void)j;
+    a->calls++;
+    a->code = LMSCHED_OK;
+    snprintf(a->content, sizeof(a->content), "%s", r->content);
+    a->retries = r->retries;
+    a->prompt = r->usage.prompt_tokens;
+    a->cached = r->usage.cached_tokens;
+}
+
+static void rec_fail(void *arg, job *j, int code, const char *msg, const char *field)
+{
+    answer *a = arg;
+    (void)j;
+    (void)field;
+    a->calls++;
+    a->code = code;
+    snprintf(a->msg, sizeof(a->msg), "%s", msg);
+}
+
+static const sink_ops rec_ops = {.done = rec_done, .fail = rec_fail};
+
+/* ---- the core under test ------------------------------------------------ */
+
+typedef struct env {
+    sched *s;
+    fake_http *f;
+    sched_config cfg;
+} env;
+
+static const char lmstudio_models[] =
+    "{\"models\":[{\"type\":\"llm\",\"key\":\"m1\",\"size_bytes\":1000000,"
+    "\"loaded_instances\":[{\"id\":\"m1\",\"config\":{\"context_length\":8192,"
+    "\"parallel\":2}}]}]}";
+
+static void env_start(env *e, void (*tweak)(sched_config *))
+{
+    memset(e, 0, sizeof(*e));
+    clock_set_source(fake_clock, NULL);
+    log_set_level(LOG_ERROR);
+    config_defaults(&e->cfg, "ipc:///tmp/loop_test.sock");
+    snprintf(e->cfg.backend, sizeof(e->cfg.backend), "http://fake");
+    e->cfg.total_ram = 64ull << 30;
+    e->cfg.backend_wait_ms = 1000;
+    if (tweak != NULL)
+        tweak(&e->cfg);
+    http_client *hc = NULL;
+    e->f = fake_http_new(&hc);
+    fake_http_route(e->f, "/api/v1/models", 200, lmstudio_models);
+    assert_int_equal(sched_alloc_http(&e->s, &e->cfg, hc), 0);
+    assert_int_equal(sched_start(e->s, 100), 0);
+    assert_true(e->s->backends[0].healthy);
+    assert_int_equal(e->s->backends[0].slots, 2);
+}
+
+static void env_stop(env *e)
+{
+    sched_free(e->s);
+    clock_set_source(NULL, NULL);
+}
+
+static void submit(env *e, answer *a, uint64_t owner, const char *system, const char *user,
+                   int priority, uint32_t deadline_ms)
+{
+    chat_req *r = NULL;
+    assert_int_equal(chat_req_alloc(&r), LMSCHED_OK);
+    free(r->system);
+    r->system = strdup(system);
+    r->messages = calloc(1, sizeof(*r->messages));
+    r->messages[0].role = strdup("user");
+    r->messages[0].content = strdup(user);
+    r->n_messages = 1;
+    r->max_tokens = 8;
+    r->priority = (uint8_t)priority;
+    r->deadline_ms = deadline_ms;
+    sink k = {.ops = &rec_ops, .arg = a, .owner = owner, .id = 1};
+    sched_submit(e->s, r, &k);
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+/* One request: dispatched on the next turn with the streamed body, its
+ * answer goes to the sink once, and the counters say so. */
+static void test_answer(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    answer a = {0};
+    submit(&e, &a, 1, "You are terse.", "hello", 5, 0);
+    assert_int_equal(a.calls, 0);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 1);
+    const char *body = fake_http_body(e.f, 0);
+    assert_non_null(strstr(body, "\"stream\":true"));
+    assert_non_null(strstr(body, "You are terse."));
+    assert_non_null(strstr(body, "\"model\":\"m1\""));
+    assert_null(strstr(body, "id_slot")); /* LM Studio: no pinning */
+    advance_ms(5);
+    fake_http_finish(e.f, 0, 200, fake_http_completion("hi there", 20, 12), 0);
+    sched_turn(e.s);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.code, LMSCHED_OK);
+    assert_string_equal(a.content, "hi there");
+    assert_int_equal(a.prompt, 20);
+    assert_int_equal(a.cached, 12);
+    assert_int_equal(e.s->st.completed, 1);
+    assert_int_equal(e.s->inflight, 0);
+    assert_int_equal(e.s->reserved_bytes, 0);
+    env_stop(&e);
+}
+
+/* Two slots: a third request waits for one to free. */
+static void test_slots_bound(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    answer a[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        submit(&e, &a[i], 1, "sys", "q", 5, 0);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 2);
+    assert_int_equal(e.s->queued, 1);
+    fake_http_finish(e.f, 0, 200, fake_http_completion("a", 5, 0), 0);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 2);
+    assert_int_equal(e.s->queued, 0);
+    int done = a[0].calls + a[1].calls + a[2].calls;
+    assert_int_equal(done, 1);
+    env_stop(&e);
+}
+
+static void tweak_one(sched_config *c)
+{
+    c->max_concurrent = 1;
+}
+
+/* A queued request's deadline: the loop wakes for it, and it is answered
+ * DEADLINE then, not before. */
+static void test_deadline(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, tweak_one);
+    answer a = {0}, b = {0};
+    submit(&e, &a, 1, "sys", "slow", 5, 0);
+    submit(&e, &b, 1, "sys", "quick", 5, 150);
+    int64_t wake = sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 1);
+    assert_true(wake <= fake_now + 150 * 1000);
+    advance_ms(100);
+    sched_turn(e.s);
+    assert_int_equal(b.calls, 0);
+    advance_ms(51);
+    sched_turn(e.s);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(b.code, LMSCHED_EDEADLINE);
+    assert_non_null(strstr(b.msg, "deadline of 150 ms"));
+    assert_int_equal(a.calls, 0);
+    env_stop(&e);
+}
+
+/* A transient 503 is retried after a backoff the loop wakes for; the
+ * answer says it was retried. */
+static void test_retry(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    answer a = {0};
+    submit(&e, &a, 1, "sys", "q", 5, 0);
+    sched_turn(e.s);
+    fake_http_finish(e.f, 0, 503, "{\"error\":{\"message\":\"busy\"}}", 0);
+    int64_t wake = sched_turn(e.s);
+    assert_int_equal(a.calls, 0);
+    assert_int_equal(fake_http_pending(e.f), 0);
+    /* 200 ms backoff plus up to 25% jitter */
+    assert_true(wake >= fake_now + 200000 && wake <= fake_now + 250000);
+    advance_ms(100);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_posts(e.f), 1);
+    advance_ms(151);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_posts(e.f), 2);
+    fake_http_finish(e.f, 0, 200, fake_http_completion("ok", 5, 0), 0);
+    sched_turn(e.s);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.code, LMSCHED_OK);
+    assert_int_equal(a.retries, 1);
+    assert_int_equal(e.s->st.retried, 1);
+    env_stop(&e);
+}
+
+/* A permanent 400 is not retried: the backend's words reach the agent. */
+static void test_no_retry_400(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    answer a = {0};
+    submit(&e, &a, 1, "sys", "q", 5, 0);
+    sched_turn(e.s);
+    fake_http_finish(e.f, 0, 400, "{\"error\":{\"message\":\"bad tool schema\"}}", 0);
+    sched_turn(e.s);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.code, LMSCHED_EBACKEND_HTTP);
+    assert_non_null(strstr(a.msg, "bad tool schema"));
+    assert_int_equal(fake_http_posts(e.f), 1);
+    env_stop(&e);
+}
+
+/* Connection refused: the backend is unhealthy, the request waits for it
+ * (refusals do not use up retries) and fails after --backend-wait with
+ * the reason; when the backend is back, service resumes. */
+static void test_backend_down(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    answer a = {0}, b = {0};
+    fake_http_route(e.f, "/api/v1/models", 0, NULL); /* refused from now on */
+    submit(&e, &a, 1, "sys", "q", 5, 0);
+    sched_turn(e.s);
+    fake_http_finish(e.f, 0, 0, NULL, 7 /* CURLE_COULDNT_CONNECT */);
+    sched_turn(e.s);
+    assert_false(e.s->backends[0].healthy);
+    assert_int_equal(a.calls, 0);
+    for (int i = 0; i < 10 && a.calls == 0; i++) {
+        advance_ms(250);
+        sched_turn(e.s);
+    }
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.code, LMSCHED_EBACKEND_DOWN);
+    assert_non_null(strstr(a.msg, "http://fake"));
+    assert_int_equal(fake_http_posts(e.f), 1); /* never sent to a dead server */
+
+    /* Back: the next probe finds it, the next request is served. */
+    fake_http_route(e.f, "/api/v1/models", 200, lmstudio_models);
+    submit(&e, &b, 1, "sys", "q2", 5, 0);
+    for (int i = 0; i < 20 && fake_http_pending(e.f) == 0; i++) {
+        advance_ms(100);
+        sched_turn(e.s);
+    }
+    assert_true(e.s->backends[0].healthy);
+    assert_int_equal(fake_http_pending(e.f), 1);
+    fake_http_finish(e.f, 0, 200, fake_http_completion("back", 5, 0), 0);
+    sched_turn(e.s);
+    assert_int_equal(b.code, LMSCHED_OK);
+    env_stop(&e);
+}
+
+/* Idle, the loop sleeps until the next probe (the default interval). */
+static void test_idle_wake(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    int64_t wake = sched_turn(e.s);
+    assert_true(wake > fake_now);
+    assert_true(wake <= fake_now + (int64_t)e.cfg.probe_interval_ms * 1000);
+    advance_ms(e.cfg.probe_interval_ms);
+    unsigned gets = fake_http_gets(e.f);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_gets(e.f), gets + 1);
+    env_stop(&e);
+}
+
+/* Drain: queued requests get SHUTDOWN at once, running ones may finish;
+ * a second stop ends the wait; the loop stops when every answer is out. */
+static void test_drain(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    answer a[4] = {{0}};
+    for (int i = 0; i < 4; i++)
+        submit(&e, &a[i], 1, "sys", "q", 5, 0);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 2);
+    sched_request_stop(e.s);
+    sched_turn(e.s);
+    int shut = 0, ok = 0;
+    for (int i = 0; i < 4; i++)
+        shut += a[i].calls == 1 && a[i].code == LMSCHED_ESHUTDOWN;
+    assert_int_equal(shut, 2);
+    assert_false(e.s->stopped);
+    fake_http_finish(e.f, 0, 200, fake_http_completion("done", 5, 0), 0);
+    sched_turn(e.s);
+    sched_request_stop(e.s); /* the second one */
+    sched_turn(e.s);
+    shut = ok = 0;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(a[i].calls, 1);
+        shut += a[i].code == LMSCHED_ESHUTDOWN;
+        ok += a[i].code == LMSCHED_OK;
+    }
+    assert_int_equal(ok, 1);
+    assert_int_equal(shut, 3);
+    assert_true(e.s->stopped);
+    assert_int_equal(fake_http_pending(e.f), 0); /* its transfer was closed */
+    env_stop(&e);
+}
+
+/* An owner that goes away: its queued and running requests are canceled
+ * (the running transfer closed), others are untouched. */
+static void test_cancel_owner(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, tweak_one);
+    answer mine[2] = {{0}}, other = {0};
+    submit(&e, &mine[0], 7, "sys", "q", 5, 0);
+    submit(&e, &other, 8, "sys", "q", 5, 0);
+    submit(&e, &mine[1], 7, "sys", "q", 5, 0);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 1);
+    assert_int_equal(sched_cancel_owner(e.s, 7, "agent disconnected"), 2);
+    assert_int_equal(mine[0].code, LMSCHED_ECANCELED);
+    assert_int_equal(mine[1].code, LMSCHED_ECANCELED);
+    assert_int_equal(other.calls, 0);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 1); /* the other one runs now */
+    fake_http_finish(e.f, 0, 200, fake_http_completion("x", 5, 0), 0);
+    sched_turn(e.s);
+    assert_int_equal(other.code, LMSCHED_OK);
+    env_stop(&e);
+}
+
+static void tweak_small_queue(sched_config *c)
+{
+    c->max_queue = 3;
+}
+
+/* Past the queue limit: BUSY at once, counted as rejected, not failed. */
+static void test_queue_full(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, tweak_small_queue);
+    answer a[5] = {{0}};
+    for (int i = 0; i < 5; i++)
+        submit(&e, &a[i], 1, "sys", "q", 5, 0);
+    assert_int_equal(a[3].code, LMSCHED_EBUSY);
+    assert_int_equal(a[4].code, LMSCHED_EBUSY);
+    assert_int_equal(a[3].calls + a[4].calls, 2);
+    assert_int_equal(e.s->st.rejected_busy, 2);
+    assert_int_equal(e.s->st.failed, 0);
+    env_stop(&e);
+}
+
+/* Many requests with every kind of ending: each gets exactly one answer. */
+static void test_exactly_once(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    enum { N = 300 };
+    static answer a[N];
+    memset(a, 0, sizeof(a));
+    srand(7);
+    int sent = 0;
+    for (int round = 0; round < 2000 && (sent < N || e.s->jobs != NULL); round++) {
+        for (int k = 0; k < 3 && sent < N; k++, sent++)
+            submit(&e, &a[sent], (uint64_t)(1 + rand() % 5), rand() % 2 ? "A" : "B", "q",
+                   rand() % 10, rand() % 4 == 0 ? 50 + (uint32_t)(rand() % 200) : 0);
+        sched_turn(e.s);
+        size_t p = fake_http_pending(e.f);
+        if (p > 0) {
+            int what = rand() % 5;
+            if (what == 0)
+                fake_http_finish(e.f, 0, 503, "{\"error\":\"x\"}", 0);
+            else if (what == 1)
+                fake_http_finish(e.f, 0, 400, "{\"error\":\"bad\"}", 0);
+            else
+                fake_http_finish(e.f, 0, 200, fake_http_completion("ok", 5, 1), 0);
+        }
+        if (rand() % 50 == 0)
+            sched_cancel_owner(e.s, (uint64_t)(1 + rand() % 5), "gone");
+        advance_ms(rand() % 40);
+    }
+    for (int i = 0; i < N; i++)
+        if (a[i].calls != 1)
+            fail_msg("request %d answered %d times", i, a[i].calls);
+    assert_null(e.s->jobs);
+    assert_int_equal(e.s->queued, 0);
+    assert_int_equal(e.s->inflight, 0);
+    assert_int_equal(e.s->reserved_bytes, 0);
+    assert_int_equal(e.s->st.received,
+                     e.s->st.completed + e.s->st.failed + e.s->st.rejected_busy);
+    env_stop(&e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_answer),        cmocka_unit_test(test_slots_bound),
+        cmocka_unit_test(test_deadline),      cmocka_unit_test(test_retry),
+        cmocka_unit_test(test_no_retry_400),  cmocka_unit_test(test_backend_down),
+        cmocka_unit_test(test_idle_wake),     cmocka_unit_test(test_drain),
+        cmocka_unit_test(test_cancel_owner),  cmocka_unit_test(test_queue_full),
+        cmocka_unit_test(test_exactly_once),
+    };
+    return cmocka_run_group_tests_name("loop", tests, NULL, NULL);
+}
