@@ -36,13 +36,16 @@
 #include <jansson.h>
 
 #include "bench/bench.h"
+#include "kit/clock.h"
+#include "kit/daemon.h"
+#include "kit/http.h"
+#include "kit/json.h"
+#include "kit/proc.h"
 #include "lmsched/agent.h"
 #include "proto/proto.h"
 
 #define BN_MAX_POLICIES 8
 #define BN_MAX_DAEMON_ARGS 32
-/* /sim/stats is a few hundred bytes; anything near this is not lmsim. */
-#define BN_MAX_HTTP_BODY (1u << 20)
 /* Hang guards only: a healthy run never gets close. */
 #define BN_DAEMON_START_MS 15000
 #define BN_DAEMON_STOP_MS 40000
@@ -63,7 +66,7 @@ typedef struct bn_opts {
     int npolicies;
     const char *backend;
     const char *lmsched;
-    const char *daemon_args[BN_MAX_DAEMON_ARGS];
+    const char *daemon_args[BN_MAX_DAEMON_ARGS + 1]; /* NULL-terminated */
     int ndaemon_args;
     unsigned slots;
     uint64_t seed;
@@ -261,40 +264,15 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
 
 static double bn_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    return (double)kit_now_ns() / 1e6;
 }
 
 static void bn_sleep_ms(double ms)
 {
-    struct timespec ts = {(time_t)(ms / 1000), (long)(fmod(ms, 1000) * 1e6)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
+    kit_sleep_ns((int64_t)(ms * 1e6));
 }
 
-/* ---- the backend's HTTP side (libcurl) ---------------------------------- */
-
-typedef struct bn_body {
-    char *p;
-    size_t len;
-} bn_body;
-
-static size_t bn_body_write_cb(char *data, size_t size, size_t n, void *arg)
-{
-    bn_body *b = arg;
-    size_t add = size * n;
-    if (b->len + add > BN_MAX_HTTP_BODY)
-        return 0; /* curl fails the transfer: not lmsim */
-    char *p = realloc(b->p, b->len + add + 1);
-    if (p == NULL)
-        return 0;
-    memcpy(p + b->len, data, add);
-    b->p = p;
-    b->len += add;
-    b->p[b->len] = '\0';
-    return add;
-}
+/* ---- the backend's HTTP side -------------------------------------------- */
 
 /* Sends a request to base + path and parses the JSON answer (*outp owned
  * by the caller): a GET when post is NULL, else a POST of that body (a
@@ -303,55 +281,12 @@ static size_t bn_body_write_cb(char *data, size_t size, size_t n, void *arg)
 static int bn_http_req(const char *base, const char *path, const char *post, bool quiet,
                        long *statusp, json_t **outp)
 {
-    CURL *h = curl_easy_init();
-    struct curl_slist *hdrs = NULL;
-    bn_body body = {0};
-    char url[1024];
-    long status = 0;
-    json_error_t jerr;
-    int rc = -1;
-    *outp = NULL;
+    char url[1024], err[600];
     snprintf(url, sizeof(url), "%s%s", base, path);
-    if (h == NULL)
-        goto out;
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, bn_body_write_cb);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    if (post != NULL) {
-        if (*post != '\0') {
-            hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-        }
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, post);
-    }
-    CURLcode cc = curl_easy_perform(h);
-    if (cc != CURLE_OK) {
-        if (!quiet)
-            fprintf(stderr, "lmbench: %s: %s\n", url, curl_easy_strerror(cc));
-        goto out;
-    }
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    if (status != 200) {
-        if (!quiet)
-            fprintf(stderr, "lmbench: %s: HTTP %ld%s%.200s\n", url, status,
-                    body.p ? ": " : "", body.p ? body.p : "");
-        goto out;
-    }
-    if ((*outp = json_loadb(body.p ? body.p : "", body.len, 0, &jerr)) == NULL) {
-        if (!quiet)
-            fprintf(stderr, "lmbench: %s: invalid JSON: %s\n", url, jerr.text);
-        goto out;
-    }
-    rc = 0;
-out:
-    if (statusp != NULL)
-        *statusp = status;
-    free(body.p);
-    curl_slist_free_all(hdrs);
-    curl_easy_cleanup(h);
-    return rc;
+    *outp = kit_http_json(NULL, url, post, 10000, statusp, err, sizeof(err));
+    if (*outp == NULL && !quiet)
+        fprintf(stderr, "lmbench: %s\n", err);
+    return *outp != NULL ? 0 : -1;
 }
 
 /* GETs (post false) or POSTs an empty body to base + path; see bn_http_req. */
@@ -360,10 +295,11 @@ static int bn_http_json(const char *base, const char *path, bool post, json_t **
     return bn_http_req(base, path, post ? "" : NULL, false, NULL, outp);
 }
 
+/* The integer at key, or -1 (printed as null). */
 static int64_t bn_json_int(const json_t *o, const char *key)
 {
-    const json_t *v = json_object_get(o, key);
-    return json_is_integer(v) ? (int64_t)json_integer_value(v) : -1;
+    int64_t v = kit_json_int(o, key);
+    return v != INT64_MIN ? v : -1;
 }
 
 /* ---- llama.cpp's llama-server ------------------------------------------- */
@@ -495,52 +431,15 @@ static int bn_llama_tokenize_workload(const char *base, bn_workload *w)
 /* ---- the daemon ----------------------------------------------------------- */
 
 typedef struct bn_daemon {
-    pid_t pid;
+    kit_proc proc;
     char dir[64];
     char url[128];
 } bn_daemon;
 
-/* The lmsched command next to this program (build/bin). */
-static int bn_default_lmsched(char *buf, size_t len)
-{
-    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
-    if (n <= 0 || (size_t)n >= len - 16)
-        return -1;
-    buf[n] = '\0';
-    char *slash = strrchr(buf, '/');
-    if (slash == NULL)
-        return -1;
-    strcpy(slash + 1, "lmsched");
-    return 0;
-}
-
-/* Waits up to ms for the child to exit; returns its wait status or -1. */
-static int bn_wait_child(pid_t pid, double ms)
-{
-    double end = bn_now_ms() + ms;
-    int st;
-    do {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return st;
-        if (r < 0 && errno != EINTR)
-            return -1;
-        bn_sleep_ms(20);
-    } while (bn_now_ms() < end);
-    return -1;
-}
-
 static void bn_daemon_stop(bn_daemon *d)
 {
-    if (d->pid > 0) {
-        kill(d->pid, SIGTERM);
-        if (bn_wait_child(d->pid, BN_DAEMON_STOP_MS) < 0) {
-            fprintf(stderr, "lmbench: the daemon did not stop on SIGTERM; killing it\n");
-            kill(d->pid, SIGKILL);
-            waitpid(d->pid, NULL, 0);
-        }
-        d->pid = 0;
-    }
+    if (d->proc.pid > 0 && kit_proc_stop(&d->proc, SIGTERM, BN_DAEMON_STOP_MS) < 0)
+        fprintf(stderr, "lmbench: the daemon did not stop on SIGTERM; killed it\n");
     if (d->dir[0] != '\0') {
         char sock[128];
         snprintf(sock, sizeof(sock), "%s/b.sock", d->dir);
@@ -551,13 +450,13 @@ static void bn_daemon_stop(bn_daemon *d)
 }
 
 /* Starts `lmsched serve` for one policy and waits until it answers a status
- * request. Returns 0, or -1 with *why set (a static string or errno text). */
+ * request and has probed the backend once: until then the first requests
+ * would be placed (and, against llama-server, pinned) without the slots.
+ * Whatever the probe found: a backend it calls unhealthy is the run's to
+ * report. Returns 0, or -1 with *why set. */
 static int bn_daemon_start(bn_daemon *d, const bn_opts *o, const char *lmsched,
                            const char *policy, char *why, size_t whylen)
 {
-    const char *argv[16 + BN_MAX_DAEMON_ARGS];
-    lmsched_client *c = NULL;
-    int n = 0, rc = -1;
     memset(d, 0, sizeof(*d));
     strcpy(d->dir, "/tmp/lmbench.XXXXXX");
     if (mkdtemp(d->dir) == NULL) {
@@ -566,74 +465,23 @@ static int bn_daemon_start(bn_daemon *d, const bn_opts *o, const char *lmsched,
         return -1;
     }
     snprintf(d->url, sizeof(d->url), "ipc://%s/b.sock", d->dir);
-    argv[n++] = lmsched;
-    argv[n++] = "serve";
-    argv[n++] = "--listen";
-    argv[n++] = d->url;
-    argv[n++] = "--backend";
-    argv[n++] = o->backend;
-    argv[n++] = "--policy";
-    argv[n++] = policy;
-    argv[n++] = "--log-level";
-    argv[n++] = "warn";
-    for (int i = 0; i < o->ndaemon_args; i++)
-        argv[n++] = o->daemon_args[i];
-    argv[n] = NULL;
-
-    fflush(NULL);
-    d->pid = fork();
-    if (d->pid < 0) {
-        snprintf(why, whylen, "fork: %s", strerror(errno));
-        d->pid = 0;
-        goto out;
-    }
-    if (d->pid == 0) {
-        /* its stdout would mix with our JSON lines */
-        dup2(STDERR_FILENO, STDOUT_FILENO);
-        execv(lmsched, (char *const *)argv);
-        fprintf(stderr, "lmbench: cannot run %s: %s\n", lmsched, strerror(errno));
-        _exit(127);
-    }
-    if (lmsched_client_open(&c, d->url) != LMSCHED_OK) {
-        snprintf(why, whylen, "cannot open a client for %s", d->url);
-        goto out;
-    }
-    lmsched_client_set_connect_timeout(c, 200);
-    for (double end = bn_now_ms() + BN_DAEMON_START_MS; bn_now_ms() < end;) {
-        char *json = NULL;
-        int st;
-        if (lmsched_status(c, 500, &json, NULL) == LMSCHED_OK) {
-            /* Wait for the daemon's first probe of the backend too: until
-             * it knows the slots, the first requests would be placed (and,
-             * against llama-server, pinned) without them. Whatever the
-             * probe found: a backend it calls unhealthy is the run's to
-             * report. */
-            json_t *doc = json_loads(json, 0, NULL);
-            json_t *be = json_object_get(doc, "backend");
-            bool probed = json_is_number(json_object_get(be, "checked_ago_s"));
-            json_decref(doc);
-            lmsched_free(json);
-            if (probed) {
-                rc = 0;
-                goto out;
-            }
-        }
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-            d->pid = 0;
-            snprintf(why, whylen, "`lmsched serve --policy %s` exited with status %d",
-                     policy, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
-            goto out;
-        }
-        bn_sleep_ms(50);
-    }
-    snprintf(why, whylen,
-             "the daemon did not answer, or did not probe the backend, within %d ms",
-             BN_DAEMON_START_MS);
-out:
-    lmsched_client_close(c);
-    if (rc != 0)
+    const char *args[] = {"--policy", policy, NULL};
+    kit_daemon_opts k = {
+        .bin = lmsched,
+        .listen = d->url,
+        .backend = o->backend,
+        .log_level = "warn",
+        .args = args,
+        .more = o->daemon_args,
+        .out = KIT_OUT_STDERR, /* its stdout would mix with our JSON lines */
+        .probed = true,
+        .timeout_ms = BN_DAEMON_START_MS,
+    };
+    if (kit_daemon_start(&d->proc, &k, why, whylen) != 0) {
         bn_daemon_stop(d);
-    return rc;
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- agents --------------------------------------------------------------- */
@@ -1105,10 +953,11 @@ static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
     int shown = 0;
     for (size_t i = 0; i < w->nreqs && shown < 5; i++)
         if (w->reqs[i].sent && w->reqs[i].err != LMSCHED_OK) {
-            fprintf(
-                stderr, "lmbench: %s/%s: agent %d request %d: %s: %s\n", w->name, policy,
-                w->reqs[i].agent + 1, w->reqs[i].seq + 1, lmsched_err_name(w->reqs[i].err),
-                w->reqs[i].errmsg ? w->reqs[i].errmsg : lmsched_strerror(w->reqs[i].err));
+            fprintf(stderr, "lmbench: %s/%s: agent %d request %d: %s: %s\n", w->name,
+                    policy, w->reqs[i].agent + 1, w->reqs[i].seq + 1,
+                    lmsched_err_name(w->reqs[i].err),
+                    w->reqs[i].errmsg ? w->reqs[i].errmsg
+                                      : lmsched_strerror(w->reqs[i].err));
             shown++;
         }
     if ((r = bn_result(o, w, policy, &fig, makespan, bn_optimum(w, o->slots))) == NULL) {
@@ -1159,7 +1008,7 @@ int main(int argc, char **argv)
     }
     if (o.lmsched != NULL) {
         snprintf(lmsched, sizeof(lmsched), "%s", o.lmsched);
-    } else if (bn_default_lmsched(lmsched, sizeof(lmsched)) != 0) {
+    } else if (kit_sibling_path("lmsched", lmsched, sizeof(lmsched)) != 0) {
         fprintf(stderr, "lmbench: cannot find lmsched next to lmbench; use --lmsched\n");
         goto out;
     }

@@ -33,15 +33,15 @@
  *   then direct, so a drift of the noisy machine does not always favour
  *   one side. Each phase warms up first.
  * - CPU time per request of each process (this one, the daemon, lmsim;
- *   from getrusage and /proc/PID/stat around the measured part of each
- *   phase) is reported too: on a small machine it is what bounds the
- *   throughput, and it says which side a change has to make cheaper.
+ *   from getrusage and the test kit's process figures, tests/kit/pstat.h,
+ *   around the measured part of each phase) is reported too: on a small
+ *   machine it is what bounds the throughput, and it says which side a
+ *   change has to make cheaper.
  *
  * Exit status: 0 after a run in which every request succeeded, 1 when
  * something could not be started or requests failed, 2 on a usage error.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -53,23 +53,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "kit/clock.h"
+#include "kit/daemon.h"
+#include "kit/http.h"
+#include "kit/proc.h"
+#include "kit/pstat.h"
+#include "kit/sim.h"
 #include "lmsched/agent.h"
 
 #define OV_MAX_CLIENTS 256
 #define OV_MAX_ARGS 32
 #define OV_MAX_REPS 99
-/* An instant answer is a few KiB; anything near this is not one. */
-#define OV_MAX_BODY (1u << 20)
+/* (An answer over KIT_HTTP_MAX_BODY fails the call: an instant answer is a
+ * few KiB.) */
 /* Hang guards only: a healthy run never gets close. */
 #define OV_START_MS 15000
 #define OV_STOP_MS 40000
@@ -81,7 +83,7 @@ static const char ov_user[] = "Say something short.";
 typedef struct ov_opts {
     const char *backend; /* NULL: start lmsim --instant */
     const char *lmsched, *lmsim;
-    const char *daemon_args[OV_MAX_ARGS];
+    const char *daemon_args[OV_MAX_ARGS + 1]; /* NULL-terminated */
     int ndaemon_args;
     int clients;
     int requests;                   /* sequential, measured, per path and repetition */
@@ -281,155 +283,17 @@ static int ov_parse(int argc, char **argv, ov_opts *o)
     return 0;
 }
 
-static uint64_t ov_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void ov_sleep_ms(double ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(fmod(ms, 1000) * 1e6)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-/* The command `name` next to this program (build/bin). */
-static int ov_sibling(const char *name, char *buf, size_t len)
-{
-    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
-    if (n <= 0 || (size_t)n + strlen(name) + 2 > len)
-        return -1;
-    buf[n] = '\0';
-    char *slash = strrchr(buf, '/');
-    if (slash == NULL)
-        return -1;
-    strcpy(slash + 1, name);
-    return 0;
-}
-
-/* ---- child processes (lmsim, lmsched) ------------------------------------ */
-
-typedef struct ov_child {
-    pid_t pid;
-} ov_child;
-
-/* Starts exe with argv; its stdout goes to our stderr (it would mix with
- * the JSON lines), or nowhere when quiet. */
-static int ov_spawn(ov_child *ch, const char *exe, const char *const *argv, bool quiet)
-{
-    fflush(NULL);
-    ch->pid = fork();
-    if (ch->pid < 0) {
-        fprintf(stderr, "lmoverhead: fork: %s\n", strerror(errno));
-        ch->pid = 0;
-        return -1;
-    }
-    if (ch->pid == 0) {
-        /* A benchmark killed outright must not leave a server behind. */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        int out = quiet ? open("/dev/null", O_WRONLY) : STDERR_FILENO;
-        dup2(out >= 0 ? out : STDERR_FILENO, STDOUT_FILENO);
-        execv(exe, (char *const *)argv);
-        fprintf(stderr, "lmoverhead: cannot run %s: %s\n", exe, strerror(errno));
-        _exit(127);
-    }
-    return 0;
-}
-
-/* True (and the pid forgotten) when the child has exited. */
-static bool ov_child_exited(ov_child *ch)
-{
-    int st;
-    if (ch->pid > 0 && waitpid(ch->pid, &st, WNOHANG) == ch->pid) {
-        ch->pid = 0;
-        return true;
-    }
-    return ch->pid <= 0;
-}
-
-static void ov_child_stop(ov_child *ch, const char *what)
-{
-    if (ch->pid <= 0)
-        return;
-    kill(ch->pid, SIGTERM);
-    for (uint64_t end = ov_now_ns() + (uint64_t)OV_STOP_MS * 1000000u; ov_now_ns() < end;
-         ov_sleep_ms(20))
-        if (ov_child_exited(ch))
-            return;
-    fprintf(stderr, "lmoverhead: %s did not stop on SIGTERM; killing it\n", what);
-    kill(ch->pid, SIGKILL);
-    waitpid(ch->pid, NULL, 0);
-    ch->pid = 0;
-}
-
 /* ---- HTTP (libcurl) --------------------------------------------------------- */
-
-typedef struct ov_buf {
-    char *p;
-    size_t len, cap;
-    bool toobig;
-} ov_buf;
-
-static size_t ov_buf_write_cb(char *data, size_t size, size_t n, void *arg)
-{
-    ov_buf *b = arg;
-    size_t add = size * n;
-    if (b->len + add > OV_MAX_BODY) {
-        b->toobig = true;
-        return 0;
-    }
-    if (b->len + add + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + add + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (p == NULL)
-            return 0;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, data, add);
-    b->len += add;
-    b->p[b->len] = '\0';
-    return add;
-}
-
-/* GET base + path and parse the JSON answer (*outp owned by the caller).
- * Returns 0 or -1; quiet. */
-static int ov_http_get_json(const char *base, const char *path, json_t **outp)
-{
-    CURL *h = curl_easy_init();
-    ov_buf b = {0};
-    char url[1024];
-    long status = 0;
-    *outp = NULL;
-    if (h == NULL)
-        return -1;
-    snprintf(url, sizeof(url), "%s%s", base, path);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, ov_buf_write_cb);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_PROXY, "");
-    if (curl_easy_perform(h) == CURLE_OK &&
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
-        status == 200 && b.p != NULL)
-        *outp = json_loadb(b.p, b.len, 0, NULL);
-    free(b.p);
-    curl_easy_cleanup(h);
-    return *outp != NULL ? 0 : -1;
-}
 
 /* The model the backend serves (data[0].id of GET /v1/models, which the
  * daemon also learns and then names in its requests), or NULL. */
 static char *ov_backend_model(const char *base)
 {
-    json_t *doc = NULL;
+    char url[1024];
     char *model = NULL;
-    if (ov_http_get_json(base, "/v1/models", &doc) == 0) {
+    snprintf(url, sizeof(url), "%s/v1/models", base);
+    json_t *doc = kit_http_json("GET", url, NULL, 5000, NULL, NULL, 0);
+    if (doc != NULL) {
         const char *id = json_string_value(
             json_object_get(json_array_get(json_object_get(doc, "data"), 0), "id"));
         if (id != NULL)
@@ -467,14 +331,14 @@ static char *ov_direct_body(const char *model, int max_tokens)
 typedef struct ov_direct {
     CURL *h;
     struct curl_slist *hdrs;
-    ov_buf buf;
+    kit_http_resp buf; /* the body only */
 } ov_direct;
 
 static void ov_direct_fini(ov_direct *d)
 {
     curl_easy_cleanup(d->h);
     curl_slist_free_all(d->hdrs);
-    free(d->buf.p);
+    kit_http_resp_fini(&d->buf);
     memset(d, 0, sizeof(*d));
 }
 
@@ -496,7 +360,7 @@ static int ov_direct_init(ov_direct *d, const char *url, const char *body)
     curl_easy_setopt(d->h, CURLOPT_HTTPHEADER, d->hdrs);
     curl_easy_setopt(d->h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(d->h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    curl_easy_setopt(d->h, CURLOPT_WRITEFUNCTION, ov_buf_write_cb);
+    curl_easy_setopt(d->h, CURLOPT_WRITEFUNCTION, kit_http_body_cb);
     curl_easy_setopt(d->h, CURLOPT_WRITEDATA, &d->buf);
     curl_easy_setopt(d->h, CURLOPT_TIMEOUT_MS, (long)OV_CALL_TIMEOUT_MS);
     curl_easy_setopt(d->h, CURLOPT_NOSIGNAL, 1L);
@@ -549,9 +413,9 @@ static int ov_direct_call(ov_direct *d)
     d->buf.toobig = false;
     if (curl_easy_perform(d->h) != CURLE_OK ||
         curl_easy_getinfo(d->h, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK ||
-        status != 200 || d->buf.p == NULL)
+        status != 200 || d->buf.body == NULL)
         return -1;
-    return ov_sse_decode(d->buf.p, d->buf.len) > 0 ? 0 : -1;
+    return ov_sse_decode(d->buf.body, d->buf.len) > 0 ? 0 : -1;
 }
 
 /* ---- through lmsched ---------------------------------------------------- */
@@ -568,14 +432,21 @@ static int ov_lmsched_call(lmsched_client *c, const lmsched_request *req)
 }
 
 typedef struct ov_daemon {
-    ov_child child;
+    kit_proc proc;
     char dir[64];
     char url[128];
 } ov_daemon;
 
+/* SIGTERM, then SIGKILL after OV_STOP_MS. */
+static void ov_child_stop(kit_proc *p, const char *what)
+{
+    if (p->pid > 0 && kit_proc_stop(p, SIGTERM, OV_STOP_MS) < 0)
+        fprintf(stderr, "lmoverhead: %s did not stop on SIGTERM; killed it\n", what);
+}
+
 static void ov_daemon_stop(ov_daemon *d)
 {
-    ov_child_stop(&d->child, "the daemon");
+    ov_child_stop(&d->proc, "the daemon");
     if (d->dir[0] != '\0') {
         char sock[128];
         snprintf(sock, sizeof(sock), "%s/o.sock", d->dir);
@@ -590,10 +461,7 @@ static void ov_daemon_stop(ov_daemon *d)
 static int ov_daemon_start(ov_daemon *d, const ov_opts *o, const char *lmsched,
                            const char *backend)
 {
-    const char *argv[24 + OV_MAX_ARGS];
-    char conc[16];
-    lmsched_client *c = NULL;
-    int n = 0, rc = -1;
+    char conc[16], why[256];
     memset(d, 0, sizeof(*d));
     strcpy(d->dir, "/tmp/lmoverhead.XXXXXX");
     if (mkdtemp(d->dir) == NULL) {
@@ -603,72 +471,37 @@ static int ov_daemon_start(ov_daemon *d, const ov_opts *o, const char *lmsched,
     }
     snprintf(d->url, sizeof(d->url), "ipc://%s/o.sock", d->dir);
     snprintf(conc, sizeof(conc), "%d", o->clients);
-    argv[n++] = lmsched;
-    argv[n++] = "serve";
-    argv[n++] = "--listen";
-    argv[n++] = d->url;
-    argv[n++] = "--backend";
-    argv[n++] = backend;
-    argv[n++] = "--log-level";
-    argv[n++] = "warn";
     /* Nothing may cap concurrency below the clients: not the backend's
      * slots, not the memory budget (a made-up 1 TiB machine, 1 MiB of KV
      * per request), not the queue or the per-connection limit (defaults
      * 1024 and 256). Later --daemon-arg flags override these. */
-    argv[n++] = "--max-concurrent";
-    argv[n++] = conc;
-    argv[n++] = "--total-ram";
-    argv[n++] = "1T";
-    argv[n++] = "--kv-per-request";
-    argv[n++] = "1M";
-    for (int i = 0; i < o->ndaemon_args; i++)
-        argv[n++] = o->daemon_args[i];
-    argv[n] = NULL;
-    if (ov_spawn(&d->child, lmsched, argv, false) != 0)
-        goto out;
-    if (lmsched_client_open(&c, d->url) != LMSCHED_OK) {
-        fprintf(stderr, "lmoverhead: cannot open a client for %s\n", d->url);
-        goto out;
-    }
-    lmsched_client_set_connect_timeout(c, 200);
-    for (uint64_t end = ov_now_ns() + (uint64_t)OV_START_MS * 1000000u; ov_now_ns() < end;
-         ov_sleep_ms(50)) {
-        char *json = NULL;
-        if (lmsched_status(c, 500, &json, NULL) == LMSCHED_OK) {
-            json_t *doc = json_loads(json, 0, NULL);
-            bool probed = json_is_number(
-                json_object_get(json_object_get(doc, "backend"), "checked_ago_s"));
-            json_decref(doc);
-            lmsched_free(json);
-            if (probed) {
-                rc = 0;
-                goto out;
-            }
-        }
-        if (ov_child_exited(&d->child)) {
-            fprintf(stderr, "lmoverhead: `lmsched serve` exited during start-up\n");
-            goto out;
-        }
-    }
-    fprintf(stderr,
-            "lmoverhead: the daemon did not answer, or did not probe %s, "
-            "within %d ms\n",
-            backend, OV_START_MS);
-out:
-    lmsched_client_close(c);
-    if (rc != 0)
+    const char *args[] = {"--max-concurrent", conc, "--total-ram", "1T",
+                          "--kv-per-request", "1M", NULL};
+    kit_daemon_opts k = {
+        .bin = lmsched,
+        .listen = d->url,
+        .backend = backend,
+        .log_level = "warn",
+        .args = args,
+        .more = o->daemon_args,
+        .out = KIT_OUT_STDERR, /* its stdout would mix with the JSON lines */
+        .probed = true,
+        .timeout_ms = OV_START_MS,
+    };
+    if (kit_daemon_start(&d->proc, &k, why, sizeof(why)) != 0) {
+        fprintf(stderr, "lmoverhead: %s (backend %s)\n", why, backend);
         ov_daemon_stop(d);
-    return rc;
+        return -1;
+    }
+    return 0;
 }
 
 /* `lmsim --instant` on a free port, reporting `slots` slots. Returns 0 and
  * sets url, or -1 (reported). */
-static int ov_lmsim_start(ov_child *ch, char *dir, const char *lmsim, int slots,
-                          char *url, size_t urllen)
+static int ov_lmsim_start(kit_proc *p, char *dir, const char *lmsim, int slots, char *url,
+                          size_t urllen)
 {
-    char port_file[96], nslots[16];
-    const char *argv[16];
-    int n = 0;
+    char port_file[96], nslots[16], why[256];
     strcpy(dir, "/tmp/lmoverhead-sim.XXXXXX");
     if (mkdtemp(dir) == NULL) {
         fprintf(stderr, "lmoverhead: mkdtemp: %s\n", strerror(errno));
@@ -677,42 +510,27 @@ static int ov_lmsim_start(ov_child *ch, char *dir, const char *lmsim, int slots,
     }
     snprintf(port_file, sizeof(port_file), "%s/port", dir);
     snprintf(nslots, sizeof(nslots), "%d", slots < 4 ? 4 : slots);
-    argv[n++] = lmsim;
-    argv[n++] = "--instant";
-    argv[n++] = "--slots";
-    argv[n++] = nslots;
-    argv[n++] = "--port-file";
-    argv[n++] = port_file;
-    argv[n++] = "--log-level";
-    argv[n++] = "warn";
-    argv[n] = NULL;
-    /* its one stdout line, the URL, is in the JSON already */
-    if (ov_spawn(ch, lmsim, argv, true) != 0)
+    const char *args[] = {"--instant", "--slots", nslots, NULL};
+    kit_sim_opts k = {
+        .bin = lmsim,
+        .port_file = port_file,
+        .log_level = "warn",
+        .args = args,
+        .out = KIT_OUT_QUIET, /* its one stdout line, the URL, is in the JSON */
+        .timeout_ms = OV_START_MS,
+    };
+    int port = kit_sim_start(p, &k, why, sizeof(why));
+    if (port <= 0) {
+        fprintf(stderr, "lmoverhead: %s\n", why);
         return -1;
-    for (uint64_t end = ov_now_ns() + (uint64_t)OV_START_MS * 1000000u; ov_now_ns() < end;
-         ov_sleep_ms(20)) {
-        FILE *f = fopen(port_file, "r");
-        unsigned port = 0;
-        if (f != NULL) {
-            int ok = fscanf(f, "%u", &port);
-            fclose(f);
-            if (ok == 1 && port > 0 && port < 65536) {
-                snprintf(url, urllen, "http://127.0.0.1:%u", port);
-                return 0;
-            }
-        }
-        if (ov_child_exited(ch)) {
-            fprintf(stderr, "lmoverhead: lmsim --instant exited during start-up\n");
-            return -1;
-        }
     }
-    fprintf(stderr, "lmoverhead: lmsim did not write its port file\n");
-    return -1;
+    snprintf(url, urllen, "http://127.0.0.1:%d", port);
+    return 0;
 }
 
-static void ov_lmsim_stop(ov_child *ch, char *dir)
+static void ov_lmsim_stop(kit_proc *p, char *dir)
 {
-    ov_child_stop(ch, "lmsim");
+    ov_child_stop(p, "lmsim");
     if (dir[0] != '\0') {
         char port_file[96];
         snprintf(port_file, sizeof(port_file), "%s/port", dir);
@@ -745,30 +563,6 @@ typedef struct ov_cpu {
     double client, daemon, backend;
 } ov_cpu;
 
-/* utime + stime of a child from /proc (whole process, every thread), or -1. */
-static double ov_proc_cpu_us(pid_t pid)
-{
-    char path[64], buf[1024];
-    unsigned long long ut, st;
-    FILE *f;
-    size_t n;
-    if (pid <= 0)
-        return -1;
-    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
-    if ((f = fopen(path, "r")) == NULL)
-        return -1;
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* the command name may hold spaces: fields count from its ')' */
-    char *p = strrchr(buf, ')');
-    if (p == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-               &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
-
 static ov_cpu ov_cpu_now(const ov_bench *b)
 {
     struct rusage ru;
@@ -776,8 +570,8 @@ static ov_cpu ov_cpu_now(const ov_bench *b)
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         c.client = (double)ru.ru_utime.tv_sec * 1e6 + (double)ru.ru_utime.tv_usec +
                    (double)ru.ru_stime.tv_sec * 1e6 + (double)ru.ru_stime.tv_usec;
-    c.daemon = ov_proc_cpu_us(b->daemon_pid);
-    c.backend = ov_proc_cpu_us(b->backend_pid);
+    c.daemon = b->daemon_pid > 0 ? kit_pstat_cpu_us(b->daemon_pid) : -1;
+    c.backend = b->backend_pid > 0 ? kit_pstat_cpu_us(b->backend_pid) : -1;
     return c;
 }
 
@@ -826,9 +620,9 @@ static int ov_sequential(ov_bench *b, ov_path path, double *lat, ov_lat *out)
         errors += ov_call(b, path, 0) != 0;
     ov_cpu c0 = ov_cpu_now(b);
     for (int i = 0; i < b->o->requests; i++) {
-        uint64_t t0 = ov_now_ns();
+        int64_t t0 = kit_now_ns();
         errors += ov_call(b, path, 0) != 0;
-        lat[i] = (double)(ov_now_ns() - t0) / 1e3;
+        lat[i] = (double)(kit_now_ns() - t0) / 1e3;
         sum += lat[i];
     }
     out->cpu = ov_cpu_per_req(c0, ov_cpu_now(b), b->o->requests);
@@ -856,7 +650,7 @@ static void *ov_worker_main(void *arg)
     while (!atomic_load_explicit(&w->b->stop, memory_order_relaxed)) {
         if (ov_call(w->b, w->path, w->index) != 0) {
             atomic_fetch_add_explicit(&w->errors, 1, memory_order_relaxed);
-            ov_sleep_ms(1); /* a dead path must not spin */
+            kit_sleep_ms(1); /* a dead path must not spin */
         } else {
             atomic_fetch_add_explicit(&w->done, 1, memory_order_relaxed);
         }
@@ -896,11 +690,13 @@ static double ov_concurrent(ov_bench *b, ov_path path, uint64_t *errors, ov_cpu 
         started++;
     }
     if (started == n) {
-        ov_sleep_ms(b->o->warmup_seconds * 1000);
+        kit_sleep_ns((int64_t)(b->o->warmup_seconds * 1e9));
         ov_cpu c0 = ov_cpu_now(b);
-        uint64_t t0 = ov_now_ns(), d0 = ov_sum_done(w, n);
-        ov_sleep_ms(b->o->seconds * 1000);
-        uint64_t t1 = ov_now_ns(), d1 = ov_sum_done(w, n);
+        int64_t t0 = kit_now_ns();
+        uint64_t d0 = ov_sum_done(w, n);
+        kit_sleep_ns((int64_t)(b->o->seconds * 1e9));
+        int64_t t1 = kit_now_ns();
+        uint64_t d1 = ov_sum_done(w, n);
         ov_cpu c1 = ov_cpu_now(b);
         rps = (double)(d1 - d0) / ((double)(t1 - t0) / 1e9);
         *cpu = ov_cpu_per_req(c0, c1, d1 > d0 ? (double)(d1 - d0) : NAN);
@@ -1154,7 +950,7 @@ int main(int argc, char **argv)
 {
     ov_opts o;
     ov_bench b = {0};
-    ov_child sim = {0};
+    kit_proc sim = {0};
     ov_daemon d = {0};
     char lmsched[PATH_MAX], lmsim[PATH_MAX], simdir[64] = "", backend[256];
     char *model = NULL;
@@ -1170,11 +966,11 @@ int main(int argc, char **argv)
     }
     if (o.lmsched != NULL)
         snprintf(lmsched, sizeof(lmsched), "%s", o.lmsched);
-    else if (ov_sibling("lmsched", lmsched, sizeof(lmsched)) != 0)
+    else if (kit_sibling_path("lmsched", lmsched, sizeof(lmsched)) != 0)
         lmsched[0] = '\0';
     if (o.lmsim != NULL)
         snprintf(lmsim, sizeof(lmsim), "%s", o.lmsim);
-    else if (ov_sibling("lmsim", lmsim, sizeof(lmsim)) != 0)
+    else if (kit_sibling_path("lmsim", lmsim, sizeof(lmsim)) != 0)
         lmsim[0] = '\0';
     if (access(lmsched, X_OK) != 0 || (o.backend == NULL && access(lmsim, X_OK) != 0)) {
         fprintf(stderr, "lmoverhead: cannot run %s; use --lmsched / --lmsim\n",
@@ -1208,7 +1004,7 @@ int main(int argc, char **argv)
         }
     if (ov_daemon_start(&d, &o, lmsched, backend) != 0)
         goto out;
-    b.daemon_pid = d.child.pid;
+    b.daemon_pid = d.proc.pid;
     b.backend_pid = sim.pid;
     for (; nclients < o.clients; nclients++)
         if (lmsched_client_open(&b.clients[nclients], d.url) != LMSCHED_OK) {

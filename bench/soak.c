@@ -27,18 +27,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kit/clock.h"
+#include "kit/tally.h"
 #include "lmsched/agent.h"
 #include "proto/proto.h"
 
-#define SOAK_CODES 32
 #define SOAK_LAT 65536         /* latency samples kept (a ring) */
 #define SOAK_TIMEOUT_MS 120000 /* per request: well past --request-timeout */
 
 typedef struct soak {
-    pthread_mutex_t mtx;
-    pthread_cond_t cv;
-    uint64_t sent, done;
-    uint64_t by_code[SOAK_CODES];
+    kit_tally tally;     /* every outcome, by lmsched_err */
+    pthread_mutex_t mtx; /* sent and the latency ring */
+    uint64_t sent;
     double lat[SOAK_LAT];
     uint64_t nlat;
 } soak;
@@ -50,11 +50,10 @@ typedef struct soak_call {
 
 static atomic_int soak_stop;
 
+/* Monotonic seconds. */
 static double soak_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)kit_now_ns() / 1e9;
 }
 
 static void soak_sleep(double s)
@@ -74,14 +73,12 @@ static void soak_on_signal(int sig)
 
 static void soak_record(soak *s, int code, double ms)
 {
-    pthread_mutex_lock(&s->mtx);
-    if (code >= 0 && code < SOAK_CODES)
-        s->by_code[code]++;
-    if (code == LMSCHED_OK)
+    if (code == LMSCHED_OK) {
+        pthread_mutex_lock(&s->mtx);
         s->lat[s->nlat++ % SOAK_LAT] = ms;
-    s->done++;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mtx);
+        pthread_mutex_unlock(&s->mtx);
+    }
+    kit_tally_add(&s->tally, code, NULL, 0);
 }
 
 static void soak_cb(lmsched_result *res, void *arg)
@@ -135,13 +132,15 @@ static void soak_summary(soak *s, const char *label, FILE *out)
             free(v);
         }
     }
-    uint64_t err = s->done - s->by_code[LMSCHED_OK];
-    fprintf(out, "soak %s: sent %llu ok %llu err %llu", label,
-            (unsigned long long)s->sent, (unsigned long long)s->by_code[LMSCHED_OK],
-            (unsigned long long)err);
-    for (int c = 1; c < SOAK_CODES; c++)
-        if (s->by_code[c])
-            fprintf(out, " %s=%llu", lmsched_err_name(c), (unsigned long long)s->by_code[c]);
+    int ok = kit_tally_count(&s->tally, LMSCHED_OK);
+    int err = kit_tally_done(&s->tally) - ok;
+    fprintf(out, "soak %s: sent %llu ok %d err %d", label, (unsigned long long)s->sent,
+            ok, err);
+    for (int c = 1; c < KIT_TALLY_CODES; c++) {
+        int cnt = kit_tally_count(&s->tally, c);
+        if (cnt > 0)
+            fprintf(out, " %s=%d", lmsched_err_name(c), cnt);
+    }
     fprintf(out, " p50_ms %.0f p95_ms %.0f\n", p50, p95);
     fflush(out);
     pthread_mutex_unlock(&s->mtx);
@@ -190,9 +189,9 @@ static int soak_calibrate(lmsched_client *c, soak *s, int threads, double second
     for (int i = 0; i < threads; i++)
         pthread_join(tid[i], NULL);
     double dt = soak_now() - t0;
-    printf("soak calibrate: %d agents, %llu ok in %.1f s: capacity %.2f req/s\n", threads,
-           (unsigned long long)s->by_code[LMSCHED_OK], dt,
-           (double)s->by_code[LMSCHED_OK] / dt);
+    int ok = kit_tally_count(&s->tally, LMSCHED_OK);
+    printf("soak calibrate: %d agents, %d ok in %.1f s: capacity %.2f req/s\n", threads,
+           ok, dt, (double)ok / dt);
     return 0;
 }
 
@@ -236,14 +235,10 @@ static int soak_run(lmsched_client *c, soak *s, double rate, double seconds,
         }
     }
     /* Wait for what is still out: every request gets its one outcome. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += SOAK_TIMEOUT_MS / 1000 + 5;
     pthread_mutex_lock(&s->mtx);
-    while (s->done < s->sent)
-        if (pthread_cond_timedwait(&s->cv, &s->mtx, &ts) != 0)
-            break;
+    int sent = (int)s->sent;
     pthread_mutex_unlock(&s->mtx);
+    kit_tally_wait(&s->tally, sent, SOAK_TIMEOUT_MS + 5000);
     return 0;
 }
 
@@ -318,16 +313,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "soak: cannot open a client for %s\n", url);
         return 1;
     }
-    soak s;
-    memset(&s, 0, sizeof(s));
+    /* static: 512 KiB of latency samples */
+    static soak s;
+    kit_tally_init(&s.tally);
     pthread_mutex_init(&s.mtx, NULL);
-    pthread_cond_init(&s.cv, NULL);
     int rc = calibrate ? soak_calibrate(c, &s, threads, seconds, max_tokens)
                        : soak_run(c, &s, rate, seconds, max_tokens, label);
     if (!calibrate)
         soak_summary(&s, label, stdout);
     lmsched_client_close(c);
     pthread_mutex_destroy(&s.mtx);
-    pthread_cond_destroy(&s.cv);
+    kit_tally_fini(&s.tally);
     return rc;
 }

@@ -21,8 +21,12 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
-#include "faults/fharness.h"
-#include "integration/harness.h"
+#include "kit/check.h"
+#include "kit/clock.h"
+#include "kit/env.h"
+#include "kit/json.h"
+#include "kit/proc.h"
+#include "kit/pstat.h"
 #include "lmsched/agent.h"
 #include "proto/proto.h"
 
@@ -39,7 +43,7 @@ typedef struct outcome {
 /* Sends buf on a fresh raw REQ socket and reads the answer. The resend time
  * is infinite, so a dropped connection fails the receive instead of
  * resending the message forever. */
-static outcome send_raw(h_env *e, const void *buf, size_t len)
+static outcome send_raw(kit_env *e, const void *buf, size_t len)
 {
     outcome o;
     memset(&o, 0, sizeof(o));
@@ -164,13 +168,14 @@ static void count(counts *c, const outcome *o)
 }
 
 /* Sends one named case and checks its reply's code (and field, if given). */
-static void expect(h_env *e, counts *c, const char *name, const void *buf, size_t len,
+static void expect(kit_env *e, counts *c, const char *name, const void *buf, size_t len,
                    int code, const char *field)
 {
     outcome o = send_raw(e, buf, len);
     count(c, &o);
-    printf("  %-28s -> %s%s%s: %s\n", name, o.dropped ? "dropped" : lmsched_err_name(o.code),
-           o.field[0] ? " field " : "", o.field, o.message);
+    printf("  %-28s -> %s%s%s: %s\n", name,
+           o.dropped ? "dropped" : lmsched_err_name(o.code), o.field[0] ? " field " : "",
+           o.field, o.message);
     assert_false(o.dropped);
     assert_int_equal(o.code, code);
     if (field)
@@ -179,11 +184,11 @@ static void expect(h_env *e, counts *c, const char *name, const void *buf, size_
 
 static void test_hostile_messages(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {"--time-scale", "50", "--model-size", "1073741824", NULL};
     const char *d[] = {MEM, NULL};
-    fh_start(e, sim, d);
-    long rss0 = fh_rss_kb(e->daemon.pid);
+    kit_env_start(e, sim, d);
+    long rss0 = kit_pstat_rss_kb(e->daemon.pid);
     counts c;
     memset(&c, 0, sizeof(c));
 
@@ -305,22 +310,22 @@ static void test_hostile_messages(void **state)
     assert_int_equal(random_replies, RANDOM);
 
     /* Still serving, and nothing leaked on the way. */
-    assert_true(fh_alive(e->daemon.pid));
+    assert_false(kit_proc_exited(&e->daemon));
     lmsched_client *cl;
     assert_int_equal(lmsched_client_open(&cl, e->url), LMSCHED_OK);
-    lmsched_request *r = fh_req("sys", "are you still there?", 4);
+    lmsched_request *r = kit_req("sys", "are you still there?", 4);
     lmsched_result *res = NULL;
-    int64_t t0 = fh_now_ms();
+    int64_t t0 = kit_now_ms();
     assert_int_equal(lmsched_chat(cl, r, 20000, &res), LMSCHED_OK);
-    int64_t ok_ms = fh_now_ms() - t0;
+    int64_t ok_ms = kit_now_ms() - t0;
     lmsched_result_free(res);
     lmsched_request_free(r);
     lmsched_client_close(cl);
-    json_t *st = h_status(e);
-    int64_t bad = h_json_int(st, "requests.bad_messages");
+    json_t *st = kit_env_status(e);
+    int64_t bad = kit_json_int(st, "requests.bad_messages");
     json_decref(st);
     assert_int_equal(bad, c.replies);
-    long rss1 = fh_rss_kb(e->daemon.pid);
+    long rss1 = kit_pstat_rss_kb(e->daemon.pid);
     printf(
         "fault 7: %d hostile messages: %d error replies (%d proto, %d too_large), %d "
         "dropped "
@@ -330,13 +335,11 @@ static void test_hostile_messages(void **state)
         c.by_code[LMSCHED_ETOOLARGE], c.dropped, rss0, rss1, (long long)ok_ms);
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
-    int rc = fh_agent_main(argc, argv);
-    if (rc >= 0)
-        return rc;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_hostile_messages, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_messages, kit_env_setup,
+                                        kit_env_teardown),
     };
     return cmocka_run_group_tests_name("faults_hostile", tests, NULL, NULL);
 }

@@ -9,8 +9,6 @@
  * address, then a req0 client on a fresh connection must get its echo
  * within a second.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -20,15 +18,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
+
+#include "kit/clock.h"
+#include "kit/net.h"
 
 #define STRAYS 100
 #define ROUNDS 3
@@ -69,20 +67,13 @@ static void echo_stop(echo_srv *s)
     pthread_join(s->thr, NULL);
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* One request on a new req0 socket; returns 0 when the echo came back
  * within a second, else the nng error. */
 static int roundtrip(const char *url, int64_t *ms)
 {
     nng_socket s;
     nng_msg *m = NULL;
-    int64_t t0 = now_ms();
+    int64_t t0 = kit_now_ms();
     int rv;
 
     assert_int_equal(nng_req0_open(&s), 0);
@@ -106,53 +97,9 @@ static int roundtrip(const char *url, int64_t *ms)
     assert_memory_equal(nng_msg_body(m), "ping", 4);
     nng_msg_free(m);
 out:
-    *ms = now_ms() - t0;
+    *ms = kit_now_ms() - t0;
     nng_close(s);
     return rv;
-}
-
-/* A raw stream connection to the listener of url (ipc:// or tcp://), or -1. */
-static int raw_connect(const char *url)
-{
-    int fd = -1;
-    if (strncmp(url, "ipc://", 6) == 0) {
-        struct sockaddr_un a;
-        memset(&a, 0, sizeof(a));
-        a.sun_family = AF_UNIX;
-        snprintf(a.sun_path, sizeof(a.sun_path), "%s", url + 6);
-        fd = socket(AF_UNIX, SOCK_STREAM, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-            close(fd);
-            fd = -1;
-        }
-    } else {
-        struct sockaddr_in a;
-        memset(&a, 0, sizeof(a));
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        a.sin_port = htons((uint16_t)atoi(strrchr(url, ':') + 1));
-        fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-            close(fd);
-            fd = -1;
-        }
-    }
-    return fd;
-}
-
-static int free_tcp_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 /* ROUNDS times: STRAYS raw connect()/close(), then a round trip. With the
@@ -171,7 +118,7 @@ static void strays_then_roundtrip(const char *url)
     int rv = rv0;
     for (round = 0; round < ROUNDS && rv == 0; round++) {
         for (int i = 0; i < STRAYS; i++) {
-            int fd = raw_connect(url);
+            int fd = kit_net_connect(url);
             if (fd >= 0) {
                 connected++;
                 close(fd);
@@ -215,8 +162,10 @@ static void test_tcp(void **state)
 {
     (void)state;
     char url[64];
+    int port = kit_net_free_port();
 
-    snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", free_tcp_port());
+    assert_true(port > 0);
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
     strays_then_roundtrip(url);
 }
 

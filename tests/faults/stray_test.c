@@ -11,10 +11,6 @@
  * SP handshake stops the listener for good (nng #1518, docs/nng.md): these
  * tests fail there, and pass with scripts/nng-build's patched nng.
  */
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -25,14 +21,19 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
-#include "faults/fharness.h"
-#include "integration/harness.h"
+#include "kit/check.h"
+#include "kit/clock.h"
+#include "kit/daemon.h"
+#include "kit/env.h"
+#include "kit/fs.h"
+#include "kit/net.h"
+#include "kit/proc.h"
+#include "kit/pstat.h"
+#include "kit/tally.h"
 #include "lmsched/agent.h"
 
 #define SIM "--time-scale", "50", "--model-size", "1073741824"
@@ -45,68 +46,41 @@ static const char http_get[] = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 /* ---- the daemon, on ipc:// or tcp:// ---------------------------------------- */
 
-static void start_ipc(h_env *e)
+static void start_ipc(kit_env *e)
 {
     unsetenv("LMSCHED_AUTH_TOKEN");
     const char *sim[] = {SIM, NULL};
     const char *d[] = {MEM, NULL};
-    fh_start(e, sim, d);
+    kit_env_start(e, sim, d);
 }
 
-/* tcp:// needs a token file; agents (and the harness's status probe) send
+/* tcp:// needs a token file; agents (and the kit's status probe) send
  * the token from the environment. */
-static void start_tcp(h_env *e)
+static void start_tcp(kit_env *e)
 {
     char tok[600];
     snprintf(tok, sizeof(tok), "%s/token", e->dir);
-    int fd = open(tok, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, TOKEN "\n", strlen(TOKEN) + 1),
-                     (ssize_t)strlen(TOKEN) + 1);
-    close(fd);
-    int port = h_free_port();
+    assert_int_equal(kit_fs_write(tok, TOKEN "\n", 0600), 0);
+    int port = kit_net_free_port();
     assert_true(port > 0);
     snprintf(e->url, sizeof(e->url), "tcp://127.0.0.1:%d", port);
     setenv("LMSCHED_AUTH_TOKEN", TOKEN, 1);
     const char *sim[] = {SIM, NULL};
     const char *d[] = {MEM, "--auth-token-file", tok, NULL};
-    fh_start(e, sim, d);
+    kit_env_start(e, sim, d);
 }
 
 /* ---- raw peers ------------------------------------------------------------------ */
 
 /* A plain stream connection to the daemon's listener, or -1. */
-static int raw_connect(const h_env *e)
+static int raw_connect(const kit_env *e)
 {
-    int fd = -1;
-    if (strncmp(e->url, "ipc://", 6) == 0) {
-        struct sockaddr_un a;
-        memset(&a, 0, sizeof(a));
-        a.sun_family = AF_UNIX;
-        snprintf(a.sun_path, sizeof(a.sun_path), "%s", e->url + 6);
-        fd = socket(AF_UNIX, SOCK_STREAM, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-            close(fd);
-            fd = -1;
-        }
-    } else {
-        struct sockaddr_in a;
-        memset(&a, 0, sizeof(a));
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        a.sin_port = htons((uint16_t)atoi(strrchr(e->url, ':') + 1));
-        fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-            close(fd);
-            fd = -1;
-        }
-    }
-    return fd;
+    return kit_net_connect(e->url);
 }
 
 static void raw_send(int fd, const void *buf, size_t len)
 {
-    assert_int_equal(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
+    assert_int_equal(kit_net_send(fd, buf, len), (ssize_t)len);
 }
 
 /* Some bytes that are not an SP header. */
@@ -119,53 +93,31 @@ static void garbage(unsigned char *buf, size_t len, unsigned seed)
     buf[0] = 'G'; /* never the header's leading 0 */
 }
 
-/* CPU time (user + system) the process used so far, in clock ticks. */
-static long cpu_ticks(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* Fields after the command name, which is in parentheses: state is
-     * field 3, utime 14, stime 15. */
-    char *p = strrchr(buf, ')');
-    long ut = 0, st = 0;
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld",
-                            &ut, &st) != 2)
-        return -1;
-    return ut + st;
-}
-
 /* Sleeps a second and returns the CPU time pid used meanwhile, in ms (-1 if
  * unreadable). */
 static long cpu_ms_in_next_second(pid_t pid)
 {
-    long t0 = cpu_ticks(pid);
-    fh_sleep_ms(1000);
-    long t1 = cpu_ticks(pid);
-    long hz = sysconf(_SC_CLK_TCK);
-    return t0 >= 0 && t1 >= 0 && hz > 0 ? (t1 - t0) * 1000 / hz : -1L;
+    double t0 = kit_pstat_cpu_us(pid);
+    kit_sleep_ms(1000);
+    double t1 = kit_pstat_cpu_us(pid);
+    return t0 >= 0 && t1 >= 0 ? (long)((t1 - t0) / 1000) : -1L;
 }
 
 /* ---- the check after every case ---------------------------------------------- */
 
 /* A new agent connection asks one chat; it must be answered within a
  * second (connecting included). Prints and returns the time it took. */
-static int64_t chat_within_1s(h_env *e, const char *after)
+static int64_t chat_within_1s(kit_env *e, const char *after)
 {
     lmsched_client *c = NULL;
     lmsched_result *res = NULL;
-    lmsched_request *r = fh_req("You are terse.", "still there?", 4);
+    lmsched_request *r = kit_req("You are terse.", "still there?", 4);
 
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
     lmsched_client_set_connect_timeout(c, 1000);
-    int64_t t0 = fh_now_ms();
+    int64_t t0 = kit_now_ms();
     int rc = lmsched_chat(c, r, 1000, &res);
-    int64_t ms = fh_now_ms() - t0;
+    int64_t ms = kit_now_ms() - t0;
     printf("  after %s: chat %s in %lld ms%s%s\n", after, lmsched_strerror(rc),
            (long long)ms, rc != LMSCHED_OK && res ? ": " : "",
            rc != LMSCHED_OK && res ? lmsched_result_message(res) : "");
@@ -176,11 +128,11 @@ static int64_t chat_within_1s(h_env *e, const char *after)
         /* With nng #1518 the daemon may also spin on the connections it
          * accepted but never handed over: show what it does meanwhile. */
         long cpu = cpu_ms_in_next_second(e->daemon.pid);
-        h_dump_logs(e);
+        kit_env_dump_logs(e);
         fail_msg(
             "no answer within a second after %s (daemon %s, CPU %ld ms in the second "
             "after): the listener stopped accepting (nng #1518? see docs/nng.md)",
-            after, fh_alive(e->daemon.pid) ? "alive" : "dead", cpu);
+            after, kit_proc_exited(&e->daemon) ? "dead" : "alive", cpu);
     }
     return ms;
 }
@@ -193,9 +145,9 @@ enum { STRAYS = 100, HELD = 20, REPEAT = 20, SECOND_SERVES = 10 };
  * socket; ...'` does), each followed by a chat. A hang-up stops an
  * unpatched listener when it lands between the daemon's accept() and its
  * SP header, so one round can miss the bug; three rarely do. */
-static void case_connect_close(h_env *e, const char *tr)
+static void case_connect_close(kit_env *e, const char *tr)
 {
-    int fds0 = fh_fd_count(e->daemon.pid);
+    int fds0 = kit_pstat_fds(e->daemon.pid);
     int64_t ms = 0;
     for (int round = 1; round <= 3; round++) {
         for (int i = 0; i < STRAYS; i++) {
@@ -214,12 +166,12 @@ static void case_connect_close(h_env *e, const char *tr)
     printf(
         "fault 11: %s: 3 x %d raw connect/close: each next chat answered in at most "
         "%lld ms; daemon fds %d before, %d after; CPU %ld ms in the idle second after\n",
-        tr, STRAYS, (long long)ms, fds0, fh_fd_count(e->daemon.pid), cpu);
+        tr, STRAYS, (long long)ms, fds0, kit_pstat_fds(e->daemon.pid), cpu);
 }
 
 /* HELD connections kept open (a third silent, a third with half an SP
  * header, a third with garbage) while agents are served; then closed. */
-static void case_half_open(h_env *e, const char *tr)
+static void case_half_open(kit_env *e, const char *tr)
 {
     int fds[HELD];
     int silent = 0, partial = 0, junk = 0;
@@ -242,22 +194,20 @@ static void case_half_open(h_env *e, const char *tr)
     /* Several agents at once, each on its own connection. */
     enum { AGENTS = 4 };
     lmsched_client *c[AGENTS];
-    fh_tally t;
-    fh_tally_init(&t);
+    kit_tally t;
+    kit_tally_init(&t);
     for (int i = 0; i < AGENTS; i++) {
         assert_int_equal(lmsched_client_open(&c[i], e->url), LMSCHED_OK);
         lmsched_client_set_connect_timeout(c[i], 1000);
-        lmsched_request *r = fh_req("You are terse.", "are you there?", 4);
-        assert_int_equal(lmsched_chat_async(c[i], r, 1000, fh_tally_cb, &t), LMSCHED_OK);
+        lmsched_request *r = kit_req("You are terse.", "are you there?", 4);
+        assert_int_equal(lmsched_chat_async(c[i], r, 1000, kit_tally_cb, &t), LMSCHED_OK);
         lmsched_request_free(r);
     }
-    int done = fh_tally_wait(&t, AGENTS, 5000);
-    pthread_mutex_lock(&t.mtx);
-    int ok = t.by_code[LMSCHED_OK];
-    pthread_mutex_unlock(&t.mtx);
+    int done = kit_tally_wait(&t, AGENTS, 5000);
+    int ok = kit_tally_count(&t, LMSCHED_OK);
     for (int i = 0; i < AGENTS; i++)
         lmsched_client_close(c[i]);
-    fh_tally_fini(&t);
+    kit_tally_fini(&t);
     printf("  while %s: %d of %d agents answered within a second\n", what, ok, AGENTS);
     assert_int_equal(done, AGENTS);
     assert_int_equal(ok, AGENTS);
@@ -287,7 +237,7 @@ static void case_half_open(h_env *e, const char *tr)
 
 /* REPEAT times: garbage, then a hang-up; half with fewer bytes than a
  * header (the hang-up ends the handshake), half with more. */
-static void case_garbage_close(h_env *e, const char *tr)
+static void case_garbage_close(kit_env *e, const char *tr)
 {
     for (int i = 0; i < REPEAT; i++) {
         unsigned char buf[64];
@@ -307,7 +257,7 @@ static void case_garbage_close(h_env *e, const char *tr)
 }
 
 /* REPEAT times: the first half of a valid REQ header, then a hang-up. */
-static void case_half_header_close(h_env *e, const char *tr)
+static void case_half_header_close(kit_env *e, const char *tr)
 {
     for (int i = 0; i < REPEAT; i++) {
         int fd = raw_connect(e);
@@ -349,69 +299,26 @@ static void test_ipc_half_header_close(void **state)
     case_half_header_close(*state, "ipc");
 }
 
-/* Runs a second `lmsched serve` on the daemon's own URL; returns its exit
- * status (-1: still running after 20 s, then killed) with its output in
- * out (size len). */
-static int second_serve(h_env *e, char *out, size_t len)
-{
-    const char *bin_dir = getenv("LMSCHED_BIN_DIR");
-    char bin[512], log[600];
-    snprintf(bin, sizeof(bin), "%s/lmsched", bin_dir && *bin_dir ? bin_dir : "build/bin");
-    snprintf(log, sizeof(log), "%s/second.log", e->dir);
-    unlink(log);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execl(bin, bin, "serve", "--listen", e->url, "--backend", e->backend, MEM,
-              (char *)NULL);
-        _exit(127);
-    }
-    assert_true(pid > 0);
-    int st = 0, rc = -1;
-    for (int waited = 0; waited < 20000; waited += 10) {
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            break;
-        }
-        fh_sleep_ms(10);
-    }
-    if (rc == -1) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-    }
-    out[0] = '\0';
-    FILE *f = fopen(log, "r");
-    if (f) {
-        size_t n = fread(out, 1, len - 1, f);
-        out[n] = '\0';
-        fclose(f);
-    }
-    return rc;
-}
-
 /* A second daemon on the same ipc:// path must be refused (exit 4, "Address
  * in use"), and on its way nng connects to the path to see whether anyone
  * listens there: a stray connection of its own. The first keeps serving.
  * Whether one probe hits nng #1518 depends on timing, hence ten. */
 static void test_ipc_second_serve(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     start_ipc(e);
-    char out[4096];
+    const char *mem[] = {MEM, NULL};
     int64_t ms = 0;
     for (int i = 0; i < SECOND_SERVES; i++) {
-        int rc = second_serve(e, out, sizeof(out));
+        char *out = NULL;
+        int rc = kit_env_serve_run(e, mem, &out);
         printf("  second lmsched serve on %s: exit %d: %s", e->url, rc, out);
         assert_int_equal(rc, 4);
         assert_non_null(strstr(out, "Address in use"));
+        free(out);
         ms = chat_within_1s(e, "a second lmsched serve on the same path");
     }
-    assert_true(fh_alive(e->daemon.pid));
+    assert_false(kit_proc_exited(&e->daemon));
     printf("fault 11: ipc: a second lmsched serve on the same path, %d times: exit 4 "
            "(Address in use) each time; the first answered the next chat in %lld ms\n",
            SECOND_SERVES, (long long)ms);
@@ -445,21 +352,27 @@ static void test_tcp_half_header_close(void **state)
     unsetenv("LMSCHED_AUTH_TOKEN");
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
-    int rc = fh_agent_main(argc, argv);
-    if (rc >= 0)
-        return rc;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_ipc_connect_close, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_ipc_half_open, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_ipc_garbage_close, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_ipc_half_header_close, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_ipc_second_serve, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_tcp_connect_close, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_tcp_half_open, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_tcp_garbage_close, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_tcp_half_header_close, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_ipc_connect_close, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_ipc_half_open, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_ipc_garbage_close, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_ipc_half_header_close, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_ipc_second_serve, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_connect_close, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_half_open, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_garbage_close, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_half_header_close, kit_env_setup,
+                                        kit_env_teardown),
     };
     return cmocka_run_group_tests_name("faults_stray", tests, NULL, NULL);
 }

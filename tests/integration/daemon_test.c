@@ -11,57 +11,47 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
-#include "integration/harness.h"
+#include "kit/check.h"
+#include "kit/clock.h"
+#include "kit/daemon.h"
+#include "kit/env.h"
+#include "kit/fs.h"
+#include "kit/json.h"
+#include "kit/net.h"
+#include "kit/proc.h"
+#include "kit/tally.h"
 #include "lmsched/agent.h"
 #include "proto/proto.h"
 
 /* lmsim clock runs this much faster than wall time in these tests. */
 #define FAST "--time-scale", "50"
 
-static lmsched_request *mkreq(const char *system, const char *user, int max_tokens)
+/* The whole log file (malloc'd); fails the test if unreadable. */
+static char *read_log(const char *path)
 {
-    lmsched_request *r = NULL;
-    assert_int_equal(lmsched_request_alloc(&r), LMSCHED_OK);
-    assert_int_equal(lmsched_request_set_system(r, system), LMSCHED_OK);
-    assert_int_equal(lmsched_request_add_message(r, "user", user), LMSCHED_OK);
-    if (max_tokens > 0)
-        assert_int_equal(lmsched_request_set_max_tokens(r, max_tokens), LMSCHED_OK);
-    return r;
-}
-
-static void start_all(h_env *e, const char *const *sim_args, const char *const *daemon_args)
-{
-    if (h_sim_start(e, 0, sim_args) != 0) {
-        h_dump_logs(e);
-        fail_msg("lmsim did not start");
-    }
-    if (h_daemon_start(e, daemon_args) != 0) {
-        h_dump_logs(e);
-        fail_msg("lmsched serve did not start");
-    }
+    char *text = kit_fs_read(path);
+    assert_non_null(text);
+    return text;
 }
 
 /* One chat: content, usage and timings come back. */
 static void test_one_chat(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {FAST, NULL};
-    start_all(e, sim, NULL);
+    kit_env_start(e, sim, NULL);
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    lmsched_request *r = mkreq("You are a terse assistant.", "Say hello.", 8);
+    lmsched_request *r = kit_req("You are a terse assistant.", "Say hello.", 8);
     lmsched_result *res = NULL;
     int rc = lmsched_chat(c, r, 10000, &res);
     if (rc != LMSCHED_OK)
-        h_dump_logs(e);
+        kit_env_dump_logs(e);
     assert_int_equal(rc, LMSCHED_OK);
     assert_non_null(lmsched_result_content(res));
     assert_true(strlen(lmsched_result_content(res)) > 0);
@@ -84,7 +74,7 @@ static void test_one_chat(void **state)
 /* 200 requests from 20 threads; the memory budget allows 2 at once, and the
  * backend (4 slots) never sees more than 2. */
 typedef struct load_arg {
-    h_env *e;
+    kit_env *e;
     int n;
     int ok;
     int idx;
@@ -97,8 +87,8 @@ static void *load_thread(void *p)
     if (lmsched_client_open(&c, a->e->url) != LMSCHED_OK)
         return NULL;
     char sys[128], user[64];
-    snprintf(sys, sizeof(sys), "You are agent %d of a team; your role is role-%d.", a->idx,
-             a->idx % 4);
+    snprintf(sys, sizeof(sys), "You are agent %d of a team; your role is role-%d.",
+             a->idx, a->idx % 4);
     for (int i = 0; i < a->n; i++) {
         snprintf(user, sizeof(user), "question %d", i);
         lmsched_request *r = NULL;
@@ -120,16 +110,16 @@ static void *load_thread(void *p)
 
 static void test_concurrency_limit(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     /* The backend reports a 1 GiB model and 4 slots. budget = 0.5 x 10 GiB - 1 GiB =
      * 4 GiB; 2 GiB per request -> 2 at once, below the 4 slots. */
     const char *sim[] = {FAST, "--slots", "4", "--model-size", "1073741824", NULL};
-    const char *d[] = {"--total-ram", "10G", "--ram-fraction", "0.5", "--kv-per-request", "2G",
-                       NULL};
-    start_all(e, sim, d);
-    json_t *st = h_status(e);
+    const char *d[] = {"--total-ram", "10G", "--ram-fraction", "0.5", "--kv-per-request",
+                       "2G",          NULL};
+    kit_env_start(e, sim, d);
+    json_t *st = kit_env_status(e);
     assert_non_null(st);
-    assert_int_equal(h_json_int(st, "memory.max_concurrent"), 2);
+    assert_int_equal(kit_json_int(st, "memory.max_concurrent"), 2);
     json_decref(st);
 
     enum { THREADS = 20, PER = 10 };
@@ -145,92 +135,50 @@ static void test_concurrency_limit(void **state)
         ok += a[i].ok;
     }
     if (ok != THREADS * PER)
-        h_dump_logs(e);
+        kit_env_dump_logs(e);
     assert_int_equal(ok, THREADS * PER);
-    json_t *stats = h_sim_get(e, "/sim/stats");
+    json_t *stats = kit_env_sim_get(e, "/sim/stats");
     assert_non_null(stats);
-    int64_t max_active = h_json_int(stats, "max_active");
+    int64_t max_active = kit_json_int(stats, "max_active");
     printf("concurrency: %d requests, lmsim max_active %lld (limit 2)\n", ok,
            (long long)max_active);
     assert_true(max_active >= 1);
     assert_true(max_active <= 2);
-    assert_int_equal(h_json_int(stats, "requests"), THREADS * PER);
+    assert_int_equal(kit_json_int(stats, "requests"), THREADS * PER);
     json_decref(stats);
-    st = h_status(e);
-    assert_int_equal(h_json_int(st, "requests.completed"), THREADS * PER);
-    assert_int_equal(h_json_int(st, "inflight"), 0);
+    st = kit_env_status(e);
+    assert_int_equal(kit_json_int(st, "requests.completed"), THREADS * PER);
+    assert_int_equal(kit_json_int(st, "inflight"), 0);
     json_decref(st);
-}
-
-/* Async helpers: count outcomes by error code. */
-typedef struct tally {
-    pthread_mutex_t mtx;
-    pthread_cond_t cv;
-    int done;
-    int by_code[32];
-    int calls;          /* callback invocations, to prove exactly one per request */
-} tally;
-
-static void tally_cb(lmsched_result *res, void *arg)
-{
-    tally *t = arg;
-    pthread_mutex_lock(&t->mtx);
-    int code = lmsched_result_error(res);
-    if (code >= 0 && code < 32)
-        t->by_code[code]++;
-    t->done++;
-    t->calls++;
-    pthread_cond_broadcast(&t->cv);
-    pthread_mutex_unlock(&t->mtx);
-    lmsched_result_free(res);
-}
-
-static void tally_init(tally *t)
-{
-    memset(t, 0, sizeof(*t));
-    pthread_mutex_init(&t->mtx, NULL);
-    pthread_cond_init(&t->cv, NULL);
-}
-
-static int tally_wait(tally *t, int n, int timeout_s)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_s;
-    pthread_mutex_lock(&t->mtx);
-    while (t->done < n)
-        if (pthread_cond_timedwait(&t->cv, &t->mtx, &ts) != 0)
-            break;
-    int d = t->done;
-    pthread_mutex_unlock(&t->mtx);
-    return d;
 }
 
 /* A full queue answers BUSY at once; everything accepted completes. */
 static void test_queue_full_busy(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {"--time-scale", "5", NULL};
     const char *d[] = {"--max-concurrent", "1", "--max-queue", "3", NULL};
-    start_all(e, sim, d);
+    kit_env_start(e, sim, d);
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    tally t;
-    tally_init(&t);
-    lmsched_request *r = mkreq("sys", "hello", 16);
+    kit_tally t;
+    kit_tally_init(&t);
+    lmsched_request *r = kit_req("sys", "hello", 16);
     enum { N = 12 };
     for (int i = 0; i < N; i++)
-        assert_int_equal(lmsched_chat_async(c, r, 30000, tally_cb, &t), LMSCHED_OK);
-    assert_int_equal(tally_wait(&t, N, 30), N);
-    printf("queue full: ok %d busy %d\n", t.by_code[LMSCHED_OK], t.by_code[LMSCHED_EBUSY]);
+        assert_int_equal(lmsched_chat_async(c, r, 30000, kit_tally_cb, &t), LMSCHED_OK);
+    assert_int_equal(kit_tally_wait(&t, N, 30000), N);
+    printf("queue full: ok %d busy %d\n", t.by_code[LMSCHED_OK],
+           t.by_code[LMSCHED_EBUSY]);
     assert_true(t.by_code[LMSCHED_EBUSY] >= 1);
     /* At least the 3 the queue holds (the burst may all arrive before the first
      * one is dispatched, so the running one may have been among the 3). */
     assert_true(t.by_code[LMSCHED_OK] >= 3);
     assert_int_equal(t.by_code[LMSCHED_OK] + t.by_code[LMSCHED_EBUSY], N);
-    assert_int_equal(t.calls, N);
-    json_t *st = h_status(e);
-    assert_int_equal(h_json_int(st, "requests.rejected_busy"), t.by_code[LMSCHED_EBUSY]);
+    assert_int_equal(t.done, N);
+    json_t *st = kit_env_status(e);
+    assert_int_equal(kit_json_int(st, "requests.rejected_busy"),
+                     t.by_code[LMSCHED_EBUSY]);
     json_decref(st);
     lmsched_request_free(r);
     lmsched_client_close(c);
@@ -239,37 +187,30 @@ static void test_queue_full_busy(void **state)
 /* A request whose deadline passes in the queue gets DEADLINE. */
 static void test_deadline(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {"--time-scale", "2", NULL};
     const char *d[] = {"--max-concurrent", "1", NULL};
-    start_all(e, sim, d);
+    kit_env_start(e, sim, d);
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    tally t;
-    tally_init(&t);
+    kit_tally t;
+    kit_tally_init(&t);
     /* 200 tokens at 45 tok/s x2 = ~2.2 s holding the only slot; the quick
      * one is sent once it runs (a fixed sleep raced a loaded machine). */
-    lmsched_request *slow = mkreq("sys", "a long answer please", 200);
-    assert_int_equal(lmsched_chat_async(c, slow, 30000, tally_cb, &t), LMSCHED_OK);
-    for (int i = 0; i < 500; i++) {
-        json_t *st = h_status(e);
-        int64_t inflight = st ? h_json_int(st, "inflight") : 0;
-        json_decref(st);
-        if (inflight == 1)
-            break;
-        usleep(5000);
-    }
-    lmsched_request *r = mkreq("sys", "quick", 4);
+    lmsched_request *slow = kit_req("sys", "a long answer please", 200);
+    assert_int_equal(lmsched_chat_async(c, slow, 30000, kit_tally_cb, &t), LMSCHED_OK);
+    kit_env_status_wait(e, "inflight", 1, 1, 2500);
+    lmsched_request *r = kit_req("sys", "quick", 4);
     assert_int_equal(lmsched_request_set_deadline_ms(r, 150), LMSCHED_OK);
     lmsched_result *res = NULL;
     int rc = lmsched_chat(c, r, 30000, &res);
     assert_int_equal(rc, LMSCHED_EDEADLINE);
     assert_non_null(strstr(lmsched_result_message(res), "deadline"));
     lmsched_result_free(res);
-    assert_int_equal(tally_wait(&t, 1, 30), 1);
+    assert_int_equal(kit_tally_wait(&t, 1, 30000), 1);
     assert_int_equal(t.by_code[LMSCHED_OK], 1);
-    json_t *st = h_status(e);
-    assert_int_equal(h_json_int(st, "requests.failed_by_class.deadline"), 1);
+    json_t *st = kit_env_status(e);
+    assert_int_equal(kit_json_int(st, "requests.failed_by_class.deadline"), 1);
     json_decref(st);
     lmsched_request_free(slow);
     lmsched_request_free(r);
@@ -280,23 +221,23 @@ static void test_deadline(void **state)
  * error; when it comes up, service resumes. */
 static void test_backend_down_then_up(void **state)
 {
-    h_env *e = *state;
-    int port = h_free_port();
+    kit_env *e = *state;
+    int port = kit_net_free_port();
     assert_true(port > 0);
     snprintf(e->backend, sizeof(e->backend), "http://127.0.0.1:%d", port);
     const char *d[] = {"--max-retries", "1", "--backend-wait", "1000", NULL};
-    if (h_daemon_start(e, d) != 0) {
-        h_dump_logs(e);
+    if (kit_env_daemon_start(e, d) != 0) {
+        kit_env_dump_logs(e);
         fail_msg("daemon did not start with the backend down");
     }
-    json_t *st = h_status(e);
+    json_t *st = kit_env_status(e);
     assert_non_null(st);
-    assert_true(json_is_false(h_json_get(st, "backend.healthy")));
+    assert_true(json_is_false(kit_json_get(st, "backend.healthy")));
     json_decref(st);
 
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    lmsched_request *r = mkreq("sys", "hello", 4);
+    lmsched_request *r = kit_req("sys", "hello", 4);
     lmsched_result *res = NULL;
     int rc = lmsched_chat(c, r, 30000, &res);
     assert_int_equal(rc, LMSCHED_EBACKEND_DOWN);
@@ -305,15 +246,15 @@ static void test_backend_down_then_up(void **state)
     lmsched_result_free(res);
 
     const char *sim[] = {FAST, NULL};
-    assert_int_equal(h_sim_start(e, port, sim), 0);
+    assert_int_equal(kit_env_sim_start(e, port, sim), 0);
     rc = lmsched_chat(c, r, 30000, &res);
     if (rc != LMSCHED_OK)
-        h_dump_logs(e);
+        kit_env_dump_logs(e);
     assert_int_equal(rc, LMSCHED_OK);
     lmsched_result_free(res);
-    st = h_status(e);
-    assert_true(json_is_true(h_json_get(st, "backend.healthy")));
-    assert_int_equal(h_json_int(st, "requests.failed_by_class.backend_down"), 1);
+    st = kit_env_status(e);
+    assert_true(json_is_true(kit_json_get(st, "backend.healthy")));
+    assert_int_equal(kit_json_int(st, "requests.failed_by_class.backend_down"), 1);
     json_decref(st);
     lmsched_request_free(r);
     lmsched_client_close(c);
@@ -322,15 +263,16 @@ static void test_backend_down_then_up(void **state)
 /* Garbage on the socket gets an error reply, and the daemon keeps serving. */
 static void test_malformed_message(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {FAST, NULL};
-    start_all(e, sim, NULL);
+    kit_env_start(e, sim, NULL);
     nng_socket s;
     assert_int_equal(nng_req0_open(&s), 0);
     nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 5000);
     nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 5000);
     assert_int_equal(nng_dial(s, e->url, NULL, 0), 0);
-    const char *bad[] = {"\xc1", "not msgpack at all", "\x81\xa1v\xa1x", "\x93\x01\x02\x03"};
+    const char *bad[] = {"\xc1", "not msgpack at all", "\x81\xa1v\xa1x",
+                         "\x93\x01\x02\x03"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(nng_send(s, (void *)bad[i], strlen(bad[i]), 0), 0);
         char *buf = NULL;
@@ -368,53 +310,54 @@ static void test_malformed_message(void **state)
 
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    lmsched_request *r = mkreq("sys", "still there?", 4);
+    lmsched_request *r = kit_req("sys", "still there?", 4);
     lmsched_result *res = NULL;
     assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_OK);
     lmsched_result_free(res);
     lmsched_request_free(r);
     lmsched_client_close(c);
-    json_t *st = h_status(e);
-    assert_int_equal(h_json_int(st, "requests.bad_messages"), 5);
+    json_t *st = kit_env_status(e);
+    assert_int_equal(kit_json_int(st, "requests.bad_messages"), 5);
     json_decref(st);
 }
 
 /* The status document has the documented keys with correct values. */
 static void test_status_json(void **state)
 {
-    h_env *e = *state;
-    const char *sim[] = {FAST, "--slots", "3", "--ctx", "4096", "--model-size", "2147483648",
-                         NULL};
+    kit_env *e = *state;
+    const char *sim[] = {FAST,   "--slots",      "3",          "--ctx",
+                         "4096", "--model-size", "2147483648", NULL};
     const char *d[] = {"--total-ram", "16G", "--ram-fraction", "0.5", NULL};
-    start_all(e, sim, d);
+    kit_env_start(e, sim, d);
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    lmsched_request *r = mkreq("sys", "count me", 4);
+    lmsched_request *r = kit_req("sys", "count me", 4);
     for (int i = 0; i < 3; i++) {
         lmsched_result *res = NULL;
         assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_OK);
         lmsched_result_free(res);
     }
-    json_t *st = h_status(e);
+    json_t *st = kit_env_status(e);
     assert_non_null(st);
     const int64_t gib = 1024LL * 1024 * 1024;
-    assert_int_equal(h_json_int(st, "memory.total_bytes"), 16 * gib);
+    assert_int_equal(kit_json_int(st, "memory.total_bytes"), 16 * gib);
     /* 0.5 x 16 GiB - 2 GiB model (reported by the backend) = 6 GiB */
-    assert_int_equal(h_json_int(st, "memory.budget_bytes"), 6 * gib);
+    assert_int_equal(kit_json_int(st, "memory.budget_bytes"), 6 * gib);
     /* KV per request: 4096 tokens x 128 KiB = 512 MiB -> fits 12, capped at 3 slots */
-    assert_int_equal(h_json_int(st, "memory.kv_per_request_bytes"), 4096LL * 131072);
-    assert_int_equal(h_json_int(st, "memory.max_concurrent"), 3);
-    assert_string_equal(json_string_value(h_json_get(st, "memory.limited_by")), "slots");
-    assert_int_equal(h_json_int(st, "queue.depth"), 0);
-    assert_int_equal(h_json_int(st, "inflight"), 0);
-    assert_int_equal(h_json_int(st, "requests.completed"), 3);
-    assert_int_equal(h_json_int(st, "requests.failed"), 0);
-    assert_string_equal(json_string_value(h_json_get(st, "backend.url")), e->backend);
-    assert_true(json_is_true(h_json_get(st, "backend.healthy")));
-    assert_string_equal(json_string_value(h_json_get(st, "backend.kind")), "lmstudio");
-    assert_int_equal(h_json_int(st, "backend.slots"), 3);
-    assert_int_equal(h_json_int(st, "backend.context_length"), 4096);
-    assert_true(h_json_int(st, "tokens.prompt") > 0);
+    assert_int_equal(kit_json_int(st, "memory.kv_per_request_bytes"), 4096LL * 131072);
+    assert_int_equal(kit_json_int(st, "memory.max_concurrent"), 3);
+    assert_string_equal(json_string_value(kit_json_get(st, "memory.limited_by")),
+                        "slots");
+    assert_int_equal(kit_json_int(st, "queue.depth"), 0);
+    assert_int_equal(kit_json_int(st, "inflight"), 0);
+    assert_int_equal(kit_json_int(st, "requests.completed"), 3);
+    assert_int_equal(kit_json_int(st, "requests.failed"), 0);
+    assert_string_equal(json_string_value(kit_json_get(st, "backend.url")), e->backend);
+    assert_true(json_is_true(kit_json_get(st, "backend.healthy")));
+    assert_string_equal(json_string_value(kit_json_get(st, "backend.kind")), "lmstudio");
+    assert_int_equal(kit_json_int(st, "backend.slots"), 3);
+    assert_int_equal(kit_json_int(st, "backend.context_length"), 4096);
+    assert_true(kit_json_int(st, "tokens.prompt") > 0);
     json_decref(st);
     lmsched_request_free(r);
     lmsched_client_close(c);
@@ -424,34 +367,27 @@ static void test_status_json(void **state)
  * reply (in flight ones finish, queued ones get SHUTDOWN), exit status 0. */
 static void test_sigterm_loses_nothing(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {"--time-scale", "5", NULL};
     const char *d[] = {"--max-concurrent", "4", NULL};
-    start_all(e, sim, d);
+    kit_env_start(e, sim, d);
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    tally t;
-    tally_init(&t);
-    lmsched_request *r = mkreq("sys", "answer slowly", 40);
+    kit_tally t;
+    kit_tally_init(&t);
+    lmsched_request *r = kit_req("sys", "answer slowly", 40);
     enum { N = 30 };
     for (int i = 0; i < N; i++)
-        assert_int_equal(lmsched_chat_async(c, r, 30000, tally_cb, &t), LMSCHED_OK);
+        assert_int_equal(lmsched_chat_async(c, r, 30000, kit_tally_cb, &t), LMSCHED_OK);
     /* Wait until requests are in flight at the backend. */
-    for (int i = 0; i < 100; i++) {
-        json_t *st = h_status(e);
-        int64_t inflight = st ? h_json_int(st, "inflight") : 0;
-        json_decref(st);
-        if (inflight == 4)
-            break;
-        usleep(20000);
-    }
-    int status = h_proc_stop(&e->daemon, SIGTERM, 20000);
-    assert_int_equal(tally_wait(&t, N, 30), N);
+    kit_env_status_wait(e, "inflight", 4, 4, 2000);
+    int status = kit_proc_stop(&e->daemon, SIGTERM, 20000);
+    assert_int_equal(kit_tally_wait(&t, N, 30000), N);
     printf("sigterm: ok %d shutdown %d other %d, exit %d\n", t.by_code[LMSCHED_OK],
            t.by_code[LMSCHED_ESHUTDOWN],
            N - t.by_code[LMSCHED_OK] - t.by_code[LMSCHED_ESHUTDOWN], status);
     assert_int_equal(status, 0);
-    assert_int_equal(t.calls, N);
+    assert_int_equal(t.done, N);
     assert_true(t.by_code[LMSCHED_OK] >= 4);
     assert_true(t.by_code[LMSCHED_ESHUTDOWN] >= 1);
     assert_int_equal(t.by_code[LMSCHED_OK] + t.by_code[LMSCHED_ESHUTDOWN], N);
@@ -462,52 +398,32 @@ static void test_sigterm_loses_nothing(void **state)
 /* The model alone over the budget: serve refuses with the numbers. */
 static void test_refuses_oversized_model(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {FAST, "--model-size", "40000000000", NULL};
-    assert_int_equal(h_sim_start(e, 0, sim), 0);
+    assert_int_equal(kit_env_sim_start(e, 0, sim), 0);
     const char *d[] = {"--total-ram", "32G", NULL};
-    assert_int_not_equal(h_daemon_start(e, d), 0);
-    FILE *f = fopen(e->daemon.log, "r");
-    assert_non_null(f);
-    char buf[8192];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    assert_non_null(strstr(buf, "refusing to start"));
-    assert_non_null(strstr(buf, "--force"));
+    assert_int_not_equal(kit_env_daemon_start(e, d), 0);
+    char *log = read_log(e->daemon.log);
+    assert_non_null(strstr(log, "refusing to start"));
+    assert_non_null(strstr(log, "--force"));
+    free(log);
     /* --force starts anyway */
     const char *df[] = {"--total-ram", "32G", "--force", NULL};
-    assert_int_equal(h_daemon_start(e, df), 0);
+    assert_int_equal(kit_env_daemon_start(e, df), 0);
 }
-
 
 /* ---- issue 9: what a new user hit ------------------------------------------ */
 
-/* Runs cmd with stdout and stderr into out (NUL-terminated); returns the
- * exit status, -1 if it could not run. */
-static int run_capture(const char *cmd, char *out, size_t len)
+/* Runs `lmsched ARGS...` with stdout and stderr into *outp (malloc'd);
+ * returns the exit status, -1 if it could not run. */
+static int run_capture(kit_env *e, const char *const *args, char **outp)
 {
-    char full[2048];
-    snprintf(full, sizeof(full), "%s 2>&1", cmd);
-    FILE *f = popen(full, "r");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(out, 1, len - 1, f);
-    out[n] = '\0';
-    int st = pclose(f);
-    return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
-}
-
-static char *read_log(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    char *buf = calloc(1, 1 << 16);
-    assert_non_null(buf);
-    size_t n = fread(buf, 1, (1 << 16) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
+    char path[600];
+    snprintf(path, sizeof(path), "%s/capture.out", e->dir);
+    int rc = kit_lmsched_run(args, path, 20000);
+    *outp = kit_fs_read(path);
+    assert_non_null(*outp);
+    return rc;
 }
 
 static unsigned count_str(const char *hay, const char *needle)
@@ -522,27 +438,27 @@ static unsigned count_str(const char *hay, const char *needle)
  * it, says so, and chat works. */
 static void test_backend_url_with_v1(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {FAST, NULL};
-    assert_int_equal(h_sim_start(e, 0, sim), 0);
+    assert_int_equal(kit_env_sim_start(e, 0, sim), 0);
     char be[160];
     snprintf(be, sizeof(be), "%s/v1/", e->backend);
     const char *d[] = {"--backend", be, NULL};
-    if (h_daemon_start(e, d) != 0) {
-        h_dump_logs(e);
+    if (kit_env_daemon_start(e, d) != 0) {
+        kit_env_dump_logs(e);
         fail_msg("lmsched serve did not start");
     }
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    lmsched_request *r = mkreq("sys", "hello", 4);
+    lmsched_request *r = kit_req("sys", "hello", 4);
     lmsched_result *res = NULL;
     int rc = lmsched_chat(c, r, 10000, &res);
     if (rc != LMSCHED_OK)
         fail_msg("chat through a /v1 URL: %s", res ? lmsched_result_message(res) : "?");
     lmsched_result_free(res);
-    json_t *st = h_status(e);
-    assert_string_equal(json_string_value(h_json_get(st, "backend.url")), e->backend);
-    assert_string_equal(json_string_value(h_json_get(st, "backend.kind")), "lmstudio");
+    json_t *st = kit_env_status(e);
+    assert_string_equal(json_string_value(kit_json_get(st, "backend.url")), e->backend);
+    assert_string_equal(json_string_value(kit_json_get(st, "backend.kind")), "lmstudio");
     json_decref(st);
     char *log = read_log(e->daemon.log);
     assert_non_null(strstr(log, "ended in /v1"));
@@ -556,20 +472,20 @@ static void test_backend_url_with_v1(void **state)
  * reported healthy, and a request fails saying the same. */
 static void test_backend_nothing_found(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {FAST, NULL};
-    assert_int_equal(h_sim_start(e, 0, sim), 0);
+    assert_int_equal(kit_env_sim_start(e, 0, sim), 0);
     char be[160];
     snprintf(be, sizeof(be), "%s/not-here", e->backend);
     const char *d[] = {"--backend", be, "--backend-wait", "300", NULL};
-    if (h_daemon_start(e, d) != 0) {
-        h_dump_logs(e);
+    if (kit_env_daemon_start(e, d) != 0) {
+        kit_env_dump_logs(e);
         fail_msg("lmsched serve did not start");
     }
-    json_t *st = h_status(e);
+    json_t *st = kit_env_status(e);
     assert_non_null(st);
-    assert_true(json_is_false(h_json_get(st, "backend.healthy")));
-    const char *le = json_string_value(h_json_get(st, "backend.last_error"));
+    assert_true(json_is_false(kit_json_get(st, "backend.healthy")));
+    const char *le = json_string_value(kit_json_get(st, "backend.last_error"));
     assert_non_null(le);
     printf("last_error: %s\n", le);
     assert_non_null(strstr(le, "no LLM server API found"));
@@ -584,7 +500,7 @@ static void test_backend_nothing_found(void **state)
 
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    lmsched_request *r = mkreq("sys", "hello", 4);
+    lmsched_request *r = kit_req("sys", "hello", 4);
     lmsched_result *res = NULL;
     assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_EBACKEND_DOWN);
     assert_non_null(strstr(lmsched_result_message(res), "no LLM server API found"));
@@ -598,9 +514,9 @@ static void test_backend_nothing_found(void **state)
  * near the edge goes to the backend, whose own 400 comes back. */
 static void test_prompt_over_context(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {FAST, "--ctx", "8192", NULL};
-    start_all(e, sim, NULL);
+    kit_env_start(e, sim, NULL);
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
 
@@ -609,7 +525,7 @@ static void test_prompt_over_context(void **state)
     assert_non_null(text);
     memset(text, 'x', big);
     text[big] = '\0';
-    lmsched_request *r = mkreq("sys", text, 0);
+    lmsched_request *r = kit_req("sys", text, 0);
     lmsched_result *res = NULL;
     assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_ETOOLARGE);
     const char *msg = lmsched_result_message(res);
@@ -619,14 +535,14 @@ static void test_prompt_over_context(void **state)
     assert_non_null(strstr(msg, "262"));
     lmsched_result_free(res);
     lmsched_request_free(r);
-    json_t *ss = h_sim_get(e, "/sim/stats");
-    assert_int_equal(h_json_int(ss, "requests"), 0);
-    assert_int_equal(h_json_int(ss, "prompt_tokens"), 0);
+    json_t *ss = kit_env_sim_get(e, "/sim/stats");
+    assert_int_equal(kit_json_int(ss, "requests"), 0);
+    assert_int_equal(kit_json_int(ss, "prompt_tokens"), 0);
     json_decref(ss);
 
     /* 40 KB: ~10k tokens by the estimate, but not certainly over 8192. */
     text[40000] = '\0';
-    r = mkreq("sys", text, 0);
+    r = kit_req("sys", text, 0);
     assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_EBACKEND_HTTP);
     printf("backend: %s\n", lmsched_result_message(res));
     assert_non_null(strstr(lmsched_result_message(res), "context"));
@@ -639,9 +555,9 @@ static void test_prompt_over_context(void **state)
 /* A field over its limit is named once in the message, not twice. */
 static void test_field_named_once(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {FAST, NULL};
-    start_all(e, sim, NULL);
+    kit_env_start(e, sim, NULL);
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
     size_t big = 5u << 20;
@@ -649,7 +565,7 @@ static void test_field_named_once(void **state)
     assert_non_null(text);
     memset(text, 'x', big);
     text[big] = '\0';
-    lmsched_request *r = mkreq("sys", text, 0);
+    lmsched_request *r = kit_req("sys", text, 0);
     free(text);
     lmsched_result *res = NULL;
     assert_int_equal(lmsched_chat(c, r, 10000, &res), LMSCHED_ETOOLARGE);
@@ -665,49 +581,61 @@ static void test_field_named_once(void **state)
  * a message in the user's terms, not nng's. */
 static void test_serve_messages(void **state)
 {
-    h_env *e = *state;
-    const char *bin = getenv("LMSCHED_BIN_DIR");
-    assert_non_null(bin);
-    char cmd[1024], out[8192];
+    kit_env *e = *state;
+    char listen[600], *out = NULL;
 
-    snprintf(cmd, sizeof(cmd), "%s/lmsched serve --policy lifo", bin);
-    assert_int_equal(run_capture(cmd, out, sizeof(out)), 2);
+    assert_int_equal(
+        run_capture(e, (const char *const[]){"serve", "--policy", "lifo", NULL}, &out),
+        2);
     assert_non_null(strstr(out, "--policy: expected prefix or fifo, got 'lifo'"));
+    free(out);
 
-    snprintf(cmd, sizeof(cmd),
-             "%s/lmsched serve --backend http://127.0.0.1:9 --connect-timeout 100 "
-             "--listen ipc://%s/no/such/dir/x.sock",
-             bin, e->dir);
-    assert_int_equal(run_capture(cmd, out, sizeof(out)), 4);
+    snprintf(listen, sizeof(listen), "ipc://%s/no/such/dir/x.sock", e->dir);
+    const char *nodir[] = {"serve",
+                           "--backend",
+                           "http://127.0.0.1:9",
+                           "--connect-timeout",
+                           "100",
+                           "--listen",
+                           listen,
+                           NULL};
+    assert_int_equal(run_capture(e, nodir, &out), 4);
     assert_null(strstr(out, "Entry not found"));
     assert_non_null(strstr(out, "/no/such/dir does not exist"));
+    free(out);
 
     char longp[200];
     memset(longp, 'a', 150);
     longp[150] = '\0';
-    snprintf(cmd, sizeof(cmd),
-             "%s/lmsched serve --backend http://127.0.0.1:9 --connect-timeout 100 "
-             "--listen ipc:///tmp/%s.sock",
-             bin, longp);
-    assert_int_equal(run_capture(cmd, out, sizeof(out)), 4);
+    snprintf(listen, sizeof(listen), "ipc:///tmp/%s.sock", longp);
+    const char *toolong[] = {"serve",
+                             "--backend",
+                             "http://127.0.0.1:9",
+                             "--connect-timeout",
+                             "100",
+                             "--listen",
+                             listen,
+                             NULL};
+    assert_int_equal(run_capture(e, toolong, &out), 4);
     assert_null(strstr(out, "Address invalid"));
     assert_non_null(strstr(out, "may have at most 107"));
+    free(out);
 }
 
 /* Start-up says the memory budget once, and an unknown model size as
  * unknown (status: null), not "0 B". */
 static void test_startup_log(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {FAST, "--model-size", "0", NULL};
-    start_all(e, sim, NULL);
+    kit_env_start(e, sim, NULL);
     char *log = read_log(e->daemon.log);
     assert_int_equal(count_str(log, "per request fits"), 1);
     assert_null(strstr(log, "model 0 B"));
     assert_non_null(strstr(log, "model size unknown"));
     free(log);
-    json_t *st = h_status(e);
-    assert_true(json_is_null(h_json_get(st, "memory.model_size_bytes")));
+    json_t *st = kit_env_status(e);
+    assert_true(json_is_null(kit_json_get(st, "memory.model_size_bytes")));
     json_decref(st);
 }
 
@@ -715,35 +643,26 @@ static void test_startup_log(void **state)
  * flight get the shutdown error now, not after --drain-timeout. */
 static void test_second_sigterm(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     const char *sim[] = {"--time-scale", "1", "--decode-tps", "5", NULL};
     const char *d[] = {"--max-concurrent", "2", "--drain-timeout", "60000", NULL};
-    start_all(e, sim, d);
+    kit_env_start(e, sim, d);
     lmsched_client *c;
     assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
-    tally t;
-    tally_init(&t);
-    lmsched_request *r = mkreq("sys", "answer slowly", 500);
+    kit_tally t;
+    kit_tally_init(&t);
+    lmsched_request *r = kit_req("sys", "answer slowly", 500);
     enum { N = 4 };
     for (int i = 0; i < N; i++)
-        assert_int_equal(lmsched_chat_async(c, r, 30000, tally_cb, &t), LMSCHED_OK);
-    for (int i = 0; i < 200; i++) {
-        json_t *st = h_status(e);
-        int64_t inflight = st ? h_json_int(st, "inflight") : 0;
-        json_decref(st);
-        if (inflight == 2)
-            break;
-        usleep(10000);
-    }
+        assert_int_equal(lmsched_chat_async(c, r, 30000, kit_tally_cb, &t), LMSCHED_OK);
+    kit_env_status_wait(e, "inflight", 2, 2, 2000);
     kill(e->daemon.pid, SIGTERM);
-    usleep(300000);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int status = h_proc_stop(&e->daemon, SIGTERM, 10000);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
-    assert_int_equal(tally_wait(&t, N, 10), N);
-    printf("second sigterm: exit %d after %.0f ms; shutdown %d\n", status, ms,
+    kit_sleep_ms(300);
+    int64_t t0 = kit_now_ms();
+    int status = kit_proc_stop(&e->daemon, SIGTERM, 10000);
+    int64_t ms = kit_now_ms() - t0;
+    assert_int_equal(kit_tally_wait(&t, N, 10000), N);
+    printf("second sigterm: exit %d after %lld ms; shutdown %d\n", status, (long long)ms,
            t.by_code[LMSCHED_ESHUTDOWN]);
     assert_int_equal(status, 0);
     assert_true(ms < 5000);
@@ -758,22 +677,36 @@ static void test_second_sigterm(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_one_chat, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_concurrency_limit, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_queue_full_busy, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_deadline, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_backend_down_then_up, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_malformed_message, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_status_json, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_sigterm_loses_nothing, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_refuses_oversized_model, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_backend_url_with_v1, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_backend_nothing_found, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_prompt_over_context, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_serve_messages, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_field_named_once, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_startup_log, h_setup, h_teardown),
-        cmocka_unit_test_setup_teardown(test_second_sigterm, h_setup, h_teardown),
+        cmocka_unit_test_setup_teardown(test_one_chat, kit_env_setup, kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_concurrency_limit, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_queue_full_busy, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_deadline, kit_env_setup, kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_down_then_up, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_message, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_status_json, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_loses_nothing, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_refuses_oversized_model, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_url_with_v1, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_nothing_found, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_prompt_over_context, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_serve_messages, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_field_named_once, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_startup_log, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_second_sigterm, kit_env_setup,
+                                        kit_env_teardown),
     };
     return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);
 }

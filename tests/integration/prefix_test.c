@@ -14,7 +14,9 @@
 
 #include <cmocka.h>
 
-#include "integration/harness.h"
+#include "kit/env.h"
+#include "kit/json.h"
+#include "kit/proc.h"
 #include "lmsched/agent.h"
 
 enum { GROUPS = 4, PER_GROUP = 2, ROUNDS = 3 };
@@ -25,8 +27,8 @@ static char *role_prompt(int g)
     size_t cap = 6200;
     char *p = malloc(cap);
     size_t n = (size_t)snprintf(p, cap, "You are role %d of a review board. ", g);
-    static const char *const words[] = {"check", "every", "claim", "against", "evidence",
-                                        "and", "report", "what", "fails", "first"};
+    static const char *const words[] = {"check", "every",  "claim", "against", "evidence",
+                                        "and",   "report", "what",  "fails",   "first"};
     unsigned x = 2654435761u * (unsigned)(g + 1);
     while (n + 16 < 6000) {
         x = x * 1103515245u + 12345u;
@@ -40,12 +42,12 @@ typedef struct run_result {
     int ok;
 } run_result;
 
-static void run_policy(h_env *e, const char *policy, run_result *out)
+static void run_policy(kit_env *e, const char *policy, run_result *out)
 {
-    assert_int_equal(h_sim_reset(e), 0);
+    assert_int_equal(kit_env_sim_reset(e), 0);
     const char *d[] = {"--policy", policy, NULL};
-    if (h_daemon_start(e, d) != 0) {
-        h_dump_logs(e);
+    if (kit_env_daemon_start(e, d) != 0) {
+        kit_env_dump_logs(e);
         fail_msg("daemon did not start with --policy %s", policy);
     }
     lmsched_client *c;
@@ -78,16 +80,16 @@ static void run_policy(h_env *e, const char *policy, run_result *out)
             lmsched_request_free(reqs[i]);
         }
     }
-    json_t *st = h_sim_get(e, "/sim/stats");
+    json_t *st = kit_env_sim_get(e, "/sim/stats");
     assert_non_null(st);
-    out->prefill = h_json_int(st, "prefill_tokens");
-    out->cached = h_json_int(st, "cached_tokens");
-    out->prompt = h_json_int(st, "prompt_tokens");
+    out->prefill = kit_json_int(st, "prefill_tokens");
+    out->cached = kit_json_int(st, "cached_tokens");
+    out->prompt = kit_json_int(st, "prompt_tokens");
     json_decref(st);
     if (strcmp(policy, "prefix") == 0) {
-        json_t *ds = h_status(e);
+        json_t *ds = kit_env_status(e);
         assert_non_null(ds);
-        json_t *groups = h_json_get(ds, "groups");
+        json_t *groups = kit_json_get(ds, "groups");
         assert_true(json_is_array(groups));
         assert_int_equal(json_array_size(groups), GROUPS);
         json_decref(ds);
@@ -95,19 +97,20 @@ static void run_policy(h_env *e, const char *policy, run_result *out)
     lmsched_client_close(c);
     for (int g = 0; g < GROUPS; g++)
         free(prompts[g]);
-    assert_int_equal(h_proc_stop(&e->daemon, 15, 10000), 0);
+    assert_int_equal(kit_proc_stop(&e->daemon, 15, 10000), 0);
 }
 
 static void test_prefix_prefills_less_than_fifo(void **state)
 {
-    h_env e;
-    h_env_init(&e);
+    kit_env e;
+    kit_env_init(&e);
     const char *sim[] = {"--time-scale", "50", "--slots", "2", NULL};
-    assert_int_equal(h_sim_start(&e, 0, sim), 0);
+    assert_int_equal(kit_env_sim_start(&e, 0, sim), 0);
     run_result fifo, prefix;
     run_policy(&e, "fifo", &fifo);
     run_policy(&e, "prefix", &prefix);
-    printf("prefill tokens: fifo %lld, prefix %lld (prompt %lld; cached fifo %lld, prefix %lld)\n",
+    printf("prefill tokens: fifo %lld, prefix %lld (prompt %lld; cached fifo %lld, "
+           "prefix %lld)\n",
            (long long)fifo.prefill, (long long)prefix.prefill, (long long)prefix.prompt,
            (long long)fifo.cached, (long long)prefix.cached);
     int n = GROUPS * PER_GROUP * ROUNDS;
@@ -118,7 +121,7 @@ static void test_prefix_prefills_less_than_fifo(void **state)
     /* Each group's prefix needs loading at least once; with 2 slots and 4
      * groups per round, prefix should stay within 2 loads per group per round. */
     assert_true(prefix.prefill <= fifo.prefill * 3 / 4);
-    h_env_fini(&e);
+    kit_env_fini(&e);
 }
 
 int main(void)

@@ -31,7 +31,12 @@
 
 #include <cmocka.h>
 
-#include "integration/harness.h"
+#include "kit/check.h"
+#include "kit/clock.h"
+#include "kit/env.h"
+#include "kit/fs.h"
+#include "kit/json.h"
+#include "kit/pstat.h"
 #include "lmsched/agent.h"
 
 /* Generous hang guard; a chat of 16 tokens takes milliseconds. */
@@ -57,13 +62,7 @@ static long real_state_long(const char *name)
     char path[320];
     long v = -1;
     snprintf(path, sizeof(path), "%s/%s", real_srv.state, name);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    if (fscanf(f, "%ld", &v) != 1)
-        v = -1;
-    fclose(f);
-    return v;
+    return kit_fs_read_long(path, &v) == 0 ? v : -1;
 }
 
 /* Runs `scripts/llama-server ARGS` for the owned server; returns its exit
@@ -190,13 +189,13 @@ static int setup(void **state)
     *state = NULL;
     if (real_srv.skip_why != NULL)
         return 0;
-    h_env *e = calloc(1, sizeof(*e));
+    kit_env *e = calloc(1, sizeof(*e));
     assert_non_null(e);
-    h_env_init(e);
+    kit_env_init(e);
     snprintf(e->backend, sizeof(e->backend), "%s", real_srv.url);
     *state = e;
-    if (h_daemon_start(e, NULL) != 0) {
-        h_dump_logs(e);
+    if (kit_env_daemon_start(e, NULL) != 0) {
+        kit_env_dump_logs(e);
         fail_msg("lmsched serve did not start against %s", real_srv.url);
     }
     return 0;
@@ -204,19 +203,20 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    h_env *e = *state;
+    kit_env *e = *state;
     if (e == NULL)
         return 0;
-    h_env_fini(e);
+    kit_env_fini(e);
     free(e);
     return 0;
 }
 
 /* The test's environment, or a skip when there is no server. */
-static h_env *real_env(void **state)
+static kit_env *real_env(void **state)
 {
     if (*state == NULL)
-        skip();
+        kit_skip_if(real_srv.skip_why != NULL ? real_srv.skip_why : "no server",
+                    "the real llama.cpp suite");
     return *state;
 }
 
@@ -233,23 +233,19 @@ static void real_unique_system(char *buf, size_t len, const char *what)
 
 static lmsched_request *real_req(const char *system, const char *user, int max_tokens)
 {
-    lmsched_request *r = NULL;
-    assert_int_equal(lmsched_request_alloc(&r), LMSCHED_OK);
-    if (system)
-        assert_int_equal(lmsched_request_set_system(r, system), LMSCHED_OK);
-    assert_int_equal(lmsched_request_add_message(r, "user", user), LMSCHED_OK);
-    assert_int_equal(lmsched_request_set_max_tokens(r, max_tokens), LMSCHED_OK);
+    lmsched_request *r = kit_req(system, user, max_tokens);
     assert_int_equal(lmsched_request_set_temperature(r, 0.0), LMSCHED_OK);
     return r;
 }
 
 /* Runs one chat; fails the test (with the daemon's log) unless it succeeds. */
-static lmsched_result *real_chat_ok(h_env *e, lmsched_client *c, const lmsched_request *r)
+static lmsched_result *real_chat_ok(kit_env *e, lmsched_client *c,
+                                    const lmsched_request *r)
 {
     lmsched_result *res = NULL;
     int rc = lmsched_chat(c, r, REAL_TIMEOUT_MS, &res);
     if (rc != LMSCHED_OK) {
-        h_dump_logs(e);
+        kit_env_dump_logs(e);
         fail_msg("chat failed: %s: %s", lmsched_strerror(rc),
                  res && lmsched_result_message(res) ? lmsched_result_message(res) : "");
     }
@@ -259,7 +255,7 @@ static lmsched_result *real_chat_ok(h_env *e, lmsched_client *c, const lmsched_r
 /* A chat round trip: content and the server's usage come back. */
 static void test_chat_round_trip(void **state)
 {
-    h_env *e = real_env(state);
+    kit_env *e = real_env(state);
     char sys[512];
     real_unique_system(sys, sizeof(sys), "round trip");
     lmsched_client *c;
@@ -290,7 +286,7 @@ static void test_chat_round_trip(void **state)
  * reported by llama-server's prompt_tokens_details.cached_tokens. */
 static void test_cached_system_prompt(void **state)
 {
-    h_env *e = real_env(state);
+    kit_env *e = real_env(state);
     char sys[512];
     real_unique_system(sys, sizeof(sys), "cache");
     lmsched_client *c;
@@ -322,7 +318,7 @@ static void test_cached_system_prompt(void **state)
  * carries llama.cpp's own explanation. */
 static void test_prompt_over_context(void **state)
 {
-    h_env *e = real_env(state);
+    kit_env *e = real_env(state);
     /* 9000 known words: one token each, over the 8192-token slot. */
     static const char word[] = "license ";
     size_t n = 9000, len = n * (sizeof(word) - 1);
@@ -355,27 +351,27 @@ static void test_prompt_over_context(void **state)
  * 8192 tokens (scripts/llama-server starts it with -np 4 -c 32768). */
 static void test_autodetect_props(void **state)
 {
-    h_env *e = real_env(state);
+    kit_env *e = real_env(state);
     json_t *st = NULL;
     /* The first probe may still be under way when the daemon answers. */
     for (int i = 0; i < 100; i++) {
-        st = h_status(e);
-        if (st && h_json_int(st, "backend.slots") > 0)
+        st = kit_env_status(e);
+        if (st && kit_json_int(st, "backend.slots") > 0)
             break;
         json_decref(st);
         st = NULL;
-        usleep(100 * 1000);
+        kit_sleep_ms(100);
     }
     if (st == NULL) {
-        h_dump_logs(e);
+        kit_env_dump_logs(e);
         fail_msg("no status with backend slots");
     }
-    json_t *kind = h_json_get(st, "backend.kind");
+    json_t *kind = kit_json_get(st, "backend.kind");
     assert_true(json_is_string(kind));
     assert_string_equal(json_string_value(kind), "llamacpp");
-    assert_int_equal(h_json_int(st, "backend.slots"), 4);
-    assert_int_equal(h_json_int(st, "backend.context_length"), 8192);
-    assert_true(json_is_true(h_json_get(st, "backend.healthy")));
+    assert_int_equal(kit_json_int(st, "backend.slots"), 4);
+    assert_int_equal(kit_json_int(st, "backend.context_length"), 8192);
+    assert_true(json_is_true(kit_json_get(st, "backend.healthy")));
     json_decref(st);
 }
 
@@ -414,21 +410,13 @@ static char *real_long_system(int k, int words)
 /* Lines of the owned server's log containing needle (-1 if unreadable). */
 static long real_log_count(const char *needle)
 {
-    char path[320], line[2048];
-    long n = 0;
+    char path[320];
     snprintf(path, sizeof(path), "%s/log", real_srv.state);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof(line), f) != NULL)
-        if (strstr(line, needle) != NULL)
-            n++;
-    fclose(f);
-    return n;
+    return kit_fs_count_lines(path, needle);
 }
 
 /* One chat with a long system prompt; returns its result (owned). */
-static lmsched_result *real_long_chat(h_env *e, lmsched_client *c, const char *system,
+static lmsched_result *real_long_chat(kit_env *e, lmsched_client *c, const char *system,
                                       const char *user)
 {
     lmsched_request *r = real_req(system, user, 4);
@@ -447,7 +435,7 @@ static lmsched_result *real_long_chat(h_env *e, lmsched_client *c, const char *s
  * ours, its log must also show that every request was placed by id. */
 static void test_id_slot_placement(void **state)
 {
-    h_env *e = real_env(state);
+    kit_env *e = real_env(state);
     enum { WORDS = 2000, OTHERS = 3 };
     char *sys_a = real_long_system(0, WORDS);
     char *others[OTHERS];
@@ -475,7 +463,7 @@ static void test_id_slot_placement(void **state)
     assert_true(p1 > WORDS && p1 < WORDS + 200);
     assert_true(lmsched_result_cached_tokens(a1) < p1 / 10);
     if (c2 < p1 * 9 / 10 || c3 < p1 * 9 / 10) {
-        h_dump_logs(e);
+        kit_env_dump_logs(e);
         fail_msg("system prompt of %lld tokens: cached %lld then %lld, want >= 90%%",
                  (long long)p1, (long long)c2, (long long)c3);
     }
@@ -553,9 +541,9 @@ static bool real_async_done(real_async *a)
 }
 
 /* True while some slot of the server is generating (has decoded a token). */
-static bool real_slot_decoding(h_env *e)
+static bool real_slot_decoding(kit_env *e)
 {
-    json_t *slots = h_sim_get(e, "/slots"), *s;
+    json_t *slots = kit_env_sim_get(e, "/slots"), *s;
     size_t i;
     bool yes = false;
     json_array_foreach(slots, i, s)
@@ -569,21 +557,6 @@ static bool real_slot_decoding(h_env *e)
     return yes;
 }
 
-static bool real_pid_alive(pid_t pid)
-{
-    char path[64], buf[256];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* a zombie no parent has reaped yet has closed its sockets already */
-    const char *paren = strrchr(buf, ')');
-    return paren == NULL || paren[1] == '\0' || paren[2] != 'Z';
-}
-
 /* The server killed with SIGKILL in the middle of a long streamed answer:
  * the agent gets a clear stream error (not a hang, not a success); a
  * request sent while the server is down waits for it or fails as
@@ -591,9 +564,11 @@ static bool real_pid_alive(pid_t pid)
  * succeeds without restarting the daemon. */
 static void test_server_killed_mid_stream(void **state)
 {
-    h_env *e = real_env(state);
-    if (!real_srv.owned)
-        skip(); /* not ours to kill: needs LMSCHED_LLAMA_URL unset */
+    kit_env *e = real_env(state);
+    /* not ours to kill: needs LMSCHED_LLAMA_URL unset */
+    kit_skip_if(real_srv.owned ? NULL
+                               : "the server named by LMSCHED_LLAMA_URL is not ours",
+                "killing llama-server mid-stream");
     char sys[512];
     real_unique_system(sys, sizeof(sys), "killed");
     lmsched_client *c;
@@ -612,12 +587,12 @@ static void test_server_killed_mid_stream(void **state)
     for (int i = 0; i < 6000 && !decoding && !real_async_done(&cut); i++) {
         decoding = real_slot_decoding(e);
         if (!decoding)
-            usleep(5 * 1000);
+            kit_sleep_ms(5);
     }
     pid_t pid = (pid_t)real_state_long("pid");
     assert_true(pid > 1);
     if (!decoding) {
-        h_dump_logs(e);
+        kit_env_dump_logs(e);
         fail_msg("never saw the long request generating on the server");
     }
     assert_int_equal(kill(pid, SIGKILL), 0);
@@ -634,9 +609,9 @@ static void test_server_killed_mid_stream(void **state)
     assert_non_null(strstr(msg, "LLM server"));
     lmsched_result_free(res);
 
-    for (int i = 0; i < 1000 && real_pid_alive(pid); i++)
-        usleep(10 * 1000);
-    assert_false(real_pid_alive(pid));
+    for (int i = 0; i < 1000 && kit_pstat_alive(pid); i++)
+        kit_sleep_ms(10);
+    assert_false(kit_pstat_alive(pid));
 
     /* While it is down: the daemon waits for the backend (--backend-wait),
      * or, if it gives up, says it cannot reach it. */
@@ -651,7 +626,7 @@ static void test_server_killed_mid_stream(void **state)
     for (int i = 0; i < 20 && rc != 0; i++) {
         rc = real_server_start(real_srv.port);
         if (rc != 0)
-            usleep(250 * 1000);
+            kit_sleep_ms(250);
     }
     if (rc != 0)
         fail_msg("could not restart llama-server on port %d (log %s/log)", real_srv.port,

@@ -15,37 +15,41 @@
 
 #include <cmocka.h>
 
-#include "integration/harness.h"
+#include "kit/check.h"
+#include "kit/daemon.h"
+#include "kit/env.h"
+#include "kit/fs.h"
+#include "kit/proc.h"
 #include "lmsched/agent.h"
-#include "security/sharness.h"
 
 #define SECRET "some-secret-value"
 
 static void test_lm_api_token_not_leaked(void **state)
 {
     (void)state;
-    h_env e;
+    kit_env e;
     char out[600];
 
-    h_env_init(&e);
+    kit_env_init(&e);
     /* lmsim first, so only the daemon gets the token. */
-    if (h_sim_start(&e, 0, (const char *const[]){"--time-scale", "20", NULL}) != 0) {
-        h_dump_logs(&e);
+    if (kit_env_sim_start(&e, 0, (const char *const[]){"--time-scale", "20", NULL}) !=
+        0) {
+        kit_env_dump_logs(&e);
         fail_msg("lmsim did not start");
     }
     setenv("LM_API_TOKEN", SECRET, 1);
-    /* The harness runs the daemon at --log-level debug. */
-    int started = h_daemon_start(&e, NULL);
+    /* The kit runs the daemon at --log-level debug. */
+    int started = kit_env_daemon_start(&e, NULL);
     unsetenv("LM_API_TOKEN");
     if (started != 0) {
-        h_dump_logs(&e);
+        kit_env_dump_logs(&e);
         fail_msg("lmsched serve did not start");
     }
 
     /* A request that goes all the way to the backend and back. */
     lmsched_client *c = NULL;
     lmsched_result *res = NULL;
-    lmsched_request *r = sh_req("tell me a secret", 16);
+    lmsched_request *r = kit_req("You are a test.", "tell me a secret", 16);
     assert_int_equal(lmsched_client_open(&c, e.url), LMSCHED_OK);
     assert_int_equal(lmsched_chat(c, r, 30000, &res), LMSCHED_OK);
     assert_non_null(lmsched_result_content(res));
@@ -56,28 +60,29 @@ static void test_lm_api_token_not_leaked(void **state)
 
     snprintf(out, sizeof(out), "%s/status.json", e.dir);
     assert_int_equal(
-        sh_run_lmsched((const char *const[]){"status", "--json", "--url", e.url, NULL},
-                       out, 20000),
+        kit_lmsched_run((const char *const[]){"status", "--json", "--url", e.url, NULL},
+                        out, 20000),
         0);
     /* The status document is real: it counted the request. */
-    assert_true(sh_file_contains(out, "\"completed\": 1"));
-    assert_false(sh_file_contains(out, SECRET));
+    assert_true(kit_fs_contains(out, "\"completed\": 1"));
+    assert_false(kit_fs_contains(out, SECRET));
     /* The plain table too. */
     assert_int_equal(
-        sh_run_lmsched((const char *const[]){"status", "--url", e.url, NULL}, out, 20000),
+        kit_lmsched_run((const char *const[]){"status", "--url", e.url, NULL}, out,
+                        20000),
         0);
-    assert_false(sh_file_contains(out, SECRET));
+    assert_false(kit_fs_contains(out, SECRET));
 
-    assert_int_equal(h_proc_stop(&e.daemon, SIGTERM, 10000), 0);
+    assert_int_equal(kit_proc_stop(&e.daemon, SIGTERM, 10000), 0);
     /* The daemon said it had a token (so the check above is meaningful),
      * logged at debug level, and never printed the token itself. */
-    assert_true(sh_file_contains(e.daemon.log, "with LM_API_TOKEN"));
-    assert_true(sh_file_contains(e.daemon.log, "debug"));
-    assert_false(sh_file_contains(e.daemon.log, SECRET));
+    assert_true(kit_fs_contains(e.daemon.log, "with LM_API_TOKEN"));
+    assert_true(kit_fs_contains(e.daemon.log, "debug"));
+    assert_false(kit_fs_contains(e.daemon.log, SECRET));
     /* Nor any part of it long enough to matter. */
-    assert_false(sh_file_contains(e.daemon.log, "secret-val"));
+    assert_false(kit_fs_contains(e.daemon.log, "secret-val"));
     printf("LM_API_TOKEN: absent from %s and from status\n", e.daemon.log);
-    h_env_fini(&e);
+    kit_env_fini(&e);
 }
 
 int main(void)
