@@ -126,7 +126,7 @@ int lmsched_request_set_system(lmsched_request *req, const char *text)
 int lmsched_request_add_message(lmsched_request *req, const char *role,
                                 const char *content)
 {
-    lms_chat_msg msg = {NULL, NULL};
+    lms_chat_msg msg = {0};
     void *arr;
     int rc;
 

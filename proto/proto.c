@@ -28,6 +28,7 @@
  * daemon can send it back to the client verbatim.
  */
 #include "proto/proto.h"
+#include "proto/json.h"
 
 #include <msgpack.h>
 
@@ -60,6 +61,8 @@ void lms_limits_default(lms_limits *lim)
     lim->max_name_bytes = 256;
     lim->max_messages = 1024;
     lim->max_stop = 16;
+    lim->max_deltas = 65536;
+    lim->max_tool_calls = 128;
 }
 
 const char *lms_kind_name(lms_kind kind)
@@ -75,6 +78,14 @@ const char *lms_kind_name(lms_kind kind)
         return "status_reply";
     case LMS_KIND_ERROR:
         return "error";
+    case LMS_KIND_CHAT_CHUNK:
+        return "chat_chunk";
+    case LMS_KIND_CHAT_NEXT:
+        return "chat_next";
+    case LMS_KIND_CANCEL:
+        return "cancel";
+    case LMS_KIND_CANCEL_REPLY:
+        return "cancel_reply";
     }
     return "unknown";
 }
@@ -88,6 +99,7 @@ void lms_msg_init(lms_msg *m, lms_kind kind)
     case LMS_KIND_CHAT:
         m->u.chat.max_tokens = -1;
         m->u.chat.priority = LMS__PRIORITY_DEFAULT;
+        m->u.chat.parallel_tool_calls = -1;
         break;
     case LMS_KIND_CHAT_REPLY:
         m->u.chat_reply.usage.prompt_tokens = -1;
@@ -97,8 +109,22 @@ void lms_msg_init(lms_msg *m, lms_kind kind)
     case LMS_KIND_STATUS:
     case LMS_KIND_STATUS_REPLY:
     case LMS_KIND_ERROR:
+    case LMS_KIND_CHAT_CHUNK:
+    case LMS_KIND_CHAT_NEXT:
+    case LMS_KIND_CANCEL:
+    case LMS_KIND_CANCEL_REPLY:
         break;
     }
+}
+
+static void lms__deltas_free(lms_delta *d, size_t n)
+{
+    for (size_t i = 0; d != NULL && i < n; i++) {
+        free(d[i].text);
+        free(d[i].id);
+        free(d[i].name);
+    }
+    free(d);
 }
 
 void lms_msg_fini(lms_msg *m)
@@ -118,6 +144,10 @@ void lms_msg_fini(lms_msg *m)
         for (size_t i = 0; c->messages != NULL && i < c->n_messages; i++) {
             free(c->messages[i].role);
             free(c->messages[i].content);
+            free(c->messages[i].parts_json);
+            free(c->messages[i].tool_calls_json);
+            free(c->messages[i].tool_call_id);
+            free(c->messages[i].name);
         }
         free(c->messages);
         free(c->model);
@@ -127,12 +157,35 @@ void lms_msg_fini(lms_msg *m)
         free(c->stop);
         free(c->agent);
         free(c->client_id);
+        free(c->tools_json);
+        free(c->tool_choice_json);
+        free(c->response_format_json);
+        free(c->extra_json);
         break;
     }
-    case LMS_KIND_CHAT_REPLY:
-        free(m->u.chat_reply.content);
-        free(m->u.chat_reply.finish_reason);
-        free(m->u.chat_reply.model);
+    case LMS_KIND_CHAT_REPLY: {
+        lms_chat_reply *r = &m->u.chat_reply;
+        free(r->content);
+        free(r->finish_reason);
+        free(r->model);
+        free(r->reasoning);
+        for (size_t i = 0; r->tool_calls != NULL && i < r->n_tool_calls; i++) {
+            free(r->tool_calls[i].id);
+            free(r->tool_calls[i].type);
+            free(r->tool_calls[i].name);
+            free(r->tool_calls[i].arguments);
+        }
+        free(r->tool_calls);
+        free(r->logprobs_json);
+        lms__deltas_free(r->deltas, r->n_deltas);
+        break;
+    }
+    case LMS_KIND_CHAT_CHUNK:
+        lms__deltas_free(m->u.chat_chunk.deltas, m->u.chat_chunk.n_deltas);
+        break;
+    case LMS_KIND_CHAT_NEXT:
+    case LMS_KIND_CANCEL:
+    case LMS_KIND_CANCEL_REPLY:
         break;
     case LMS_KIND_STATUS_REPLY:
         free(m->u.status_reply.json);
@@ -156,6 +209,7 @@ typedef struct lms__enc {
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
     int failed;
+    bool bad_json; /* a JSON field was not JSON (EINVAL, not ENOMEM) */
 } lms__enc;
 
 static void lms__enc_key(lms__enc *e, const char *key)
@@ -211,10 +265,72 @@ static void lms__enc_map(lms__enc *e, const char *key, size_t n)
 
 static void lms__enc_array(lms__enc *e, const char *key, size_t n)
 {
-    lms__enc_key(e, key);
+    if (key != NULL) {
+        lms__enc_key(e, key);
+    }
     if (!e->failed) {
         e->failed = msgpack_pack_array(&e->pk, n);
     }
+}
+
+static void lms__enc_bool(lms__enc *e, const char *key, bool val)
+{
+    lms__enc_key(e, key);
+    if (!e->failed) {
+        e->failed = val ? msgpack_pack_true(&e->pk) : msgpack_pack_false(&e->pk);
+    }
+}
+
+/* A JSON field: the text packed as native msgpack. */
+static void lms__enc_json(lms__enc *e, const char *key, const char *json)
+{
+    lms__enc_key(e, key);
+    if (!e->failed) {
+        int rc = lmsj_pack(&e->pk, json);
+        if (rc != 0) {
+            e->failed = 1;
+            e->bad_json = rc == -1;
+        }
+    }
+}
+
+static void lms__enc_deltas(lms__enc *e, const char *key, const lms_delta *d, size_t n)
+{
+    lms__enc_array(e, key, n);
+    for (size_t i = 0; i < n; i++) {
+        lms__enc_map(e, NULL, 1);
+        if (d[i].kind == LMS_DELTA_TOOL_CALL) {
+            size_t k = 1 + (d[i].id != NULL) + (d[i].name != NULL) + (d[i].text != NULL);
+            lms__enc_map(e, "tool_call", k);
+            lms__enc_uint(e, "index", d[i].index);
+            if (d[i].id != NULL) {
+                lms__enc_str(e, "id", d[i].id);
+            }
+            if (d[i].name != NULL) {
+                lms__enc_str(e, "name", d[i].name);
+            }
+            if (d[i].text != NULL) {
+                lms__enc_str(e, "arguments", d[i].text);
+            }
+        } else {
+            lms__enc_str(e, d[i].kind == LMS_DELTA_REASONING ? "reasoning" : "content",
+                         d[i].text);
+        }
+    }
+}
+
+static int lms__deltas_check(const lms_delta *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (d[i].kind != LMS_DELTA_TOOL_CALL && d[i].text == NULL) {
+            return LMSCHED_EINVAL;
+        }
+        if (d[i].kind != LMS_DELTA_CONTENT && d[i].kind != LMS_DELTA_REASONING &&
+            d[i].kind != LMS_DELTA_TOOL_CALL) {
+            return LMSCHED_EINVAL;
+        }
+    }
+    return LMSCHED_OK;
 }
 
 /* Required strings are checked before anything is packed, so EINVAL never
@@ -229,7 +345,9 @@ static int lms__enc_check(const lms_msg *m)
             return LMSCHED_EINVAL;
         }
         for (size_t i = 0; i < c->n_messages; i++) {
-            if (c->messages[i].role == NULL || c->messages[i].content == NULL) {
+            const lms_chat_msg *mm = &c->messages[i];
+            if (mm->role == NULL || (mm->content == NULL && mm->parts_json == NULL &&
+                                     mm->tool_calls_json == NULL)) {
                 return LMSCHED_EINVAL;
             }
         }
@@ -240,10 +358,30 @@ static int lms__enc_check(const lms_msg *m)
         }
         return LMSCHED_OK;
     }
-    case LMS_KIND_CHAT_REPLY:
-        return m->u.chat_reply.content != NULL && m->u.chat_reply.finish_reason != NULL
-                   ? LMSCHED_OK
-                   : LMSCHED_EINVAL;
+    case LMS_KIND_CHAT_REPLY: {
+        const lms_chat_reply *r = &m->u.chat_reply;
+        if (r->content == NULL || r->finish_reason == NULL ||
+            (r->n_tool_calls > 0 && r->tool_calls == NULL) ||
+            (r->n_deltas > 0 && r->deltas == NULL)) {
+            return LMSCHED_EINVAL;
+        }
+        for (size_t i = 0; i < r->n_tool_calls; i++) {
+            const lms_tool_call *t = &r->tool_calls[i];
+            if (t->id == NULL || t->type == NULL || t->name == NULL || t->arguments == NULL) {
+                return LMSCHED_EINVAL;
+            }
+        }
+        return lms__deltas_check(r->deltas, r->n_deltas);
+    }
+    case LMS_KIND_CHAT_CHUNK:
+        if (m->u.chat_chunk.n_deltas == 0) {
+            return LMSCHED_EINVAL;
+        }
+        return lms__deltas_check(m->u.chat_chunk.deltas, m->u.chat_chunk.n_deltas);
+    case LMS_KIND_CHAT_NEXT:
+    case LMS_KIND_CANCEL:
+    case LMS_KIND_CANCEL_REPLY:
+        return LMSCHED_OK;
     case LMS_KIND_STATUS:
         return LMSCHED_OK;
     case LMS_KIND_STATUS_REPLY:
@@ -278,13 +416,36 @@ static void lms__enc_chat(lms__enc *e, uint64_t id, const char *auth,
     n += c->has_seed;
     n += c->agent != NULL;
     n += c->client_id != NULL;
+    n += c->tools_json != NULL;
+    n += c->tool_choice_json != NULL;
+    n += c->response_format_json != NULL;
+    n += c->parallel_tool_calls >= 0;
+    n += c->extra_json != NULL;
+    n += c->stream;
     lms__enc_head(e, "chat", id, n);
     lms__enc_str(e, "system", c->system);
     lms__enc_array(e, "messages", c->n_messages);
     for (size_t i = 0; i < c->n_messages; i++) {
-        lms__enc_map(e, NULL, 2);
-        lms__enc_str(e, "role", c->messages[i].role);
-        lms__enc_str(e, "content", c->messages[i].content);
+        const lms_chat_msg *mm = &c->messages[i];
+        size_t k = 1 + (mm->content != NULL || mm->parts_json != NULL) +
+                   (mm->tool_calls_json != NULL) + (mm->tool_call_id != NULL) +
+                   (mm->name != NULL);
+        lms__enc_map(e, NULL, k);
+        lms__enc_str(e, "role", mm->role);
+        if (mm->content != NULL) {
+            lms__enc_str(e, "content", mm->content);
+        } else if (mm->parts_json != NULL) {
+            lms__enc_json(e, "content", mm->parts_json);
+        }
+        if (mm->tool_calls_json != NULL) {
+            lms__enc_json(e, "tool_calls", mm->tool_calls_json);
+        }
+        if (mm->tool_call_id != NULL) {
+            lms__enc_str(e, "tool_call_id", mm->tool_call_id);
+        }
+        if (mm->name != NULL) {
+            lms__enc_str(e, "name", mm->name);
+        }
     }
     if (c->model != NULL) {
         lms__enc_str(e, "model", c->model);
@@ -316,6 +477,24 @@ static void lms__enc_chat(lms__enc *e, uint64_t id, const char *auth,
     if (c->client_id != NULL) {
         lms__enc_str(e, "client_id", c->client_id);
     }
+    if (c->tools_json != NULL) {
+        lms__enc_json(e, "tools", c->tools_json);
+    }
+    if (c->tool_choice_json != NULL) {
+        lms__enc_json(e, "tool_choice", c->tool_choice_json);
+    }
+    if (c->response_format_json != NULL) {
+        lms__enc_json(e, "response_format", c->response_format_json);
+    }
+    if (c->parallel_tool_calls >= 0) {
+        lms__enc_bool(e, "parallel_tool_calls", c->parallel_tool_calls != 0);
+    }
+    if (c->extra_json != NULL) {
+        lms__enc_json(e, "extra", c->extra_json);
+    }
+    if (c->stream) {
+        lms__enc_bool(e, "stream", true);
+    }
     if (auth != NULL) {
         lms__enc_str(e, "auth", auth);
     }
@@ -328,7 +507,8 @@ static void lms__enc_chat_reply(lms__enc *e, uint64_t id, const lms_chat_reply *
     size_t nu =
         (u->prompt_tokens >= 0) + (u->completion_tokens >= 0) + (u->cached_tokens >= 0);
     /* content, finish_reason, timings, retries are always written. */
-    size_t n = 4 + (r->model != NULL) + (nu > 0);
+    size_t n = 4 + (r->model != NULL) + (nu > 0) + (r->reasoning != NULL) +
+               (r->n_tool_calls > 0) + (r->logprobs_json != NULL) + (r->n_deltas > 0);
 
     lms__enc_head(e, "chat_reply", id, n);
     lms__enc_str(e, "content", r->content);
@@ -353,6 +533,27 @@ static void lms__enc_chat_reply(lms__enc *e, uint64_t id, const lms_chat_reply *
     lms__enc_double(e, "ttft_ms", r->timings.ttft_ms);
     lms__enc_double(e, "total_ms", r->timings.total_ms);
     lms__enc_uint(e, "retries", r->retries);
+    if (r->reasoning != NULL) {
+        lms__enc_str(e, "reasoning", r->reasoning);
+    }
+    if (r->n_tool_calls > 0) {
+        lms__enc_array(e, "tool_calls", r->n_tool_calls);
+        for (size_t i = 0; i < r->n_tool_calls; i++) {
+            const lms_tool_call *t = &r->tool_calls[i];
+            lms__enc_map(e, NULL, 3);
+            lms__enc_str(e, "id", t->id);
+            lms__enc_str(e, "type", t->type);
+            lms__enc_map(e, "function", 2);
+            lms__enc_str(e, "name", t->name);
+            lms__enc_str(e, "arguments", t->arguments);
+        }
+    }
+    if (r->logprobs_json != NULL) {
+        lms__enc_json(e, "logprobs", r->logprobs_json);
+    }
+    if (r->n_deltas > 0) {
+        lms__enc_deltas(e, "deltas", r->deltas, r->n_deltas);
+    }
 }
 
 int lms_encode(const lms_msg *m, void **bufp, size_t *lenp)
@@ -391,6 +592,28 @@ int lms_encode(const lms_msg *m, void **bufp, size_t *lenp)
         lms__enc_head(&e, "status_reply", m->id, 1);
         lms__enc_str(&e, "status", m->u.status_reply.json);
         break;
+    case LMS_KIND_CHAT_CHUNK:
+        lms__enc_head(&e, "chat_chunk", m->id, 1);
+        lms__enc_deltas(&e, "deltas", m->u.chat_chunk.deltas, m->u.chat_chunk.n_deltas);
+        break;
+    case LMS_KIND_CHAT_NEXT:
+        lms__enc_head(&e, "chat_next", m->id, 1 + (m->auth != NULL));
+        lms__enc_uint(&e, "stream", m->u.chat_next.stream);
+        if (m->auth != NULL) {
+            lms__enc_str(&e, "auth", m->auth);
+        }
+        break;
+    case LMS_KIND_CANCEL:
+        lms__enc_head(&e, "cancel", m->id, 1 + (m->auth != NULL));
+        lms__enc_uint(&e, "target", m->u.cancel.target);
+        if (m->auth != NULL) {
+            lms__enc_str(&e, "auth", m->auth);
+        }
+        break;
+    case LMS_KIND_CANCEL_REPLY:
+        lms__enc_head(&e, "cancel_reply", m->id, 1);
+        lms__enc_bool(&e, "found", m->u.cancel_reply.found);
+        break;
     case LMS_KIND_ERROR:
         lms__enc_head(&e, "error", m->id, 2 + (m->u.error.field != NULL));
         lms__enc_uint(&e, "code", m->u.error.code);
@@ -402,7 +625,7 @@ int lms_encode(const lms_msg *m, void **bufp, size_t *lenp)
     }
 
     if (e.failed) {
-        rc = LMSCHED_ENOMEM;
+        rc = e.bad_json ? LMSCHED_EINVAL : LMSCHED_ENOMEM;
         goto fail;
     }
     *lenp = e.sbuf.size;
@@ -925,6 +1148,48 @@ static int lms__get_num(lms__dec *d, const msgpack_object *o, const char *field,
     return LMSCHED_OK;
 }
 
+static int lms__get_bool(lms__dec *d, const msgpack_object *o, const char *field, bool *out)
+{
+    if (o->type != MSGPACK_OBJECT_BOOLEAN) {
+        return lms__type_err(d, field, "boolean", o);
+    }
+    *out = o->via.boolean;
+    return LMSCHED_OK;
+}
+
+/* A JSON field: o as compact JSON text (*out, malloc'd), at most max bytes
+ * of it. want (NULL: any) names the msgpack types it may have, as
+ * "array", "map", "string or map". */
+static int lms__get_json(lms__dec *d, const msgpack_object *o, const char *field,
+                         const char *want, size_t max, char **out)
+{
+    char why[128];
+    if (want != NULL) {
+        bool ok = (strstr(want, "array") != NULL && o->type == MSGPACK_OBJECT_ARRAY) ||
+                  (strstr(want, "map") != NULL && o->type == MSGPACK_OBJECT_MAP) ||
+                  (strstr(want, "string") != NULL && o->type == MSGPACK_OBJECT_STR);
+        if (!ok) {
+            return lms__type_err(d, field, want, o);
+        }
+    }
+    int rc = lmsj_from_msgpack(o, out, why, sizeof(why));
+    if (rc == -2) {
+        return lms__fail(d, LMSCHED_ENOMEM, field, "out of memory");
+    }
+    if (rc != 0) {
+        return lms__fail(d, LMSCHED_EPROTO, field, "field '%s': not JSON: %s", field, why);
+    }
+    if (strlen(*out) > max) {
+        size_t n = strlen(*out);
+        free(*out);
+        *out = NULL;
+        return lms__fail(d, LMSCHED_ETOOLARGE, field,
+                         "field '%s': %zu bytes of JSON exceeds the limit of %zu", field, n,
+                         max);
+    }
+    return LMSCHED_OK;
+}
+
 /* ---- decoding: messages -------------------------------------------------- */
 
 enum {
@@ -940,17 +1205,25 @@ enum {
     LMS__C_DEADLINE,
     LMS__C_AGENT,
     LMS__C_CLIENT_ID,
+    LMS__C_TOOLS,
+    LMS__C_TOOL_CHOICE,
+    LMS__C_RESPONSE_FORMAT,
+    LMS__C_PARALLEL,
+    LMS__C_EXTRA,
+    LMS__C_STREAM,
     LMS__C_N
 };
 
 static const char *const lms__chat_keys[LMS__C_N] = {
     "system", "messages", "model",    "max_tokens",  "temperature", "top_p",
     "stop",   "seed",     "priority", "deadline_ms", "agent",       "client_id",
+    "tools",  "tool_choice", "response_format", "parallel_tool_calls", "extra", "stream",
 };
 
 static int lms__dec_chat_msgs(lms__dec *d, const msgpack_object *o, lms_chat_req *c)
 {
-    static const char *const keys[] = {"role", "content"};
+    static const char *const keys[] = {"role", "content", "tool_calls", "tool_call_id",
+                                       "name"};
     const lms_limits *lim = d->lim;
     uint32_t n;
     int rc;
@@ -977,22 +1250,45 @@ static int lms__dec_chat_msgs(lms__dec *d, const msgpack_object *o, lms_chat_req
     }
     c->n_messages = n; /* set now so lms_msg_fini frees a partial array */
     for (uint32_t i = 0; i < n; i++) {
-        const msgpack_object *v[2];
+        const msgpack_object *v[5];
         char path[LMS__PATH_MAX];
         char fpath[LMS__PATH_MAX];
+        lms_chat_msg *m = &c->messages[i];
 
         snprintf(path, sizeof(path), "messages[%u]", i);
-        if ((rc = lms__map_get(d, &o->via.array.ptr[i], path, keys, 2, v)) != 0) {
+        if ((rc = lms__map_get(d, &o->via.array.ptr[i], path, keys, 5, v)) != 0) {
             return rc;
         }
         snprintf(fpath, sizeof(fpath), "messages[%u].role", i);
-        if ((rc = lms__req_str(d, v[0], fpath, lim->max_name_bytes,
-                               &c->messages[i].role)) != 0) {
+        if ((rc = lms__req_str(d, v[0], fpath, lim->max_name_bytes, &m->role)) != 0) {
             return rc;
         }
+        /* The content: a string, an array of parts, or nothing (nil or
+         * absent) when the message carries tool calls. */
         snprintf(fpath, sizeof(fpath), "messages[%u].content", i);
-        if ((rc = lms__req_str(d, v[1], fpath, lim->max_text_bytes,
-                               &c->messages[i].content)) != 0) {
+        if (v[1] != NULL && v[1]->type == MSGPACK_OBJECT_ARRAY) {
+            rc = lms__get_json(d, v[1], fpath, "array", lim->max_text_bytes, &m->parts_json);
+        } else if (v[1] != NULL && v[1]->type != MSGPACK_OBJECT_NIL) {
+            rc = lms__get_str(d, v[1], fpath, lim->max_text_bytes, &m->content);
+        }
+        if (rc != 0) {
+            return rc;
+        }
+        snprintf(fpath, sizeof(fpath), "messages[%u].tool_calls", i);
+        if (v[2] != NULL && (rc = lms__get_json(d, v[2], fpath, "array", lim->max_text_bytes,
+                                                &m->tool_calls_json)) != 0) {
+            return rc;
+        }
+        if (m->content == NULL && m->parts_json == NULL && m->tool_calls_json == NULL) {
+            snprintf(fpath, sizeof(fpath), "messages[%u].content", i);
+            return lms__missing(d, fpath);
+        }
+        snprintf(fpath, sizeof(fpath), "messages[%u].tool_call_id", i);
+        if ((rc = lms__opt_str(d, v[3], fpath, lim->max_name_bytes, &m->tool_call_id)) != 0) {
+            return rc;
+        }
+        snprintf(fpath, sizeof(fpath), "messages[%u].name", i);
+        if ((rc = lms__opt_str(d, v[4], fpath, lim->max_name_bytes, &m->name)) != 0) {
             return rc;
         }
     }
@@ -1096,17 +1392,178 @@ static int lms__dec_chat(lms__dec *d, const msgpack_object *top, lms_chat_req *c
         c->deadline_ms = (uint32_t)u;
     }
     if ((rc = lms__opt_str(d, v[LMS__C_AGENT], "agent", lim->max_name_bytes,
-                           &c->agent)) != 0) {
+                           &c->agent)) != 0 ||
+        (rc = lms__opt_str(d, v[LMS__C_CLIENT_ID], "client_id", lim->max_name_bytes,
+                           &c->client_id)) != 0) {
         return rc;
     }
-    return lms__opt_str(d, v[LMS__C_CLIENT_ID], "client_id", lim->max_name_bytes,
-                        &c->client_id);
+    if (v[LMS__C_TOOLS] != NULL &&
+        (rc = lms__get_json(d, v[LMS__C_TOOLS], "tools", "array", lim->max_text_bytes,
+                            &c->tools_json)) != 0) {
+        return rc;
+    }
+    if (v[LMS__C_TOOL_CHOICE] != NULL &&
+        (rc = lms__get_json(d, v[LMS__C_TOOL_CHOICE], "tool_choice", "string or map",
+                            lim->max_text_bytes, &c->tool_choice_json)) != 0) {
+        return rc;
+    }
+    if (v[LMS__C_RESPONSE_FORMAT] != NULL &&
+        (rc = lms__get_json(d, v[LMS__C_RESPONSE_FORMAT], "response_format", "map",
+                            lim->max_text_bytes, &c->response_format_json)) != 0) {
+        return rc;
+    }
+    if (v[LMS__C_PARALLEL] != NULL) {
+        bool b = false;
+        if ((rc = lms__get_bool(d, v[LMS__C_PARALLEL], "parallel_tool_calls", &b)) != 0) {
+            return rc;
+        }
+        c->parallel_tool_calls = b ? 1 : 0;
+    }
+    if (v[LMS__C_EXTRA] != NULL &&
+        (rc = lms__get_json(d, v[LMS__C_EXTRA], "extra", "map", lim->max_text_bytes,
+                            &c->extra_json)) != 0) {
+        return rc;
+    }
+    if (v[LMS__C_STREAM] != NULL &&
+        (rc = lms__get_bool(d, v[LMS__C_STREAM], "stream", &c->stream)) != 0) {
+        return rc;
+    }
+    return LMSCHED_OK;
+}
+
+/* The deltas of a chat_chunk or of a stream's final chat_reply. */
+static int lms__dec_deltas(lms__dec *d, const msgpack_object *o, const char *field,
+                           lms_delta **out, size_t *n_out)
+{
+    static const char *const keys[] = {"content", "reasoning", "tool_call"};
+    static const char *const tkeys[] = {"index", "id", "name", "arguments"};
+    const lms_limits *lim = d->lim;
+    int rc;
+
+    if (o->type != MSGPACK_OBJECT_ARRAY) {
+        return lms__type_err(d, field, "array", o);
+    }
+    uint32_t n = o->via.array.size;
+    if (n > lim->max_deltas) {
+        return lms__fail(d, LMSCHED_ETOOLARGE, field,
+                         "field '%s': %u entries exceeds the limit of %zu", field, n,
+                         lim->max_deltas);
+    }
+    if (n == 0) {
+        return LMSCHED_OK;
+    }
+    *out = calloc(n, sizeof(**out));
+    if (*out == NULL) {
+        return lms__fail(d, LMSCHED_ENOMEM, field, "out of memory");
+    }
+    *n_out = n;
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *v[3];
+        char path[LMS__PATH_MAX];
+        lms_delta *dl = &(*out)[i];
+        snprintf(path, sizeof(path), "%s[%u]", field, i);
+        if ((rc = lms__map_get(d, &o->via.array.ptr[i], path, keys, 3, v)) != 0) {
+            return rc;
+        }
+        if (v[0] != NULL) {
+            dl->kind = LMS_DELTA_CONTENT;
+            rc = lms__get_str(d, v[0], path, lim->max_text_bytes, &dl->text);
+        } else if (v[1] != NULL) {
+            dl->kind = LMS_DELTA_REASONING;
+            rc = lms__get_str(d, v[1], path, lim->max_text_bytes, &dl->text);
+        } else if (v[2] != NULL) {
+            const msgpack_object *tv[4];
+            uint64_t u = 0;
+            dl->kind = LMS_DELTA_TOOL_CALL;
+            if ((rc = lms__map_get(d, v[2], path, tkeys, 4, tv)) != 0) {
+                return rc;
+            }
+            if (tv[0] == NULL) {
+                return lms__missing(d, path);
+            }
+            if ((rc = lms__get_uint(d, tv[0], path, 0, lim->max_tool_calls, &u)) != 0 ||
+                (rc = lms__opt_str(d, tv[1], path, lim->max_name_bytes, &dl->id)) != 0 ||
+                (rc = lms__opt_str(d, tv[2], path, lim->max_name_bytes, &dl->name)) != 0 ||
+                (rc = lms__opt_str(d, tv[3], path, lim->max_text_bytes, &dl->text)) != 0) {
+                return rc;
+            }
+            dl->index = (uint32_t)u;
+        } else {
+            return lms__fail(d, LMSCHED_EPROTO, path,
+                             "field '%s': a delta needs content, reasoning or tool_call", path);
+        }
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return LMSCHED_OK;
+}
+
+static int lms__dec_tool_calls(lms__dec *d, const msgpack_object *o, lms_chat_reply *r)
+{
+    static const char *const keys[] = {"id", "type", "function"};
+    static const char *const fkeys[] = {"name", "arguments"};
+    const lms_limits *lim = d->lim;
+    int rc;
+
+    if (o->type != MSGPACK_OBJECT_ARRAY) {
+        return lms__type_err(d, "tool_calls", "array", o);
+    }
+    uint32_t n = o->via.array.size;
+    if (n > lim->max_tool_calls) {
+        return lms__fail(d, LMSCHED_ETOOLARGE, "tool_calls",
+                         "field 'tool_calls': %u entries exceeds the limit of %zu", n,
+                         lim->max_tool_calls);
+    }
+    if (n == 0) {
+        return LMSCHED_OK;
+    }
+    r->tool_calls = calloc(n, sizeof(*r->tool_calls));
+    if (r->tool_calls == NULL) {
+        return lms__fail(d, LMSCHED_ENOMEM, "tool_calls", "out of memory");
+    }
+    r->n_tool_calls = n;
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *v[3], *fv[2];
+        char path[LMS__PATH_MAX], fpath[LMS__PATH_MAX];
+        lms_tool_call *t = &r->tool_calls[i];
+        snprintf(path, sizeof(path), "tool_calls[%u]", i);
+        if ((rc = lms__map_get(d, &o->via.array.ptr[i], path, keys, 3, v)) != 0) {
+            return rc;
+        }
+        snprintf(fpath, sizeof(fpath), "tool_calls[%u].id", i);
+        if ((rc = lms__req_str(d, v[0], fpath, lim->max_name_bytes, &t->id)) != 0) {
+            return rc;
+        }
+        snprintf(fpath, sizeof(fpath), "tool_calls[%u].type", i);
+        if ((rc = lms__req_str(d, v[1], fpath, lim->max_name_bytes, &t->type)) != 0) {
+            return rc;
+        }
+        snprintf(fpath, sizeof(fpath), "tool_calls[%u].function", i);
+        if (v[2] == NULL) {
+            return lms__missing(d, fpath);
+        }
+        if ((rc = lms__map_get(d, v[2], fpath, fkeys, 2, fv)) != 0) {
+            return rc;
+        }
+        snprintf(fpath, sizeof(fpath), "tool_calls[%u].function.name", i);
+        if ((rc = lms__req_str(d, fv[0], fpath, lim->max_name_bytes, &t->name)) != 0) {
+            return rc;
+        }
+        snprintf(fpath, sizeof(fpath), "tool_calls[%u].function.arguments", i);
+        if ((rc = lms__req_str(d, fv[1], fpath, lim->max_text_bytes, &t->arguments)) != 0) {
+            return rc;
+        }
+    }
+    return LMSCHED_OK;
 }
 
 static int lms__dec_chat_reply(lms__dec *d, const msgpack_object *top, lms_chat_reply *r)
 {
     static const char *const keys[] = {"content", "finish_reason", "model",
-                                       "usage",   "timings",       "retries"};
+                                       "usage",   "timings",       "retries",
+                                       "reasoning", "tool_calls",  "logprobs",
+                                       "deltas"};
     static const char *const ukeys[] = {"prompt_tokens", "completion_tokens",
                                         "cached_tokens"};
     static const char *const upaths[] = {"usage.prompt_tokens", "usage.completion_tokens",
@@ -1114,11 +1571,11 @@ static int lms__dec_chat_reply(lms__dec *d, const msgpack_object *top, lms_chat_
     static const char *const tkeys[] = {"queue_ms", "ttft_ms", "total_ms"};
     static const char *const tpaths[] = {"timings.queue_ms", "timings.ttft_ms",
                                          "timings.total_ms"};
-    const msgpack_object *v[6];
+    const msgpack_object *v[10];
     const lms_limits *lim = d->lim;
     int rc;
 
-    lms__map_find(top, keys, 6, v);
+    lms__map_find(top, keys, 10, v);
     if ((rc = lms__req_str(d, v[0], "content", lim->max_text_bytes, &r->content)) != 0 ||
         (rc = lms__req_str(d, v[1], "finish_reason", lim->max_name_bytes,
                            &r->finish_reason)) != 0 ||
@@ -1164,7 +1621,67 @@ static int lms__dec_chat_reply(lms__dec *d, const msgpack_object *top, lms_chat_
         }
         r->retries = (uint32_t)u;
     }
+    if ((rc = lms__opt_str(d, v[6], "reasoning", lim->max_text_bytes, &r->reasoning)) != 0) {
+        return rc;
+    }
+    if (v[7] != NULL && (rc = lms__dec_tool_calls(d, v[7], r)) != 0) {
+        return rc;
+    }
+    if (v[8] != NULL && (rc = lms__get_json(d, v[8], "logprobs", "array",
+                                            lim->max_text_bytes, &r->logprobs_json)) != 0) {
+        return rc;
+    }
+    if (v[9] != NULL &&
+        (rc = lms__dec_deltas(d, v[9], "deltas", &r->deltas, &r->n_deltas)) != 0) {
+        return rc;
+    }
     return LMSCHED_OK;
+}
+
+static int lms__dec_chat_chunk(lms__dec *d, const msgpack_object *top, lms_chat_chunk *c)
+{
+    static const char *const keys[] = {"deltas"};
+    const msgpack_object *v[1];
+    int rc;
+
+    lms__map_find(top, keys, 1, v);
+    if (v[0] == NULL) {
+        return lms__missing(d, "deltas");
+    }
+    if ((rc = lms__dec_deltas(d, v[0], "deltas", &c->deltas, &c->n_deltas)) != 0) {
+        return rc;
+    }
+    if (c->n_deltas == 0) {
+        return lms__fail(d, LMSCHED_EPROTO, "deltas",
+                         "field 'deltas': needs at least one entry");
+    }
+    return LMSCHED_OK;
+}
+
+/* chat_next's "stream", cancel's "target": a request id. */
+static int lms__dec_target(lms__dec *d, const msgpack_object *top, const char *key,
+                           uint64_t *out)
+{
+    const char *const keys[] = {key};
+    const msgpack_object *v[1];
+
+    lms__map_find(top, keys, 1, v);
+    if (v[0] == NULL) {
+        return lms__missing(d, key);
+    }
+    return lms__get_uint(d, v[0], key, 0, UINT64_MAX, out);
+}
+
+static int lms__dec_cancel_reply(lms__dec *d, const msgpack_object *top, lms_cancel_reply *c)
+{
+    static const char *const keys[] = {"found"};
+    const msgpack_object *v[1];
+
+    lms__map_find(top, keys, 1, v);
+    if (v[0] == NULL) {
+        return lms__missing(d, "found");
+    }
+    return lms__get_bool(d, v[0], "found", &c->found);
 }
 
 static int lms__dec_status_reply(lms__dec *d, const msgpack_object *top,
@@ -1202,8 +1719,11 @@ static int lms__dec_error(lms__dec *d, const msgpack_object *top, lms_error_repl
 
 static int lms__dec_kind(lms__dec *d, const msgpack_object *o, lms_kind *kind)
 {
-    static const lms_kind kinds[] = {LMS_KIND_CHAT, LMS_KIND_CHAT_REPLY, LMS_KIND_STATUS,
-                                     LMS_KIND_STATUS_REPLY, LMS_KIND_ERROR};
+    static const lms_kind kinds[] = {LMS_KIND_CHAT,         LMS_KIND_CHAT_REPLY,
+                                     LMS_KIND_STATUS,       LMS_KIND_STATUS_REPLY,
+                                     LMS_KIND_ERROR,        LMS_KIND_CHAT_CHUNK,
+                                     LMS_KIND_CHAT_NEXT,    LMS_KIND_CANCEL,
+                                     LMS_KIND_CANCEL_REPLY};
     char shown[40];
 
     if (o == NULL) {
@@ -1267,7 +1787,8 @@ static int lms__dec_top(lms__dec *d, const msgpack_object *top, lms_msg *out)
     }
     lms_msg_init(out, kind);
     out->id = d->err->id;
-    if (kind == LMS_KIND_CHAT || kind == LMS_KIND_STATUS) {
+    if (kind == LMS_KIND_CHAT || kind == LMS_KIND_STATUS || kind == LMS_KIND_CHAT_NEXT ||
+        kind == LMS_KIND_CANCEL) {
         /* Requests may carry the daemon's access token; whether one is
          * needed is the daemon's business, not the decoder's. */
         static const char *const akeys[] = {"auth"};
@@ -1289,6 +1810,14 @@ static int lms__dec_top(lms__dec *d, const msgpack_object *top, lms_msg *out)
         return lms__dec_status_reply(d, top, &out->u.status_reply);
     case LMS_KIND_ERROR:
         return lms__dec_error(d, top, &out->u.error);
+    case LMS_KIND_CHAT_CHUNK:
+        return lms__dec_chat_chunk(d, top, &out->u.chat_chunk);
+    case LMS_KIND_CHAT_NEXT:
+        return lms__dec_target(d, top, "stream", &out->u.chat_next.stream);
+    case LMS_KIND_CANCEL:
+        return lms__dec_target(d, top, "target", &out->u.cancel.target);
+    case LMS_KIND_CANCEL_REPLY:
+        return lms__dec_cancel_reply(d, top, &out->u.cancel_reply);
     }
     return lms__fail(d, LMSCHED_EINTERNAL, "kind", "unhandled kind");
 }

@@ -112,6 +112,16 @@ static void fz_check_limits(const lms_msg *m, const lms_limits *lim)
         fz_check_str(m->u.error.message, lim->max_text_bytes, "message", 1);
         fz_check_str(m->u.error.field, lim->max_name_bytes, "field", 0);
         break;
+    case LMS_KIND_CHAT_CHUNK:
+        FZ_CHECK(m->u.chat_chunk.n_deltas > 0 && m->u.chat_chunk.deltas != NULL,
+                 "a chat_chunk without deltas was accepted");
+        for (size_t i = 0; i < m->u.chat_chunk.n_deltas; i++)
+            fz_check_str(m->u.chat_chunk.deltas[i].text, lim->max_text_bytes, "deltas", 0);
+        break;
+    case LMS_KIND_CHAT_NEXT:
+    case LMS_KIND_CANCEL:
+    case LMS_KIND_CANCEL_REPLY:
+        break;
     default:
         fz_fail("decoded kind %d", (int)m->kind);
     }
@@ -130,8 +140,20 @@ static void fz_check_same(const lms_msg *a, const lms_msg *b)
         FZ_CHECK(x->n_messages == y->n_messages, "message count changed");
         for (size_t i = 0; i < x->n_messages; i++)
             FZ_CHECK(fz_str_eq(x->messages[i].role, y->messages[i].role) &&
-                         fz_str_eq(x->messages[i].content, y->messages[i].content),
+                         fz_str_eq(x->messages[i].content, y->messages[i].content) &&
+                         fz_str_eq(x->messages[i].parts_json, y->messages[i].parts_json) &&
+                         fz_str_eq(x->messages[i].tool_calls_json,
+                                   y->messages[i].tool_calls_json) &&
+                         fz_str_eq(x->messages[i].tool_call_id, y->messages[i].tool_call_id) &&
+                         fz_str_eq(x->messages[i].name, y->messages[i].name),
                      "messages[%zu] changed", i);
+        FZ_CHECK(fz_str_eq(x->tools_json, y->tools_json) &&
+                     fz_str_eq(x->tool_choice_json, y->tool_choice_json) &&
+                     fz_str_eq(x->response_format_json, y->response_format_json) &&
+                     fz_str_eq(x->extra_json, y->extra_json) &&
+                     x->parallel_tool_calls == y->parallel_tool_calls &&
+                     x->stream == y->stream,
+                 "a JSON field or a flag changed in the round trip");
         FZ_CHECK(fz_str_eq(x->model, y->model), "model changed");
         FZ_CHECK(x->max_tokens == y->max_tokens, "max_tokens changed");
         FZ_CHECK(x->has_temperature == y->has_temperature &&
@@ -165,8 +187,34 @@ static void fz_check_same(const lms_msg *a, const lms_msg *b)
                      x->timings.total_ms == y->timings.total_ms,
                  "timings changed");
         FZ_CHECK(x->retries == y->retries, "retries changed");
+        FZ_CHECK(fz_str_eq(x->reasoning, y->reasoning) &&
+                     fz_str_eq(x->logprobs_json, y->logprobs_json) &&
+                     x->n_tool_calls == y->n_tool_calls && x->n_deltas == y->n_deltas,
+                 "reasoning, logprobs, tool calls or deltas changed");
+        for (size_t i = 0; i < x->n_tool_calls; i++)
+            FZ_CHECK(fz_str_eq(x->tool_calls[i].id, y->tool_calls[i].id) &&
+                         fz_str_eq(x->tool_calls[i].name, y->tool_calls[i].name) &&
+                         fz_str_eq(x->tool_calls[i].arguments, y->tool_calls[i].arguments),
+                     "tool_calls[%zu] changed", i);
         break;
     }
+    case LMS_KIND_CHAT_CHUNK:
+        FZ_CHECK(a->u.chat_chunk.n_deltas == b->u.chat_chunk.n_deltas, "deltas changed");
+        for (size_t i = 0; i < a->u.chat_chunk.n_deltas; i++)
+            FZ_CHECK(a->u.chat_chunk.deltas[i].kind == b->u.chat_chunk.deltas[i].kind &&
+                         fz_str_eq(a->u.chat_chunk.deltas[i].text,
+                                   b->u.chat_chunk.deltas[i].text),
+                     "deltas[%zu] changed", i);
+        break;
+    case LMS_KIND_CHAT_NEXT:
+        FZ_CHECK(a->u.chat_next.stream == b->u.chat_next.stream, "stream changed");
+        break;
+    case LMS_KIND_CANCEL:
+        FZ_CHECK(a->u.cancel.target == b->u.cancel.target, "target changed");
+        break;
+    case LMS_KIND_CANCEL_REPLY:
+        FZ_CHECK(a->u.cancel_reply.found == b->u.cancel_reply.found, "found changed");
+        break;
     case LMS_KIND_STATUS:
         break;
     case LMS_KIND_STATUS_REPLY:

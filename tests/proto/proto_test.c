@@ -80,9 +80,9 @@ static void test_chat_full(void **state)
 {
     lms_msg m, out;
     lms_chat_msg msgs[3] = {
-        {"user", "Hello, world"},
-        {"assistant", "Grüße — ✓ 𝄞"},
-        {"user", ""},
+        {.role = "user", .content = "Hello, world"},
+        {.role = "assistant", .content = "Grüße — ✓ 𝄞"},
+        {.role = "user", .content = ""},
     };
     char *stops[2] = {"</s>", "\n\n"};
 
@@ -136,7 +136,7 @@ static void test_chat_full(void **state)
 static void test_chat_minimal(void **state)
 {
     lms_msg m, out;
-    lms_chat_msg msg = {"user", "hi"};
+    lms_chat_msg msg = {.role = "user", .content = "hi"};
 
     lms_msg_init(&m, LMS_KIND_CHAT);
     m.id = 0;
@@ -332,8 +332,8 @@ static void test_error_reply(void **state)
 static void test_encode_rejects_missing_required(void **state)
 {
     lms_msg m;
-    lms_chat_msg bad_role = {NULL, "x"};
-    lms_chat_msg bad_content = {"user", NULL};
+    lms_chat_msg bad_role = {.role = NULL, .content = "x"};
+    lms_chat_msg bad_content = {.role = "user", .content = NULL};
     char *stops[1] = {NULL};
     void *buf = (void *)&m;
     size_t len = 99;
@@ -390,7 +390,7 @@ static void test_documented_bytes(void **state)
     };
     /* clang-format on */
     lms_msg m;
-    lms_chat_msg hi = {"user", "hi"};
+    lms_chat_msg hi = {.role = "user", .content = "hi"};
     void *buf;
     size_t len;
 
@@ -1135,7 +1135,8 @@ static void test_many_keys(void **state)
 static void encode_full_chat(void **bufp, size_t *lenp)
 {
     lms_msg m;
-    lms_chat_msg msgs[2] = {{"user", "What is 2+2?"}, {"assistant", "4 ✓"}};
+    lms_chat_msg msgs[2] = {{.role = "user", .content = "What is 2+2?"},
+                            {.role = "assistant", .content = "4 ✓"}};
     char *stops[1] = {"END"};
 
     lms_msg_init(&m, LMS_KIND_CHAT);
