@@ -254,6 +254,13 @@ static int oa_put(json_t *o, const char *key, json_t *v)
     return v == NULL || json_object_set_new(o, key, v) != 0 ? -1 : 0;
 }
 
+/* A JSON field of the request (compact JSON text, checked on the wire) as
+ * a value, NULL on ENOMEM or (never for a decoded request) bad JSON. */
+static json_t *oa_json(const char *text)
+{
+    return json_loads(text, JSON_DECODE_ANY, NULL);
+}
+
 static json_t *oa_message(const char *role, const char *content)
 {
     json_t *m = json_object();
@@ -266,6 +273,35 @@ static json_t *oa_message(const char *role, const char *content)
         return NULL;
     }
     return m;
+}
+
+/* A message with everything it may carry: content as text, as parts or
+ * null; tool calls; the call it answers; a name. */
+static json_t *oa_chat_msg(const chat_msg *cm)
+{
+    json_t *m = json_object();
+    if (m == NULL || oa_put(m, "role", json_string(cm->role)) != 0)
+        goto fail;
+    if (cm->content != NULL) {
+        if (oa_put(m, "content", json_stringn(cm->content, strlen(cm->content))) != 0)
+            goto fail;
+    } else if (cm->parts_json != NULL) {
+        if (oa_put(m, "content", oa_json(cm->parts_json)) != 0)
+            goto fail;
+    } else if (oa_put(m, "content", json_null()) != 0) {
+        goto fail;
+    }
+    if (cm->tool_calls_json != NULL && oa_put(m, "tool_calls", oa_json(cm->tool_calls_json)) != 0)
+        goto fail;
+    if (cm->tool_call_id != NULL &&
+        oa_put(m, "tool_call_id", json_string(cm->tool_call_id)) != 0)
+        goto fail;
+    if (cm->name != NULL && oa_put(m, "name", json_string(cm->name)) != 0)
+        goto fail;
+    return m;
+fail:
+    json_decref(m);
+    return NULL;
 }
 
 char *oa_build_chat_body(const chat_req *req, const oa_body_opts *opts)
@@ -288,8 +324,7 @@ char *oa_build_chat_body(const chat_req *req, const oa_body_opts *opts)
         goto fail;
     for (size_t i = 0; i < req->n_messages; i++) {
         const chat_msg *m = &req->messages[i];
-        if (m->role == NULL || m->content == NULL ||
-            json_array_append_new(msgs, oa_message(m->role, m->content)) != 0)
+        if (m->role == NULL || json_array_append_new(msgs, oa_chat_msg(m)) != 0)
             goto fail;
     }
     /* root owns msgs from here, even if the set fails. */
@@ -318,6 +353,36 @@ char *oa_build_chat_body(const chat_req *req, const oa_body_opts *opts)
                     stop, json_stringn(req->stop[i], strlen(req->stop[i]))) != 0)
                 goto fail;
         }
+    }
+    if (req->tools_json != NULL && oa_put(root, "tools", oa_json(req->tools_json)) != 0)
+        goto fail;
+    if (req->tool_choice_json != NULL &&
+        oa_put(root, "tool_choice", oa_json(req->tool_choice_json)) != 0)
+        goto fail;
+    if (req->parallel_tool_calls >= 0 &&
+        oa_put(root, "parallel_tool_calls", json_boolean(req->parallel_tool_calls)) != 0)
+        goto fail;
+    if (req->response_format_json != NULL &&
+        oa_put(root, "response_format", oa_json(req->response_format_json)) != 0)
+        goto fail;
+    if (req->extra_json != NULL) {
+        /* Verbatim, key by key in their order; the keys the daemon sets
+         * itself were refused when the request came in. */
+        json_t *extra = oa_json(req->extra_json);
+        const char *key;
+        json_t *v;
+        if (!json_is_object(extra)) {
+            json_decref(extra);
+            goto fail;
+        }
+        json_object_foreach(extra, key, v)
+        {
+            if (json_object_set(root, key, v) != 0) {
+                json_decref(extra);
+                goto fail;
+            }
+        }
+        json_decref(extra);
     }
     if (opts->stream) {
         if (oa_put(root, "stream", json_true()) != 0 ||
@@ -349,6 +414,18 @@ void oa_resp_init(oa_resp *r, size_t max_content)
     r->max_content = max_content;
     r->prompt_tokens = r->completion_tokens = r->cached_tokens = -1;
     r->timings_prompt_n = r->timings_cache_n = -1;
+    strbuf_init(&r->reasoning);
+    strbuf_init(&r->logprobs);
+}
+
+void oa_deltas_free(oa_delta *d, size_t n)
+{
+    for (size_t i = 0; d != NULL && i < n; i++) {
+        free(d[i].id);
+        free(d[i].name);
+        strbuf_fini(&d[i].text);
+    }
+    free(d);
 }
 
 void oa_resp_fini(oa_resp *r)
@@ -359,7 +436,76 @@ void oa_resp_fini(oa_resp *r)
         free(r->content);
     free(r->finish_reason);
     free(r->model);
+    strbuf_fini(&r->reasoning);
+    strbuf_fini(&r->logprobs);
+    for (size_t i = 0; i < r->n_tool_calls; i++) {
+        free(r->tool_calls[i].id);
+        free(r->tool_calls[i].type);
+        free(r->tool_calls[i].name);
+        strbuf_fini(&r->tool_calls[i].arguments);
+    }
+    free(r->tool_calls);
+    oa_deltas_free(r->deltas, r->n_deltas);
+    bool record = r->record_deltas;
     oa_resp_init(r, r->max_content);
+    r->record_deltas = record;
+}
+
+char *oa_resp_logprobs(const oa_resp *r)
+{
+    if (r->logprobs.len == 0)
+        return NULL;
+    size_t n = r->logprobs.len + 3;
+    char *s = malloc(n);
+    if (s != NULL)
+        snprintf(s, n, "[%s]", r->logprobs.data);
+    return s;
+}
+
+void oa_resp_take_deltas(oa_resp *r, oa_delta **out, size_t *n)
+{
+    *out = r->deltas;
+    *n = r->n_deltas;
+    r->deltas = NULL;
+    r->n_deltas = r->cap_deltas = 0;
+}
+
+static int oa_malformed(oa_error *err, const char *kind, const char *what);
+
+/* The delta a piece goes into: the last one when it is of the same kind
+ * (and tool call), else a new one. NULL on ENOMEM. */
+static oa_delta *oa_delta_for(oa_resp *r, oa_delta_kind kind, uint32_t index, bool fresh)
+{
+    if (!fresh && r->n_deltas > 0) {
+        oa_delta *last = &r->deltas[r->n_deltas - 1];
+        if (last->kind == kind && (kind != OA_DELTA_TOOL_CALL || last->index == index))
+            return last;
+    }
+    if (r->n_deltas == r->cap_deltas) {
+        size_t cap = r->cap_deltas ? r->cap_deltas * 2 : 8;
+        oa_delta *d = realloc(r->deltas, cap * sizeof(*d));
+        if (d == NULL)
+            return NULL;
+        r->deltas = d;
+        r->cap_deltas = cap;
+    }
+    oa_delta *d = &r->deltas[r->n_deltas++];
+    memset(d, 0, sizeof(*d));
+    d->kind = kind;
+    d->index = index;
+    strbuf_init(&d->text);
+    return d;
+}
+
+/* Records a text piece for the agent, when streaming to it. */
+static int oa_record(oa_resp *r, oa_delta_kind kind, const char *s, size_t n)
+{
+    if (!r->record_deltas || n == 0)
+        return LMSCHED_OK;
+    oa_delta *d = oa_delta_for(r, kind, 0, false);
+    if (d == NULL || strbuf_append(&d->text, s, n, SIZE_MAX - 1) != 0)
+        return LMSCHED_ENOMEM;
+    return LMSCHED_OK;
 }
 
 static int oa_append(oa_resp *r, const char *s, size_t n, oa_error *err)
@@ -388,6 +534,126 @@ static int oa_append(oa_resp *r, const char *s, size_t n, oa_error *err)
     memcpy(r->content + r->content_len, s, n);
     r->content_len += n;
     r->content[r->content_len] = '\0';
+    if (oa_record(r, OA_DELTA_CONTENT, s, n) != LMSCHED_OK)
+        return oa_err_set(err, LMSCHED_ENOMEM, false, "%s",
+                          "out of memory reading the backend's answer");
+    return LMSCHED_OK;
+}
+
+/* A piece of text beyond the answer (reasoning, a call's arguments): the
+ * same bound as the answer. */
+static int oa_append_to(oa_resp *r, strbuf *b, const char *s, size_t n, oa_error *err)
+{
+    int rc = strbuf_append(b, s, n, r->max_content);
+    if (rc == STRBUF_EOVER) {
+        char lim[32];
+        snprintf(lim, sizeof(lim), "%zu", r->max_content);
+        return oa_err_set(err, LMSCHED_ETOOLARGE, false,
+                          "the backend's answer is longer than the content limit (%s bytes)",
+                          lim);
+    }
+    if (rc != 0)
+        return oa_err_set(err, LMSCHED_ENOMEM, false, "%s",
+                          "out of memory reading the backend's answer");
+    return LMSCHED_OK;
+}
+
+/* The tool call of this index, added when new. NULL on ENOMEM. */
+static oa_tool_call *oa_tool_call_at(oa_resp *r, uint32_t index, bool *is_new)
+{
+    *is_new = false;
+    for (size_t i = 0; i < r->n_tool_calls; i++)
+        if (r->tool_calls[i].index == index)
+            return &r->tool_calls[i];
+    if (r->n_tool_calls == r->cap_tool_calls) {
+        size_t cap = r->cap_tool_calls ? r->cap_tool_calls * 2 : 4;
+        oa_tool_call *t = realloc(r->tool_calls, cap * sizeof(*t));
+        if (t == NULL)
+            return NULL;
+        r->tool_calls = t;
+        r->cap_tool_calls = cap;
+    }
+    oa_tool_call *t = &r->tool_calls[r->n_tool_calls++];
+    memset(t, 0, sizeof(*t));
+    t->index = index;
+    strbuf_init(&t->arguments);
+    *is_new = true;
+    return t;
+}
+
+/* A string member of obj as a bounded copy into *dst when present. */
+static int oa_take_name(json_t *obj, const char *key, char **dst)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!json_is_string(v) || json_string_length(v) == 0)
+        return LMSCHED_OK;
+    return oa_set_name(dst, v);
+}
+
+/* One entry of tool_calls, in a delta (pieces) or a whole message. */
+static int oa_read_tool_call(oa_resp *r, json_t *tc, size_t pos, const char *kind,
+                             oa_error *err)
+{
+    if (!json_is_object(tc))
+        return oa_malformed(err, kind, "a tool_calls entry is not an object");
+    json_t *ix = json_object_get(tc, "index");
+    int64_t index = json_is_integer(ix) ? (int64_t)json_integer_value(ix) : (int64_t)pos;
+    if (index < 0 || index >= 128)
+        return oa_malformed(err, kind, "a tool call's index is out of range");
+    bool is_new;
+    oa_tool_call *t = oa_tool_call_at(r, (uint32_t)index, &is_new);
+    if (t == NULL)
+        return oa_err_set(err, LMSCHED_ENOMEM, false, "%s", "out of memory");
+    json_t *fn = json_object_get(tc, "function");
+    bool had_id = t->id != NULL, had_name = t->name != NULL;
+    if (oa_take_name(tc, "id", &t->id) != LMSCHED_OK ||
+        oa_take_name(tc, "type", &t->type) != LMSCHED_OK ||
+        (json_is_object(fn) && oa_take_name(fn, "name", &t->name) != LMSCHED_OK))
+        return oa_err_set(err, LMSCHED_ENOMEM, false, "%s", "out of memory");
+    json_t *args = json_is_object(fn) ? json_object_get(fn, "arguments") : NULL;
+    const char *a = json_is_string(args) ? json_string_value(args) : NULL;
+    size_t an = a != NULL ? json_string_length(args) : 0;
+    int rc = oa_append_to(r, &t->arguments, a, an, err);
+    if (rc != LMSCHED_OK)
+        return rc;
+    r->got_token = true;
+    if (r->record_deltas) {
+        bool first = (t->id != NULL && !had_id) || (t->name != NULL && !had_name);
+        oa_delta *d = oa_delta_for(r, OA_DELTA_TOOL_CALL, (uint32_t)index, first);
+        if (d == NULL)
+            return oa_err_set(err, LMSCHED_ENOMEM, false, "%s", "out of memory");
+        if (first) {
+            d->id = t->id != NULL ? strdup(t->id) : NULL;
+            d->name = t->name != NULL ? strdup(t->name) : NULL;
+        }
+        if (an > 0 && strbuf_append(&d->text, a, an, SIZE_MAX - 1) != 0)
+            return oa_err_set(err, LMSCHED_ENOMEM, false, "%s", "out of memory");
+    }
+    return LMSCHED_OK;
+}
+
+/* choices[0].logprobs.content: its entries join the ones so far. */
+static int oa_read_logprobs(oa_resp *r, json_t *c, oa_error *err)
+{
+    json_t *lp = json_object_get(c, "logprobs");
+    json_t *content = json_is_object(lp) ? json_object_get(lp, "content") : NULL;
+    size_t i;
+    json_t *e;
+    if (!json_is_array(content))
+        return LMSCHED_OK;
+    json_array_foreach(content, i, e)
+    {
+        char *s = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17) |
+                                    JSON_ENCODE_ANY);
+        if (s == NULL)
+            return oa_err_set(err, LMSCHED_ENOMEM, false, "%s", "out of memory");
+        int rc = r->logprobs.len > 0 ? oa_append_to(r, &r->logprobs, ",", 1, err) : 0;
+        if (rc == LMSCHED_OK)
+            rc = oa_append_to(r, &r->logprobs, s, strlen(s), err);
+        free(s);
+        if (rc != LMSCHED_OK)
+            return rc;
+    }
     return LMSCHED_OK;
 }
 
@@ -503,22 +769,50 @@ static int oa_read_choice(oa_resp *r, json_t *root, const char *part, const char
         if (!json_is_object(d))
             return oa_malformed(err, kind, "choices[0].delta/message is not an object");
         bool bad = false, ignored = false;
-        size_t n = 0, rn = 0, rn2 = 0;
+        size_t n = 0, rn = 0;
         const char *text = oa_text(d, "content", &n, &bad);
         if (bad)
             return oa_malformed(err, kind, "\"content\" is neither a string nor null");
         /* Reasoning models stream their thinking first: it shows the model
-         * is generating (a token arrived) but is not part of the answer.
-         * llama.cpp names it reasoning_content, some servers reasoning. */
-        oa_text(d, "reasoning_content", &rn, &ignored);
-        oa_text(d, "reasoning", &rn2, &ignored);
+         * is generating (a token arrived) but is not the answer. llama.cpp
+         * names it reasoning_content, some servers reasoning. */
+        const char *rtext = oa_text(d, "reasoning_content", &rn, &ignored);
+        if (rtext == NULL)
+            rtext = oa_text(d, "reasoning", &rn, &ignored);
         if (text != NULL) {
             int rc = oa_append(r, text, n, err);
             if (rc != LMSCHED_OK)
                 return rc;
         }
-        if (n > 0 || rn > 0 || rn2 > 0)
+        if (rtext != NULL && rn > 0) {
+            int rc = oa_append_to(r, &r->reasoning, rtext, rn, err);
+            if (rc == LMSCHED_OK)
+                rc = oa_record(r, OA_DELTA_REASONING, rtext, rn) == LMSCHED_OK
+                         ? LMSCHED_OK
+                         : oa_err_set(err, LMSCHED_ENOMEM, false, "%s", "out of memory");
+            if (rc != LMSCHED_OK)
+                return rc;
+        }
+        if (n > 0 || rn > 0)
             r->got_token = true;
+        json_t *tcs = json_object_get(d, "tool_calls");
+        if (tcs != NULL && !json_is_null(tcs)) {
+            size_t i;
+            json_t *tc;
+            if (!json_is_array(tcs))
+                return oa_malformed(err, kind, "\"tool_calls\" is not an array");
+            json_array_foreach(tcs, i, tc)
+            {
+                int rc = oa_read_tool_call(r, tc, i, kind, err);
+                if (rc != LMSCHED_OK)
+                    return rc;
+            }
+        }
+    }
+    {
+        int rc = oa_read_logprobs(r, c, err);
+        if (rc != LMSCHED_OK)
+            return rc;
     }
 
     json_t *fr = json_object_get(c, "finish_reason");

@@ -16,6 +16,7 @@
 
 #include "lmsched/wire.h"
 #include "scheduler/chat/chat.h"
+#include "scheduler/util/strbuf.h"
 
 typedef struct oa_body_opts {
     bool stream;             /* "stream": true plus stream_options.include_usage */
@@ -31,6 +32,32 @@ typedef struct oa_body_opts {
  * only when given. Returns a malloc'd NUL-terminated string, NULL on ENOMEM. */
 char *oa_build_chat_body(const chat_req *req, const oa_body_opts *opts);
 
+/* A tool call being assembled from a response (OpenAI's shape). */
+typedef struct oa_tool_call {
+    uint32_t index;           /* the backend's index of the call */
+    char *id;                 /* NULL until reported */
+    char *type;               /* NULL until reported ("function") */
+    char *name;               /* NULL until reported */
+    strbuf arguments;         /* the arguments' JSON text, as it arrives */
+} oa_tool_call;
+
+/* A piece of a streamed answer, recorded for the agent (see
+ * oa_resp.record_deltas): consecutive pieces of one kind (and one tool
+ * call) are joined. */
+typedef enum oa_delta_kind {
+    OA_DELTA_CONTENT = 1,
+    OA_DELTA_REASONING = 2,
+    OA_DELTA_TOOL_CALL = 3,
+} oa_delta_kind;
+
+typedef struct oa_delta {
+    oa_delta_kind kind;
+    uint32_t index;           /* tool call */
+    char *id;                 /* tool call: in its first delta, else NULL */
+    char *name;               /* tool call: in its first delta, else NULL */
+    strbuf text;              /* content, reasoning, or arguments */
+} oa_delta;
+
 /* Accumulated state of one chat-completion response. */
 typedef struct oa_resp {
     char *content;            /* assistant text so far, NUL-terminated, never NULL after init */
@@ -42,10 +69,26 @@ typedef struct oa_resp {
     int64_t cached_tokens;    /* usage.prompt_tokens_details.cached_tokens, else timings.cache_n, -1 */
     int64_t timings_prompt_n; /* llama.cpp timings.prompt_n (tokens processed), -1 */
     int64_t timings_cache_n;  /* llama.cpp timings.cache_n (tokens reused), -1 */
-    bool got_token;           /* at least one content (or reasoning) delta arrived */
+    bool got_token;           /* at least one content, reasoning or tool-call delta */
     bool done;                /* "data: [DONE]" seen, or a whole response parsed */
     unsigned chunks;          /* chunks parsed */
+    strbuf reasoning;         /* reasoning_content (or reasoning) so far */
+    oa_tool_call *tool_calls; /* in the order they first appeared */
+    size_t n_tool_calls, cap_tool_calls;
+    strbuf logprobs;          /* the logprobs.content entries so far, as JSON text
+                               * without the brackets (oa_resp_logprobs adds them) */
+    bool record_deltas;       /* keep the pieces as they arrive, for streaming */
+    oa_delta *deltas;         /* recorded since the last oa_resp_take_deltas */
+    size_t n_deltas, cap_deltas;
 } oa_resp;
+
+/* The logprobs array as JSON text (malloc'd), NULL when none arrived. */
+char *oa_resp_logprobs(const oa_resp *r);
+
+/* Hands over the deltas recorded so far (*out, *n: the caller frees them
+ * with oa_deltas_free) and starts a new record. */
+void oa_resp_take_deltas(oa_resp *r, oa_delta **out, size_t *n);
+void oa_deltas_free(oa_delta *d, size_t n);
 
 void oa_resp_init(oa_resp *r, size_t max_content);
 void oa_resp_fini(oa_resp *r);

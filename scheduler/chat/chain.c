@@ -1,6 +1,6 @@
 /*
- * prefix - renders a chat request the way the backend's chat template does
- * and cuts it into chained block hashes (see prefix.h).
+ * chain - renders a chat request the way the backend's chat template does
+ * and cuts it into chained block hashes (see chain.h).
  *
  * Design notes: the rendering must match what the backend tokenizes, byte
  * for byte, or a prefix that is cached would look different here. The
@@ -10,114 +10,187 @@
  * lmsim the token estimate equals its prompt_tokens exactly. Real chat
  * templates differ in their markers, but only by a constant per message, so
  * what is shared between two prompts stays shared.
+ *
+ * Tools are rendered where templates put them, in the system block ahead of
+ * the conversation ("# Tools" and the tools' JSON); a message's parts as
+ * their text (an image as "<image>"), an assistant's tool calls after its
+ * content. docs/protocol.md and docs/simulator.md state the same rules.
  */
 #include "scheduler/chat/chain.h"
 
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 #include <xxhash.h>
 
 #include "lmsched/wire.h"
+#include "scheduler/util/strbuf.h"
 
-static const char prefix_im_start[] = "<|im_start|>";
-static const char prefix_im_end[] = "<|im_end|>\n";
-static const char prefix_gen[] = "<|im_start|>assistant\n";
+static const char chain_im_start[] = "<|im_start|>";
+static const char chain_im_end[] = "<|im_end|>\n";
+static const char chain_gen[] = "<|im_start|>assistant\n";
 
-static size_t prefix_msg_len(const char *role, const char *content)
+#define CHAIN_JSON_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17))
+
+/* The request passed the wire limits (16 MiB a message), so nothing here
+ * comes near this; it only keeps strbuf's arithmetic honest. */
+#define CHAIN_MAX ((size_t)1 << 30)
+
+static int chain_put(strbuf *b, const char *s)
 {
-    return strlen(prefix_im_start) + strlen(role) + 1 + strlen(content) +
-           strlen(prefix_im_end);
+    return strbuf_append(b, s, strlen(s), CHAIN_MAX);
 }
 
-/* Writes one rendered message at dst; returns the bytes written. */
-static size_t prefix_msg_put(char *dst, const char *role, const char *content)
+/* A message's content as the template sees it: the text, or the parts'
+ * text with "<image>" for each image. */
+static int chain_content(strbuf *b, const chat_msg *m)
 {
-    size_t n = 0, l;
+    if (m->content != NULL)
+        return chain_put(b, m->content);
+    if (m->parts_json == NULL)
+        return 0;
+    json_t *parts = json_loads(m->parts_json, 0, NULL);
+    size_t i;
+    json_t *p;
+    int rc = 0;
+    json_array_foreach(parts, i, p)
+    {
+        const char *type = json_string_value(json_object_get(p, "type"));
+        const char *text = json_string_value(json_object_get(p, "text"));
+        if (type != NULL && strcmp(type, "text") == 0 && text != NULL)
+            rc = chain_put(b, text);
+        else if (type != NULL && strcmp(type, "image_url") == 0)
+            rc = chain_put(b, "<image>");
+        if (rc != 0)
+            break;
+    }
+    json_decref(parts);
+    return rc;
+}
 
-    l = strlen(prefix_im_start);
-    memcpy(dst + n, prefix_im_start, l);
-    n += l;
-    l = strlen(role);
-    memcpy(dst + n, role, l);
-    n += l;
-    dst[n++] = '\n';
-    l = strlen(content);
-    memcpy(dst + n, content, l);
-    n += l;
-    l = strlen(prefix_im_end);
-    memcpy(dst + n, prefix_im_end, l);
-    return n + l;
+/* An assistant's tool calls: "<tool_call>{"name":..,"arguments":..}</tool_call>". */
+static int chain_tool_calls(strbuf *b, const chat_msg *m)
+{
+    if (m->tool_calls_json == NULL)
+        return 0;
+    json_t *calls = json_loads(m->tool_calls_json, 0, NULL);
+    size_t i;
+    json_t *c;
+    int rc = 0;
+    json_array_foreach(calls, i, c)
+    {
+        json_t *fn = json_object_get(c, "function");
+        json_t *one = json_pack("{s:O?,s:O?}", "name", json_object_get(fn, "name"),
+                                "arguments", json_object_get(fn, "arguments"));
+        char *s = one != NULL ? json_dumps(one, CHAIN_JSON_FLAGS) : NULL;
+        json_decref(one);
+        rc = s == NULL ? STRBUF_ENOMEM : chain_put(b, "<tool_call>");
+        if (rc == 0)
+            rc = chain_put(b, s);
+        if (rc == 0)
+            rc = chain_put(b, "</tool_call>");
+        free(s);
+        if (rc != 0)
+            break;
+    }
+    json_decref(calls);
+    return rc;
+}
+
+static int chain_message(strbuf *b, const chat_msg *m)
+{
+    int rc = chain_put(b, chain_im_start);
+    if (rc == 0)
+        rc = chain_put(b, m->role);
+    if (rc == 0)
+        rc = chain_put(b, "\n");
+    if (rc == 0)
+        rc = chain_content(b, m);
+    if (rc == 0)
+        rc = chain_tool_calls(b, m);
+    if (rc == 0)
+        rc = chain_put(b, chain_im_end);
+    return rc;
+}
+
+/* The system block: the system prompt, then the tools. None without
+ * either. */
+static int chain_system(strbuf *b, const chat_req *req)
+{
+    const char *sys = req->system != NULL ? req->system : "";
+    if (sys[0] == '\0' && req->tools_json == NULL)
+        return 0;
+    int rc = chain_put(b, chain_im_start);
+    if (rc == 0)
+        rc = chain_put(b, "system\n");
+    if (rc == 0)
+        rc = chain_put(b, sys);
+    if (rc == 0 && req->tools_json != NULL) {
+        if (sys[0] != '\0')
+            rc = chain_put(b, "\n\n");
+        if (rc == 0)
+            rc = chain_put(b, "# Tools\n");
+        if (rc == 0)
+            rc = chain_put(b, req->tools_json);
+        if (rc == 0)
+            rc = chain_put(b, "\n");
+    }
+    if (rc == 0)
+        rc = chain_put(b, chain_im_end);
+    return rc;
 }
 
 /* Ownership: c's blocks are owned by c afterwards (prefix_chain_fini), also
  * on failure (then empty). The request is only read. Any thread. Messages
- * with a NULL role or content are skipped, as the backend module refuses
- * to send them anyway. */
+ * with a NULL role are skipped, as the backend module refuses to send
+ * them anyway. */
 int prefix_chain_build(prefix_chain *c, const chat_req *req)
 {
-    char *buf = NULL;
-    size_t len = 0, sys_len = 0, pos = 0;
-    const char *sys = req->system != NULL ? req->system : "";
-    bool have_sys = sys[0] != '\0';
-    int rv;
+    strbuf b;
+    int rv = LMSCHED_ENOMEM;
 
     memset(c, 0, sizeof(*c));
-    /* The request passed the wire limits (4 MiB of text), so these sums
-     * cannot overflow size_t. */
-    if (have_sys)
-        sys_len = prefix_msg_len("system", sys);
-    len = sys_len;
+    strbuf_init(&b);
+    if (chain_system(&b, req) != 0)
+        goto out;
+    /* The group is the system prompt alone: agents that share it belong
+     * together even when their tools differ (then they share less). */
+    const char *sys = req->system != NULL ? req->system : "";
+    c->group = sys[0] != '\0' ? XXH3_64bits(sys, strlen(sys)) : 0;
     for (size_t i = 0; i < req->n_messages; i++) {
-        const chat_msg *m = &req->messages[i];
-        if (m->role != NULL && m->content != NULL)
-            len += prefix_msg_len(m->role, m->content);
+        if (req->messages[i].role != NULL && chain_message(&b, &req->messages[i]) != 0)
+            goto out;
     }
-    len += strlen(prefix_gen);
+    if (chain_put(&b, chain_gen) != 0)
+        goto out;
 
-    buf = malloc(len);
-    if (buf == NULL) {
-        rv = LMSCHED_ENOMEM;
-        goto fail;
-    }
-    if (have_sys)
-        pos += prefix_msg_put(buf + pos, "system", sys);
-    for (size_t i = 0; i < req->n_messages; i++) {
-        const chat_msg *m = &req->messages[i];
-        if (m->role != NULL && m->content != NULL)
-            pos += prefix_msg_put(buf + pos, m->role, m->content);
-    }
-    memcpy(buf + pos, prefix_gen, strlen(prefix_gen));
-
+    size_t len = b.len;
     size_t nb = len / PREFIX_BLOCK_BYTES;
-    if (nb > UINT32_MAX) {
-        rv = LMSCHED_ENOMEM;
-        goto fail;
-    }
+    if (nb > UINT32_MAX)
+        goto out;
     if (nb > 0) {
         c->blocks = malloc(nb * sizeof(*c->blocks));
-        if (c->blocks == NULL) {
-            rv = LMSCHED_ENOMEM;
-            goto fail;
-        }
+        if (c->blocks == NULL)
+            goto out;
     }
     /* Each block's hash is seeded with the previous one, so equal hashes at
      * block k mean equal bytes over the whole range [0, (k+1)*BLOCK). */
     uint64_t h = 0;
     for (size_t i = 0; i < nb; i++) {
-        h = XXH3_64bits_withSeed(buf + i * PREFIX_BLOCK_BYTES, PREFIX_BLOCK_BYTES, h);
+        h = XXH3_64bits_withSeed(b.data + i * PREFIX_BLOCK_BYTES, PREFIX_BLOCK_BYTES, h);
         c->blocks[i] = h;
     }
     c->n_blocks = (uint32_t)nb;
     size_t tok = (len + PREFIX_BYTES_PER_TOKEN - 1) / PREFIX_BYTES_PER_TOKEN;
     c->tokens = tok > UINT32_MAX ? UINT32_MAX : (uint32_t)tok;
     c->bytes = len;
-    c->group = have_sys ? XXH3_64bits(buf, sys_len) : 0;
-    free(buf);
-    return LMSCHED_OK;
-fail:
-    free(buf);
-    prefix_chain_fini(c);
+    rv = LMSCHED_OK;
+out:
+    strbuf_fini(&b);
+    if (rv != LMSCHED_OK)
+        prefix_chain_fini(c);
     return rv;
 }
 

@@ -4,6 +4,7 @@
 #include "scheduler/chat/chat.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "lmsched/wire.h"
 
@@ -21,6 +22,7 @@ int chat_req_alloc(chat_req **rp)
     }
     r->max_tokens = -1;
     r->priority = CHAT_DEFAULT_PRIORITY;
+    r->parallel_tool_calls = -1;
     *rp = r;
     return LMSCHED_OK;
 }
@@ -32,6 +34,10 @@ void chat_req_free(chat_req *r)
     for (size_t i = 0; i < r->n_messages; i++) {
         free(r->messages[i].role);
         free(r->messages[i].content);
+        free(r->messages[i].parts_json);
+        free(r->messages[i].tool_calls_json);
+        free(r->messages[i].tool_call_id);
+        free(r->messages[i].name);
     }
     free(r->messages);
     for (size_t i = 0; i < r->n_stop; i++)
@@ -41,5 +47,27 @@ void chat_req_free(chat_req *r)
     free(r->model);
     free(r->agent);
     free(r->client_id);
+    free(r->tools_json);
+    free(r->tool_choice_json);
+    free(r->response_format_json);
+    free(r->extra_json);
     free(r);
+}
+
+const char *chat_reserved_key(const char *key)
+{
+    /* What the daemon decides (model routing, streaming, slot placement)
+     * and what has a field of its own (so one value cannot be set twice). */
+    static const char *const mine[] = {"model", "messages", "stream", "stream_options",
+                                       "id_slot", "cache_prompt"};
+    static const char *const fields[] = {"max_tokens", "temperature", "top_p", "stop", "seed",
+                                         "tools", "tool_choice", "response_format",
+                                         "parallel_tool_calls"};
+    for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++)
+        if (strcmp(key, mine[i]) == 0)
+            return "the scheduler sets it";
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (strcmp(key, fields[i]) == 0)
+            return "it has a field of its own";
+    return NULL;
 }

@@ -38,7 +38,7 @@ static bool admit_too_long(const sched *s, const job *j, char *why, size_t len)
     return true;
 }
 
-void sched_submit(sched *s, chat_req *req, const sink *k)
+job *sched_submit(sched *s, chat_req *req, const sink *k)
 {
     char why[400];
     int code = LMSCHED_OK;
@@ -50,7 +50,7 @@ void sched_submit(sched *s, chat_req *req, const sink *k)
         s->st.failed++;
         s->st.failed_by_code[LMSCHED_ENOMEM]++;
         k->ops->fail(k->arg, NULL, LMSCHED_ENOMEM, "scheduler out of memory", NULL);
-        return;
+        return NULL;
     }
     if (s->draining) {
         code = LMSCHED_ESHUTDOWN;
@@ -98,10 +98,11 @@ void sched_submit(sched *s, chat_req *req, const sink *k)
     j->state = JOB_QUEUED;
     s->queued++;
     job_link(s, j);
-    return;
+    return j;
 
 refuse:
     job_fail(s, j, code, why, field);
+    return NULL;
 }
 
 unsigned sched_cancel_owner(sched *s, uint64_t owner, const char *why)
@@ -116,6 +117,22 @@ unsigned sched_cancel_owner(sched *s, uint64_t owner, const char *why)
         }
     }
     return n;
+}
+
+bool sched_cancel(sched *s, uint64_t owner, uint64_t id, const char *why)
+{
+    for (job *j = s->jobs; j != NULL; j = j->next) {
+        if (j->sink.owner == owner && j->sink.id == id) {
+            job_fail(s, j, LMSCHED_ECANCELED, why, NULL);
+            return true;
+        }
+    }
+    return false;
+}
+
+void sched_cancel_job(sched *s, job *j, int code, const char *why)
+{
+    job_fail(s, j, code, why, NULL);
 }
 
 bool sched_draining(const sched *s)

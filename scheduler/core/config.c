@@ -9,11 +9,13 @@
 #include "scheduler/core/config.h"
 
 #include <limits.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lmsched/wire.h"
+#include "scheduler/backend/dialect.h"
 #include "scheduler/util/opt.h"
 
 /* API paths users paste with the server's URL (LM Studio's UI shows
@@ -77,8 +79,25 @@ static const char *config_backend_show(const opt_spec *s, const void *cfg, char 
 #define G_QUEUE "Queue and policy (docs/scheduling.md)"
 #define G_RUN "Shutdown and logging"
 
-static const char *const config_kinds[] = {"auto", "lmstudio", "llamacpp", "openai",
-                                           NULL};
+/* --backend-kind: "auto" or a kind of the dialect table, which alone
+ * knows the kinds. */
+static int config_kind_set(const opt_spec *s, void *cfg, const char *val)
+{
+    sched_config *c = cfg;
+    (void)s;
+    if (strcmp(val, "auto") != 0 && dialect_find(val) == NULL)
+        return -1;
+    snprintf(c->backend_kind, sizeof(c->backend_kind), "%s", val);
+    return 0;
+}
+
+static const char *config_kind_show(const opt_spec *s, const void *cfg, char *buf,
+                                    size_t len)
+{
+    (void)s;
+    snprintf(buf, len, "%s", ((const sched_config *)cfg)->backend_kind);
+    return buf;
+}
 static const char *const config_policies[] = {"prefix", "fifo", NULL};
 
 static const opt_spec config_specs[] = {
@@ -159,8 +178,10 @@ static const opt_spec config_specs[] = {
             "as `Authorization: Bearer`."},
     {.name = "backend-kind",
      .arg = "KIND",
-     OPT_CHOICE_FIELD(CFG, backend_kind),
-     .names = config_kinds,
+     OPT_CUSTOM_FIELD(CFG, backend_kind),
+     .set = config_kind_set,
+     .show = config_kind_show,
+     .expect = "auto, lmstudio, llamacpp or openai",
      .def = "auto",
      .group = G_BACKEND,
      .help = "what the server is; auto probes it",
@@ -384,6 +405,27 @@ static const opt_spec config_specs[] = {
      .help = "the backend's slot-prompt-similarity"},
 
     /* Shutdown and logging */
+    {.name = "stream-timeout",
+     .arg = "MS",
+     OPT_INT_FIELD(CFG, stream_timeout_ms),
+     .min = 100,
+     .max = INT_MAX,
+     .def = "30000",
+     .group = G_QUEUE,
+     .help = "cancel a streamed request whose agent stops asking for more",
+     .doc = "A streamed request (docs/protocol.md, Streaming) whose agent sends no "
+            "`chat_next` this long after a `chat_chunk` is canceled, and its backend slot "
+            "freed."},
+    {.name = "stream-buffer",
+     .arg = "SIZE",
+     OPT_SIZE_FIELD(CFG, stream_buffer),
+     .umin = 4096,
+     .umax = 1ull << 30,
+     .def = "1M",
+     .group = G_QUEUE,
+     .help = "cancel a stream whose unread pieces pass this size",
+     .doc = "A streamed request whose pieces not yet fetched by its agent pass this size is "
+            "canceled with `too_large`."},
     {.name = "drain-timeout",
      .arg = "MS",
      OPT_INT_FIELD(CFG, drain_timeout_ms),

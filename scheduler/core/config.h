@@ -39,6 +39,8 @@ typedef struct sched_config {
     int request_timeout_ms;    /* whole backend transfer */
     int connect_timeout_ms;    /* TCP connect to the backend */
     int drain_timeout_ms;      /* how long shutdown waits for in-flight requests */
+    int stream_timeout_ms;     /* a stream nobody polls this long is canceled */
+    uint64_t stream_buffer;    /* ... and one whose unread pieces pass this size */
     int backend_wait_ms;       /* a request without a deadline waits this long for an
                                 * unreachable backend before failing */
     uint64_t max_response_bytes; /* most bytes of one backend response (stream or body) */

@@ -115,6 +115,7 @@ struct sched {
     sched_stats st;
     int64_t start_us;
     bool started;      /* sched_start is done: changes are logged from now on */
+    int64_t fronts_wake; /* when a front's timer is next due */
     bool draining;
     bool drain_forced; /* a second stop signal ended the drain */
     int64_t drain_deadline_us;

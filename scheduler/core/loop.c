@@ -28,6 +28,7 @@
 #include "scheduler/core/core.h"
 #include "scheduler/util/clock.h"
 #include "scheduler/util/log.h"
+#include "scheduler/util/strbuf.h"
 
 /* ---- inbox (any thread) ------------------------------------------------ */
 
@@ -114,6 +115,8 @@ static void loop_job_start(sched *s, job *j)
         job_fail(s, j, rc, "scheduler could not start the backend request", NULL);
         return;
     }
+    /* Pieces are kept for an agent that takes the answer as it comes. */
+    j->xfer->resp.record_deltas = j->req->stream && j->sink.ops->chunk != NULL;
     j->state = JOB_INFLIGHT;
 }
 
@@ -190,6 +193,44 @@ static void loop_down_msg(const sched *s, const backend *b, int64_t waited_us, c
 
 /* ---- answers ------------------------------------------------------------- */
 
+/* Hands the pieces a transfer recorded since last time to the job's sink. */
+static void loop_stream(sched *s, job *j, http_xfer *x)
+{
+    (void)s;
+    if (!x->resp.record_deltas || x->resp.n_deltas == 0)
+        return;
+    oa_delta *d = NULL;
+    size_t n = 0;
+    oa_resp_take_deltas(&x->resp, &d, &n);
+    chat_delta view[64];
+    for (size_t i = 0; i < n; i += sizeof(view) / sizeof(view[0])) {
+        size_t k = 0;
+        for (; k < sizeof(view) / sizeof(view[0]) && i + k < n; k++) {
+            const oa_delta *o = &d[i + k];
+            view[k] = (chat_delta){
+                .kind = o->kind == OA_DELTA_CONTENT     ? CHAT_DELTA_CONTENT
+                        : o->kind == OA_DELTA_REASONING ? CHAT_DELTA_REASONING
+                                                        : CHAT_DELTA_TOOL_CALL,
+                .text = o->text.len > 0 ? o->text.data : NULL,
+                .len = o->text.len,
+                .index = o->index,
+                .id = o->id,
+                .name = o->name,
+            };
+        }
+        j->sink.ops->chunk(j->sink.arg, j, view, k);
+    }
+    oa_deltas_free(d, n);
+}
+
+/* Every running request's new pieces (the transfers still going). */
+static void loop_streams(sched *s)
+{
+    for (job *j = s->jobs; j != NULL; j = j->next)
+        if (j->state == JOB_INFLIGHT && j->xfer != NULL)
+            loop_stream(s, j, j->xfer);
+}
+
 void loop_job_done(sched *s, job *j, http_xfer *x)
 {
     int64_t now = clock_now_us();
@@ -249,7 +290,23 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
         return;
     }
 
+    /* The last pieces go before the answer. */
+    loop_stream(s, j, x);
     const oa_resp *resp = &x->resp;
+    chat_tool_call calls[16], *tc = calls;
+    if (resp->n_tool_calls > sizeof(calls) / sizeof(calls[0]))
+        tc = calloc(resp->n_tool_calls, sizeof(*tc));
+    size_t n_calls = tc != NULL ? resp->n_tool_calls : 0;
+    for (size_t i = 0; i < n_calls; i++) {
+        const oa_tool_call *t = &resp->tool_calls[i];
+        tc[i] = (chat_tool_call){
+            .id = t->id != NULL ? t->id : "",
+            .type = t->type != NULL ? t->type : "function",
+            .name = t->name != NULL ? t->name : "",
+            .arguments = strbuf_str(&t->arguments),
+        };
+    }
+    char *logprobs = oa_resp_logprobs(resp);
     chat_result r = {
         .content = resp->content,
         .content_len = resp->content_len,
@@ -265,6 +322,10 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
                 .total_ms = (double)(now - j->recv_us) / 1000.0,
             },
         .retries = j->attempts - 1,
+        .reasoning = resp->reasoning.len > 0 ? resp->reasoning.data : NULL,
+        .tool_calls = tc,
+        .n_tool_calls = n_calls,
+        .logprobs_json = logprobs,
     };
     if (resp->prompt_tokens > 0)
         s->st.tokens_prompt += (uint64_t)resp->prompt_tokens;
@@ -278,6 +339,9 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
 
     job_release_slot(s, j, true, resp->prompt_tokens, resp->cached_tokens);
     job_complete(s, j, &r);
+    if (tc != calls)
+        free(tc);
+    free(logprobs);
     http_xfer_free(s->http, x);
 }
 
@@ -301,6 +365,7 @@ static void loop_transfers(sched *s)
             http_xfer_free(s->http, x);
         }
     }
+    loop_streams(s);
 }
 
 /* ---- timers ---------------------------------------------------------------- */
@@ -410,9 +475,23 @@ static void loop_drain_step(sched *s, int64_t now)
 
 /* ---- the turn -------------------------------------------------------------- */
 
-static int64_t loop_next_wake(sched *s, int64_t now)
+/* The fronts' own timers; returns the earliest next one. */
+static int64_t loop_fronts_tick(sched *s, int64_t now)
 {
     int64_t t = INT64_MAX;
+    for (unsigned i = 0; i < s->n_fronts; i++) {
+        if (s->fronts[i].ops->tick == NULL)
+            continue;
+        int64_t w = s->fronts[i].ops->tick(s->fronts[i].arg, now);
+        if (w < t)
+            t = w;
+    }
+    return t;
+}
+
+static int64_t loop_next_wake(sched *s, int64_t now)
+{
+    int64_t t = s->fronts_wake;
     for (unsigned i = 0; i < s->n_backends; i++) {
         int64_t w = backend_next_wake(&s->backends[i], now);
         if (w < t)
@@ -457,6 +536,7 @@ int64_t sched_turn(sched *s)
     if (!s->draining)
         for (unsigned i = 0; i < s->n_backends; i++)
             backend_probe_tick(&s->backends[i], now);
+    s->fronts_wake = loop_fronts_tick(s, now);
     if (s->draining)
         loop_drain_step(s, now);
     if (s->stopped)
@@ -520,6 +600,7 @@ int sched_alloc_http(sched **sp, const sched_config *cfg, http_client *http)
     s->cfg = *cfg;
     pthread_mutex_init(&s->inbox_mtx, NULL);
     s->start_us = clock_now_us();
+    s->fronts_wake = INT64_MAX;
     const char *tok = getenv("LM_API_TOKEN");
     if (tok != NULL && *tok != '\0')
         s->token = strdup(tok);

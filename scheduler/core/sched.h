@@ -31,6 +31,11 @@ typedef struct job job;
 /* ---- sinks --------------------------------------------------------------- */
 
 typedef struct sink_ops {
+    /* Pieces of the answer as they are generated, for a request that asked
+     * to stream (chat_req.stream); may be NULL for a sink that never
+     * streams. The deltas live until the call returns. Every piece comes
+     * before done. */
+    void (*chunk)(void *arg, job *j, const chat_delta *d, size_t n);
     /* The answer. r and its strings live until the call returns. */
     void (*done)(void *arg, job *j, const chat_result *r);
     /* The request failed: an lmsched_err code, a message for the agent, and
@@ -63,15 +68,23 @@ void sched_post(sched *s, sched_event *e);
 /* Takes req (owned from here, freed when the job ends) and queues it, or
  * answers at once through the sink when it cannot be queued (shutting
  * down, queue full, cannot fit the backend's context, out of memory).
- * Every call ends in exactly one sink call. who names the sender in logs
- * ("pipe/id"). */
-void sched_submit(sched *s, chat_req *req, const sink *k);
+ * Every call ends in exactly one sink call. Returns the job while it is
+ * queued (the caller may keep it to cancel it: it is valid until its sink
+ * call), NULL when it was answered at once. */
+job *sched_submit(sched *s, chat_req *req, const sink *k);
 
 /* Cancels every request of this owner (its agent went away): queued ones
  * leave the queue, running ones have their backend transfer closed (the
  * server frees the slot), and each gets fail(LMSCHED_ECANCELED, why).
  * Returns how many. */
 unsigned sched_cancel_owner(sched *s, uint64_t owner, const char *why);
+
+/* Cancels the request of this owner and id (an agent's cancel), as above.
+ * Returns whether it was still in flight. */
+bool sched_cancel(sched *s, uint64_t owner, uint64_t id, const char *why);
+
+/* Cancels j (its front gave up on it: a stream nobody reads), as above. */
+void sched_cancel_job(sched *s, job *j, int code, const char *why);
 
 /* The status document (docs/status.md), malloc'd JSON text, or NULL on
  * ENOMEM. */
@@ -96,6 +109,10 @@ typedef struct front_ops {
     const char *name; /* "nng" */
     /* Answers handed over but not yet delivered (the drain waits for 0). */
     unsigned (*sending)(void *arg);
+    /* Called each turn with the time; returns when the front next wants a
+     * turn (its own timers: streams nobody reads), INT64_MAX for never. May
+     * be NULL. */
+    int64_t (*tick)(void *arg, int64_t now_us);
 } front_ops;
 
 /* Adds a front (at most SCHED_MAX_FRONTS). Returns LMSCHED_OK or

@@ -56,7 +56,7 @@ static void test_chat_auth(void **state)
 {
     (void)state;
     lms_msg in, out;
-    lms_chat_msg msgs[1] = {{"user", "hi"}};
+    lms_chat_msg msgs[1] = {{.role = "user", .content = "hi"}};
     lms_msg_init(&in, LMS_KIND_CHAT);
     in.id = 7;
     in.auth = "chat-token";

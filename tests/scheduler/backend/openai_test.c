@@ -57,6 +57,7 @@ static chat_req req_basic(char *system, chat_msg *msgs, size_t n)
     r.n_messages = n;
     r.max_tokens = -1;
     r.priority = 5;
+    r.parallel_tool_calls = -1;
     return r;
 }
 
@@ -65,7 +66,7 @@ static chat_req req_basic(char *system, chat_msg *msgs, size_t n)
 static void test_body_minimal(void **state)
 {
     (void)state;
-    chat_msg m[] = {{"user", "hi"}};
+    chat_msg m[] = {{.role = "user", .content = "hi"}};
     chat_req req = req_basic("S", m, 1);
     oa_body_opts o = opts_none();
     char *body = oa_build_chat_body(&req, &o);
@@ -85,7 +86,9 @@ static void test_body_minimal(void **state)
 static void test_body_all_fields(void **state)
 {
     (void)state;
-    chat_msg m[] = {{"user", "q1"}, {"assistant", "a1"}, {"user", "q2"}};
+    chat_msg m[] = {{.role = "user", .content = "q1"},
+                    {.role = "assistant", .content = "a1"},
+                    {.role = "user", .content = "q2"}};
     char *stop[] = {"\n\n", "END"};
     chat_req req = req_basic("sys", m, 3);
     req.model = "m1";
@@ -165,7 +168,7 @@ static void test_body_system_byte_identical(void **state)
     char system[] =
         "You are \"helpful\".\nRules:\r\n\t- use C:\\path\\\n"
         "- h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x9a\x80\x01</script>";
-    chat_msg m[] = {{"user", "caf\xc3\xa9 \"q\""}};
+    chat_msg m[] = {{.role = "user", .content = "caf\xc3\xa9 \"q\""}};
     chat_req req = req_basic(system, m, 1);
     oa_body_opts o = opts_none();
     o.stream = true;

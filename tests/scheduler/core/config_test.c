@@ -144,6 +144,8 @@ static void test_table(void **state)
         "auth-token-file",
         "max-per-conn",
         "slot-similarity",
+        "stream-timeout",
+        "stream-buffer",
     };
     assert_int_equal(t->n, sizeof(flags) / sizeof(flags[0]));
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
