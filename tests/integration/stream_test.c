@@ -22,144 +22,51 @@
 #include "kit/clock.h"
 #include "kit/env.h"
 #include "kit/json.h"
+#include "kit/wire.h"
 #include "proto/proto.h"
 
 #define XCHG_TIMEOUT_MS 20000
 
-/* nng 1.5 has no nng_ctx_sendmsg/recvmsg: an aio does it. */
-static int ctx_sendmsg(nng_ctx ctx, nng_msg *m)
-{
-    nng_aio *aio;
-    if (nng_aio_alloc(&aio, NULL, NULL) != 0)
-        return NNG_ENOMEM;
-    nng_aio_set_msg(aio, m);
-    nng_ctx_send(ctx, aio);
-    nng_aio_wait(aio);
-    int rv = nng_aio_result(aio);
-    if (rv != 0)
-        nng_msg_free(nng_aio_get_msg(aio));
-    nng_aio_free(aio);
-    return rv;
-}
-
-static int ctx_recvmsg(nng_ctx ctx, nng_msg **m)
-{
-    nng_aio *aio;
-    if (nng_aio_alloc(&aio, NULL, NULL) != 0)
-        return NNG_ENOMEM;
-    nng_aio_set_timeout(aio, XCHG_TIMEOUT_MS);
-    nng_ctx_recv(ctx, aio);
-    nng_aio_wait(aio);
-    int rv = nng_aio_result(aio);
-    if (rv == 0)
-        *m = nng_aio_get_msg(aio);
-    nng_aio_free(aio);
-    return rv;
-}
-
-typedef struct conn {
-    nng_socket sock;
-    uint64_t next_id;
-} conn;
+typedef kit_wire conn;
 
 static void conn_open(conn *c, const kit_env *e)
 {
-    assert_int_equal(nng_req0_open(&c->sock), 0);
-    /* a held exchange may wait long; never resend it */
-    nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
-    assert_int_equal(nng_dial(c->sock, e->url, NULL, 0), 0);
-    c->next_id = 100;
+    assert_int_equal(kit_wire_open(c, e->url, XCHG_TIMEOUT_MS), 0);
 }
 
 static void conn_close(conn *c)
 {
-    nng_close(c->sock);
+    kit_wire_close(c);
 }
 
-/* One exchange on its own context: sends m (its id set here), decodes the
- * reply into r. Returns the id used. */
+/* One exchange; fails the test when there is no decodable reply. */
 static uint64_t xchg(conn *c, lms_msg *m, lms_msg *r)
 {
-    nng_ctx ctx;
-    void *buf = NULL;
-    size_t len = 0;
-    m->id = c->next_id++;
-    assert_int_equal(lms_encode(m, &buf, &len), LMSCHED_OK);
-    assert_int_equal(nng_ctx_open(&ctx, c->sock), 0);
-    nng_msg *out = NULL;
-    assert_int_equal(nng_msg_alloc(&out, 0), 0);
-    assert_int_equal(nng_msg_append(out, buf, len), 0);
-    free(buf);
-    assert_int_equal(ctx_sendmsg(ctx, out), 0);
-    nng_msg *in = NULL;
-    int rv = ctx_recvmsg(ctx, &in);
-    if (rv != 0)
-        fail_msg("no reply to %s %llu: %s", lms_kind_name(m->kind),
-                 (unsigned long long)m->id, nng_strerror(rv));
-    lms_decode_err de;
-    int rc = lms_decode(nng_msg_body(in), nng_msg_len(in), NULL, r, &de);
-    if (rc != LMSCHED_OK)
-        fail_msg("reply does not decode: %s", de.message);
-    assert_int_equal(r->id, m->id);
-    nng_msg_free(in);
-    nng_ctx_close(ctx);
-    return m->id;
+    uint64_t id = 0;
+    int rc = kit_wire_xchg(c, m, r, &id);
+    if (rc != 0)
+        fail_msg("no reply to %s: %d", lms_kind_name(m->kind), rc);
+    assert_int_equal(r->id, id);
+    return id;
 }
 
 static void chat_init(lms_msg *m, lms_chat_msg *msg, const char *system, const char *user,
                       int max_tokens, bool stream)
 {
-    lms_msg_init(m, LMS_KIND_CHAT);
-    memset(msg, 0, sizeof(*msg));
-    msg->role = (char *)"user";
-    msg->content = (char *)user;
-    m->u.chat.system = (char *)system;
-    m->u.chat.messages = msg;
-    m->u.chat.n_messages = 1;
-    m->u.chat.max_tokens = max_tokens;
+    kit_wire_chat(m, msg, system, user, max_tokens, stream);
     m->u.chat.has_seed = true;
     m->u.chat.seed = 7;
-    m->u.chat.stream = stream;
 }
 
-/* Appends every content delta's text to out. */
-static void take_deltas(const lms_delta *d, size_t n, char *out, size_t cap, unsigned *pieces)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (d[i].kind != LMS_DELTA_CONTENT)
-            continue;
-        size_t have = strlen(out);
-        assert_true(have + strlen(d[i].text) < cap);
-        strcat(out, d[i].text);
-        (*pieces)++;
-    }
-}
-
-/* Runs a whole stream: returns its final chat_reply (the caller finis it)
- * and the concatenated deltas in text. */
 static void run_stream(conn *c, const char *user, int max_tokens, char *text, size_t cap,
                        lms_msg *final, unsigned *exchanges)
 {
-    lms_msg m, r;
+    lms_msg m;
     lms_chat_msg msg;
     chat_init(&m, &msg, "You are a streaming test.", user, max_tokens, true);
-    uint64_t sid = xchg(c, &m, &r);
-    unsigned pieces = 0;
-    text[0] = '\0';
-    *exchanges = 1;
-    while (r.kind == LMS_KIND_CHAT_CHUNK) {
-        take_deltas(r.u.chat_chunk.deltas, r.u.chat_chunk.n_deltas, text, cap, &pieces);
-        lms_msg_fini(&r);
-        lms_msg_init(&m, LMS_KIND_CHAT_NEXT);
-        m.u.chat_next.stream = sid;
-        xchg(c, &m, &r);
-        (*exchanges)++;
-    }
-    if (r.kind == LMS_KIND_ERROR)
-        fail_msg("stream failed: %s", r.u.error.message);
-    assert_int_equal(r.kind, LMS_KIND_CHAT_REPLY);
-    take_deltas(r.u.chat_reply.deltas, r.u.chat_reply.n_deltas, text, cap, &pieces);
-    *final = r;
+    int rc = kit_wire_stream(c, &m, text, cap, final, exchanges, NULL);
+    if (rc != 0)
+        fail_msg("stream failed (%d): %s", rc, text);
 }
 
 /* Streamed pieces, concatenated, are exactly the final content, and the
@@ -222,6 +129,24 @@ static void test_stream_refusals(void **state)
     conn_close(&c);
 }
 
+/* An exchange that waits in a thread of its own. */
+typedef struct pending {
+    conn *c;
+    lms_msg m, r;
+    lms_chat_msg msg;
+    uint64_t id;
+    int rc;
+} pending;
+
+static void *pending_thread(void *arg)
+{
+    pending *p = arg;
+    /* the id is known once encoded: kit_wire_xchg sets it before sending */
+    p->id = p->c->next_id;
+    p->rc = kit_wire_xchg(p->c, &p->m, &p->r, NULL);
+    return NULL;
+}
+
 /* cancel of a queued and of a running request: each pending exchange gets
  * canceled, cancel_reply says found, the backend slot is free again and
  * status counts the cancels. */
@@ -234,47 +159,35 @@ static void test_cancel(void **state)
     conn a, b;
     conn_open(&a, e);
     conn_open(&b, e);
-    /* a long-running request, not streamed, waits on its own context */
-    lms_msg m, r;
-    lms_chat_msg msg;
-    chat_init(&m, &msg, "s", "slow", 200, false);
-    m.id = 1;
-    void *buf = NULL;
-    size_t len = 0;
-    assert_int_equal(lms_encode(&m, &buf, &len), LMSCHED_OK);
-    nng_ctx running;
-    assert_int_equal(nng_ctx_open(&running, a.sock), 0);
-    nng_msg *out;
-    nng_msg_alloc(&out, 0);
-    nng_msg_append(out, buf, len);
-    free(buf);
-    assert_int_equal(ctx_sendmsg(running, out), 0);
+    /* a long-running request, not streamed, waits in a thread of its own */
+    pending p = {.c = &a};
+    chat_init(&p.m, &p.msg, "s", "slow", 200, false);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, pending_thread, &p), 0);
     assert_int_equal(kit_env_status_wait(e, "inflight", 1, 1, 5000), 1);
     assert_int_equal(kit_env_sim_wait(e, "active", 1, 1, 5000), 1);
 
     /* cancel it from another context of the same connection */
+    lms_msg m, r;
     lms_msg_init(&m, LMS_KIND_CANCEL);
-    m.u.cancel.target = 1;
+    m.u.cancel.target = p.id;
     int64_t t0 = kit_now_ms();
     xchg(&a, &m, &r);
     assert_int_equal(r.kind, LMS_KIND_CANCEL_REPLY);
     assert_true(r.u.cancel_reply.found);
     lms_msg_fini(&r);
-    nng_msg *in = NULL;
-    assert_int_equal(ctx_recvmsg(running, &in), 0);
-    assert_int_equal(lms_decode(nng_msg_body(in), nng_msg_len(in), NULL, &r, NULL), 0);
-    nng_msg_free(in);
-    nng_ctx_close(running);
-    assert_int_equal(r.kind, LMS_KIND_ERROR);
-    assert_int_equal(r.u.error.code, LMSCHED_ECANCELED);
-    lms_msg_fini(&r);
+    pthread_join(t, NULL);
+    assert_int_equal(p.rc, 0);
+    assert_int_equal(p.r.kind, LMS_KIND_ERROR);
+    assert_int_equal(p.r.u.error.code, LMSCHED_ECANCELED);
+    lms_msg_fini(&p.r);
     /* lmsim sees the closed connection and frees its slot */
     assert_int_equal(kit_env_sim_wait(e, "active", 0, 0, 5000), 0);
     printf("cancel: slot free %lld ms after the cancel\n", (long long)(kit_now_ms() - t0));
 
     /* the same target again: no longer in flight; another connection's: no */
     lms_msg_init(&m, LMS_KIND_CANCEL);
-    m.u.cancel.target = 1;
+    m.u.cancel.target = p.id;
     xchg(&a, &m, &r);
     assert_false(r.u.cancel_reply.found);
     lms_msg_fini(&r);
