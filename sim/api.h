@@ -1,9 +1,12 @@
 /*
  * simapi - the JSON side of lmsim: reading an OpenAI chat-completion request
- * (and rendering its messages into the prompt the engine tokenizes), and
- * writing every response body: chat completions, stream chunks, model
- * lists in the OpenAI and LM Studio 0.4 shapes, errors and /sim/stats.
- * jansson is used only here. No I/O; every function is thread-safe.
+ * (validating it, rendering its messages and tools into the prompt the
+ * engine tokenizes, and deciding what kind of answer it gets: text, a tool
+ * call, JSON for a response_format), building that answer's tokens
+ * (sim/reply), and writing every response body: chat completions, stream
+ * chunks, model lists in the OpenAI and LM Studio 0.4 shapes, errors and
+ * /sim/stats. jansson is used only here and in its helper sim/schema. No
+ * I/O; every function is thread-safe.
  */
 #ifndef LMSIM_API_H
 #define LMSIM_API_H
@@ -14,10 +17,20 @@
 
 #include "sim/config.h"
 #include "sim/engine.h"
+#include "sim/reply.h"
 
 /* Bounds on what a client may send, beyond the body size limit. */
 #define SIMAPI_MAX_MESSAGES 65536u
 #define SIMAPI_MAX_ROLE 64u
+#define SIMAPI_MAX_TOOLS 128u      /* tools of a request */
+#define SIMAPI_MAX_TOOL_CALLS 128u /* tool_calls of one message */
+#define SIMAPI_MAX_TOOL_NAME 64u   /* OpenAI's limit on a function name */
+#define SIMAPI_MAX_TOP_LOGPROBS 20u
+/* A tool result answer quotes this much of the tool message's content. */
+#define SIMAPI_TOOL_RESULT_BYTES 40u
+
+/* What kind of answer a request gets; private to api.c. */
+typedef struct api_plan api_plan;
 
 /* A parsed chat request. */
 typedef struct api_chat {
@@ -30,6 +43,9 @@ typedef struct api_chat {
     bool include_usage;
     bool ignore_eos;
     uint64_t seed;
+    bool logprobs;         /* "logprobs": true */
+    unsigned top_logprobs; /* entries per token, 0..SIMAPI_MAX_TOP_LOGPROBS */
+    api_plan *plan;        /* owned; see api_chat_reply */
 } api_chat;
 
 /* Parses a POST /v1/chat/completions body. Returns 0 and fills *out (free
@@ -40,14 +56,20 @@ int api_parse_chat(const char *body, size_t len, api_chat *out, char **err_body)
 /* Frees what api_parse_chat allocated. Accepts a zeroed or finished struct. */
 void api_chat_fini(api_chat *c);
 
-/* The ChatML-like rendering the tokenizer counts (see docs/simulator.md),
- * exposed for tests: one message. Appends to *buf (malloc'd, grown as
- * needed). Returns 0 or -1 on ENOMEM. */
-int api_render_message(char **buf, size_t *len, size_t *cap, const char *role,
-                       const char *content, size_t content_len);
+/* Builds the answer of a parsed request for lmsim's configuration: its
+ * reasoning words, then a tool call, JSON for its response_format, a tool
+ * result's text or plain words (docs/simulator.md, "Tools, structured
+ * output, logprobs, reasoning"). The caller owns *out (simreply_free, or
+ * hand it to the engine). Returns 0 or -1 on ENOMEM. */
+int api_chat_reply(const sim_config *cfg, const api_chat *c, sim_reply **out);
 
 /* {"error":{"message":message,"type":type}}. Malloc'd; NULL on ENOMEM. */
 char *api_error_json(const char *type, const char *message);
+
+/* A 400 that names the field, OpenAI style: {"error":{"code":400,"message":
+ * message,"type":"invalid_request_error","param":param}}. Malloc'd; NULL on
+ * ENOMEM. */
+char *api_param_error_json(const char *param, const char *message);
 
 /* llama.cpp's context overflow error body. Malloc'd; NULL on ENOMEM. */
 char *api_context_error_json(unsigned prompt_n, unsigned n_ctx);
@@ -55,10 +77,14 @@ char *api_context_error_json(unsigned prompt_n, unsigned n_ctx);
 /* Stream chunk objects (the JSON after "data: "). Malloc'd; NULL on ENOMEM. */
 char *api_chunk_role(const sim_config *cfg, const sim_view *v);
 char *api_chunk_content(const sim_config *cfg, const sim_view *v, const char *text);
+/* Token i of the request's reply (v->reply; plain words when NULL): a
+ * reasoning_content, content (with logprobs when asked) or tool_calls delta. */
+char *api_chunk_piece(const sim_config *cfg, const sim_view *v, unsigned i);
 char *api_chunk_final(const sim_config *cfg, const sim_view *v);
 char *api_chunk_usage(const sim_config *cfg, const sim_view *v);
 
-/* The whole non-streamed chat.completion of a finished request. */
+/* The whole non-streamed chat.completion of a finished request: content,
+ * reasoning_content, tool_calls and logprobs from v->reply. */
 char *api_completion(const sim_config *cfg, const sim_view *v);
 
 char *api_models_openai(const sim_config *cfg);

@@ -142,6 +142,18 @@ static const opt_spec simcfg_specs[] = {
      .group = G_MACHINE,
      .help = "tokens in a reply",
      .doc = "Natural reply length."},
+    {.name = "reasoning-tokens",
+     .arg = "N",
+     OPT_UINT_FIELD(CFG, reasoning_tokens),
+     .min = 0,
+     .max = SIMCFG_MAX_CTX,
+     .def = "0",
+     .group = G_MACHINE,
+     .help = "reasoning tokens before every answer",
+     .doc = "Every answer first streams N tokens of `reasoning_content` (llama.cpp's "
+            "field; `message.reasoning_content` when not streamed); usage counts them "
+            "([Tools, structured output, logprobs, "
+            "reasoning](#tools-structured-output-logprobs-reasoning))."},
     {.name = "seed",
      .arg = "N",
      OPT_UINT64_FIELD(CFG, seed),

@@ -41,6 +41,7 @@ typedef struct sim_config {
     double batch_slowdown;  /* per extra active sequence, see docs/simulator.md */
     double time_scale;      /* simulated seconds per wall-clock second */
     unsigned reply_tokens;  /* natural reply length */
+    unsigned reasoning_tokens; /* reasoning_content tokens before every answer */
     double fail_rate;       /* fraction answered 500 Channel Error */
     unsigned
         crash_after;   /* 0: never; else crash when the Nth request starts generating */

@@ -59,6 +59,7 @@ struct sim_req {
     bool stream;
     int id_slot;
     uint64_t word_seed;
+    sim_reply *reply; /* NULL: reply_tokens words */
     double spike_ms; /* 0: no spike */
     unsigned malformed_at;
     int garbage_mode; /* SIM_GARBAGE: the kind drawn */
@@ -209,6 +210,7 @@ static void simeng_req_unref(sim_req *r)
     if (--r->refs > 0)
         return;
     free(r->prompt);
+    simreply_free(r->reply);
     free(r);
 }
 
@@ -276,9 +278,18 @@ static void simeng_finish(sim_engine *e, sim_req *r, sim_state final)
         sim_slot *s = &e->slots[r->slot];
         if (r->state == SIM_DECODE) {
             simeng_cache_set(s, r->prompt, r->prompt_len);
-            for (unsigned i = 0; i < r->n_gen; i++)
-                simeng_cache_append(s, simeng_word(r->word_seed, i),
-                                    SIMENG_BYTES_PER_TOKEN);
+            for (unsigned i = 0; i < r->n_gen; i++) {
+                if (r->reply) {
+                    /* What the model generated for the token, e.g. a tool
+                     * call's markup, which a client sends back. */
+                    sim_piece pc;
+                    simreply_piece(r->reply, i, &pc);
+                    simeng_cache_append(s, pc.cache, pc.cache_len);
+                } else {
+                    simeng_cache_append(s, simeng_word(r->word_seed, i),
+                                        SIMENG_BYTES_PER_TOKEN);
+                }
+            }
         } else {
             /* Cut short during spike or prefill: the cached prefix plus the
              * prompt tokens processed so far. */
@@ -711,7 +722,7 @@ static unsigned simeng_target(const sim_config *cfg, const sim_req_params *p,
                               unsigned prompt_n, bool *capped)
 {
     unsigned room = cfg->ctx - prompt_n;
-    unsigned target = cfg->reply_tokens;
+    unsigned target = p->reply ? simreply_tokens(p->reply) : cfg->reply_tokens;
     *capped = false;
     if (p->ignore_eos) {
         target =
@@ -729,11 +740,15 @@ static unsigned simeng_target(const sim_config *cfg, const sim_req_params *p,
     return target;
 }
 
-/* The reply's word seed: the same request gets the same words. */
+uint64_t simeng_reply_seed(const sim_config *cfg, const char *prompt, size_t len,
+                           uint64_t seed)
+{
+    return simeng_mix(cfg->seed ^ simeng_mix(simeng_hash(prompt, len) ^ seed));
+}
+
 static uint64_t simeng_word_seed(const sim_config *cfg, const sim_req_params *p)
 {
-    return simeng_mix(cfg->seed ^
-                      simeng_mix(simeng_hash(p->prompt, p->prompt_len) ^ p->seed));
+    return simeng_reply_seed(cfg, p->prompt, p->prompt_len, p->seed);
 }
 
 sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
@@ -777,7 +792,9 @@ sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
 
     r->prompt = p->prompt;
     r->prompt_len = p->prompt_len;
+    r->reply = p->reply;
     p->prompt = NULL;
+    p->reply = NULL;
     *out = r;
 
     if (simeng_draw(e, cfg->fail_rate)) {
@@ -868,6 +885,7 @@ sim_submit_rc simeng_instant(sim_engine *e, const sim_req_params *p, sim_view *v
     v->n_gen = simeng_target(cfg, p, v->prompt_n, &capped);
     v->finish_reason = capped ? "length" : "stop";
     v->word_seed = simeng_word_seed(cfg, p);
+    v->reply = p->reply;
     v->slot = -1;
     /* Counted as a request that prefilled its whole prompt in no time; the
      * lock is held for a few increments only. */
@@ -896,6 +914,7 @@ static void simeng_view(const sim_engine *e, const sim_req *r, sim_view *v)
     v->n_gen = r->n_gen;
     v->malformed_at = r->malformed_at;
     v->word_seed = r->word_seed;
+    v->reply = r->reply;
     v->slot = r->last_slot;
     v->admit_seq = r->admit_seq;
     v->prompt_n = r->prompt_n;

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "sim/config.h"
+#include "sim/reply.h"
 
 /* Requests that may wait for a slot at once; more are answered 503. */
 #define SIMENG_MAX_QUEUED 4096u
@@ -50,6 +51,8 @@ typedef struct sim_req_params {
     bool stream;
     bool ignore_eos; /* generate until max_tokens (or the context) */
     uint64_t seed;   /* request's "seed", mixed into the reply words */
+    sim_reply *reply; /* what the model says; owned by the engine after submit,
+                         like prompt; NULL: --reply-tokens words */
 } sim_req_params;
 
 typedef enum sim_submit_rc {
@@ -70,6 +73,8 @@ typedef struct sim_view {
     unsigned n_gen;        /* tokens generated so far */
     unsigned malformed_at; /* 0: none; else emit the bad chunk after this token */
     uint64_t word_seed;    /* for simeng_word() */
+    const sim_reply *reply; /* the request's reply (NULL: words); valid while
+                               the caller holds the request */
     int slot;              /* slot it runs or ran in, -1 if it never got one */
     uint64_t admit_seq;    /* 1 for the first request given a slot since start/reset */
     /* Meaningful once the first token exists: */
@@ -117,6 +122,11 @@ unsigned simeng_tokens(size_t len);
  * three-letter word and a space. */
 const char *simeng_word(uint64_t word_seed, unsigned i);
 
+/* The word seed of a request: from --seed, the rendered prompt and the
+ * request's "seed", so the same request gets the same reply. */
+uint64_t simeng_reply_seed(const sim_config *cfg, const char *prompt, size_t len,
+                           uint64_t seed);
+
 /* Allocates an engine for cfg, which must outlive it. The caller owns *out
  * and frees it with simeng_free after simeng_stop. Returns 0 or ENOMEM. */
 int simeng_alloc(sim_engine **out, const sim_config *cfg);
@@ -146,7 +156,8 @@ sim_submit_rc simeng_submit(sim_engine *e, sim_req_params *p, sim_req **out,
  * counts it in the stats (requests, prompt, prefill and completion tokens).
  * Nothing is held: there is nothing to release. Returns SIM_SUBMIT_OK, or
  * the refusal simeng_submit would give (context, id_slot, stopping);
- * p->prompt stays with the caller either way. */
+ * p->prompt and p->reply stay with the caller either way (v->reply points
+ * to p->reply). */
 sim_submit_rc simeng_instant(sim_engine *e, const sim_req_params *p, sim_view *v,
                              unsigned *prompt_n);
 

@@ -208,8 +208,7 @@ static int simhttp_stream_fill(simhttp_conn *cc)
             cc->role_sent = true;
         }
         while (cc->sent < v.n_gen) {
-            if (simhttp_event(cc, api_chunk_content(
-                                      cfg, &v, simeng_word(v.word_seed, cc->sent))) != 0)
+            if (simhttp_event(cc, api_chunk_piece(cfg, &v, cc->sent)) != 0)
                 return -1;
             cc->sent++;
             if (cc->sent == v.malformed_at &&
@@ -345,7 +344,7 @@ static enum MHD_Result simhttp_instant(struct MHD_Connection *c, simhttp_conn *c
                             "application/json; charset=utf-8", NULL);
     int rc = simhttp_event(cc, api_chunk_role(cfg, &v));
     for (unsigned i = 0; rc == 0 && i < v.n_gen; i++)
-        rc = simhttp_event(cc, api_chunk_content(cfg, &v, simeng_word(v.word_seed, i)));
+        rc = simhttp_event(cc, api_chunk_piece(cfg, &v, i));
     if (rc == 0)
         rc = simhttp_event(cc, api_chunk_final(cfg, &v));
     if (rc == 0 && include_usage)
@@ -382,6 +381,11 @@ static enum MHD_Result simhttp_chat(struct MHD_Connection *c, simhttp_conn *cc)
     int status = api_parse_chat(cc->body ? cc->body : "", cc->body_len, &chat, &err);
     if (status != 0)
         return simhttp_json(c, (unsigned)status, err);
+    sim_reply *reply = NULL;
+    if (api_chat_reply(h->cfg, &chat, &reply) != 0) {
+        api_chat_fini(&chat);
+        return simhttp_json(c, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL);
+    }
 
     sim_req_params p = {
         .prompt = chat.prompt,
@@ -392,16 +396,19 @@ static enum MHD_Result simhttp_chat(struct MHD_Connection *c, simhttp_conn *cc)
         .stream = chat.stream,
         .ignore_eos = chat.ignore_eos,
         .seed = chat.seed,
+        .reply = reply,
     };
     if (h->cfg->instant) {
         enum MHD_Result ret = simhttp_instant(c, cc, &p, chat.include_usage);
         api_chat_fini(&chat);
+        simreply_free(reply);
         return ret;
     }
     sim_submit_rc rc = simeng_submit(h->engine, &p, &cc->req, &prompt_n);
     cc->include_usage = chat.include_usage;
-    chat.prompt = p.prompt; /* NULL when the engine took it */
+    chat.prompt = p.prompt; /* NULL when the engine took it, as p.reply */
     api_chat_fini(&chat);
+    simreply_free(p.reply);
     switch (rc) {
     case SIM_SUBMIT_OK:
         break;

@@ -12,120 +12,61 @@
 #include <cmocka.h>
 
 #include <curl/curl.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-#define MAX_ARGS 40
+#include "kit/clock.h"
+#include "kit/fs.h"
+#include "kit/http.h"
+#include "kit/json.h"
+#include "kit/net.h"
+#include "kit/proc.h"
+#include "kit/sim.h"
+
 /* Hang guards. */
 #define START_GUARD_MS 10000
 #define STOP_GUARD_MS 10000
-#define REQ_GUARD_S 30L
+#define REQ_GUARD_MS 30000L
 
+/* One lmsim child and its directory (the port file). */
 typedef struct sim {
-    pid_t pid;
+    kit_proc proc;
     char dir[64];
     char port_file[128];
     unsigned port;
-    bool exited;
-    int status;
 } sim;
 
-typedef struct resp {
-    long status;
-    CURLcode cc;
-    char *body;
-    size_t len;
-    char ctype[128];
-    json_t *json; /* parsed body when it is JSON */
-    long slot;    /* X-Lmsim-Slot, -1 if absent */
-    long admit;   /* X-Lmsim-Admit-Seq, -1 if absent */
-} resp;
+/* An HTTP exchange: status, body, headers, the body as JSON. */
+typedef kit_http_resp resp;
 
 /* ---- helpers ---------------------------------------------------------- */
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static long now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 static void sim_spawn(sim *s, const char *const *args, bool wait_port)
 {
-    const char *bindir = getenv("LMSCHED_BIN_DIR");
-    char exe[512];
-    const char *argv[MAX_ARGS];
-    int n = 0;
+    char why[256];
 
     memset(s, 0, sizeof *s);
-    assert_non_null(bindir);
-    snprintf(exe, sizeof exe, "%s/lmsim", bindir);
     strcpy(s->dir, "/tmp/lmsim-test-XXXXXX");
     assert_non_null(mkdtemp(s->dir));
     snprintf(s->port_file, sizeof s->port_file, "%s/port", s->dir);
-
-    argv[n++] = exe;
-    argv[n++] = "--port-file";
-    argv[n++] = s->port_file;
-    argv[n++] = "--log-level";
-    argv[n++] = "warn";
-    for (const char *const *a = args; a && *a; a++) {
-        assert_true(n < MAX_ARGS - 1);
-        argv[n++] = *a;
-    }
-    argv[n] = NULL;
-
-    s->pid = fork();
-    assert_true(s->pid >= 0);
-    if (s->pid == 0) {
-        /* Keep the test's stdout clean; stderr shows lmsim's warnings. */
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        execv(exe, (char *const *)argv);
-        _exit(127);
-    }
-    if (!wait_port)
-        return;
-    long deadline = now_ms() + START_GUARD_MS;
-    for (;;) {
-        FILE *f = fopen(s->port_file, "r");
-        if (f) {
-            int ok = fscanf(f, "%u", &s->port);
-            fclose(f);
-            assert_int_equal(ok, 1);
-            assert_true(s->port > 0 && s->port < 65536);
-            return;
-        }
-        int st;
-        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-            s->exited = true;
-            fail_msg("lmsim exited before listening (status %d)", st);
-        }
-        if (now_ms() > deadline)
-            fail_msg("lmsim did not write its port file");
-        sleep_ms(10);
-    }
+    /* Keep the test's stdout clean; stderr shows lmsim's warnings. */
+    kit_sim_opts o = {
+        .port_file = s->port_file,
+        .log_level = "warn",
+        .args = args,
+        .out = KIT_OUT_QUIET,
+        .timeout_ms = wait_port ? START_GUARD_MS : 0,
+    };
+    int port = kit_sim_start(&s->proc, &o, why, sizeof why);
+    if (port < 0)
+        fail_msg("%s", why);
+    s->port = (unsigned)port;
 }
 
 static void sim_start(sim *s, const char *const *args)
@@ -133,113 +74,58 @@ static void sim_start(sim *s, const char *const *args)
     sim_spawn(s, args, true);
 }
 
-/* Waits for the child to exit by itself; returns its wait status. */
+/* Waits for the child to exit by itself; returns its exit code, or 128 +
+ * the signal that ended it. */
 static int sim_wait_exit(sim *s)
 {
-    long deadline = now_ms() + STOP_GUARD_MS;
-    while (!s->exited) {
-        if (waitpid(s->pid, &s->status, WNOHANG) == s->pid) {
-            s->exited = true;
-            break;
-        }
-        if (now_ms() > deadline) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, &s->status, 0);
-            s->exited = true;
-            fail_msg("lmsim did not exit");
-        }
-        sleep_ms(10);
+    if (s->proc.pid > 0 && kit_proc_wait(&s->proc, STOP_GUARD_MS) < 0) {
+        kit_proc_stop(&s->proc, SIGKILL, STOP_GUARD_MS);
+        fail_msg("lmsim did not exit");
     }
-    return s->status;
+    return s->proc.status;
 }
 
 static void sim_cleanup_files(sim *s)
 {
-    unlink(s->port_file);
-    rmdir(s->dir);
+    if (s->dir[0] != '\0')
+        kit_fs_rm_tree(s->dir);
+    s->dir[0] = '\0';
 }
 
 /* SIGTERM, and the simulator must stop cleanly with status 0 (under ASan a
  * leak would make it non-zero). */
 static void sim_stop(sim *s)
 {
-    if (!s->exited)
-        kill(s->pid, SIGTERM);
+    if (s->proc.pid > 0)
+        kill(s->proc.pid, SIGTERM);
     int st = sim_wait_exit(s);
     sim_cleanup_files(s);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 0);
-}
-
-static size_t resp_write_cb(char *data, size_t size, size_t nmemb, void *userp)
-{
-    resp *r = userp;
-    size_t n = size * nmemb;
-    char *p = realloc(r->body, r->len + n + 1);
-    if (!p)
-        return 0;
-    r->body = p;
-    memcpy(r->body + r->len, data, n);
-    r->len += n;
-    r->body[r->len] = '\0';
-    return n;
-}
-
-static size_t resp_header_cb(char *data, size_t size, size_t nmemb, void *userp)
-{
-    resp *r = userp;
-    size_t n = size * nmemb;
-    char line[128];
-    if (n >= sizeof line)
-        return n;
-    memcpy(line, data, n);
-    line[n] = '\0';
-    if (strncasecmp(line, "X-Lmsim-Slot:", 13) == 0)
-        r->slot = strtol(line + 13, NULL, 10);
-    else if (strncasecmp(line, "X-Lmsim-Admit-Seq:", 18) == 0)
-        r->admit = strtol(line + 18, NULL, 10);
-    return n;
+    assert_int_equal(st, 0);
 }
 
 static void resp_fini(resp *r)
 {
-    free(r->body);
-    json_decref(r->json);
-    memset(r, 0, sizeof *r);
+    kit_http_resp_fini(r);
+}
+
+/* The slot that served a request (X-Lmsim-Slot), -1 if absent. */
+static long resp_slot(const resp *r)
+{
+    return kit_http_header_long(r, "X-Lmsim-Slot", -1);
+}
+
+/* Its admission sequence number (X-Lmsim-Admit-Seq), -1 if absent. */
+static long resp_admit(const resp *r)
+{
+    return kit_http_header_long(r, "X-Lmsim-Admit-Seq", -1);
 }
 
 static void http(const sim *s, const char *method, const char *path, const char *body,
                  resp *r)
 {
     char url[256];
-    struct curl_slist *hdr = NULL;
-    CURL *c = curl_easy_init();
-    assert_non_null(c);
-    memset(r, 0, sizeof *r);
-    r->slot = r->admit = -1;
     snprintf(url, sizeof url, "http://127.0.0.1:%u%s", s->port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (body) {
-        hdr = curl_slist_append(hdr, "Content-Type: application/json");
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    }
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, resp_write_cb);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, resp_header_cb);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, REQ_GUARD_S);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    r->cc = curl_easy_perform(c);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    char *ct = NULL;
-    if (curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct)
-        snprintf(r->ctype, sizeof r->ctype, "%s", ct);
-    if (r->body)
-        r->json = json_loadb(r->body, r->len, 0, NULL);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(c);
+    kit_http(method, url, body, REQ_GUARD_MS, r);
 }
 
 static json_t *get_stats(const sim *s)
@@ -256,10 +142,10 @@ static json_t *get_stats(const sim *s)
 
 static long long jint(json_t *o, const char *key)
 {
-    json_t *v = json_object_get(o, key);
-    if (!json_is_integer(v))
+    int64_t v = kit_json_int(o, key);
+    if (v == INT64_MIN)
         fail_msg("'%s' is not an integer", key);
-    return json_integer_value(v);
+    return (long long)v;
 }
 
 static long long stat_int(const sim *s, const char *key)
@@ -316,7 +202,7 @@ static json_t *chat_at(const sim *s, const char *system, const char *user,
     assert_non_null(r.json);
     json_t *j = json_incref(r.json);
     if (slot)
-        *slot = r.slot;
+        *slot = resp_slot(&r);
     resp_fini(&r);
     return j;
 }
@@ -695,7 +581,7 @@ static void test_id_slot(void **state)
     for (int i = 0; i < 2; i++) {
         pthread_join(t[i], NULL);
         assert_int_equal(w[i].r.status, 200);
-        assert_int_equal(w[i].r.slot, 0);
+        assert_int_equal(resp_slot(&w[i].r), 0);
         resp_fini(&w[i].r);
         free(w[i].body);
     }
@@ -758,21 +644,21 @@ static void test_fifo_queue(void **state)
         w[i].body = chat_body("sys", user, NULL);
         assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
         /* Wait until it holds the slot, sits in the queue, or is done. */
-        long deadline = now_ms() + START_GUARD_MS;
+        int64_t deadline = kit_now_ms() + START_GUARD_MS;
         for (;;) {
             json_t *st = get_stats(s);
             long long in = jint(st, "active") + jint(st, "queued") + jint(st, "requests");
             json_decref(st);
             if (in >= i + 1)
                 break;
-            assert_true(now_ms() < deadline);
-            sleep_ms(2);
+            assert_true(kit_now_ms() < deadline);
+            kit_sleep_ms(2);
         }
     }
     for (int i = 0; i < N; i++) {
         pthread_join(t[i], NULL);
         assert_int_equal(w[i].r.status, 200);
-        assert_int_equal(w[i].r.admit, i + 1);
+        assert_int_equal(resp_admit(&w[i].r), i + 1);
         resp_fini(&w[i].r);
         free(w[i].body);
     }
@@ -934,10 +820,10 @@ static void test_crash_fails_waiting(void **state)
     worker wa = {.s = s, .body = chat_body(big, "q", "{\"stream\":true}")};
     pthread_t ta;
     assert_int_equal(pthread_create(&ta, NULL, worker_main, &wa), 0);
-    long deadline = now_ms() + START_GUARD_MS;
+    int64_t deadline = kit_now_ms() + START_GUARD_MS;
     while (stat_int(s, "active") < 1) {
-        assert_true(now_ms() < deadline);
-        sleep_ms(5);
+        assert_true(kit_now_ms() < deadline);
+        kit_sleep_ms(5);
     }
     resp rb;
     char *body = chat_body("other", "q", NULL);
@@ -983,8 +869,7 @@ static void test_crash_exit(void **state)
     resp_fini(&r);
     int st = sim_wait_exit(s);
     sim_cleanup_files(s);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 3);
+    assert_int_equal(st, 3);
 }
 
 static void test_context_overflow(void **state)
@@ -1121,7 +1006,7 @@ static void test_client_gone_frees_slot(void **state)
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, abort_after_token_cb);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &seen);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, REQ_GUARD_S);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, REQ_GUARD_MS);
     assert_int_equal(curl_easy_perform(c), CURLE_WRITE_ERROR);
     curl_easy_cleanup(c);
     free(body);
@@ -1129,10 +1014,10 @@ static void test_client_gone_frees_slot(void **state)
 
     /* The slot frees without waiting for the 2000 tokens (about 44
      * simulated seconds of decoding, 2.2 s wall). */
-    long deadline = now_ms() + STOP_GUARD_MS;
+    int64_t deadline = kit_now_ms() + STOP_GUARD_MS;
     while (stat_int(s, "active") != 0) {
-        assert_true(now_ms() < deadline);
-        sleep_ms(10);
+        assert_true(kit_now_ms() < deadline);
+        kit_sleep_ms(10);
     }
     json_t *st = get_stats(s);
     assert_int_equal(jint(st, "requests"), 0);
@@ -1179,33 +1064,27 @@ static void test_bad_requests(void **state)
 static void test_refuse_then_listen(void **state)
 {
     /* Learn a free port, then ask lmsim to refuse for a while on it. */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof a;
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
-    close(fd);
+    int free_port = kit_net_free_port();
+    assert_true(free_port > 0);
     char port[16];
-    snprintf(port, sizeof port, "%u", (unsigned)ntohs(a.sin_port));
+    snprintf(port, sizeof port, "%d", free_port);
 
     sim *s = *state;
     const char *args[] = {"--port", port, "--refuse-ms", "1500", NULL};
-    long t0 = now_ms();
+    int64_t t0 = kit_now_ms();
     sim_spawn(s, args, false);
-    s->port = (unsigned)ntohs(a.sin_port);
+    s->port = (unsigned)free_port;
     resp r;
     http(s, "GET", "/v1/models", NULL, &r);
     /* Refused, unless this machine was too slow to get here in time. */
-    if (now_ms() - t0 < 1000)
+    if (kit_now_ms() - t0 < 1000)
         assert_int_equal(r.cc, CURLE_COULDNT_CONNECT);
     resp_fini(&r);
 
-    long deadline = now_ms() + START_GUARD_MS;
+    int64_t deadline = kit_now_ms() + START_GUARD_MS;
     while (access(s->port_file, F_OK) != 0) {
-        assert_true(now_ms() < deadline);
-        sleep_ms(10);
+        assert_true(kit_now_ms() < deadline);
+        kit_sleep_ms(10);
     }
     http(s, "GET", "/v1/models", NULL, &r);
     assert_int_equal(r.cc, CURLE_OK);
@@ -1227,9 +1106,9 @@ static void test_keep_alive(void **state)
     resp r = {0};
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, resp_write_cb);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kit_http_body_cb);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, REQ_GUARD_S);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, REQ_GUARD_MS);
     for (int i = 0; i < 3; i++)
         assert_int_equal(curl_easy_perform(c), CURLE_OK);
     long conns = -1;
@@ -1237,7 +1116,7 @@ static void test_keep_alive(void **state)
     assert_int_equal(conns, 0); /* the last request reused the connection */
     curl_easy_cleanup(c);
     free(body);
-    free(r.body);
+    resp_fini(&r);
     sim_stop(s);
 }
 
@@ -1338,16 +1217,16 @@ static void test_instant(void **state)
     resp kr = {0};
     curl_easy_setopt(k, CURLOPT_URL, url);
     curl_easy_setopt(k, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(k, CURLOPT_WRITEFUNCTION, resp_write_cb);
+    curl_easy_setopt(k, CURLOPT_WRITEFUNCTION, kit_http_body_cb);
     curl_easy_setopt(k, CURLOPT_WRITEDATA, &kr);
-    curl_easy_setopt(k, CURLOPT_TIMEOUT, REQ_GUARD_S);
+    curl_easy_setopt(k, CURLOPT_TIMEOUT_MS, REQ_GUARD_MS);
     for (int i = 0; i < 3; i++)
         assert_int_equal(curl_easy_perform(k), CURLE_OK);
     long conns = -1;
     curl_easy_getinfo(k, CURLINFO_NUM_CONNECTS, &conns);
     assert_int_equal(conns, 0);
     curl_easy_cleanup(k);
-    free(kr.body);
+    resp_fini(&kr);
     free(body);
 
     /* The refusals of a modelled request still apply. */
@@ -1392,8 +1271,799 @@ static void test_instant(void **state)
     sim_spawn(s, faulty, false);
     int st2 = sim_wait_exit(s);
     sim_cleanup_files(s);
-    assert_true(WIFEXITED(st2));
-    assert_int_equal(WEXITSTATUS(st2), 2);
+    assert_int_equal(st2, 2);
+}
+
+/* ---- tools, structured output, logprobs, reasoning ---------------------- */
+
+/* Two tools; their parameters are what the argument examples must fit. */
+#define WEATHER_PARAMS                                                                   \
+    "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\",\"minLength\":"  \
+    "2},"                                                                                \
+    "\"days\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":7},\"unit\":{\"enum\":["   \
+    "\"C\",\"F\"]},\"alerts\":{\"type\":\"boolean\"}},\"required\":[\"city\"],"          \
+    "\"additionalProperties\":false}"
+#define TOOLS                                                                            \
+    "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":"    \
+    "\"Current weather\",\"parameters\":" WEATHER_PARAMS "}},"                           \
+    "{\"type\":\"function\",\"function\":{\"name\":\"search\",\"parameters\":{\"type\":" \
+    "\"object\",\"properties\":{\"query\":{\"type\":\"string\"},\"limit\":{\"type\":"    \
+    "\"number\",\"minimum\":0.5}}}}}]"
+
+/* A small validator for the schema subset lmsim's generator covers. */
+static bool schema_valid(json_t *v, json_t *s)
+{
+    json_t *k, *x;
+    size_t i;
+    const char *key;
+    if (!json_is_object(s))
+        return true;
+    if ((k = json_object_get(s, "const")) != NULL)
+        return json_equal(v, k);
+    if ((k = json_object_get(s, "enum")) != NULL) {
+        json_array_foreach(k, i, x) if (json_equal(v, x)) return true;
+        return false;
+    }
+    if (json_object_get(s, "$ref") != NULL)
+        return true; /* not followed */
+    if ((k = json_object_get(s, "anyOf")) != NULL ||
+        (k = json_object_get(s, "oneOf")) != NULL) {
+        json_array_foreach(k, i, x) if (schema_valid(v, x)) return true;
+        return false;
+    }
+    const char *type = json_string_value(json_object_get(s, "type"));
+    if (type == NULL)
+        return true;
+    double num = json_number_value(v), b;
+    if (strcmp(type, "object") == 0) {
+        json_t *props = json_object_get(s, "properties");
+        if (!json_is_object(v))
+            return false;
+        json_object_foreach(v, key, x)
+        {
+            json_t *ps = json_object_get(props, key);
+            if (ps == NULL && json_is_false(json_object_get(s, "additionalProperties")))
+                return false;
+            if (ps != NULL && !schema_valid(x, ps))
+                return false;
+        }
+        json_array_foreach(json_object_get(s, "required"), i, x)
+        {
+            if (json_object_get(v, json_string_value(x)) == NULL)
+                return false;
+        }
+        return true;
+    }
+    if (strcmp(type, "array") == 0) {
+        if (!json_is_array(v))
+            return false;
+        if ((x = json_object_get(s, "minItems")) &&
+            json_array_size(v) < (size_t)json_integer_value(x))
+            return false;
+        if ((x = json_object_get(s, "maxItems")) &&
+            json_array_size(v) > (size_t)json_integer_value(x))
+            return false;
+        json_t *items = json_object_get(s, "items"), *item;
+        json_array_foreach(v, i, item) if (!schema_valid(item, items)) return false;
+        return true;
+    }
+    if (strcmp(type, "string") == 0) {
+        if (!json_is_string(v))
+            return false;
+        if ((x = json_object_get(s, "minLength")) &&
+            json_string_length(v) < (size_t)json_integer_value(x))
+            return false;
+        if ((x = json_object_get(s, "maxLength")) &&
+            json_string_length(v) > (size_t)json_integer_value(x))
+            return false;
+        return true;
+    }
+    if (strcmp(type, "integer") == 0 && !json_is_integer(v))
+        return false;
+    if (strcmp(type, "number") == 0 && !json_is_number(v))
+        return false;
+    if (strcmp(type, "integer") == 0 || strcmp(type, "number") == 0) {
+        if ((x = json_object_get(s, "minimum")) && num < (b = json_number_value(x)))
+            return false;
+        if ((x = json_object_get(s, "maximum")) && num > (b = json_number_value(x)))
+            return false;
+        return true;
+    }
+    if (strcmp(type, "boolean") == 0)
+        return json_is_boolean(v);
+    if (strcmp(type, "null") == 0)
+        return json_is_null(v);
+    return true;
+}
+
+/* A body: one user message, the given JSON fields merged in. */
+static char *body_with(const char *user, const char *extra)
+{
+    json_t *o = json_pack("{s:[{s:s,s:s}]}", "messages", "role", "user", "content", user);
+    assert_non_null(o);
+    if (extra) {
+        json_t *x = json_loads(extra, 0, NULL);
+        if (!x)
+            fail_msg("bad extra: %s", extra);
+        json_object_update(o, x);
+        json_decref(x);
+    }
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    assert_non_null(s);
+    return s;
+}
+
+/* POSTs a chat body; returns the response (status checked by the caller). */
+static void post(const sim *s, const char *body, resp *r)
+{
+    http(s, "POST", "/v1/chat/completions", body, r);
+    assert_int_equal(r->cc, CURLE_OK);
+}
+
+/* POSTs a chat body that must succeed, not streamed; returns the JSON. */
+static json_t *post_ok(const sim *s, const char *body)
+{
+    resp r;
+    post(s, body, &r);
+    if (r.status != 200)
+        fail_msg("status %ld: %s", r.status, r.body ? r.body : "");
+    assert_non_null(r.json);
+    json_t *j = json_incref(r.json);
+    resp_fini(&r);
+    return j;
+}
+
+static json_t *choice0(json_t *o)
+{
+    return json_array_get(json_object_get(o, "choices"), 0);
+}
+
+static json_t *message0(json_t *o)
+{
+    return json_object_get(choice0(o), "message");
+}
+
+/* A stream put back together as a client does. */
+typedef struct assembled {
+    char content[65536];
+    char reasoning[4096];
+    json_t *calls;        /* [{id,type,name,arguments}] by index */
+    json_t *logprobs;     /* every content chunk's logprobs.content entries */
+    int content_chunks;   /* chunks with a non-empty content delta */
+    int reasoning_chunks; /* chunks with a reasoning_content delta */
+    int args_chunks;      /* chunks with an arguments fragment */
+    int lp_chunks;        /* chunks carrying "logprobs" */
+    bool reasoning_after_content;
+    char finish[32];
+    json_t *usage;
+} assembled;
+
+static void assembled_fini(assembled *a)
+{
+    json_decref(a->calls);
+    json_decref(a->logprobs);
+    json_decref(a->usage);
+}
+
+/* POSTs body (which must ask for a stream) and assembles the answer. */
+static void post_stream(const sim *s, const char *body, assembled *a)
+{
+    resp r;
+    sse ev;
+    size_t i;
+    json_t *e;
+    memset(a, 0, sizeof *a);
+    a->calls = json_array();
+    a->logprobs = json_array();
+    post(s, body, &r);
+    if (r.status != 200)
+        fail_msg("status %ld: %s", r.status, r.body ? r.body : "");
+    sse_parse(r.body, r.len, &ev);
+    assert_int_equal(ev.malformed, 0);
+    assert_true(ev.done_last);
+    json_array_foreach(ev.events, i, e)
+    {
+        json_t *ch = choice0(e);
+        if (json_object_get(e, "usage"))
+            a->usage = json_incref(json_object_get(e, "usage"));
+        if (!ch)
+            continue;
+        json_t *d = json_object_get(ch, "delta");
+        const char *c = json_string_value(json_object_get(d, "content"));
+        const char *rc = json_string_value(json_object_get(d, "reasoning_content"));
+        const char *fin = json_string_value(json_object_get(ch, "finish_reason"));
+        json_t *lp = json_object_get(ch, "logprobs");
+        if (c && *c) {
+            assert_true(strlen(a->content) + strlen(c) < sizeof a->content);
+            strcat(a->content, c);
+            a->content_chunks++;
+        }
+        if (rc) {
+            assert_true(strlen(a->reasoning) + strlen(rc) < sizeof a->reasoning);
+            strcat(a->reasoning, rc);
+            a->reasoning_chunks++;
+            if (a->content_chunks > 0)
+                a->reasoning_after_content = true;
+        }
+        if (lp) {
+            a->lp_chunks++;
+            assert_non_null(c); /* only content chunks carry logprobs */
+            json_array_extend(a->logprobs, json_object_get(lp, "content"));
+        }
+        if (fin)
+            snprintf(a->finish, sizeof a->finish, "%s", fin);
+        size_t k;
+        json_t *tc;
+        json_array_foreach(json_object_get(d, "tool_calls"), k, tc)
+        {
+            size_t idx = (size_t)json_integer_value(json_object_get(tc, "index"));
+            json_t *fn = json_object_get(tc, "function");
+            const char *frag = json_string_value(json_object_get(fn, "arguments"));
+            assert_non_null(frag);
+            if (json_object_get(tc, "id")) {
+                /* A call's first delta: id, type, name, empty arguments. */
+                assert_int_equal(idx, json_array_size(a->calls));
+                assert_string_equal(frag, "");
+                json_array_append_new(
+                    a->calls,
+                    json_pack("{s:O,s:O,s:O,s:s}", "id", json_object_get(tc, "id"),
+                              "type", json_object_get(tc, "type"), "name",
+                              json_object_get(fn, "name"), "arguments", ""));
+                continue;
+            }
+            json_t *call = json_array_get(a->calls, idx);
+            assert_non_null(call);
+            assert_null(json_object_get(fn, "name"));
+            /* About one token per chunk: 4 bytes, whole characters. */
+            assert_true(strlen(frag) >= 1 && strlen(frag) <= 7);
+            char buf[8192];
+            snprintf(buf, sizeof buf, "%s%s",
+                     json_string_value(json_object_get(call, "arguments")), frag);
+            json_object_set_new(call, "arguments", json_string(buf));
+            a->args_chunks++;
+        }
+    }
+    json_decref(ev.events);
+    resp_fini(&r);
+}
+
+/* What lmsim renders for one user message and TOOLS (docs/simulator.md). */
+static char *render_tools_prompt(const char *user)
+{
+    json_t *tools = json_loads(TOOLS, 0, NULL);
+    assert_non_null(tools);
+    char *t =
+        json_dumps(tools, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+    json_decref(tools);
+    size_t n = strlen(t) + strlen(user) + 256;
+    char *p = malloc(n);
+    assert_non_null(p);
+    snprintf(
+        p, n,
+        "<|im_start|>system\n# Tools\n%s\n<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        t, user);
+    free(t);
+    return p;
+}
+
+/* Checks a non-streamed tool call against the stream of the same request. */
+static void check_call(json_t *call, const char *name)
+{
+    const char *id = json_string_value(json_object_get(call, "id"));
+    assert_non_null(id);
+    assert_int_equal(strlen(id), 13);
+    assert_memory_equal(id, "call_", 5);
+    for (size_t i = 5; i < 13; i++)
+        assert_non_null(strchr("0123456789abcdef", id[i]));
+    assert_string_equal(json_string_value(json_object_get(call, "type")), "function");
+    json_t *fn = json_object_get(call, "function");
+    assert_string_equal(json_string_value(json_object_get(fn, "name")), name);
+    const char *args = json_string_value(json_object_get(fn, "arguments"));
+    assert_non_null(args);
+    json_t *a = json_loads(args, 0, NULL);
+    if (!json_is_object(a))
+        fail_msg("arguments are not a JSON object: %s", args);
+    json_t *tools = json_loads(TOOLS, 0, NULL);
+    json_t *params = json_object_get(
+        json_object_get(json_array_get(tools, strcmp(name, "search") == 0), "function"),
+        "parameters");
+    if (!schema_valid(a, params))
+        fail_msg("arguments %s do not fit the schema", args);
+    json_decref(tools);
+    json_decref(a);
+}
+
+static void test_tool_call(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {"--time-scale", "100", NULL};
+    sim_start(s, args);
+    const char *user = "Please call get_weather for Paris.";
+    char *body = body_with(user, "{\"tools\":" TOOLS ",\"seed\":5}");
+    json_t *c = post_ok(s, body);
+    json_t *msg = message0(c);
+    assert_string_equal(json_string_value(json_object_get(choice0(c), "finish_reason")),
+                        "tool_calls");
+    assert_true(json_is_null(json_object_get(msg, "content")));
+    json_t *calls = json_object_get(msg, "tool_calls");
+    assert_int_equal(json_array_size(calls), 1);
+    check_call(json_array_get(calls, 0), "get_weather");
+    const char *call_args = json_string_value(json_object_get(
+        json_object_get(json_array_get(calls, 0), "function"), "arguments"));
+    /* The prompt counts the tools' rendering; the answer one step for the
+     * call's head and one per 4 bytes of arguments. */
+    char *prompt = render_tools_prompt(user);
+    json_t *u = json_object_get(c, "usage");
+    assert_int_equal(jint(u, "prompt_tokens"), (long long)((strlen(prompt) + 3) / 4));
+    assert_int_equal(jint(u, "completion_tokens"),
+                     1 + (long long)((strlen(call_args) + 3) / 4));
+    free(prompt);
+
+    /* The same request again: the same id and arguments. */
+    json_t *c2 = post_ok(s, body);
+    assert_true(json_equal(json_object_get(message0(c2), "tool_calls"), calls));
+    json_decref(c2);
+    free(body);
+
+    /* Streamed: the head delta, then the arguments in ~4-byte fragments
+     * that add up to the same call. */
+    body = body_with(user, "{\"tools\":" TOOLS ",\"seed\":5,\"stream\":true,"
+                           "\"stream_options\":{\"include_usage\":true}}");
+    assembled a;
+    post_stream(s, body, &a);
+    free(body);
+    assert_string_equal(a.finish, "tool_calls");
+    assert_int_equal(a.content_chunks, 0);
+    assert_int_equal(json_array_size(a.calls), 1);
+    json_t *sc = json_array_get(a.calls, 0);
+    json_t *nc = json_array_get(calls, 0);
+    assert_string_equal(json_string_value(json_object_get(sc, "id")),
+                        json_string_value(json_object_get(nc, "id")));
+    assert_string_equal(json_string_value(json_object_get(sc, "name")), "get_weather");
+    assert_string_equal(json_string_value(json_object_get(sc, "arguments")), call_args);
+    assert_int_equal(a.args_chunks, (int)((strlen(call_args) + 3) / 4));
+    assert_int_equal(jint(a.usage, "completion_tokens"), 1 + a.args_chunks);
+    assembled_fini(&a);
+    json_decref(c);
+
+    /* Parallel: each named tool, in tools order; without, the first. */
+    body = body_with("search the web, then get_weather",
+                     "{\"tools\":" TOOLS ",\"parallel_tool_calls\":true}");
+    c = post_ok(s, body);
+    calls = json_object_get(message0(c), "tool_calls");
+    assert_int_equal(json_array_size(calls), 2);
+    check_call(json_array_get(calls, 0), "get_weather");
+    check_call(json_array_get(calls, 1), "search");
+    free(body);
+    body =
+        body_with("search the web, then get_weather",
+                  "{\"tools\":" TOOLS ",\"parallel_tool_calls\":true,\"stream\":true}");
+    post_stream(s, body, &a);
+    free(body);
+    assert_int_equal(json_array_size(a.calls), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *fn = json_object_get(json_array_get(calls, i), "function");
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(a.calls, i), "arguments")),
+            json_string_value(json_object_get(fn, "arguments")));
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(a.calls, i), "id")),
+            json_string_value(json_object_get(json_array_get(calls, i), "id")));
+    }
+    assembled_fini(&a);
+    json_decref(c);
+    body = body_with("search the web, then get_weather", "{\"tools\":" TOOLS "}");
+    c = post_ok(s, body);
+    calls = json_object_get(message0(c), "tool_calls");
+    assert_int_equal(json_array_size(calls), 1);
+    check_call(json_array_get(calls, 0), "get_weather");
+    json_decref(c);
+    free(body);
+
+    /* No tool named, or tool_choice none: text. A named tool_choice:
+     * that tool whatever the text. */
+    body = body_with("What is the weather?", "{\"tools\":" TOOLS "}");
+    c = post_ok(s, body);
+    assert_null(json_object_get(message0(c), "tool_calls"));
+    assert_string_equal(json_string_value(json_object_get(choice0(c), "finish_reason")),
+                        "stop");
+    assert_int_equal(strlen(json_string_value(json_object_get(message0(c), "content"))),
+                     32 * 4);
+    json_decref(c);
+    free(body);
+    body = body_with("get_weather", "{\"tools\":" TOOLS ",\"tool_choice\":\"none\"}");
+    c = post_ok(s, body);
+    assert_null(json_object_get(message0(c), "tool_calls"));
+    json_decref(c);
+    free(body);
+    body = body_with("get_weather", "{\"tools\":" TOOLS ",\"tool_choice\":{\"type\":"
+                                    "\"function\",\"function\":{\"name\":\"search\"}}}");
+    c = post_ok(s, body);
+    calls = json_object_get(message0(c), "tool_calls");
+    assert_int_equal(json_array_size(calls), 1);
+    check_call(json_array_get(calls, 0), "search");
+    json_decref(c);
+    free(body);
+    sim_stop(s);
+}
+
+static void test_tool_result_and_cache(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {"--time-scale", "100", "--slots", "1", NULL};
+    sim_start(s, args);
+    const char *user = "Use get_weather for Oslo";
+    char *body = body_with(user, "{\"tools\":" TOOLS "}");
+    json_t *c1 = post_ok(s, body);
+    free(body);
+    json_t *call = json_array_get(json_object_get(message0(c1), "tool_calls"), 0);
+    assert_non_null(call);
+    const char *call_args = json_string_value(
+        json_object_get(json_object_get(call, "function"), "arguments"));
+
+    /* Turn two sends the call back with the tool's answer. */
+    const char *result =
+        "{\"temperature\": 21, \"sky\": \"clear\", \"wind\": \"5 km/h\"}";
+    json_t *o = json_pack(
+        "{s:[{s:s,s:s},{s:s,s:n,s:[O]},{s:s,s:O,s:s,s:s}],s:o,s:b,s:{s:b}}", "messages",
+        "role", "user", "content", user, "role", "assistant", "content", "tool_calls",
+        call, "role", "tool", "tool_call_id", json_object_get(call, "id"), "name",
+        "get_weather", "content", result, "tools", json_loads(TOOLS, 0, NULL), "stream",
+        0, "stream_options", "include_usage", 1);
+    assert_non_null(o);
+    char *body2 = json_dumps(o, JSON_COMPACT);
+    json_t *c2 = post_ok(s, body2);
+    const char *content = json_string_value(json_object_get(message0(c2), "content"));
+    char want[128];
+    snprintf(want, sizeof want, "Tool result: %.40s ", result);
+    assert_true(strncmp(content, want, strlen(want)) == 0);
+    assert_string_equal(json_string_value(json_object_get(choice0(c2), "finish_reason")),
+                        "stop");
+    assert_null(json_object_get(message0(c2), "tool_calls"));
+    assert_int_equal(jint(json_object_get(c2, "usage"), "completion_tokens"), 32);
+    /* The slot kept the call as the prompt shows it sent back: the cached
+     * prefix runs through the whole call. */
+    char *prompt1 = render_tools_prompt(user);
+    json_t *k = json_pack("{s:s,s:s}", "name", "get_weather", "arguments", call_args);
+    char *kd =
+        json_dumps(k, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+    size_t common =
+        strlen(prompt1) + strlen("<tool_call>") + strlen(kd) + strlen("</tool_call>");
+    assert_int_equal(timing(c2, "cache_n"), (long long)(common / 4));
+    free(kd);
+    json_decref(k);
+    free(prompt1);
+
+    /* Streamed, the same text. */
+    json_object_set_new(o, "stream", json_true());
+    free(body2);
+    body2 = json_dumps(o, JSON_COMPACT);
+    assembled a;
+    post_stream(s, body2, &a);
+    assert_string_equal(a.content, content);
+    assert_string_equal(a.finish, "stop");
+    assert_int_equal(jint(a.usage, "completion_tokens"), 32);
+    assembled_fini(&a);
+    free(body2);
+    json_decref(o);
+    json_decref(c2);
+    json_decref(c1);
+    sim_stop(s);
+}
+
+static void test_malformed_tool(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {"--time-scale", "100", NULL};
+    sim_start(s, args);
+    static const struct {
+        const char *extra, *param, *message;
+    } bad[] = {
+        {"{\"stream\":true,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":"
+         "\"a\"}},"
+         "{\"type\":\"function\",\"function\":{\"parameters\":{}}}]}",
+         "tools[1].function.name", "tools[1].function.name: missing or not a string"},
+        {"{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\",\"parameters\":"
+         "\"x\"}}]}",
+         "tools[0].function.parameters",
+         "tools[0].function.parameters: must be an object (a JSON schema)"},
+        {"{\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\"}"
+         "}}",
+         "response_format.json_schema.schema",
+         "response_format.json_schema.schema: missing or not an object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *body = body_with("get_weather", bad[i].extra);
+        resp r;
+        post(s, body, &r);
+        free(body);
+        assert_int_equal(r.status, 400);
+        assert_non_null(r.json);
+        json_t *e = json_object_get(r.json, "error");
+        assert_int_equal(jint(e, "code"), 400);
+        assert_string_equal(json_string_value(json_object_get(e, "type")),
+                            "invalid_request_error");
+        assert_string_equal(json_string_value(json_object_get(e, "param")), bad[i].param);
+        assert_string_equal(json_string_value(json_object_get(e, "message")),
+                            bad[i].message);
+        resp_fini(&r);
+    }
+    /* Nothing reached the engine. */
+    assert_int_equal(stat_int(s, "prompt_tokens"), 0);
+    sim_stop(s);
+}
+
+#define PERSON_SCHEMA                                                                    \
+    "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{"      \
+    "\"type\":\"integer\",\"minimum\":18},\"score\":{\"type\":\"number\"},\"tags\":{"    \
+    "\"type\":\"array\",\"items\":{\"type\":\"string\"},\"minItems\":2,\"maxItems\":3}," \
+    "\"role\":{\"enum\":[\"admin\",\"user\"]},\"address\":{\"type\":\"object\","         \
+    "\"properties\":{\"street\":{\"type\":\"string\"},\"zip\":{\"anyOf\":[{\"type\":"    \
+    "\"string\",\"minLength\":5},{\"type\":\"null\"}]}},\"required\":[\"street\"]},"     \
+    "\"active\":{\"type\":\"boolean\"},\"nothing\":{\"type\":\"null\"}},\"required\":["  \
+    "\"name\",\"age\"],\"additionalProperties\":false}"
+
+static void test_structured_output(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {"--time-scale", "100", NULL};
+    sim_start(s, args);
+
+    /* json_object: {"answer": the usual words}. */
+    char *body =
+        body_with("Answer in JSON.", "{\"response_format\":{\"type\":\"json_object\"}}");
+    json_t *c = post_ok(s, body);
+    free(body);
+    const char *content = json_string_value(json_object_get(message0(c), "content"));
+    json_t *o = json_loads(content, 0, NULL);
+    assert_true(json_is_object(o));
+    assert_int_equal(json_object_size(o), 1);
+    assert_int_equal(json_string_length(json_object_get(o, "answer")), 32 * 4 - 1);
+    assert_int_equal(jint(json_object_get(c, "usage"), "completion_tokens"),
+                     (long long)((strlen(content) + 3) / 4));
+    json_decref(o);
+    body = body_with("Answer in JSON.",
+                     "{\"response_format\":{\"type\":\"json_object\"},\"stream\":true}");
+    assembled a;
+    post_stream(s, body, &a);
+    free(body);
+    assert_string_equal(a.content, content);
+    assert_string_equal(a.finish, "stop");
+    assembled_fini(&a);
+    json_decref(c);
+
+    /* json_schema: an instance of the schema. */
+    body = body_with("Make a person.",
+                     "{\"seed\":9,\"response_format\":{\"type\":\"json_schema\","
+                     "\"json_schema\":{\"name\":\"person\",\"strict\":true,"
+                     "\"schema\":" PERSON_SCHEMA "}}}");
+    c = post_ok(s, body);
+    free(body);
+    content = json_string_value(json_object_get(message0(c), "content"));
+    o = json_loads(content, 0, NULL);
+    json_t *schema = json_loads(PERSON_SCHEMA, 0, NULL);
+    assert_non_null(schema);
+    if (!json_is_object(o) || !schema_valid(o, schema))
+        fail_msg("%s does not fit the schema", content);
+    /* Every property, in order. */
+    assert_int_equal(json_object_size(o), 8);
+    assert_true(strncmp(content, "{\"name\":", 8) == 0);
+    assert_int_equal(jint(o, "age"), 18);
+    assert_int_equal(jint(json_object_get(c, "usage"), "completion_tokens"),
+                     (long long)((strlen(content) + 3) / 4));
+    body = body_with(
+        "Make a person.",
+        "{\"seed\":9,\"stream\":true,\"response_format\":{\"type\":\"json_schema\","
+        "\"json_schema\":{\"name\":\"person\",\"schema\":" PERSON_SCHEMA "}}}");
+    post_stream(s, body, &a);
+    free(body);
+    assert_string_equal(a.content, content);
+    assert_int_equal(a.content_chunks, (int)((strlen(content) + 3) / 4));
+    assembled_fini(&a);
+    json_decref(schema);
+    json_decref(o);
+
+    /* Cut by max_tokens: the JSON stops where the tokens do, "length". */
+    body =
+        body_with("Make a person.", "{\"seed\":9,\"max_tokens\":3,\"response_format\":{"
+                                    "\"type\":\"json_schema\",\"json_schema\":{\"name\":"
+                                    "\"person\",\"schema\":" PERSON_SCHEMA "}}}");
+    json_t *cut = post_ok(s, body);
+    free(body);
+    assert_string_equal(json_string_value(json_object_get(choice0(cut), "finish_reason")),
+                        "length");
+    assert_int_equal(strlen(json_string_value(json_object_get(message0(cut), "content"))),
+                     12);
+    assert_true(strncmp(json_string_value(json_object_get(message0(cut), "content")),
+                        content, 12) == 0);
+    json_decref(cut);
+    json_decref(c);
+    sim_stop(s);
+}
+
+static void test_logprobs(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {"--time-scale", "100", NULL};
+    sim_start(s, args);
+    /* Not asked: none, streamed or not. */
+    char *body = body_with("q", "{\"stream\":true,\"max_tokens\":4}");
+    assembled a;
+    post_stream(s, body, &a);
+    free(body);
+    assert_int_equal(a.lp_chunks, 0);
+    assembled_fini(&a);
+    body = body_with("q", "{\"max_tokens\":4,\"logprobs\":false,\"top_logprobs\":2}");
+    json_t *c = post_ok(s, body);
+    free(body);
+    assert_true(json_is_null(json_object_get(choice0(c), "logprobs")));
+    json_decref(c);
+
+    /* Asked: every content chunk carries its token's entry. */
+    body = body_with("q", "{\"stream\":true,\"max_tokens\":5,\"logprobs\":true,"
+                          "\"top_logprobs\":3}");
+    post_stream(s, body, &a);
+    free(body);
+    assert_int_equal(a.lp_chunks, 5);
+    assert_int_equal(a.content_chunks, 5);
+    assert_int_equal(json_array_size(a.logprobs), 5);
+    char joined[64] = "";
+    size_t i;
+    json_t *e;
+    json_array_foreach(a.logprobs, i, e)
+    {
+        const char *tok = json_string_value(json_object_get(e, "token"));
+        assert_non_null(tok);
+        strcat(joined, tok);
+        double lp = json_number_value(json_object_get(e, "logprob"));
+        assert_true(lp < 0 && lp >= -2.0);
+        json_t *bytes = json_object_get(e, "bytes");
+        assert_int_equal(json_array_size(bytes), strlen(tok));
+        for (size_t b = 0; b < strlen(tok); b++)
+            assert_int_equal(json_integer_value(json_array_get(bytes, b)),
+                             (unsigned char)tok[b]);
+        json_t *top = json_object_get(e, "top_logprobs");
+        assert_int_equal(json_array_size(top), 3);
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(top, 0), "token")), tok);
+        for (size_t k = 1; k < 3; k++)
+            assert_true(
+                json_number_value(json_object_get(json_array_get(top, k), "logprob")) <
+                json_number_value(
+                    json_object_get(json_array_get(top, k - 1), "logprob")));
+    }
+    assert_string_equal(joined, a.content);
+
+    /* Not streamed: the whole list, the same values. */
+    body = body_with("q", "{\"max_tokens\":5,\"logprobs\":true,\"top_logprobs\":3}");
+    c = post_ok(s, body);
+    free(body);
+    json_t *list = json_object_get(json_object_get(choice0(c), "logprobs"), "content");
+    assert_true(json_equal(list, a.logprobs));
+    assert_string_equal(json_string_value(json_object_get(message0(c), "content")),
+                        a.content);
+    json_decref(c);
+    assembled_fini(&a);
+
+    /* Without top_logprobs the list is empty. */
+    body = body_with("q", "{\"max_tokens\":2,\"logprobs\":true}");
+    c = post_ok(s, body);
+    free(body);
+    list = json_object_get(json_object_get(choice0(c), "logprobs"), "content");
+    assert_int_equal(json_array_size(list), 2);
+    assert_int_equal(
+        json_array_size(json_object_get(json_array_get(list, 0), "top_logprobs")), 0);
+    json_decref(c);
+    sim_stop(s);
+}
+
+/* The answers of one lmsim to a fixed set of requests, to compare runs. */
+typedef struct answers {
+    char text[4096];     /* plain, streamed */
+    char text_ns[4096];  /* plain, not streamed */
+    char reasoning[512]; /* plain, streamed */
+    char reasoning_ns[512];
+    char json[4096];      /* json_schema, not streamed */
+    char call[1024];      /* tool call arguments and id, not streamed */
+    long long completion; /* plain, usage */
+    int reasoning_chunks;
+    bool reasoning_first;
+    long long config_reasoning; /* /sim/stats config.reasoning_tokens */
+} answers;
+
+static void collect(const sim *s, answers *out)
+{
+    memset(out, 0, sizeof *out);
+    json_t *st = get_stats(s);
+    out->config_reasoning = jint(json_object_get(st, "config"), "reasoning_tokens");
+    json_decref(st);
+    char *body =
+        body_with("Tell me.", "{\"seed\":4,\"stream\":true,\"stream_options\":{"
+                              "\"include_usage\":true},\"top_k\":40,\"min_p\":0.1}");
+    assembled a;
+    post_stream(s, body, &a);
+    free(body);
+    assert_true(strlen(a.content) < sizeof out->text &&
+                strlen(a.reasoning) < sizeof out->reasoning);
+    snprintf(out->text, sizeof out->text, "%.4095s", a.content);
+    snprintf(out->reasoning, sizeof out->reasoning, "%.511s", a.reasoning);
+    out->completion = jint(a.usage, "completion_tokens");
+    out->reasoning_chunks = a.reasoning_chunks;
+    out->reasoning_first = !a.reasoning_after_content;
+    assembled_fini(&a);
+    body = body_with("Tell me.", "{\"seed\":4,\"repeat_penalty\":1.1}");
+    json_t *c = post_ok(s, body);
+    free(body);
+    snprintf(out->text_ns, sizeof out->text_ns, "%s",
+             json_string_value(json_object_get(message0(c), "content")));
+    const char *r = json_string_value(json_object_get(message0(c), "reasoning_content"));
+    snprintf(out->reasoning_ns, sizeof out->reasoning_ns, "%s", r ? r : "");
+    json_decref(c);
+    body = body_with("Make a person.",
+                     "{\"response_format\":{\"type\":\"json_schema\","
+                     "\"json_schema\":{\"name\":\"p\",\"schema\":" PERSON_SCHEMA "}}}");
+    c = post_ok(s, body);
+    free(body);
+    snprintf(out->json, sizeof out->json, "%s",
+             json_string_value(json_object_get(message0(c), "content")));
+    json_decref(c);
+    body = body_with("get_weather now", "{\"tools\":" TOOLS "}");
+    c = post_ok(s, body);
+    free(body);
+    json_t *call = json_array_get(json_object_get(message0(c), "tool_calls"), 0);
+    snprintf(out->call, sizeof out->call, "%s %s",
+             json_string_value(json_object_get(call, "id")),
+             json_string_value(
+                 json_object_get(json_object_get(call, "function"), "arguments")));
+    json_decref(c);
+}
+
+static void test_reasoning_and_modes(void **state)
+{
+    sim *s = *state;
+    answers plain, reasoned, instant;
+    const char *a0[] = {"--time-scale", "100", NULL};
+    sim_start(s, a0);
+    collect(s, &plain);
+    sim_stop(s);
+    assert_int_equal(plain.reasoning_chunks, 0);
+    assert_string_equal(plain.reasoning_ns, "");
+    assert_int_equal(plain.completion, 32);
+    /* Streamed content is the non-streamed content, for the same seed. */
+    assert_string_equal(plain.text, plain.text_ns);
+
+    /* --reasoning-tokens: N reasoning_content deltas first, counted in usage;
+     * the content is the same as without them. */
+    const char *a1[] = {"--time-scale", "100", "--reasoning-tokens", "6", NULL};
+    sim_start(s, a1);
+    collect(s, &reasoned);
+    sim_stop(s);
+    assert_int_equal(reasoned.reasoning_chunks, 6);
+    assert_true(reasoned.reasoning_first);
+    assert_int_equal(reasoned.config_reasoning, 6);
+    assert_int_equal(strlen(reasoned.reasoning), 6 * 4);
+    assert_string_equal(reasoned.reasoning, reasoned.reasoning_ns);
+    assert_int_equal(reasoned.completion, 6 + 32);
+    assert_string_equal(reasoned.text, plain.text);
+    assert_string_equal(reasoned.text_ns, plain.text);
+    assert_string_equal(reasoned.json, plain.json);
+    assert_string_equal(reasoned.call, plain.call);
+
+    /* --instant answers exactly what the engine does. */
+    const char *a2[] = {"--instant", "--reasoning-tokens", "6", NULL};
+    sim_start(s, a2);
+    collect(s, &instant);
+    sim_stop(s);
+    assert_string_equal(instant.text, reasoned.text);
+    assert_string_equal(instant.text_ns, reasoned.text_ns);
+    assert_string_equal(instant.reasoning, reasoned.reasoning);
+    assert_string_equal(instant.reasoning_ns, reasoned.reasoning_ns);
+    assert_string_equal(instant.json, reasoned.json);
+    assert_string_equal(instant.call, reasoned.call);
+    assert_int_equal(instant.completion, reasoned.completion);
+    assert_int_equal(instant.reasoning_chunks, 6);
 }
 
 /* Every test gets a sim slot; teardown kills a child a failed assertion
@@ -1403,7 +2073,6 @@ static int sim_setup(void **state)
     sim *s = calloc(1, sizeof *s);
     if (!s)
         return -1;
-    s->exited = true;
     *state = s;
     return 0;
 }
@@ -1411,14 +2080,8 @@ static int sim_setup(void **state)
 static int sim_teardown(void **state)
 {
     sim *s = *state;
-    if (s->pid > 0 && !s->exited) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-    }
-    if (s->dir[0]) {
-        unlink(s->port_file);
-        rmdir(s->dir);
-    }
+    kit_proc_stop(&s->proc, SIGKILL, STOP_GUARD_MS);
+    sim_cleanup_files(s);
     free(s);
     return 0;
 }
@@ -1457,6 +2120,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refuse_then_listen, sim_setup, sim_teardown),
         cmocka_unit_test_setup_teardown(test_keep_alive, sim_setup, sim_teardown),
         cmocka_unit_test_setup_teardown(test_instant, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_tool_call, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_tool_result_and_cache, sim_setup,
+                                        sim_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_tool, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_structured_output, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_logprobs, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_reasoning_and_modes, sim_setup,
+                                        sim_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
