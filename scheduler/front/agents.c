@@ -106,10 +106,31 @@ static void ag_done(void *arg, job *j, const chat_result *r)
         .usage = {r->usage.prompt_tokens, r->usage.completion_tokens, r->usage.cached_tokens},
         .timings = {r->timings.queue_ms, r->timings.ttft_ms, r->timings.total_ms},
         .retries = r->retries,
+        .reasoning = (char *)r->reasoning,
+        .logprobs_json = (char *)r->logprobs_json,
     };
+    /* Views of the result's calls; few answers have more than a handful. */
+    lms_tool_call few[8], *calls = few;
+    if (r->n_tool_calls > sizeof(few) / sizeof(few[0]))
+        calls = calloc(r->n_tool_calls, sizeof(*calls));
+    if (calls == NULL) {
+        ag_send_error(c, id, LMSCHED_ENOMEM, "scheduler out of memory for the reply", NULL);
+        return;
+    }
+    for (size_t i = 0; i < r->n_tool_calls; i++)
+        calls[i] = (lms_tool_call){
+            .id = (char *)r->tool_calls[i].id,
+            .type = (char *)r->tool_calls[i].type,
+            .name = (char *)r->tool_calls[i].name,
+            .arguments = (char *)r->tool_calls[i].arguments,
+        };
+    reply.tool_calls = r->n_tool_calls > 0 ? calls : NULL;
+    reply.n_tool_calls = r->n_tool_calls;
     void *buf = NULL;
     size_t len = 0;
     int rc = lms_encode_chat_reply(id, &reply, &buf, &len);
+    if (calls != few)
+        free(calls);
     if (rc != LMSCHED_OK) {
         /* Only our own bug or ENOMEM gets here; still answer. */
         log_error("cannot encode a chat reply: %s", lmsched_strerror(rc));
