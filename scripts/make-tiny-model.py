@@ -22,7 +22,7 @@ chroot) and the vocabulary is built from the English text of the licenses in
   "_the" is what lets it turn " the" into one token.
 
 The chat template is ChatML, so /v1/chat/completions formats messages as
-<|im_start|>role\\ncontent<|im_end|>\\n.
+<|im_start|>role\\ncontent<|im_end|>\\n, with Hermes-style tool blocks (below).
 """
 
 import collections
@@ -47,8 +47,42 @@ TEXT_DIR = "/usr/share/common-licenses"
 MARKER = "\u2581"
 
 CHATML = (
+    # Hermes-style tool calling, the format of Qwen 2.5 and Hermes models:
+    # tools go in the system block inside <tools></tools>, an assistant's
+    # calls are <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool
+    # results come back as <tool_response> in a user turn. So a request's
+    # tools and earlier calls really reach the prompt (and its token count).
+    # llama-server 0.7.0 (sid, build 11669) does not take this template for
+    # a native tool-call format: with random weights and no grammar the
+    # model never emits a call, so tests check tool calls on lmsim.
+    "{% set ns = namespace(first=0) %}"
+    "{% if tools %}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + '\\n\\n' }}{% set ns.first = 1 %}"
+    "{% endif %}"
+    "{{ '# Tools\\n\\nYou may call functions. Signatures are in <tools></tools>:\\n<tools>' }}"
+    "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\\n</tools>\\n\\nFor each call, return a JSON object with the function name and '"
+    "'arguments inside <tool_call></tool_call> tags:\\n<tool_call>\\n'"
+    "'{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call>'"
+    "'<|im_end|>\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% if loop.index0 >= ns.first %}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\\n<tool_response>\\n' + (message['content'] or '') + '\\n</tool_response><|im_end|>\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') }}"
+    "{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}"
+    "{{ '\\n<tool_call>\\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+    "{% if call['function']['arguments'] is string %}{{ call['function']['arguments'] }}"
+    "{% else %}{{ call['function']['arguments'] | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
@@ -151,6 +185,10 @@ def main():
     w.add_eot_token_id(tokens.index("<|im_end|>"))
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    # No space before the first word: llama-server primes a grammar with the
+    # generation prompt's tokens, and a "\u2581assistant" token would not match
+    # the prompt text "assistant", failing every response_format request.
+    w.add_add_space_prefix(False)
     w.add_chat_template(CHATML)
 
     # Output projection is tied to the embedding (no output.weight), which
