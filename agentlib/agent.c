@@ -1,8 +1,9 @@
 /*
  * agent.c - the client side of lmsched: one nng req0 socket per client, one
- * nng context and aio per request in flight, and the blocking calls
- * (lmsched_chat, lmsched_chat_batch, lmsched_status) built on the
- * asynchronous one.
+ * nng context and aio per request in flight (kept in a per-client pool and
+ * reused), the asynchronous call, and the blocking calls (lmsched_chat,
+ * lmsched_status on the caller's thread; lmsched_chat_batch on top of the
+ * asynchronous call).
  *
  * Design notes
  *
@@ -11,8 +12,24 @@
  * it runs out with no pipe connected the call fails with LMSCHED_ENODAEMON,
  * while with a pipe connected (the daemon is slow to read) it is tried again
  * until the call's own deadline. RECV: the reply is awaited until that
- * deadline. The call's callback (agent_call_cb) runs on nng's threads and
- * either starts the next phase or completes the call.
+ * deadline. agent_advance decides, after each operation, whether to start
+ * the next one or to end the call.
+ *
+ * Two kinds of call drive that sequence. An asynchronous call's aio has a
+ * callback (agent_call_cb), which runs on nng's threads and either starts
+ * the next phase or completes the call. A synchronous call (lmsched_chat,
+ * lmsched_status) has an aio without a callback, and the caller's own
+ * thread starts each operation and waits for it with nng_aio_wait: nng then
+ * completes a send that finds a pipe ready before nng_ctx_send returns, and
+ * the thread that delivers the reply wakes the caller, with no hop to
+ * another thread to run a callback. Such a call needs no hang guard (as
+ * lmsched_chat_batch has, AGENT_GUARD_MS): every operation it waits for
+ * carries a timeout that ends by the call's deadline, which nng enforces
+ * from its own expiry thread. With the pool below, this took a sequential
+ * lmsched_chat from about 10.5 voluntary context switches and 38 system
+ * calls per request in the agent's process to about 7 and 23 (measured as
+ * in docs/benchmarks.md, "Overhead"); what is left is nng's own hand-offs
+ * (poller, task threads) and the caller's one sleep.
  *
  * nng's req0 would resend a request whose reply has not come within its
  * resend time (60 s by default), and a chat can wait longer than that in the
@@ -24,22 +41,33 @@
  * with NNG_ECONNRESET, which this library reports as LMSCHED_ENODAEMON. A
  * request that had not gone out yet waits for the next connection.
  *
- * Locking: c->mtx guards the client's fields and the list of calls. Every
- * operation on a call's aio is started while holding it, so close (which
- * sets c->closing and cancels the listed aios under the same lock) either
- * cancels the operation or the callback sees c->closing; no call slips past
- * close. nng never holds one of its locks while running our callbacks, and
- * finishes an aio from our threads only by dispatching its callback to a
- * task thread, so holding c->mtx across nng_ctx_send/recv/aio_cancel cannot
- * deadlock.
+ * Locking: c->mtx guards the client's fields, the list of calls in flight
+ * and the pool. Every operation on a call's aio is started while holding
+ * it, so close (which sets c->closing and cancels the listed aios under the
+ * same lock) either cancels the operation or the next agent_advance sees
+ * c->closing; no call slips past close. nng never holds one of its locks
+ * while running our callbacks, and finishes an aio from our threads only by
+ * dispatching its callback to a task thread (or, for an aio without one, by
+ * marking it done), so holding c->mtx across nng_ctx_send/recv/aio_cancel
+ * cannot deadlock.
  *
- * Freeing: an aio must not be freed or stopped from its own callback (nng
- * #508: nng_aio_free waits for the callback, i.e. for itself). A finished
- * call hands its aio to nng_aio_reap, whose reaper thread frees it once the
- * callback has returned; the context is closed in the callback, which is
- * safe because no operation is pending on it. c->inflight counts calls that
- * have started and not yet run their user callback; close waits for it to
- * reach zero, so every callback has run before close returns.
+ * Reuse: a finished call goes back to the client's pool (c->idle, one list
+ * per kind, at most AGENT_POOL_MAX each) with its context and aio, and the
+ * next call of its kind takes it instead of opening a context and
+ * allocating an aio. A req0 context can be reused once its exchange is over:
+ * the next nng_ctx_send resets it and gets a new request id, so a late
+ * reply to the old request is dropped. An aio must not be freed or stopped
+ * from its own callback (nng #508, #1138: nng_aio_free waits for the
+ * callback, i.e. for itself), and pooling is what keeps agent_call_cb from
+ * having to: it returns its call to the pool and touches it no more, even
+ * if another thread takes it at once (nng allows a new operation on an aio
+ * whose callback is still returning, as when a callback restarts its own
+ * aio). Only a call finishing with the pool full is freed from its
+ * callback, through nng_aio_reap. c->inflight counts calls that have
+ * started and not yet run their user callback (or returned to their
+ * caller); close waits for it to reach zero, so every callback has run
+ * before close returns, and then frees the pool: nng_aio_free waits for a
+ * callback still returning.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -68,12 +96,18 @@
 /* Longest URL accepted: a Unix socket path is at most ~108 bytes, a tcp://
  * host name at most 253, so this is only a guard. */
 #define AGENT_URL_MAX 1024
-/* The blocking calls wait this much past their timeout before giving up on
+/* lmsched_chat_batch waits this much past its timeout before giving up on
  * a callback; it only guards against a bug (the library always completes a
  * call by its deadline), never fires in normal operation. */
 #define AGENT_GUARD_MS 10000
+/* Idle calls (an nng context and aio each) a client keeps for reuse, per
+ * kind: enough for every thread of a busy agent, and a bound on what a
+ * burst of asynchronous calls leaves behind. */
+#define AGENT_POOL_MAX 64
 
 typedef struct agent_call agent_call;
+
+static void agent_call_free(agent_call *call);
 
 struct lmsched_client {
     nng_socket sock;
@@ -87,11 +121,16 @@ struct lmsched_client {
     char *auth; /* access token sent with each request, or NULL */
     int npipes; /* pipes between ADD_PRE and REM_POST */
     uint64_t next_id;
-    size_t inflight;   /* starting or started calls whose callback has not run */
-    agent_call *calls; /* calls with an operation pending on their aio */
+    size_t inflight;     /* starting or started calls whose callback has not run */
+    agent_call *calls;   /* calls with an operation pending on their aio */
+    agent_call *idle[2]; /* the pool: finished calls, by agent_kind */
+    size_t nidle[2];
 };
 
 enum agent_phase { AGENT_SEND = 1, AGENT_RECV = 2 };
+
+/* Who waits for a call: its aio's callback, or the caller's thread. */
+enum agent_kind { AGENT_ASYNC = 0, AGENT_SYNC = 1 };
 
 /* How a call ended, before it is turned into a result. */
 enum agent_outcome {
@@ -107,7 +146,8 @@ struct agent_call {
     lmsched_client *c;
     nng_ctx ctx;
     bool have_ctx;
-    nng_aio *aio;
+    nng_aio *aio; /* with agent_call_cb for AGENT_ASYNC, without for AGENT_SYNC */
+    enum agent_kind kind;
     enum agent_phase phase;
     lms_kind expect; /* LMS_KIND_CHAT_REPLY or LMS_KIND_STATUS_REPLY */
     uint64_t id;
@@ -116,9 +156,9 @@ struct agent_call {
     lmsched_chat_cb cb;
     void *arg;
     /* Allocated up front so the callback always gets a result, even when
-     * building the real one runs out of memory. */
+     * building the real one runs out of memory; kept while unused. */
     lmsched_result *spare;
-    agent_call *prev, *next; /* c->calls */
+    agent_call *prev, *next; /* c->calls while in flight, else c->idle */
 };
 
 const char *lmsched_version(void)
@@ -362,8 +402,19 @@ void lmsched_client_close(lmsched_client *c)
     }
     pthread_mutex_unlock(&c->mtx);
 
-    /* Every context is closed by now; after nng_close returns no pipe
-     * callback can run, so c can go. */
+    /* Every call is in the pool now (or freed); a callback that put its
+     * call back may still be returning, which nng_aio_free waits for. */
+    for (int k = 0; k < 2; k++) {
+        while (c->idle[k] != NULL) {
+            agent_call *call = c->idle[k];
+            c->idle[k] = call->next;
+            agent_call_free(call);
+        }
+        c->nidle[k] = 0;
+    }
+    /* After nng_close returns no pipe callback can run, so c can go. (In
+     * nng 1.5, nng_close can hang if a reply is being read as the pipe
+     * closes: nng #1813, fixed in nng 1.8.0.) */
     nng_close(c->sock);
     pthread_cond_destroy(&c->idle_cv);
     pthread_mutex_destroy(&c->mtx);
@@ -562,8 +613,8 @@ static lmsched_result *agent_result(const agent_call *call, enum agent_outcome o
     return lma_result_error(LMSCHED_EINTERNAL, "nng: %s", nng_strerror(rv));
 }
 
-/* Frees a call that never started or has finished. Not for use from the
- * call's own aio callback (see the design notes). */
+/* Frees a call that is not in flight (a half-built one too). Not for use
+ * from the call's own aio callback (see the design notes). */
 static void agent_call_free(agent_call *call)
 {
     if (call == NULL) {
@@ -580,6 +631,99 @@ static void agent_call_free(agent_call *call)
     free(call);
 }
 
+static void agent_call_cb(void *arg);
+
+/* A new call of the given kind with its context and aio, or NULL with the
+ * error in *rcp. */
+static agent_call *agent_call_alloc(lmsched_client *c, enum agent_kind kind, int *rcp)
+{
+    agent_call *call;
+    int rv;
+
+    if ((call = calloc(1, sizeof(*call))) == NULL) {
+        *rcp = LMSCHED_ENOMEM;
+        return NULL;
+    }
+    call->c = c;
+    call->kind = kind;
+    rv = nng_aio_alloc(&call->aio, kind == AGENT_ASYNC ? agent_call_cb : NULL, call);
+    if (rv == 0 && (rv = nng_ctx_open(&call->ctx, c->sock)) == 0) {
+        call->have_ctx = true;
+    }
+    if (rv != 0) {
+        *rcp = agent_nng_err(rv);
+        agent_call_free(call);
+        return NULL;
+    }
+    return call;
+}
+
+/* Puts a call that is no longer in flight back into the pool, if there is
+ * room, and returns true; false leaves it to the caller to free. Called
+ * with c->mtx held. */
+static bool agent_call_put(lmsched_client *c, agent_call *call)
+{
+    if (c->nidle[call->kind] >= AGENT_POOL_MAX) {
+        return false;
+    }
+    call->prev = NULL;
+    call->next = c->idle[call->kind];
+    c->idle[call->kind] = call;
+    c->nidle[call->kind]++;
+    return true;
+}
+
+/* Takes a call of the given kind from the pool, or NULL if it is empty.
+ * Called with c->mtx held. */
+static agent_call *agent_call_take(lmsched_client *c, enum agent_kind kind)
+{
+    agent_call *call = c->idle[kind];
+
+    if (call != NULL) {
+        c->idle[kind] = call->next;
+        c->nidle[kind]--;
+        call->next = NULL;
+    }
+    return call;
+}
+
+/* Returns a finished call to the pool, or frees it, and drops its count of
+ * c->inflight. Not for use from the call's own aio callback. c may be
+ * freed once this returns. */
+static void agent_call_done(lmsched_client *c, agent_call *call)
+{
+    bool kept;
+
+    pthread_mutex_lock(&c->mtx);
+    kept = call == NULL || agent_call_put(c, call);
+    if (kept) {
+        agent_release(c);
+    }
+    pthread_mutex_unlock(&c->mtx);
+    if (!kept) {
+        /* Before the release: closing the context needs the socket. */
+        agent_call_free(call);
+        pthread_mutex_lock(&c->mtx);
+        agent_release(c);
+        pthread_mutex_unlock(&c->mtx);
+    }
+}
+
+/* The result a finished call delivers: the outcome's, or the spare one if
+ * building that ran out of memory. Frees msg. */
+static lmsched_result *agent_finish(agent_call *call, enum agent_outcome out, int rv,
+                                    nng_msg *msg)
+{
+    lmsched_result *res = agent_result(call, out, rv, msg);
+
+    nng_msg_free(msg);
+    if (res == NULL) {
+        res = call->spare;
+        call->spare = NULL;
+    }
+    return res;
+}
+
 static void agent_call_cb(void *arg)
 {
     agent_call *call = arg;
@@ -588,6 +732,7 @@ static void agent_call_cb(void *arg)
     nng_msg *msg = nng_aio_get_msg(call->aio);
     enum agent_outcome out;
     lmsched_result *res;
+    bool kept;
 
     nng_aio_set_msg(call->aio, NULL);
     pthread_mutex_lock(&c->mtx);
@@ -598,15 +743,23 @@ static void agent_call_cb(void *arg)
     agent_unlink(c, call);
     pthread_mutex_unlock(&c->mtx);
 
-    res = agent_result(call, out, rv, msg);
-    nng_msg_free(msg);
-    if (res == NULL) {
-        res = call->spare;
-        call->spare = NULL;
-    }
-    nng_ctx_close(call->ctx);
+    res = agent_finish(call, out, rv, msg);
     call->cb(res, call->arg);
 
+    pthread_mutex_lock(&c->mtx);
+    kept = agent_call_put(c, call);
+    if (kept) {
+        agent_release(c);
+    }
+    pthread_mutex_unlock(&c->mtx);
+    if (kept) {
+        /* The call may be in use on another thread already, and c gone. */
+        return;
+    }
+    /* The pool is full: this call goes, though not with nng_aio_free from
+     * its own callback. The context is closed while c (and so the socket)
+     * is still held open by our count of c->inflight. */
+    nng_ctx_close(call->ctx);
     pthread_mutex_lock(&c->mtx);
     agent_release(c);
     pthread_mutex_unlock(&c->mtx);
@@ -617,22 +770,27 @@ static void agent_call_cb(void *arg)
 }
 
 /*
- * Starts one call: a chat request (chat != NULL) or a status request. On
- * success the callback will run exactly once and LMSCHED_OK is returned;
- * otherwise returns the error and writes a message for it to errbuf.
+ * Starts one call: a chat request (chat != NULL) or a status request. An
+ * AGENT_ASYNC call's callback cb will run exactly once; an AGENT_SYNC call
+ * is returned in *callp for agent_sync_wait. Returns LMSCHED_OK once the
+ * first operation has started; otherwise returns the error and writes a
+ * message for it to errbuf.
  */
 static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_ms,
-                       lmsched_chat_cb cb, void *arg, char *errbuf, size_t errlen)
+                       enum agent_kind kind, lmsched_chat_cb cb, void *arg,
+                       agent_call **callp, char *errbuf, size_t errlen)
 {
     agent_call *call = NULL;
     nng_msg *msg = NULL;
     void *buf = NULL;
     size_t len = 0;
+    char *auth = NULL;
+    uint64_t id;
     lms_msg m;
     int rc, rv;
 
     snprintf(errbuf, errlen, "invalid argument");
-    if (c == NULL || cb == NULL) {
+    if (c == NULL || (kind == AGENT_ASYNC && cb == NULL)) {
         return LMSCHED_EINVAL;
     }
     if (chat != NULL && chat->n_messages == 0) {
@@ -651,23 +809,33 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
         return LMSCHED_ECLOSED;
     }
     c->inflight++;
-    pthread_mutex_unlock(&c->mtx);
-
-    if ((call = calloc(1, sizeof(*call))) == NULL) {
+    call = agent_call_take(c, kind);
+    id = ++c->next_id;
+    /* A copy, so lmsched_client_set_auth on another thread cannot free it
+     * under the encoder. */
+    if (c->auth != NULL && (auth = strdup(c->auth)) == NULL) {
+        pthread_mutex_unlock(&c->mtx);
         rc = LMSCHED_ENOMEM;
         goto fail;
     }
-    call->c = c;
+    pthread_mutex_unlock(&c->mtx);
+
+    if (call == NULL && (call = agent_call_alloc(c, kind, &rc)) == NULL) {
+        goto fail;
+    }
+    if (call->spare == NULL) {
+        call->spare =
+            lma_result_error(LMSCHED_ENOMEM, "out of memory while reading the reply");
+        if (call->spare == NULL) {
+            rc = LMSCHED_ENOMEM;
+            goto fail;
+        }
+    }
     call->cb = cb;
     call->arg = arg;
     call->timeout_ms = timeout_ms;
     call->expect = chat != NULL ? LMS_KIND_CHAT_REPLY : LMS_KIND_STATUS_REPLY;
-    call->spare =
-        lma_result_error(LMSCHED_ENOMEM, "out of memory while reading the reply");
-    if (call->spare == NULL) {
-        rc = LMSCHED_ENOMEM;
-        goto fail;
-    }
+    call->id = id;
 
     lms_msg_init(&m, chat != NULL ? LMS_KIND_CHAT : LMS_KIND_STATUS);
     if (chat != NULL) {
@@ -677,19 +845,9 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
             m.u.chat.system = (char *)"";
         }
     }
-    pthread_mutex_lock(&c->mtx);
-    m.id = call->id = ++c->next_id;
-    /* A copy, so lmsched_client_set_auth on another thread cannot free it
-     * under the encoder. */
-    if (c->auth != NULL && (m.auth = strdup(c->auth)) == NULL) {
-        pthread_mutex_unlock(&c->mtx);
-        rc = LMSCHED_ENOMEM;
-        goto fail;
-    }
-    pthread_mutex_unlock(&c->mtx);
+    m.id = id;
+    m.auth = auth;
     rc = lms_encode(&m, &buf, &len);
-    agent_auth_free(m.auth);
-    m.auth = NULL;
     if (rc != LMSCHED_OK) {
         goto fail;
     }
@@ -701,18 +859,15 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
         rc = LMSCHED_ETOOLARGE;
         goto fail;
     }
-    if ((rv = nng_msg_alloc(&msg, 0)) != 0 || (rv = nng_msg_append(msg, buf, len)) != 0 ||
-        (rv = nng_aio_alloc(&call->aio, agent_call_cb, call)) != 0) {
+    if ((rv = nng_msg_alloc(&msg, len)) != 0) {
         rc = agent_nng_err(rv);
         goto fail;
     }
+    memcpy(nng_msg_body(msg), buf, len);
     free(buf);
     buf = NULL;
-    if ((rv = nng_ctx_open(&call->ctx, c->sock)) != 0) {
-        rc = agent_nng_err(rv);
-        goto fail;
-    }
-    call->have_ctx = true;
+    agent_auth_free(auth);
+    auth = NULL;
     nng_aio_set_msg(call->aio, msg);
     msg = NULL;
 
@@ -732,6 +887,9 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
     agent_link(c, call);
     nng_ctx_send(call->ctx, call->aio);
     pthread_mutex_unlock(&c->mtx);
+    if (callp != NULL) {
+        *callp = call;
+    }
     return LMSCHED_OK;
 
 fail:
@@ -750,11 +908,46 @@ fail:
     }
     nng_msg_free(msg);
     free(buf);
-    agent_call_free(call);
-    pthread_mutex_lock(&c->mtx);
-    agent_release(c);
-    pthread_mutex_unlock(&c->mtx);
+    agent_auth_free(auth);
+    if (call != NULL) {
+        nng_msg_free(nng_aio_get_msg(call->aio));
+        nng_aio_set_msg(call->aio, NULL);
+    }
+    agent_call_done(c, call);
     return rc;
+}
+
+/*
+ * Waits on the caller's thread for a call started as AGENT_SYNC, running
+ * its phases as agent_call_cb does for an asynchronous one, and returns its
+ * result (NULL only when out of memory). Every wait is bounded: each
+ * operation is started with a timeout that ends by the call's deadline.
+ */
+static lmsched_result *agent_sync_wait(agent_call *call)
+{
+    lmsched_client *c = call->c;
+    enum agent_outcome out;
+    lmsched_result *res;
+    nng_msg *msg;
+    int rv;
+
+    for (;;) {
+        nng_aio_wait(call->aio);
+        rv = nng_aio_result(call->aio);
+        msg = nng_aio_get_msg(call->aio);
+        nng_aio_set_msg(call->aio, NULL);
+        pthread_mutex_lock(&c->mtx);
+        if (!agent_advance(call, rv, &msg, &out)) {
+            break;
+        }
+        pthread_mutex_unlock(&c->mtx);
+    }
+    agent_unlink(c, call);
+    pthread_mutex_unlock(&c->mtx);
+
+    res = agent_finish(call, out, rv, msg);
+    agent_call_done(c, call);
+    return res;
 }
 
 int lmsched_chat_async(lmsched_client *c, const lmsched_request *req, int timeout_ms,
@@ -765,15 +958,17 @@ int lmsched_chat_async(lmsched_client *c, const lmsched_request *req, int timeou
     if (req == NULL) {
         return LMSCHED_EINVAL;
     }
-    return agent_start(c, lma_request_chat(req), timeout_ms, cb, arg, err, sizeof(err));
+    return agent_start(c, lma_request_chat(req), timeout_ms, AGENT_ASYNC, cb, arg, NULL,
+                       err, sizeof(err));
 }
 
 /* ---- waiting for calls ------------------------------------------------- */
 
 /*
- * A group of calls the caller's thread waits for. It is shared with the
- * callbacks and reference counted: should the hang guard ever fire, the
- * caller leaves and the last callback frees it.
+ * A group of asynchronous calls the caller's thread waits for
+ * (lmsched_chat_batch). It is shared with the callbacks and reference
+ * counted: should the hang guard ever fire, the caller leaves and the last
+ * callback frees it.
  */
 typedef struct agent_wait agent_wait;
 
@@ -884,7 +1079,8 @@ static int agent_wait_start(agent_wait *w, size_t i, lmsched_client *c,
     w->refs++;
     w->pending++;
     pthread_mutex_unlock(&w->mtx);
-    rc = agent_start(c, chat, timeout_ms, agent_wait_cb, &w->slots[i], err, sizeof(err));
+    rc = agent_start(c, chat, timeout_ms, AGENT_ASYNC, agent_wait_cb, &w->slots[i], NULL,
+                     err, sizeof(err));
     if (rc != LMSCHED_OK) {
         pthread_mutex_lock(&w->mtx);
         w->refs--;
@@ -940,28 +1136,27 @@ static void agent_wait_finish(agent_wait *w, int timeout_ms, lmsched_result **ou
     }
 }
 
-/* The common body of lmsched_chat and lmsched_status: one call, waited
- * for. Returns its code; *resp gets the result except for EINVAL/ENOMEM
- * failures to start. */
+/* The common body of lmsched_chat and lmsched_status: one call, run on
+ * the caller's thread. Returns its code; *resp gets the result except for
+ * EINVAL/ENOMEM failures to start. */
 static int agent_call_sync(lmsched_client *c, const lms_chat_req *chat, int timeout_ms,
                            lmsched_result **resp)
 {
-    agent_wait *w;
+    char err[192];
+    agent_call *call = NULL;
     int rc;
 
-    if (timeout_ms <= 0) {
-        timeout_ms = LMSCHED_DEFAULT_TIMEOUT_MS;
-    }
-    if ((w = agent_wait_alloc(1)) == NULL) {
-        return LMSCHED_ENOMEM;
-    }
-    rc = agent_wait_start(w, 0, c, chat, timeout_ms);
-    agent_wait_finish(w, timeout_ms, resp);
+    rc =
+        agent_start(c, chat, timeout_ms, AGENT_SYNC, NULL, NULL, &call, err, sizeof(err));
     if (rc == LMSCHED_EINVAL || rc == LMSCHED_ENOMEM) {
         /* agent.h promises no result for these two. */
-        lmsched_result_free(*resp);
         *resp = NULL;
         return rc;
+    }
+    if (rc != LMSCHED_OK) {
+        *resp = lma_result_error(rc, "%s", err);
+    } else {
+        *resp = agent_sync_wait(call);
     }
     return *resp != NULL ? lmsched_result_error(*resp) : LMSCHED_ENOMEM;
 }
