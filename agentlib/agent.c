@@ -1,7 +1,9 @@
 /*
  * agent.c - the client side of lmsched: one nng req0 socket per client, one
  * nng context and aio per request in flight (kept in a per-client pool and
- * reused), the asynchronous call, and the blocking calls (lmsched_chat,
+ * reused), the asynchronous calls (lmsched_chat_async, lmsched_chat_start,
+ * streamed or not, with their call ids for lmsched_cancel and
+ * lmsched_wait), and the blocking calls (lmsched_chat, lmsched_chat_stream,
  * lmsched_status on the caller's thread; lmsched_chat_batch on top of the
  * asynchronous call).
  *
@@ -68,6 +70,33 @@
  * caller); close waits for it to reach zero, so every callback has run
  * before close returns, and then frees the pool: nng_aio_free waits for a
  * callback still returning.
+ *
+ * Streams. A streamed chat is one call over several exchanges on the same
+ * context: the chat, then a chat_next after each chat_chunk, until the
+ * final chat_reply (docs/protocol.md, Streaming). Each exchange has an id of
+ * its own (call->xid); the stream is named by the chat's (call->id, the
+ * public call id). When a chunk arrives the thread that waits for the call
+ * (nng's, or the caller's for lmsched_chat_stream) runs the delta callback
+ * for each piece without holding c->mtx, then, under it, sends the next
+ * chat_next unless the call was canceled, the client is closing or the
+ * deadline passed. So a call stays listed in c->calls from its start until
+ * its outcome is fixed, under c->mtx, in agent_step.
+ *
+ * Cancellation (lmsched_cancel, or a delta callback returning non-zero)
+ * sets call->canceled under c->mtx and aborts the pending operation, if
+ * any; the call then ends with LMSCHED_ECANCELED at its next step, whatever
+ * arrived meanwhile, so a cancel that found the call always wins and the
+ * call completes once. The daemon is told with a `cancel` message, sent as
+ * an internal call of its own once the canceled call's outcome is fixed,
+ * and only when the chat had gone out (a send that is aborted never reached
+ * the daemon). A stream that times out is canceled the same way, so its
+ * slot frees at once rather than after the daemon's --stream-timeout.
+ *
+ * Kept results. A call started with no completion callback
+ * (lmsched_chat_start with on_done NULL) keeps its result in an
+ * agent_kept record, listed in c->kept from the start (so lmsched_wait can
+ * tell "not done yet" from "no such call") until a waiter takes it, or
+ * close frees it. Waiters are counted; close waits for them to leave.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -104,8 +133,12 @@
  * kind: enough for every thread of a busy agent, and a bound on what a
  * burst of asynchronous calls leaves behind. */
 #define AGENT_POOL_MAX 64
+/* A `cancel` message for the daemon gives up after this long: it is only
+ * a courtesy (the call it names has completed already). */
+#define AGENT_CANCEL_TIMEOUT_MS 5000
 
 typedef struct agent_call agent_call;
+typedef struct agent_kept agent_kept;
 
 static void agent_call_free(agent_call *call);
 
@@ -118,13 +151,25 @@ struct lmsched_client {
     /* Guarded by mtx: */
     bool closing;
     int connect_timeout_ms;
-    char *auth; /* access token sent with each request, or NULL */
-    int npipes; /* pipes between ADD_PRE and REM_POST */
+    int idle_timeout_ms; /* streams: longest wait for the next pieces; 0: none */
+    char *auth;          /* access token sent with each request, or NULL */
+    int npipes;          /* pipes between ADD_PRE and REM_POST */
     uint64_t next_id;
     size_t inflight;     /* starting or started calls whose callback has not run */
     agent_call *calls;   /* calls with an operation pending on their aio */
     agent_call *idle[2]; /* the pool: finished calls, by agent_kind */
     size_t nidle[2];
+    agent_kept *kept; /* results of calls without a callback, until waited for */
+    size_t waiters;   /* threads in lmsched_wait */
+};
+
+/* The result of a call started without a completion callback. */
+struct agent_kept {
+    lmsched_client *c;
+    uint64_t id;         /* the call's */
+    lmsched_result *res; /* NULL until the call completes */
+    bool claimed;        /* a thread waits for it */
+    agent_kept *next;    /* c->kept */
 };
 
 enum agent_phase { AGENT_SEND = 1, AGENT_RECV = 2 };
@@ -140,7 +185,11 @@ enum agent_outcome {
     AGENT_TIMED_OUT,
     AGENT_CLOSED,
     AGENT_NNG_FAILED,
+    AGENT_CANCELED,
 };
+
+/* Who canceled a call, for the message. */
+enum agent_canceler { AGENT_BY_CALLER = 1, AGENT_BY_CALLBACK = 2 };
 
 struct agent_call {
     lmsched_client *c;
@@ -149,12 +198,25 @@ struct agent_call {
     nng_aio *aio; /* with agent_call_cb for AGENT_ASYNC, without for AGENT_SYNC */
     enum agent_kind kind;
     enum agent_phase phase;
-    lms_kind expect; /* LMS_KIND_CHAT_REPLY or LMS_KIND_STATUS_REPLY */
-    uint64_t id;
+    lms_kind expect; /* LMS_KIND_CHAT_REPLY, _STATUS_REPLY or _CANCEL_REPLY */
+    uint64_t id;     /* the call's: its first message's, the public call id */
+    uint64_t xid;    /* the id of the exchange in progress (id, then chat_next's) */
     int timeout_ms;
     nng_time deadline;
     lmsched_chat_cb cb;
     void *arg;
+    /* Streams: the delta callback and its argument; the pieces seen. */
+    lmsched_delta_cb on_delta;
+    void *delta_arg;
+    bool stream;
+    unsigned chunks; /* chat_chunks received */
+    int idle_ms;     /* the client's idle timeout when the call started */
+    bool recv_idle;  /* the pending receive waits at most idle_ms */
+    bool sent;       /* the chat went out: the daemon may have it */
+    bool ended;      /* the final reply or error came: the daemon is done */
+    /* Guarded by c->mtx: */
+    bool canceled;
+    enum agent_canceler canceler;
     /* Allocated up front so the callback always gets a result, even when
      * building the real one runs out of memory; kept while unused. */
     lmsched_result *spare;
@@ -385,6 +447,17 @@ int lmsched_client_set_auth(lmsched_client *c, const char *token)
     return LMSCHED_OK;
 }
 
+int lmsched_client_set_stream_idle_timeout(lmsched_client *c, int ms)
+{
+    if (c == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    pthread_mutex_lock(&c->mtx);
+    c->idle_timeout_ms = ms > 0 ? ms : 0;
+    pthread_mutex_unlock(&c->mtx);
+    return LMSCHED_OK;
+}
+
 void lmsched_client_close(lmsched_client *c)
 {
     if (c == NULL) {
@@ -393,11 +466,14 @@ void lmsched_client_close(lmsched_client *c)
     pthread_mutex_lock(&c->mtx);
     c->closing = true;
     /* Cancelling only dispatches the callbacks; they take c->mtx, which
-     * the wait below releases. */
+     * the wait below releases. A stream between two exchanges (its thread
+     * in the delta callback) has nothing to cancel: it sees c->closing
+     * before its next exchange. */
     for (agent_call *call = c->calls; call != NULL; call = call->next) {
         nng_aio_cancel(call->aio);
     }
-    while (c->inflight > 0) {
+    /* Threads in lmsched_wait leave once their call completes. */
+    while (c->inflight > 0 || c->waiters > 0) {
         pthread_cond_wait(&c->idle_cv, &c->mtx);
     }
     pthread_mutex_unlock(&c->mtx);
@@ -411,6 +487,13 @@ void lmsched_client_close(lmsched_client *c)
             agent_call_free(call);
         }
         c->nidle[k] = 0;
+    }
+    /* Results nobody waited for. */
+    while (c->kept != NULL) {
+        agent_kept *k = c->kept;
+        c->kept = k->next;
+        lmsched_result_free(k->res);
+        free(k);
     }
     /* After nng_close returns no pipe callback can run, so c can go. (In
      * nng 1.5, nng_close can hang if a reply is being read as the pipe
@@ -463,6 +546,19 @@ static void agent_release(lmsched_client *c)
     }
 }
 
+/* Starts waiting for the reply of the exchange just sent, at most until
+ * the deadline, and for a stream's later exchanges at most its idle
+ * timeout. Called with c->mtx held. */
+static void agent_recv(agent_call *call, int64_t left)
+{
+    call->phase = AGENT_RECV;
+    call->recv_idle =
+        call->stream && call->chunks > 0 && call->idle_ms > 0 && call->idle_ms < left;
+    nng_aio_set_timeout(call->aio,
+                        (nng_duration)(call->recv_idle ? call->idle_ms : left));
+    nng_ctx_recv(call->ctx, call->aio);
+}
+
 /*
  * Decides what follows the completion of the call's current operation
  * (result rv). Either starts the next operation and returns true, or
@@ -476,6 +572,14 @@ static bool agent_advance(agent_call *call, int rv, nng_msg **msgp,
     lmsched_client *c = call->c;
     int64_t left = agent_left(call);
 
+    if (call->phase == AGENT_SEND && rv == 0) {
+        call->sent = true;
+    }
+    /* A canceled call ends whatever came meanwhile. */
+    if (call->canceled) {
+        *out = AGENT_CANCELED;
+        return false;
+    }
     if (rv == NNG_ECONNRESET) {
         *out = AGENT_CONN_LOST;
         return false;
@@ -504,9 +608,7 @@ static bool agent_advance(agent_call *call, int rv, nng_msg **msgp,
             *out = AGENT_TIMED_OUT;
             return false;
         }
-        call->phase = AGENT_RECV;
-        nng_aio_set_timeout(call->aio, (nng_duration)left);
-        nng_ctx_recv(call->ctx, call->aio);
+        agent_recv(call, left);
         return true;
     }
     if (rv != NNG_ETIMEDOUT) {
@@ -533,27 +635,22 @@ static bool agent_advance(agent_call *call, int rv, nng_msg **msgp,
     return true;
 }
 
-/* The result for a reply message: the reply, the daemon's error, or
- * LMSCHED_EPROTO for anything that does not answer this call. */
-static lmsched_result *agent_decode(const agent_call *call, nng_msg *msg)
+/* The result for a decoded reply m to the exchange in progress: the
+ * reply, the daemon's error, or LMSCHED_EPROTO for anything that does not
+ * answer it. Takes what it keeps out of m; the caller finis m. */
+static lmsched_result *agent_result_msg(const agent_call *call, lms_msg *m)
 {
     lmsched_result *res = NULL;
-    lms_decode_err de;
-    lms_msg m;
     const char *want = lms_kind_name(call->expect);
 
-    if (lms_decode(nng_msg_body(msg), nng_msg_len(msg), NULL, &m, &de) != LMSCHED_OK) {
-        return lma_result_error(LMSCHED_EPROTO, "malformed reply from lmsched: %s",
-                                de.message);
-    }
-    if (m.kind == LMS_KIND_ERROR) {
-        const lms_error_reply *e = &m.u.error;
+    if (m->kind == LMS_KIND_ERROR) {
+        const lms_error_reply *e = &m->u.error;
         /* id 0 is what the daemon sends when it could not read ours. */
-        if (m.id != call->id && m.id != 0) {
+        if (m->id != call->xid && m->id != 0) {
             res = lma_result_error(LMSCHED_EPROTO,
                                    "error reply id %" PRIu64
                                    " does not match request id %" PRIu64,
-                                   m.id, call->id);
+                                   m->id, call->xid);
         } else if (e->code == LMSCHED_OK || e->code > INT_MAX) {
             res = lma_result_error(LMSCHED_EPROTO,
                                    "error reply with invalid code %" PRIu32 ": %s",
@@ -565,31 +662,62 @@ static lmsched_result *agent_decode(const agent_call *call, nng_msg *msg)
         } else {
             res = lma_result_error((int)e->code, "%s", e->message);
         }
-    } else if (m.kind != call->expect) {
+        if (res != NULL && e->field != NULL &&
+            lmsched_result_error(res) == (int)e->code &&
+            lma_result_set_field(res, e->field) != 0) {
+            lmsched_result_free(res);
+            res = NULL;
+        }
+    } else if (m->kind != call->expect) {
         res = lma_result_error(LMSCHED_EPROTO,
                                "lmsched sent a '%s' reply where '%s' was expected",
-                               lms_kind_name(m.kind), want);
-    } else if (m.id != call->id) {
+                               lms_kind_name(m->kind), want);
+    } else if (m->id != call->xid) {
         res = lma_result_error(LMSCHED_EPROTO,
                                "reply id %" PRIu64 " does not match request id %" PRIu64,
-                               m.id, call->id);
-    } else if (m.kind == LMS_KIND_CHAT_REPLY) {
-        res = lma_result_reply(&m.u.chat_reply);
+                               m->id, call->xid);
+    } else if (m->kind == LMS_KIND_CHAT_REPLY) {
+        res = lma_result_reply(&m->u.chat_reply);
+    } else if (m->kind == LMS_KIND_STATUS_REPLY) {
+        res = lma_result_status(&m->u.status_reply.json);
     } else {
-        res = lma_result_status(&m.u.status_reply.json);
+        /* cancel_reply: nobody reads it (see agent_send_cancel) */
+        res = lma_result_error(LMSCHED_OK, "cancel %s",
+                               m->u.cancel_reply.found ? "found" : "not found");
     }
-    lms_msg_fini(&m);
     return res;
+}
+
+/* Decodes a reply message into *m (the caller finis it) and returns
+ * true; or returns false with *resp the error result (NULL when out of
+ * memory: the spare result stands in). */
+static bool agent_decode(nng_msg *msg, lms_msg *m, lmsched_result **resp)
+{
+    lms_decode_err de;
+
+    if (lms_decode(nng_msg_body(msg), nng_msg_len(msg), NULL, m, &de) != LMSCHED_OK) {
+        *resp = lma_result_error(LMSCHED_EPROTO, "malformed reply from lmsched: %s",
+                                 de.message);
+        return false;
+    }
+    return true;
 }
 
 static lmsched_result *agent_result(const agent_call *call, enum agent_outcome out,
                                     int rv, nng_msg *msg)
 {
     const char *url = call->c->url;
+    lmsched_result *res;
+    lms_msg m;
 
     switch (out) {
     case AGENT_GOT_REPLY:
-        return agent_decode(call, msg);
+        if (!agent_decode(msg, &m, &res)) {
+            return res;
+        }
+        res = agent_result_msg(call, &m);
+        lms_msg_fini(&m);
+        return res;
     case AGENT_NO_DAEMON:
         return lma_result_error(
             LMSCHED_ENODAEMON,
@@ -602,13 +730,33 @@ static lmsched_result *agent_result(const agent_call *call, enum agent_outcome o
             "may or may not have run",
             url);
     case AGENT_TIMED_OUT:
+        if (call->recv_idle) {
+            return lma_result_error(LMSCHED_ETIMEDOUT,
+                                    "no streamed reply from lmsched within %d ms (the "
+                                    "stream's idle timeout); the stream was canceled",
+                                    call->idle_ms);
+        }
+        if (call->stream) {
+            return lma_result_error(
+                LMSCHED_ETIMEDOUT, "the stream did not end within %d ms; it was canceled",
+                call->timeout_ms);
+        }
         return lma_result_error(LMSCHED_ETIMEDOUT, "no reply from lmsched within %d ms",
                                 call->timeout_ms);
     case AGENT_CLOSED:
         return lma_result_error(LMSCHED_ECLOSED,
                                 "client closed before the reply arrived");
+    case AGENT_CANCELED:
+        return lma_result_error(
+            LMSCHED_ECANCELED, "%s",
+            call->canceler == AGENT_BY_CALLBACK
+                ? "canceled by the delta callback (it returned non-zero)"
+                : "canceled by lmsched_cancel");
     case AGENT_NNG_FAILED:
         break;
+    }
+    if (rv == NNG_ENOMEM) {
+        return lma_result_error(LMSCHED_ENOMEM, "out of memory");
     }
     return lma_result_error(LMSCHED_EINTERNAL, "nng: %s", nng_strerror(rv));
 }
@@ -709,17 +857,220 @@ static void agent_call_done(lmsched_client *c, agent_call *call)
     }
 }
 
-/* The result a finished call delivers: the outcome's, or the spare one if
- * building that ran out of memory. Frees msg. */
-static lmsched_result *agent_finish(agent_call *call, enum agent_outcome out, int rv,
-                                    nng_msg *msg)
+/* A request to start: the message (its kind and body, views of the
+ * caller's strings; id and auth are filled in), who waits for it and how. */
+typedef struct agent_spec {
+    lms_msg msg;
+    lms_kind expect;
+    enum agent_kind kind;
+    int timeout_ms;
+    lmsched_delta_cb on_delta; /* a streamed chat (msg.u.chat.stream is set) */
+    void *delta_arg;
+    lmsched_chat_cb cb; /* AGENT_ASYNC */
+    void *arg;
+    agent_kept *kept; /* listed in c->kept under the call's id */
+    uint64_t *idp;    /* gets the call's id before it starts, or NULL */
+} agent_spec;
+
+static int agent_start(lmsched_client *c, agent_spec *s, agent_call **callp, char *errbuf,
+                       size_t errlen);
+
+static void agent_cancel_done_cb(lmsched_result *res, void *arg)
 {
-    lmsched_result *res = agent_result(call, out, rv, msg);
+    (void)arg;
+    lmsched_result_free(res);
+}
+
+/* Tells the daemon to cancel the request target of this connection: an
+ * internal call of its own whose reply nobody reads. Best effort: a client
+ * closing, or a daemon gone, means the request ends anyway (the daemon
+ * cancels the requests of a connection that closes). */
+static void agent_send_cancel(lmsched_client *c, uint64_t target)
+{
+    char err[64];
+    agent_spec s = {.expect = LMS_KIND_CANCEL_REPLY,
+                    .kind = AGENT_ASYNC,
+                    .timeout_ms = AGENT_CANCEL_TIMEOUT_MS,
+                    .cb = agent_cancel_done_cb};
+
+    lms_msg_init(&s.msg, LMS_KIND_CANCEL);
+    s.msg.u.cancel.target = target;
+    (void)agent_start(c, &s, NULL, err, sizeof(err));
+}
+
+/* Sends the next chat_next of a stream on the call's context. Called with
+ * c->mtx held (the token is read under it). Returns 0, or an nng error. */
+static int agent_next(agent_call *call)
+{
+    lmsched_client *c = call->c;
+    nng_msg *msg = NULL;
+    void *buf = NULL;
+    size_t len = 0;
+    int64_t left = agent_left(call);
+    lms_msg m;
+    int rv;
+
+    lms_msg_init(&m, LMS_KIND_CHAT_NEXT);
+    m.id = ++c->next_id;
+    m.auth = c->auth; /* only read by the encoder; m is not finied */
+    m.u.chat_next.stream = call->id;
+    if (lms_encode(&m, &buf, &len) != LMSCHED_OK) {
+        return NNG_ENOMEM;
+    }
+    rv = nng_msg_alloc(&msg, len);
+    if (rv == 0) {
+        memcpy(nng_msg_body(msg), buf, len);
+    }
+    free(buf);
+    if (rv != 0) {
+        return rv;
+    }
+    call->xid = m.id;
+    call->phase = AGENT_SEND;
+    nng_aio_set_msg(call->aio, msg);
+    nng_aio_set_timeout(
+        call->aio,
+        (nng_duration)(left < c->connect_timeout_ms ? left : c->connect_timeout_ms));
+    nng_ctx_send(call->ctx, call->aio);
+    return 0;
+}
+
+/* Hands deltas to the call's delta callback, in order. Returns true when
+ * the callback asked to stop. */
+static bool agent_deliver(agent_call *call, const lms_delta *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int kind;
+        switch (d[i].kind) {
+        case LMS_DELTA_CONTENT:
+            kind = LMSCHED_DELTA_CONTENT;
+            break;
+        case LMS_DELTA_REASONING:
+            kind = LMSCHED_DELTA_REASONING;
+            break;
+        case LMS_DELTA_TOOL_CALL:
+            kind = LMSCHED_DELTA_TOOL_CALL;
+            break;
+        default:
+            continue;
+        }
+        if (call->on_delta(kind, d[i].text != NULL ? d[i].text : "",
+                           kind == LMSCHED_DELTA_TOOL_CALL ? (int)d[i].index : 0, d[i].id,
+                           d[i].name, call->delta_arg) != 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Reads one reply of a stream (and frees msg): a chat_chunk of this
+ * exchange has its deltas delivered and returns true; anything else ends
+ * the stream: the final reply's deltas are delivered and *resp gets the
+ * call's result (NULL only when out of memory). *stop tells whether the
+ * delta callback asked to stop. Runs without c->mtx, on the thread that
+ * waits for the call.
+ */
+static bool agent_stream_read(agent_call *call, nng_msg *msg, lmsched_result **resp,
+                              bool *stop)
+{
+    lms_msg m;
+    bool ok = agent_decode(msg, &m, resp);
 
     nng_msg_free(msg);
+    if (!ok) {
+        return false;
+    }
+    if (m.kind == LMS_KIND_CHAT_CHUNK && m.id == call->xid) {
+        call->chunks++;
+        *stop = agent_deliver(call, m.u.chat_chunk.deltas, m.u.chat_chunk.n_deltas);
+        lms_msg_fini(&m);
+        return true;
+    }
+    if (m.id == call->xid || m.kind == LMS_KIND_ERROR) {
+        /* The daemon has ended this stream: nothing to cancel there. */
+        call->ended = true;
+    }
+    if (m.kind == LMS_KIND_CHAT_REPLY && m.id == call->xid) {
+        *stop = agent_deliver(call, m.u.chat_reply.deltas, m.u.chat_reply.n_deltas);
+    }
+    *resp = agent_result_msg(call, &m);
+    lms_msg_fini(&m);
+    return false;
+}
+
+/*
+ * Runs after each completed operation of a call (result rv, message msg,
+ * which it takes), on the thread that waits for the call: nng's for an
+ * asynchronous one, the caller's otherwise. Returns NULL when the call goes
+ * on (its next operation has started), or its result once it is over: the
+ * call is then unlinked, and the daemon told to cancel what it may still
+ * run for a call canceled or a stream timed out. Never returns NULL for an
+ * ended call: the spare result stands in when memory runs out.
+ */
+static lmsched_result *agent_step(agent_call *call, int rv, nng_msg *msg)
+{
+    lmsched_client *c = call->c;
+    lmsched_result *res = NULL;
+    enum agent_outcome out;
+    bool streamed = false, stop = false, tell;
+    uint64_t target;
+
+    pthread_mutex_lock(&c->mtx);
+    if (agent_advance(call, rv, &msg, &out)) {
+        pthread_mutex_unlock(&c->mtx);
+        return NULL;
+    }
+    if (out == AGENT_GOT_REPLY && call->stream) {
+        /* Decoding and the callback run without the lock: they may take
+         * long, and the callback may call into the library. */
+        pthread_mutex_unlock(&c->mtx);
+        bool more = agent_stream_read(call, msg, &res, &stop);
+        msg = NULL;
+        streamed = true;
+        pthread_mutex_lock(&c->mtx);
+        if (stop && !call->canceled) {
+            call->canceled = true;
+            call->canceler = AGENT_BY_CALLBACK;
+        }
+        if (more) {
+            if (call->canceled) {
+                out = AGENT_CANCELED;
+            } else if (c->closing) {
+                out = AGENT_CLOSED;
+            } else if (agent_left(call) <= 0) {
+                out = AGENT_TIMED_OUT;
+            } else if ((rv = agent_next(call)) == 0) {
+                pthread_mutex_unlock(&c->mtx);
+                return NULL;
+            } else {
+                out = AGENT_NNG_FAILED;
+            }
+        }
+    }
+    /* The outcome is fixed here: a cancel that found the call wins. */
+    if (call->canceled) {
+        out = AGENT_CANCELED;
+    }
+    agent_unlink(c, call);
+    tell = call->sent && !call->ended &&
+           (out == AGENT_CANCELED || (call->stream && out == AGENT_TIMED_OUT));
+    target = call->id;
+    pthread_mutex_unlock(&c->mtx);
+
+    if (!streamed || out != AGENT_GOT_REPLY) {
+        lmsched_result_free(res);
+        res = agent_result(call, out, rv, msg);
+        nng_msg_free(msg);
+    }
     if (res == NULL) {
         res = call->spare;
         call->spare = NULL;
+    }
+    if (tell) {
+        /* Before the caller hears of it, so the slot is on its way to
+         * being freed when the caller moves on. */
+        agent_send_cancel(c, target);
     }
     return res;
 }
@@ -730,20 +1081,13 @@ static void agent_call_cb(void *arg)
     lmsched_client *c = call->c;
     int rv = nng_aio_result(call->aio);
     nng_msg *msg = nng_aio_get_msg(call->aio);
-    enum agent_outcome out;
     lmsched_result *res;
     bool kept;
 
     nng_aio_set_msg(call->aio, NULL);
-    pthread_mutex_lock(&c->mtx);
-    if (agent_advance(call, rv, &msg, &out)) {
-        pthread_mutex_unlock(&c->mtx);
+    if ((res = agent_step(call, rv, msg)) == NULL) {
         return;
     }
-    agent_unlink(c, call);
-    pthread_mutex_unlock(&c->mtx);
-
-    res = agent_finish(call, out, rv, msg);
     call->cb(res, call->arg);
 
     pthread_mutex_lock(&c->mtx);
@@ -770,30 +1114,33 @@ static void agent_call_cb(void *arg)
 }
 
 /*
- * Starts one call: a chat request (chat != NULL) or a status request. An
- * AGENT_ASYNC call's callback cb will run exactly once; an AGENT_SYNC call
- * is returned in *callp for agent_sync_wait. Returns LMSCHED_OK once the
- * first operation has started; otherwise returns the error and writes a
- * message for it to errbuf.
+ * Starts one call as s describes it. An AGENT_ASYNC call's callback s->cb
+ * will run exactly once; an AGENT_SYNC call is returned in *callp for
+ * agent_sync_wait. Returns LMSCHED_OK once the first operation has
+ * started; otherwise returns the error and writes a message for it to
+ * errbuf.
  */
-static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_ms,
-                       enum agent_kind kind, lmsched_chat_cb cb, void *arg,
-                       agent_call **callp, char *errbuf, size_t errlen)
+static int agent_start(lmsched_client *c, agent_spec *s, agent_call **callp, char *errbuf,
+                       size_t errlen)
 {
     agent_call *call = NULL;
     nng_msg *msg = NULL;
     void *buf = NULL;
     size_t len = 0;
     char *auth = NULL;
+    bool linked_kept = false;
     uint64_t id;
-    lms_msg m;
+    int timeout_ms = s->timeout_ms, idle_ms;
     int rc, rv;
 
     snprintf(errbuf, errlen, "invalid argument");
-    if (c == NULL || (kind == AGENT_ASYNC && cb == NULL)) {
+    if (s->idp != NULL) {
+        *s->idp = 0;
+    }
+    if (c == NULL || (s->kind == AGENT_ASYNC && s->cb == NULL)) {
         return LMSCHED_EINVAL;
     }
-    if (chat != NULL && chat->n_messages == 0) {
+    if (s->msg.kind == LMS_KIND_CHAT && s->msg.u.chat.n_messages == 0) {
         snprintf(errbuf, errlen, "the request has no messages");
         return LMSCHED_EINVAL;
     }
@@ -809,8 +1156,14 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
         return LMSCHED_ECLOSED;
     }
     c->inflight++;
-    call = agent_call_take(c, kind);
+    call = agent_call_take(c, s->kind);
     id = ++c->next_id;
+    if (s->kept != NULL) {
+        s->kept->id = id;
+        s->kept->next = c->kept;
+        c->kept = s->kept;
+        linked_kept = true;
+    }
     /* A copy, so lmsched_client_set_auth on another thread cannot free it
      * under the encoder. */
     if (c->auth != NULL && (auth = strdup(c->auth)) == NULL) {
@@ -818,9 +1171,10 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
         rc = LMSCHED_ENOMEM;
         goto fail;
     }
+    idle_ms = c->idle_timeout_ms;
     pthread_mutex_unlock(&c->mtx);
 
-    if (call == NULL && (call = agent_call_alloc(c, kind, &rc)) == NULL) {
+    if (call == NULL && (call = agent_call_alloc(c, s->kind, &rc)) == NULL) {
         goto fail;
     }
     if (call->spare == NULL) {
@@ -831,23 +1185,30 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
             goto fail;
         }
     }
-    call->cb = cb;
-    call->arg = arg;
+    call->cb = s->cb;
+    call->arg = s->arg;
+    call->on_delta = s->on_delta;
+    call->delta_arg = s->delta_arg;
+    call->stream = s->on_delta != NULL;
+    call->chunks = 0;
+    call->idle_ms = idle_ms;
+    call->recv_idle = false;
+    call->sent = false;
+    call->ended = false;
+    call->canceled = false;
+    call->canceler = 0;
     call->timeout_ms = timeout_ms;
-    call->expect = chat != NULL ? LMS_KIND_CHAT_REPLY : LMS_KIND_STATUS_REPLY;
+    call->expect = s->expect;
     call->id = id;
+    call->xid = id;
 
-    lms_msg_init(&m, chat != NULL ? LMS_KIND_CHAT : LMS_KIND_STATUS);
-    if (chat != NULL) {
-        /* A shallow copy: lms_encode only reads it, and it is not finied. */
-        m.u.chat = *chat;
-        if (m.u.chat.system == NULL) {
-            m.u.chat.system = (char *)"";
-        }
+    s->msg.id = id;
+    s->msg.auth = auth;
+    if (s->msg.kind == LMS_KIND_CHAT && s->msg.u.chat.system == NULL) {
+        s->msg.u.chat.system = (char *)"";
     }
-    m.id = id;
-    m.auth = auth;
-    rc = lms_encode(&m, &buf, &len);
+    rc = lms_encode(&s->msg, &buf, &len);
+    s->msg.auth = NULL;
     if (rc != LMSCHED_OK) {
         goto fail;
     }
@@ -885,6 +1246,10 @@ static int agent_start(lmsched_client *c, const lms_chat_req *chat, int timeout_
                                        ? timeout_ms
                                        : c->connect_timeout_ms);
     agent_link(c, call);
+    /* Before the send: a callback may run before we return. */
+    if (s->idp != NULL) {
+        *s->idp = id;
+    }
     nng_ctx_send(call->ctx, call->aio);
     pthread_mutex_unlock(&c->mtx);
     if (callp != NULL) {
@@ -909,6 +1274,16 @@ fail:
     nng_msg_free(msg);
     free(buf);
     agent_auth_free(auth);
+    if (linked_kept) {
+        pthread_mutex_lock(&c->mtx);
+        for (agent_kept **kp = &c->kept; *kp != NULL; kp = &(*kp)->next) {
+            if (*kp == s->kept) {
+                *kp = s->kept->next;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&c->mtx);
+    }
     if (call != NULL) {
         nng_msg_free(nng_aio_get_msg(call->aio));
         nng_aio_set_msg(call->aio, NULL);
@@ -919,47 +1294,173 @@ fail:
 
 /*
  * Waits on the caller's thread for a call started as AGENT_SYNC, running
- * its phases as agent_call_cb does for an asynchronous one, and returns its
- * result (NULL only when out of memory). Every wait is bounded: each
- * operation is started with a timeout that ends by the call's deadline.
+ * its steps as agent_call_cb does for an asynchronous one, and returns its
+ * result (never NULL: the spare result stands in). Every wait is bounded:
+ * each operation is started with a timeout that ends by the call's
+ * deadline.
  */
 static lmsched_result *agent_sync_wait(agent_call *call)
 {
     lmsched_client *c = call->c;
-    enum agent_outcome out;
     lmsched_result *res;
-    nng_msg *msg;
-    int rv;
 
-    for (;;) {
+    do {
         nng_aio_wait(call->aio);
-        rv = nng_aio_result(call->aio);
-        msg = nng_aio_get_msg(call->aio);
+        int rv = nng_aio_result(call->aio);
+        nng_msg *msg = nng_aio_get_msg(call->aio);
         nng_aio_set_msg(call->aio, NULL);
-        pthread_mutex_lock(&c->mtx);
-        if (!agent_advance(call, rv, &msg, &out)) {
-            break;
-        }
-        pthread_mutex_unlock(&c->mtx);
-    }
-    agent_unlink(c, call);
-    pthread_mutex_unlock(&c->mtx);
-
-    res = agent_finish(call, out, rv, msg);
+        res = agent_step(call, rv, msg);
+    } while (res == NULL);
     agent_call_done(c, call);
     return res;
+}
+
+/* The wire chat of a request, as a view: streamed when stream is set. */
+static void agent_chat_msg(lms_msg *m, const lmsched_request *req, bool stream)
+{
+    lms_msg_init(m, LMS_KIND_CHAT);
+    /* A shallow copy: lms_encode only reads it, and it is not finied. */
+    m->u.chat = *lma_request_chat(req);
+    m->u.chat.stream = stream;
 }
 
 int lmsched_chat_async(lmsched_client *c, const lmsched_request *req, int timeout_ms,
                        lmsched_chat_cb cb, void *arg)
 {
     char err[128];
+    agent_spec s = {.expect = LMS_KIND_CHAT_REPLY,
+                    .kind = AGENT_ASYNC,
+                    .timeout_ms = timeout_ms,
+                    .cb = cb,
+                    .arg = arg};
 
     if (req == NULL) {
         return LMSCHED_EINVAL;
     }
-    return agent_start(c, lma_request_chat(req), timeout_ms, AGENT_ASYNC, cb, arg, NULL,
-                       err, sizeof(err));
+    agent_chat_msg(&s.msg, req, false);
+    return agent_start(c, &s, NULL, err, sizeof(err));
+}
+
+/* ---- call ids: start, wait, cancel ------------------------------------ */
+
+/* The completion callback of a call started without one: the result is
+ * kept for lmsched_wait. */
+static void agent_kept_cb(lmsched_result *res, void *arg)
+{
+    agent_kept *k = arg;
+    lmsched_client *c = k->c;
+
+    pthread_mutex_lock(&c->mtx);
+    k->res = res;
+    pthread_cond_broadcast(&c->idle_cv);
+    pthread_mutex_unlock(&c->mtx);
+}
+
+int lmsched_chat_start(lmsched_client *c, const lmsched_request *req, int timeout_ms,
+                       lmsched_delta_cb on_delta, lmsched_chat_cb on_done, void *arg,
+                       uint64_t *idp)
+{
+    char err[128];
+    agent_kept *k = NULL;
+    agent_spec s = {.expect = LMS_KIND_CHAT_REPLY,
+                    .kind = AGENT_ASYNC,
+                    .timeout_ms = timeout_ms,
+                    .on_delta = on_delta,
+                    .delta_arg = arg,
+                    .cb = on_done,
+                    .arg = arg,
+                    .idp = idp};
+    int rc;
+
+    if (idp != NULL) {
+        *idp = 0;
+    }
+    if (c == NULL || req == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    if (on_done == NULL) {
+        if ((k = calloc(1, sizeof(*k))) == NULL) {
+            return LMSCHED_ENOMEM;
+        }
+        k->c = c;
+        s.cb = agent_kept_cb;
+        s.arg = k;
+        s.kept = k;
+    }
+    agent_chat_msg(&s.msg, req, on_delta != NULL);
+    rc = agent_start(c, &s, NULL, err, sizeof(err));
+    if (rc != LMSCHED_OK) {
+        free(k); /* agent_start unlisted it */
+    }
+    return rc;
+}
+
+int lmsched_wait(lmsched_client *c, uint64_t id, lmsched_result **resp)
+{
+    agent_kept *k, **kp;
+
+    if (resp != NULL) {
+        *resp = NULL;
+    }
+    if (c == NULL || resp == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    pthread_mutex_lock(&c->mtx);
+    for (k = c->kept; k != NULL && (k->id != id || k->claimed); k = k->next) {
+    }
+    if (k == NULL) {
+        pthread_mutex_unlock(&c->mtx);
+        return LMSCHED_EINVAL;
+    }
+    k->claimed = true;
+    c->waiters++;
+    /* The call completes by its deadline, or when close cancels it. */
+    while (k->res == NULL) {
+        pthread_cond_wait(&c->idle_cv, &c->mtx);
+    }
+    for (kp = &c->kept; *kp != k; kp = &(*kp)->next) {
+    }
+    *kp = k->next;
+    if (--c->waiters == 0 && c->closing) {
+        pthread_cond_broadcast(&c->idle_cv);
+    }
+    pthread_mutex_unlock(&c->mtx);
+    *resp = k->res;
+    free(k);
+    return lmsched_result_error(*resp);
+}
+
+int lmsched_cancel(lmsched_client *c, uint64_t id)
+{
+    agent_call *call;
+
+    if (c == NULL || id == 0) {
+        return LMSCHED_EINVAL;
+    }
+    pthread_mutex_lock(&c->mtx);
+    if (c->closing) {
+        pthread_mutex_unlock(&c->mtx);
+        return LMSCHED_ECLOSED;
+    }
+    for (call = c->calls; call != NULL; call = call->next) {
+        if (call->id == id && call->expect == LMS_KIND_CHAT_REPLY) {
+            break;
+        }
+    }
+    if (call == NULL) {
+        pthread_mutex_unlock(&c->mtx);
+        return LMSCHED_EINVAL;
+    }
+    if (!call->canceled) {
+        call->canceled = true;
+        call->canceler = AGENT_BY_CALLER;
+        /* Ends the pending operation, if any (a stream whose thread is in
+         * its delta callback has none: it sees the flag next). The daemon
+         * is told once the call's outcome is fixed (agent_step). */
+        nng_aio_cancel(call->aio);
+    }
+    pthread_mutex_unlock(&c->mtx);
+    return LMSCHED_OK;
 }
 
 /* ---- waiting for calls ------------------------------------------------- */
@@ -1070,17 +1571,22 @@ static void agent_wait_cb(lmsched_result *res, void *arg)
 /* Starts call i of w; on failure stores an error result for it (unless out
  * of memory) and returns the error. */
 static int agent_wait_start(agent_wait *w, size_t i, lmsched_client *c,
-                            const lms_chat_req *chat, int timeout_ms)
+                            const lmsched_request *req, int timeout_ms)
 {
     char err[192];
+    agent_spec s = {.expect = LMS_KIND_CHAT_REPLY,
+                    .kind = AGENT_ASYNC,
+                    .timeout_ms = timeout_ms,
+                    .cb = agent_wait_cb,
+                    .arg = &w->slots[i]};
     int rc;
 
+    agent_chat_msg(&s.msg, req, false);
     pthread_mutex_lock(&w->mtx);
     w->refs++;
     w->pending++;
     pthread_mutex_unlock(&w->mtx);
-    rc = agent_start(c, chat, timeout_ms, AGENT_ASYNC, agent_wait_cb, &w->slots[i], NULL,
-                     err, sizeof(err));
+    rc = agent_start(c, &s, NULL, err, sizeof(err));
     if (rc != LMSCHED_OK) {
         pthread_mutex_lock(&w->mtx);
         w->refs--;
@@ -1136,18 +1642,17 @@ static void agent_wait_finish(agent_wait *w, int timeout_ms, lmsched_result **ou
     }
 }
 
-/* The common body of lmsched_chat and lmsched_status: one call, run on
- * the caller's thread. Returns its code; *resp gets the result except for
- * EINVAL/ENOMEM failures to start. */
-static int agent_call_sync(lmsched_client *c, const lms_chat_req *chat, int timeout_ms,
-                           lmsched_result **resp)
+/* The common body of lmsched_chat, lmsched_chat_stream and
+ * lmsched_status: one call, run on the caller's thread. Returns its code;
+ * *resp gets the result except for EINVAL/ENOMEM failures to start. */
+static int agent_call_sync(lmsched_client *c, agent_spec *s, lmsched_result **resp)
 {
     char err[192];
     agent_call *call = NULL;
     int rc;
 
-    rc =
-        agent_start(c, chat, timeout_ms, AGENT_SYNC, NULL, NULL, &call, err, sizeof(err));
+    s->kind = AGENT_SYNC;
+    rc = agent_start(c, s, &call, err, sizeof(err));
     if (rc == LMSCHED_EINVAL || rc == LMSCHED_ENOMEM) {
         /* agent.h promises no result for these two. */
         *resp = NULL;
@@ -1171,7 +1676,27 @@ int lmsched_chat(lmsched_client *c, const lmsched_request *req, int timeout_ms,
     if (c == NULL || req == NULL) {
         return LMSCHED_EINVAL;
     }
-    return agent_call_sync(c, lma_request_chat(req), timeout_ms, resp);
+    agent_spec s = {.expect = LMS_KIND_CHAT_REPLY, .timeout_ms = timeout_ms};
+    agent_chat_msg(&s.msg, req, false);
+    return agent_call_sync(c, &s, resp);
+}
+
+int lmsched_chat_stream(lmsched_client *c, const lmsched_request *req, int timeout_ms,
+                        lmsched_delta_cb on_delta, void *arg, lmsched_result **resp)
+{
+    if (resp == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    *resp = NULL;
+    if (c == NULL || req == NULL || on_delta == NULL) {
+        return LMSCHED_EINVAL;
+    }
+    agent_spec s = {.expect = LMS_KIND_CHAT_REPLY,
+                    .timeout_ms = timeout_ms,
+                    .on_delta = on_delta,
+                    .delta_arg = arg};
+    agent_chat_msg(&s.msg, req, true);
+    return agent_call_sync(c, &s, resp);
 }
 
 int lmsched_chat_batch(lmsched_client *c, const lmsched_request *const *reqs, size_t n,
@@ -1202,7 +1727,7 @@ int lmsched_chat_batch(lmsched_client *c, const lmsched_request *const *reqs, si
             rc = LMSCHED_EINVAL;
             w->results[i] = lma_result_error(rc, "request %zu is NULL", i);
         } else {
-            rc = agent_wait_start(w, i, c, lma_request_chat(reqs[i]), timeout_ms);
+            rc = agent_wait_start(w, i, c, reqs[i], timeout_ms);
         }
         if (rc == LMSCHED_OK) {
             started++;
@@ -1238,7 +1763,9 @@ int lmsched_status(lmsched_client *c, int timeout_ms, char **jsonp, char **errms
     if (c == NULL) {
         return LMSCHED_EINVAL;
     }
-    rc = agent_call_sync(c, NULL, timeout_ms, &res);
+    agent_spec s = {.expect = LMS_KIND_STATUS_REPLY, .timeout_ms = timeout_ms};
+    lms_msg_init(&s.msg, LMS_KIND_STATUS);
+    rc = agent_call_sync(c, &s, &res);
     if (rc == LMSCHED_OK) {
         *jsonp = lma_result_take_status(res);
         if (*jsonp == NULL) {

@@ -20,10 +20,14 @@ const lms_chat_req *lma_request_chat(const lmsched_request *req);
 lmsched_result *lma_result_error(int err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Sets the field an error reply named (copied; NULL: none). Returns 0, or
+ * -1 when out of memory (the result is left without it). */
+int lma_result_set_field(lmsched_result *res, const char *field);
+
 /*
- * A new result for a decoded chat reply. Takes the strings out of *reply
- * (they become the result's, and *reply is left without them); on failure
- * returns NULL and *reply is untouched.
+ * A new result for a decoded chat reply. Takes the strings and arrays out
+ * of *reply (they become the result's, and *reply is left without them);
+ * on failure returns NULL and *reply is untouched.
  */
 lmsched_result *lma_result_reply(lms_chat_reply *reply);
 

@@ -3,7 +3,8 @@
  * through the lmsched daemon against an LLM server (lmsim) and compares the
  * prompt tokens the server prefilled with a clairvoyant optimum.
  *
- * workload.c generates the workloads (deterministic from a seed), optimum.c
+ * workload.c generates the workloads (deterministic from a seed; each has a
+ * variant whose agents also send their role's tools), optimum.c
  * computes the optimum from the requests actually sent, lmbench.c runs them.
  * Single-threaded except where noted: agent threads each write only their
  * own bn_req entries.
@@ -66,7 +67,10 @@ typedef struct bn_workload {
     int max_tokens;
     char *systems[BN_MAX_SYSTEMS];
     int nsystems;
-    int nitems;             /* distinct cache items (for the optimum) */
+    int nitems; /* distinct cache items (for the optimum) */
+    /* The "-tools" variant: each system prompt's role also sends these tool
+     * definitions (JSON text, as lmsim dumps it), NULL otherwise. */
+    char *tools[BN_MAX_SYSTEMS];
     double mean_gap_sim_ms; /* BN_MANY: mean inter-arrival time per agent */
     bn_req *reqs;
     size_t nreqs;
@@ -77,12 +81,20 @@ typedef struct bn_workload {
 
 /* Parses a workload name; returns -1 if unknown. */
 int bn_kind_parse(const char *name, bn_kind *kind);
+/* The same, also accepting a "-tools" suffix (the variant with tools):
+ * *tools says whether it was there. */
+int bn_workload_parse(const char *name, bn_kind *kind, bool *tools);
 
 /* Generates the workload (*wp freed with bn_workload_free). scale multiplies
  * the number of requests per agent (at least 1). Returns 0 or -1 (no
  * memory). */
 int bn_workload_alloc(bn_workload **wp, bn_kind kind, uint64_t seed, double scale);
 void bn_workload_free(bn_workload *w); /* accepts NULL */
+/* Makes w the "-tools" variant: every role (system prompt) gets tool
+ * definitions of about `tokens` tokens of its own, deterministic from the
+ * seed, sent with each of its requests and rendered into the system block
+ * as lmsim and the daemon render them. Returns 0 or -1 (no memory). */
+int bn_workload_add_tools(bn_workload *w, uint64_t seed, int tokens);
 /* Forgets everything filled by a run, so the workload can run again. */
 void bn_workload_reset(bn_workload *w);
 
@@ -99,7 +111,8 @@ typedef struct bn_msg {
  * or -1 (no memory). */
 int bn_request_messages(const bn_workload *w, size_t i, bn_msg **msgsp);
 
-/* Renders request i as lmsim does (ChatML, see docs/simulator.md) into
+/* Renders request i as lmsim does (ChatML, see docs/simulator.md; the
+ * system block holds the tools when the workload has them) into
  * req->render. Returns 0 or -1 (no memory). */
 int bn_request_render(bn_workload *w, size_t i);
 

@@ -50,6 +50,8 @@
 #define BN_DAEMON_START_MS 15000
 #define BN_DAEMON_STOP_MS 40000
 #define BN_REQUEST_TIMEOUT_MS 900000
+/* The "-tools" variants: each role's tool definitions, in lmsim's tokens. */
+#define BN_TOOLS_TOKENS 600
 
 typedef enum bn_backend_kind {
     BN_BACKEND_AUTO,
@@ -72,13 +74,14 @@ typedef struct bn_opts {
     uint64_t seed;
     double scale;
     bool json;
+    bool tools; /* the workload's "-tools" variant */
 } bn_opts;
 
 static void bn_usage(FILE *out)
 {
     fprintf(
         out,
-        "usage: lmbench --workload rounds|roles|many|chat [--policy P[,P...]]\n"
+        "usage: lmbench --workload rounds|roles|many|chat[-tools] [--policy P[,P...]]\n"
         "               [--backend URL] [--backend-kind auto|lmsim|llamacpp]\n"
         "               [--reset-cmd CMD] [--time-scale F] [--lmsched PATH]\n"
         "               [--daemon-arg ARG]... [--slots N] [--seed N] [--scale F] "
@@ -88,7 +91,8 @@ static void bn_usage(FILE *out)
         "llama-server) once per policy (default fifo), resetting the backend before\n"
         "each, and prints one result per policy (a JSON object per line with --json).\n"
         "\n"
-        "  --workload W      rounds, roles, many or chat (see docs/benchmarks.md)\n"
+        "  --workload W      rounds, roles, many or chat (see docs/benchmarks.md); with\n"
+        "                    -tools (roles-tools ...), each role also sends its tools\n"
         "  --policy LIST     comma-separated queue policies (default fifo)\n"
         "  --backend URL     backend base URL (default http://127.0.0.1:1234)\n"
         "  --backend-kind K  lmsim, llamacpp, or auto (default: llamacpp if GET /props\n"
@@ -240,8 +244,9 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
         fprintf(stderr, "lmbench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (workload == NULL || bn_kind_parse(workload, &o->kind) != 0) {
-        fprintf(stderr, "lmbench: --workload must be rounds, roles, many or chat\n");
+    if (workload == NULL || bn_workload_parse(workload, &o->kind, &o->tools) != 0) {
+        fprintf(stderr, "lmbench: --workload must be rounds, roles, many or chat, "
+                        "optionally with -tools\n");
         return 2;
     }
     /* split the policy list in a copy; the pointers point into it */
@@ -543,7 +548,9 @@ static lmsched_request *bn_build(bn_run *run, size_t i)
     if (lmsched_request_alloc(&req) != LMSCHED_OK ||
         lmsched_request_set_system(req, w->systems[q->system]) != LMSCHED_OK ||
         lmsched_request_set_max_tokens(req, w->max_tokens) != LMSCHED_OK ||
-        lmsched_request_set_agent(req, agent) != LMSCHED_OK)
+        lmsched_request_set_agent(req, agent) != LMSCHED_OK ||
+        (w->tools[q->system] != NULL &&
+         lmsched_request_set_tools(req, w->tools[q->system]) != LMSCHED_OK))
         goto fail;
     for (int k = 0; k < n; k++)
         if (lmsched_request_add_message(req, m[k].role, m[k].content) != LMSCHED_OK)
@@ -1025,7 +1032,8 @@ int main(int argc, char **argv)
     if (o.backend_kind == BN_BACKEND_AUTO)
         o.backend_kind =
             bn_llama_slots(o.backend) > 0 ? BN_BACKEND_LLAMACPP : BN_BACKEND_LMSIM;
-    if (bn_workload_alloc(&w, o.kind, o.seed, o.scale) != 0) {
+    if (bn_workload_alloc(&w, o.kind, o.seed, o.scale) != 0 ||
+        (o.tools && bn_workload_add_tools(w, o.seed, BN_TOOLS_TOKENS) != 0)) {
         fprintf(stderr, "lmbench: out of memory\n");
         goto out_curl;
     }

@@ -2,13 +2,17 @@
  * workload - generates lmbench's four workloads, deterministically from a
  * seed: English-like system prompts of given token sizes (lmsim counts 4
  * bytes per token), short user messages (20-60 tokens), and for `many` the
- * open-loop send times. Also renders a request the way lmsim does, which the
- * optimum needs to know exactly which leading tokens two prompts share.
+ * open-loop send times; and for each its "-tools" variant, in which every
+ * role also sends tool definitions of its own. Also renders a request the
+ * way lmsim does, which the optimum needs to know exactly which leading
+ * tokens two prompts share.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "bench/bench.h"
 
@@ -169,6 +173,21 @@ int bn_kind_parse(const char *name, bn_kind *kind)
     return -1;
 }
 
+int bn_workload_parse(const char *name, bn_kind *kind, bool *tools)
+{
+    static const char suffix[] = "-tools";
+    char base[32];
+    size_t n = strlen(name), k = sizeof(suffix) - 1;
+    *tools = n > k && strcmp(name + n - k, suffix) == 0;
+    if (!*tools)
+        return bn_kind_parse(name, kind);
+    if (n - k >= sizeof(base))
+        return -1;
+    memcpy(base, name, n - k);
+    base[n - k] = '\0';
+    return bn_kind_parse(base, kind);
+}
+
 void bn_workload_reset(bn_workload *w)
 {
     for (size_t i = 0; w != NULL && i < w->nreqs; i++) {
@@ -197,8 +216,10 @@ void bn_workload_free(bn_workload *w)
     bn_workload_reset(w);
     for (size_t i = 0; i < w->nreqs; i++)
         free(w->reqs[i].user);
-    for (int i = 0; i < w->nsystems; i++)
+    for (int i = 0; i < w->nsystems; i++) {
         free(w->systems[i]);
+        free(w->tools[i]);
+    }
     free(w->reqs);
     free(w);
 }
@@ -312,6 +333,74 @@ fail:
     return -1;
 }
 
+/* ---- tools --------------------------------------------------------------- */
+
+/* What each role's tools are called (after the role's name, so no user
+ * message, which never holds an underscore, names one and makes lmsim call
+ * it) and the parameter each takes. */
+static const char *const bn_tool_verbs[][2] = {
+    {"search", "query"},   {"read_file", "path"},    {"write_note", "text"},
+    {"run_check", "name"}, {"list_items", "filter"}, {"ask_owner", "question"},
+};
+#define BN_NTOOLS (sizeof(bn_tool_verbs) / sizeof(bn_tool_verbs[0]))
+
+/* One sentence or more of description, at least min_bytes. */
+static json_t *bn_json_text(bn_rng *r, size_t min_bytes)
+{
+    bn_buf b = {0};
+    json_t *s = NULL;
+    if (bn_text(&b, r, min_bytes) == 0) {
+        if (b.len > 0 && b.p[b.len - 1] == ' ')
+            b.p[--b.len] = '\0';
+        s = json_string(b.p);
+    }
+    free(b.p);
+    return s;
+}
+
+/* A role's tool definitions, OpenAI's shape, of about `tokens` tokens as
+ * JSON text dumped the way lmsim (and the daemon's prefix chain) dump it. */
+static char *bn_role_tools(bn_rng *r, const char *role, int tokens)
+{
+    json_t *arr = json_array();
+    char *text = NULL;
+    size_t per = (size_t)tokens * BN_BYTES_PER_TOKEN / BN_NTOOLS;
+    if (arr == NULL)
+        return NULL;
+    for (size_t i = 0; i < BN_NTOOLS; i++) {
+        char name[96];
+        snprintf(name, sizeof(name), "%s_%s", role, bn_tool_verbs[i][0]);
+        json_t *t = json_pack(
+            "{s:s,s:{s:s,s:o,s:{s:s,s:{s:{s:s,s:o},s:{s:s,s:i,s:i}},s:[s]}}}", "type",
+            "function", "function", "name", name, "description", bn_json_text(r, per / 2),
+            "parameters", "type", "object", "properties", bn_tool_verbs[i][1], "type",
+            "string", "description", bn_json_text(r, per / 4), "limit", "type", "integer",
+            "minimum", 1, "maximum", 100, "required", bn_tool_verbs[i][1]);
+        if (t == NULL || json_array_append_new(arr, t) != 0)
+            goto out;
+    }
+    text = json_dumps(arr, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+out:
+    json_decref(arr);
+    return text;
+}
+
+int bn_workload_add_tools(bn_workload *w, uint64_t seed, int tokens)
+{
+    static const char *const names[] = {"rounds-tools", "roles-tools", "many-tools",
+                                        "chat-tools"};
+    for (int s = 0; s < w->nsystems; s++) {
+        bn_rng r = bn_rng_for(seed, (int)w->kind, 3, s);
+        free(w->tools[s]);
+        w->tools[s] =
+            bn_role_tools(&r, w->kind == BN_CHAT ? "assistant" : bn_roles[s], tokens);
+        if (w->tools[s] == NULL)
+            return -1;
+    }
+    w->name = names[w->kind];
+    return 0;
+}
+
 /* ---- messages and rendering ---------------------------------------------- */
 
 int bn_request_messages(const bn_workload *w, size_t i, bn_msg **msgsp)
@@ -353,8 +442,14 @@ int bn_request_render(bn_workload *w, size_t i)
     int n = bn_request_messages(w, i, &m);
     if (n < 0)
         goto fail;
-    /* The daemon leaves out an empty system prompt; ours never are. */
-    if (bn_render_msg(&b, "system", w->systems[q->system]) != 0)
+    /* The daemon leaves out an empty system prompt; ours never are. The
+     * tools follow the system prompt in its block (docs/simulator.md). */
+    const char *tools = w->tools[q->system];
+    if (bn_buf_str(&b, "<|im_start|>system\n") != 0 ||
+        bn_buf_str(&b, w->systems[q->system]) != 0 ||
+        (tools != NULL && (bn_buf_str(&b, "\n\n# Tools\n") != 0 ||
+                           bn_buf_str(&b, tools) != 0 || bn_buf_str(&b, "\n") != 0)) ||
+        bn_buf_str(&b, "<|im_end|>\n") != 0)
         goto fail;
     for (int k = 0; k < n; k++)
         if (bn_render_msg(&b, m[k].role, m[k].content) != 0)

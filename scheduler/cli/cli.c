@@ -612,20 +612,36 @@ static void cli_chat_usage(FILE *out)
         "Sends one chat request (a system prompt and one user message) through the\n"
         "lmsched daemon and prints the reply. A user text of \"-\" is read from stdin.\n"
         "\n"
-        "  --system TEXT        system prompt (default: empty)\n"
-        "  --system-file FILE   read the system prompt from FILE, byte for byte\n"
-        "  --model M            model to ask for (default: the server's loaded model)\n"
-        "  --max-tokens N       reply length limit in tokens, 1 to %d\n"
-        "  --temperature T      sampling temperature, 0 to 10\n"
-        "  --priority P         0 (lowest) to 9 (highest), default 5\n"
-        "  --agent NAME         agent name shown in the daemon's logs (default\n"
-        "                       lmsched-chat)\n"
-        "  --timeout MS         give up after MS milliseconds (default %d)\n"
-        "  --url URL            daemon URL (default: $LMSCHED_URL, else\n"
-        "                       ipc://$XDG_RUNTIME_DIR/lmsched.sock, or\n"
-        "                       ipc:///tmp/lmsched.sock)\n"
-        "  --json               print the reply, usage and timings as a JSON object\n"
+        "  --system TEXT          system prompt (default: empty)\n"
+        "  --system-file FILE     read the system prompt from FILE, byte for byte\n"
+        "  --model M              model to ask for (default: the server's loaded model)\n"
+        "  --max-tokens N         reply length limit in tokens, 1 to %d\n"
+        "  --temperature T        sampling temperature, 0 to 10\n"
+        "  --seed N               sampling seed (a signed 64-bit integer)\n"
+        "  --priority P           0 (lowest) to 9 (highest), default 5\n"
+        "  --agent NAME           agent name shown in the daemon's logs (default\n"
+        "                         lmsched-chat)\n"
+        "  --stream               print the answer as it is generated\n"
+        "  --tools FILE           tool definitions: a JSON array (OpenAI's shape) in "
+        "FILE\n"
+        "  --tool-choice C        auto, none, required, a function name, or a JSON "
+        "object\n"
+        "  --response-format FILE structured output: a JSON object in FILE, e.g.\n"
+        "                         {\"type\":\"json_object\"}\n"
+        "  --extra JSON           more fields for the LLM server's request body, as a\n"
+        "                         JSON object, e.g. '{\"top_k\":40,\"min_p\":0.05}'\n"
+        "  --timeout MS           give up after MS milliseconds (default %d)\n"
+        "  --url URL              daemon URL (default: $LMSCHED_URL, else\n"
+        "                         ipc://$XDG_RUNTIME_DIR/lmsched.sock, or\n"
+        "                         ipc:///tmp/lmsched.sock)\n"
+        "  --json                 print the reply, usage and timings as a JSON object\n"
+        "                         (with --stream: a JSON line per piece, then the\n"
+        "                         reply's)\n"
         "  --help\n"
+        "\n"
+        "The answer goes to stdout, each tool call the model made as a line\n"
+        "\"tool_call ID NAME ARGUMENTS\" after it; a reasoning model's thoughts go to\n"
+        "stderr. FILE may be \"-\" for stdin (once).\n"
         "\n"
         "A daemon started with --auth-token-file needs its token: set it in the\n"
         "environment variable LMSCHED_AUTH_TOKEN.\n"
@@ -742,15 +758,65 @@ static json_t *cli_json_ms(double v)
     return v >= 0 ? json_real(v) : json_null();
 }
 
-static int cli_print_reply(const lmsched_result *res, bool as_json)
+/* The reply's tool calls as a JSON array of {id, type, name, arguments}
+ * (arguments as the model wrote them, a string). */
+static json_t *cli_json_calls(const lmsched_result *res)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr != NULL && i < lmsched_result_tool_call_count(res); i++) {
+        json_t *tc = json_pack(
+            "{s:o,s:o,s:o,s:o}", "id", cli_json_str(lmsched_result_tool_call_id(res, i)),
+            "type", cli_json_str(lmsched_result_tool_call_type(res, i)), "name",
+            cli_json_str(lmsched_result_tool_call_name(res, i)), "arguments",
+            cli_json_str(lmsched_result_tool_call_arguments(res, i)));
+        if (tc == NULL || json_array_append_new(arr, tc) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+/* The logprobs the server sent (when --extra asked for them), or null. */
+static json_t *cli_json_logprobs(const lmsched_result *res)
+{
+    const char *text = lmsched_result_logprobs_json(res);
+    json_t *v = text != NULL ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
+    return v != NULL ? v : json_null();
+}
+
+/* One tool call as the text output shows it: "tool_call ID NAME ARGS". */
+static void cli_print_call_head(const char *id, const char *name)
+{
+    printf("tool_call %s %s ", id != NULL && id[0] != '\0' ? id : "-",
+           name != NULL ? name : "-");
+}
+
+/* Prints the reply. flags: CLI_JSON_FLAGS, or compact for a stream's last
+ * line. Without JSON: reasoning to stderr, content to stdout (ended by a
+ * newline), then a line per tool call. */
+static int cli_print_reply(const lmsched_result *res, bool as_json, size_t flags)
 {
     if (!as_json) {
+        const char *reasoning = lmsched_result_reasoning(res);
+        if (reasoning != NULL && reasoning[0] != '\0') {
+            size_t r = strlen(reasoning);
+            fwrite(reasoning, 1, r, stderr);
+            if (reasoning[r - 1] != '\n')
+                fputc('\n', stderr);
+        }
         const char *content = lmsched_result_content(res);
         size_t n = content != NULL ? strlen(content) : 0;
+        size_t ncalls = lmsched_result_tool_call_count(res);
         if (n > 0)
             fwrite(content, 1, n, stdout);
-        if (n == 0 || content[n - 1] != '\n')
+        if ((n > 0 && content[n - 1] != '\n') || (n == 0 && ncalls == 0))
             fputc('\n', stdout);
+        for (size_t i = 0; i < ncalls; i++) {
+            cli_print_call_head(lmsched_result_tool_call_id(res, i),
+                                lmsched_result_tool_call_name(res, i));
+            printf("%s\n", lmsched_result_tool_call_arguments(res, i));
+        }
         return CLI_EXIT_OK;
     }
     json_t *doc =
@@ -765,9 +831,21 @@ static int cli_print_reply(const lmsched_result *res, bool as_json)
                   cli_json_ms(lmsched_result_ttft_ms(res)), "total_ms",
                   cli_json_ms(lmsched_result_total_ms(res)), "retries",
                   (json_int_t)lmsched_result_retries(res));
-    if (doc == NULL)
+    /* What not every answer has comes only when it is there, so the
+     * document of a plain answer keeps its keys. */
+    bool bad = doc == NULL;
+    if (!bad && lmsched_result_reasoning(res) != NULL)
+        bad = json_object_set_new(doc, "reasoning",
+                                  cli_json_str(lmsched_result_reasoning(res))) != 0;
+    if (!bad && lmsched_result_tool_call_count(res) > 0)
+        bad = json_object_set_new(doc, "tool_calls", cli_json_calls(res)) != 0;
+    if (!bad && lmsched_result_logprobs_json(res) != NULL)
+        bad = json_object_set_new(doc, "logprobs", cli_json_logprobs(res)) != 0;
+    if (bad) {
+        json_decref(doc);
         return cli_report(LMSCHED_ENOMEM, "cannot build the JSON reply");
-    int rc = json_dumpf(doc, stdout, CLI_JSON_FLAGS);
+    }
+    int rc = json_dumpf(doc, stdout, flags);
     json_decref(doc);
     if (rc != 0)
         return cli_report(LMSCHED_ENOMEM, "cannot print the JSON reply");
@@ -775,12 +853,86 @@ static int cli_print_reply(const lmsched_result *res, bool as_json)
     return CLI_EXIT_OK;
 }
 
+/* What the stream printer remembers between pieces. */
+typedef struct cli_stream {
+    bool as_json;
+    bool out_open; /* stdout's last line is not ended */
+    bool out_any;  /* anything went to stdout */
+    bool err_open; /* stderr's reasoning line is not ended */
+} cli_stream;
+
+/* Ends the reasoning line on stderr before anything else is printed. */
+static void cli_stream_end_reasoning(cli_stream *s)
+{
+    if (s->err_open) {
+        fputc('\n', stderr);
+        fflush(stderr);
+        s->err_open = false;
+    }
+}
+
+/* Prints each piece as it comes: content to stdout, reasoning to stderr,
+ * a tool call as its "tool_call ID NAME " head then its arguments; with
+ * --json, one line per piece in the protocol's delta shape. The output
+ * is the same as without --stream once the stream is over. */
+static int cli_on_delta(int kind, const char *text, int index, const char *id,
+                        const char *name, void *arg)
+{
+    cli_stream *s = arg;
+    size_t n = strlen(text);
+
+    if (s->as_json) {
+        json_t *d = NULL;
+        if (kind == LMSCHED_DELTA_CONTENT)
+            d = json_pack("{s:o}", "content", cli_json_str(text));
+        else if (kind == LMSCHED_DELTA_REASONING)
+            d = json_pack("{s:o}", "reasoning", cli_json_str(text));
+        else if (kind == LMSCHED_DELTA_TOOL_CALL)
+            d = json_pack("{s:{s:i,s:o,s:o,s:o}}", "tool_call", "index", index, "id",
+                          cli_json_str(id), "name", cli_json_str(name), "arguments",
+                          cli_json_str(text));
+        if (d != NULL && json_dumpf(d, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER) == 0)
+            fputc('\n', stdout);
+        json_decref(d);
+    } else if (kind == LMSCHED_DELTA_REASONING) {
+        if (n > 0) {
+            fwrite(text, 1, n, stderr);
+            s->err_open = text[n - 1] != '\n';
+            fflush(stderr);
+        }
+        return 0;
+    } else if (kind == LMSCHED_DELTA_CONTENT) {
+        cli_stream_end_reasoning(s);
+        if (n > 0) {
+            fwrite(text, 1, n, stdout);
+            s->out_open = text[n - 1] != '\n';
+            s->out_any = true;
+        }
+    } else if (kind == LMSCHED_DELTA_TOOL_CALL) {
+        cli_stream_end_reasoning(s);
+        if (id != NULL) {
+            if (s->out_open)
+                fputc('\n', stdout);
+            cli_print_call_head(id, name);
+            s->out_any = true;
+        }
+        fwrite(text, 1, n, stdout);
+        s->out_open = true;
+    }
+    fflush(stdout);
+    /* A closed stdout (the reader went away) stops the stream: the daemon
+     * frees the slot instead of generating for nobody. */
+    return ferror(stdout) ? 1 : 0;
+}
+
 /* A setter refused a value that passed our own checks, or memory ran out. */
-static int cli_setter_failed(int rc, const char *what)
+static int cli_setter_failed(int rc, const char *what, const lmsched_request *req)
 {
     if (rc == LMSCHED_ENOMEM)
         return cli_report(rc, NULL);
-    fprintf(stderr, "lmsched chat: invalid %s: %s\n", what, lmsched_strerror(rc));
+    const char *why = lmsched_request_last_error(req);
+    fprintf(stderr, "lmsched chat: invalid %s: %s\n", what,
+            why != NULL && why[0] != '\0' ? why : lmsched_strerror(rc));
     return CLI_EXIT_USAGE;
 }
 
@@ -797,6 +949,12 @@ int cli_chat_main(int argc, char **argv)
         OPT_TIMEOUT,
         OPT_URL,
         OPT_JSON,
+        OPT_STREAM,
+        OPT_TOOLS,
+        OPT_TOOL_CHOICE,
+        OPT_RESPONSE_FORMAT,
+        OPT_EXTRA,
+        OPT_SEED,
     };
     static const struct option opts[] = {
         {"system", required_argument, NULL, OPT_SYSTEM},
@@ -809,16 +967,25 @@ int cli_chat_main(int argc, char **argv)
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"url", required_argument, NULL, OPT_URL},
         {"json", no_argument, NULL, OPT_JSON},
+        {"stream", no_argument, NULL, OPT_STREAM},
+        {"tools", required_argument, NULL, OPT_TOOLS},
+        {"tool-choice", required_argument, NULL, OPT_TOOL_CHOICE},
+        {"response-format", required_argument, NULL, OPT_RESPONSE_FORMAT},
+        {"extra", required_argument, NULL, OPT_EXTRA},
+        {"seed", required_argument, NULL, OPT_SEED},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *system = NULL, *system_file = NULL, *model = NULL,
                *agent = "lmsched-chat";
-    const char *url = NULL;
+    const char *url = NULL, *tools_file = NULL, *tool_choice = NULL, *format_file = NULL,
+               *extra = NULL;
     long max_tokens = -1, priority = -1, timeout = 0;
+    long long seed = 0;
+    bool have_seed = false;
     double temperature = -1;
-    bool as_json = false;
-    char *system_buf = NULL, *user_buf = NULL;
+    bool as_json = false, stream = false;
+    char *system_buf = NULL, *user_buf = NULL, *tools_buf = NULL, *format_buf = NULL;
     lmsched_client *client = NULL;
     lmsched_request *req = NULL;
     lmsched_result *res = NULL;
@@ -864,6 +1031,35 @@ int cli_chat_main(int argc, char **argv)
         case OPT_JSON:
             as_json = true;
             break;
+        case OPT_STREAM:
+            stream = true;
+            break;
+        case OPT_TOOLS:
+            tools_file = optarg;
+            break;
+        case OPT_TOOL_CHOICE:
+            tool_choice = optarg;
+            break;
+        case OPT_RESPONSE_FORMAT:
+            format_file = optarg;
+            break;
+        case OPT_EXTRA:
+            extra = optarg;
+            break;
+        case OPT_SEED: {
+            char *end;
+            errno = 0;
+            seed = strtoll(optarg, &end, 10);
+            if (errno != 0 || end == optarg || *end != '\0') {
+                fprintf(
+                    stderr,
+                    "lmsched chat: --seed: expected a signed 64-bit integer, got '%s'\n",
+                    optarg);
+                return CLI_EXIT_USAGE;
+            }
+            have_seed = true;
+            break;
+        }
         case 'h':
             cli_chat_usage(stdout);
             return cli_finish_stdout(CLI_EXIT_OK);
@@ -882,9 +1078,13 @@ int cli_chat_main(int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     const char *user = argv[optind];
-    if (strcmp(user, "-") == 0 && system_file != NULL && strcmp(system_file, "-") == 0) {
-        fprintf(stderr, "lmsched chat: stdin cannot hold both the system prompt and the "
-                        "user text\n");
+    int from_stdin = (strcmp(user, "-") == 0) +
+                     (system_file != NULL && strcmp(system_file, "-") == 0) +
+                     (tools_file != NULL && strcmp(tools_file, "-") == 0) +
+                     (format_file != NULL && strcmp(format_file, "-") == 0);
+    if (from_stdin > 1) {
+        fprintf(stderr, "lmsched chat: stdin can hold only one of the system prompt, the "
+                        "user text, --tools and --response-format\n");
         return CLI_EXIT_USAGE;
     }
     if (system_file != NULL) {
@@ -897,6 +1097,11 @@ int cli_chat_main(int argc, char **argv)
             goto out;
         user = user_buf;
     }
+    if (tools_file != NULL && cli_read_text("--tools file", tools_file, &tools_buf) != 0)
+        goto out;
+    if (format_file != NULL &&
+        cli_read_text("--response-format file", format_file, &format_buf) != 0)
+        goto out;
 
     if ((rc = lmsched_request_alloc(&req)) != LMSCHED_OK) {
         code = cli_report(rc, NULL);
@@ -905,53 +1110,109 @@ int cli_chat_main(int argc, char **argv)
     /* the system prompt is the shared prefix the server caches: sent as given */
     if ((rc = lmsched_request_set_system(req, system != NULL ? system : "")) !=
         LMSCHED_OK) {
-        code = cli_setter_failed(rc, "system prompt");
+        code = cli_setter_failed(rc, "system prompt", req);
         goto out;
     }
     if ((rc = lmsched_request_add_message(req, "user", user)) != LMSCHED_OK) {
-        code = cli_setter_failed(rc, "user text");
+        code = cli_setter_failed(rc, "user text", req);
         goto out;
     }
     if (model != NULL && (rc = lmsched_request_set_model(req, model)) != LMSCHED_OK) {
-        code = cli_setter_failed(rc, "--model");
+        code = cli_setter_failed(rc, "--model", req);
         goto out;
     }
     if (max_tokens > 0 &&
         (rc = lmsched_request_set_max_tokens(req, (int32_t)max_tokens)) != LMSCHED_OK) {
-        code = cli_setter_failed(rc, "--max-tokens");
+        code = cli_setter_failed(rc, "--max-tokens", req);
         goto out;
     }
     if (temperature >= 0 &&
         (rc = lmsched_request_set_temperature(req, temperature)) != LMSCHED_OK) {
-        code = cli_setter_failed(rc, "--temperature");
+        code = cli_setter_failed(rc, "--temperature", req);
+        goto out;
+    }
+    if (have_seed && (rc = lmsched_request_set_seed(req, (int64_t)seed)) != LMSCHED_OK) {
+        code = cli_setter_failed(rc, "--seed", req);
         goto out;
     }
     if (priority >= 0 &&
         (rc = lmsched_request_set_priority(req, (int)priority)) != LMSCHED_OK) {
-        code = cli_setter_failed(rc, "--priority");
+        code = cli_setter_failed(rc, "--priority", req);
         goto out;
     }
     if ((rc = lmsched_request_set_agent(req, agent)) != LMSCHED_OK) {
-        code = cli_setter_failed(rc, "--agent");
+        code = cli_setter_failed(rc, "--agent", req);
+        goto out;
+    }
+    if (tools_buf != NULL &&
+        (rc = lmsched_request_set_tools(req, tools_buf)) != LMSCHED_OK) {
+        code = cli_setter_failed(rc, "--tools", req);
+        goto out;
+    }
+    if (tool_choice != NULL) {
+        /* a bare word other than auto/none/required names a function */
+        bool word = tool_choice[0] != '{' && tool_choice[0] != '"' &&
+                    strcmp(tool_choice, "auto") != 0 &&
+                    strcmp(tool_choice, "none") != 0 &&
+                    strcmp(tool_choice, "required") != 0;
+        rc = word ? lmsched_request_set_tool_choice_function(req, tool_choice)
+                  : lmsched_request_set_tool_choice(req, tool_choice);
+        if (rc != LMSCHED_OK) {
+            code = cli_setter_failed(rc, "--tool-choice", req);
+            goto out;
+        }
+    }
+    if (format_buf != NULL &&
+        (rc = lmsched_request_set_response_format(req, format_buf)) != LMSCHED_OK) {
+        code = cli_setter_failed(rc, "--response-format", req);
+        goto out;
+    }
+    if (extra != NULL && (rc = lmsched_request_set_extra(req, extra)) != LMSCHED_OK) {
+        code = cli_setter_failed(rc, "--extra", req);
         goto out;
     }
 
     if ((code = cli_open("chat", url, (int)timeout, &client)) != CLI_EXIT_OK)
         goto out;
-    rc = lmsched_chat(client, req, (int)timeout, &res);
+    cli_stream st = {.as_json = as_json};
+    if (stream)
+        rc = lmsched_chat_stream(client, req, (int)timeout, cli_on_delta, &st, &res);
+    else
+        rc = lmsched_chat(client, req, (int)timeout, &res);
+    cli_stream_end_reasoning(&st);
+    if (st.out_open) {
+        fputc('\n', stdout);
+        st.out_open = false;
+    }
     if (rc != LMSCHED_OK) {
         const char *msg = res != NULL ? lmsched_result_message(res) : NULL;
+        fflush(stdout);
         if (as_json)
             cli_print_error_json(rc, msg);
         code = cli_report(rc, msg);
+        if (stream && ferror(stdout))
+            code = cli_finish_stdout(code);
         goto out;
     }
-    code = cli_finish_stdout(cli_print_reply(res, as_json));
+    if (!stream) {
+        code = cli_finish_stdout(cli_print_reply(res, as_json, CLI_JSON_FLAGS));
+    } else if (as_json) {
+        /* the last line: the whole reply, as without --stream but on one line */
+        code = cli_finish_stdout(cli_print_reply(
+            res, true, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12)));
+    } else {
+        /* an answer with nothing to show still ends its (empty) line */
+        if (!st.out_any)
+            fputc('\n', stdout);
+        code = cli_finish_stdout(CLI_EXIT_OK);
+    }
 out:
     lmsched_result_free(res);
     lmsched_request_free(req);
     lmsched_client_close(client);
     free(system_buf);
     free(user_buf);
+    free(tools_buf);
+    free(format_buf);
     return code;
 }

@@ -5,7 +5,9 @@
 # fanout.c example of docs/agentlib.md exactly as that page says (pkg-config,
 # no extra flags), and runs it with no LD_LIBRARY_PATH against lmsim and a
 # real `lmsched serve`: every question must be answered. Also checks that the
-# program found the library in the prefix (not in the build tree).
+# program found the library in the prefix (not in the build tree). The
+# page's other examples are built the same way and run too: stream.c must
+# stream an answer, tools.c must make a whole tool round trip.
 set -euo pipefail
 src=${1:?usage: install_test.sh SOURCE_DIR BUILD_DIR}
 build=${2:?usage: install_test.sh SOURCE_DIR BUILD_DIR}
@@ -26,19 +28,20 @@ cmake --install "$build" --prefix "$tmp/prefix" >"$tmp/install.log" 2>&1 || {
     exit 1
 }
 
-# The example, cut out of the page so the page cannot drift from what works.
-awk '/<!-- example: fanout.c -->/ { grab = 1; next }
-     grab && /^```c$/ { inside = 1; next }
-     inside && /^```$/ { exit }
-     inside { print }' "$src/docs/agentlib.md" >"$tmp/fanout.c"
-[ -s "$tmp/fanout.c" ] || {
-    echo "FAIL: no fanout.c example in docs/agentlib.md"
-    exit 1
-}
-
+# The examples, cut out of the page so the page cannot drift from what works.
 export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
-cc -Wall -Wextra -Werror "$tmp/fanout.c" $(pkg-config --cflags --libs lmsched-agent) -lpthread \
-    -o "$tmp/fanout"
+for ex in fanout stream tools; do
+    awk -v tag="<!-- example: $ex.c -->" '$0 == tag { grab = 1; next }
+         grab && /^```c$/ { inside = 1; next }
+         inside && /^```$/ { exit }
+         inside { print }' "$src/docs/agentlib.md" >"$tmp/$ex.c"
+    [ -s "$tmp/$ex.c" ] || {
+        echo "FAIL: no $ex.c example in docs/agentlib.md"
+        exit 1
+    }
+    cc -Wall -Wextra -Werror "$tmp/$ex.c" $(pkg-config --cflags --libs lmsched-agent) \
+        -lpthread -o "$tmp/$ex"
+done
 
 "$bin/lmsim" --time-scale 50 --port-file "$tmp/port" --log-level warn >"$tmp/lmsim.log" 2>&1 &
 sim_pid=$!
@@ -62,6 +65,32 @@ out=$("$tmp/fanout" "What is a prefix cache?" "Why share one server?" "What is a
 }
 echo "$out"
 echo "$out" | grep -qx "3 of 3 answered" || { echo "FAIL: not every question answered"; exit 1; }
+
+# stream.c: the answer streamed, then its summary line.
+out=$("$tmp/stream" "Tell me a story." 2>"$tmp/stream.err") || {
+    echo "$out"
+    cat "$tmp/stream.err" "$tmp/daemon.log"
+    echo "FAIL: the stream example failed"
+    exit 1
+}
+echo "$out"
+echo "$out" | grep -Eq '^\[[0-9]+ tokens, [0-9]+ characters; first token' ||
+    { echo "FAIL: the stream example printed no summary"; exit 1; }
+[ "$(echo "$out" | head -n 1 | wc -c)" -gt 20 ] ||
+    { echo "FAIL: the stream example printed no answer"; exit 1; }
+
+# tools.c: the model calls the tool, gets its result, answers with it.
+out=$("$tmp/tools") || {
+    echo "$out"
+    cat "$tmp/daemon.log"
+    echo "FAIL: the tools example failed"
+    exit 1
+}
+echo "$out"
+echo "$out" | grep -q '^tool: get_weather({"city":' ||
+    { echo "FAIL: the tools example made no tool call"; exit 1; }
+echo "$out" | grep -q '^answer: Tool result: {"temp_c":18' ||
+    { echo "FAIL: the tools example got no answer from the tool's result"; exit 1; }
 
 # It must have loaded the installed library, found through the rpath.
 lib=$(LD_TRACE_LOADED_OBJECTS=1 "$tmp/fanout" | awk '/liblmsched-agent/ { print $3 }')

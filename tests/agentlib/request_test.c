@@ -243,6 +243,366 @@ static void test_result_accessors_accept_null(void **state)
     assert_int_equal(lmsched_result_retries(NULL), 0);
 }
 
+/* The JSON fields and structured messages land in the wire-format request
+ * as given, and survive an encode/decode round trip (what the daemon
+ * reads). */
+static void test_json_setters_store_values(void **state)
+{
+    static const char tools[] =
+        "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+        "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":"
+        "\"string\"}}}}}]";
+    static const char calls[] =
+        "[{\"id\":\"call_1\",\"type\":\"function\",\"function\":"
+        "{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}}]";
+    lmsched_request *req = NULL;
+    const lms_chat_req *c;
+    void *buf = NULL;
+    size_t len = 0;
+    lms_msg m, d;
+    lms_decode_err de;
+
+    (void)state;
+    assert_int_equal(lmsched_request_alloc(&req), LMSCHED_OK);
+    c = lma_request_chat(req);
+    assert_int_equal(c->parallel_tool_calls, -1);
+    assert_int_equal(lmsched_request_set_tools(req, tools), LMSCHED_OK);
+    assert_string_equal(lmsched_request_last_error(req), "");
+    assert_string_equal(c->tools_json, tools);
+    assert_int_equal(lmsched_request_set_tool_choice(req, "required"), LMSCHED_OK);
+    assert_string_equal(c->tool_choice_json, "\"required\"");
+    assert_int_equal(lmsched_request_set_tool_choice(req, "\"none\""), LMSCHED_OK);
+    assert_string_equal(c->tool_choice_json, "\"none\"");
+    assert_int_equal(lmsched_request_set_tool_choice_function(req, "get_weather"),
+                     LMSCHED_OK);
+    assert_string_equal(
+        c->tool_choice_json,
+        "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}");
+    assert_int_equal(
+        lmsched_request_set_response_format(req, "{\"type\":\"json_object\"}"),
+        LMSCHED_OK);
+    assert_string_equal(c->response_format_json, "{\"type\":\"json_object\"}");
+    assert_int_equal(lmsched_request_set_parallel_tool_calls(req, 1), LMSCHED_OK);
+    assert_int_equal(c->parallel_tool_calls, 1);
+    assert_int_equal(lmsched_request_set_parallel_tool_calls(req, 0), LMSCHED_OK);
+    assert_int_equal(c->parallel_tool_calls, 0);
+
+    /* extra: a whole object, then single fields added and replaced in place */
+    assert_int_equal(lmsched_request_set_extra(req, "{\"top_k\":40}"), LMSCHED_OK);
+    assert_int_equal(lmsched_request_set_extra_double(req, "min_p", 0.05), LMSCHED_OK);
+    assert_int_equal(lmsched_request_set_extra_bool(req, "logprobs", 1), LMSCHED_OK);
+    assert_int_equal(lmsched_request_set_extra_string(req, "grammar", "root ::= \"a\""),
+                     LMSCHED_OK);
+    assert_int_equal(lmsched_request_set_extra_json(req, "logit_bias", "{\"15\":-100}"),
+                     LMSCHED_OK);
+    assert_int_equal(lmsched_request_set_extra_int(req, "top_k", 5), LMSCHED_OK);
+    assert_string_equal(
+        c->extra_json,
+        "{\"top_k\":5,\"min_p\":0.050000000000000003,\"logprobs\":true,"
+        "\"grammar\":\"root ::= \\\"a\\\"\",\"logit_bias\":{\"15\":-100}}");
+
+    /* structured messages */
+    assert_int_equal(lmsched_request_add_message(req, "user", "Weather in Oslo?"),
+                     LMSCHED_OK);
+    assert_int_equal(lmsched_request_add_tool_calls(req, NULL, calls), LMSCHED_OK);
+    assert_int_equal(
+        lmsched_request_add_tool_result(req, "call_1", "get_weather", "{\"t\":3}"),
+        LMSCHED_OK);
+    assert_int_equal(
+        lmsched_request_add_message_parts(req, "user",
+                                          "[{\"type\":\"text\",\"text\":\"and this?\"},"
+                                          "{\"type\":\"image_url\",\"image_url\":{"
+                                          "\"url\":\"data:image/png;base64,AA==\"}}]"),
+        LMSCHED_OK);
+    assert_int_equal(lmsched_request_add_message_json(
+                         req,
+                         "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":"
+                         "[{\"id\":\"c2\",\"type\":\"function\",\"function\":{\"name\":"
+                         "\"f\",\"arguments\":\"{}\"}}]}"),
+                     LMSCHED_OK);
+    assert_int_equal(lmsched_request_add_message_json(
+                         req, "{\"role\":\"tool\",\"tool_call_id\":\"c2\",\"name\":\"f\","
+                              "\"content\":\"ok\"}"),
+                     LMSCHED_OK);
+    assert_int_equal(lmsched_request_add_message_json(
+                         req,
+                         "{\"role\":\"user\",\"name\":\"ann\",\"content\":[{\"type\":"
+                         "\"text\",\"text\":\"hi\"}]}"),
+                     LMSCHED_OK);
+    assert_int_equal(lmsched_request_message_count(req), 7);
+    assert_null(c->messages[1].content);
+    assert_string_equal(c->messages[1].role, "assistant");
+    assert_string_equal(c->messages[1].tool_calls_json, calls);
+    assert_string_equal(c->messages[2].role, "tool");
+    assert_string_equal(c->messages[2].tool_call_id, "call_1");
+    assert_string_equal(c->messages[2].name, "get_weather");
+    assert_string_equal(c->messages[2].content, "{\"t\":3}");
+    assert_null(c->messages[3].content);
+    assert_non_null(c->messages[3].parts_json);
+    assert_null(c->messages[4].content);
+    assert_string_equal(
+        c->messages[4].tool_calls_json,
+        "[{\"id\":\"c2\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+        "\"arguments\":\"{}\"}}]");
+    assert_string_equal(c->messages[5].tool_call_id, "c2");
+    assert_string_equal(c->messages[6].name, "ann");
+    assert_string_equal(c->messages[6].parts_json,
+                        "[{\"type\":\"text\",\"text\":\"hi\"}]");
+
+    /* What the daemon decodes is what was set. */
+    lms_msg_init(&m, LMS_KIND_CHAT);
+    m.u.chat = *c;
+    m.u.chat.system = (char *)"";
+    m.id = 9;
+    assert_int_equal(lms_encode(&m, &buf, &len), LMSCHED_OK);
+    assert_int_equal(lms_decode(buf, len, NULL, &d, &de), LMSCHED_OK);
+    free(buf);
+    assert_string_equal(d.u.chat.tools_json, tools);
+    assert_string_equal(
+        d.u.chat.tool_choice_json,
+        "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}");
+    assert_int_equal(d.u.chat.parallel_tool_calls, 0);
+    assert_string_equal(d.u.chat.extra_json, c->extra_json);
+    assert_int_equal(d.u.chat.n_messages, 7);
+    assert_string_equal(d.u.chat.messages[1].tool_calls_json, calls);
+    assert_string_equal(d.u.chat.messages[2].tool_call_id, "call_1");
+    assert_string_equal(d.u.chat.messages[3].parts_json, c->messages[3].parts_json);
+    lms_msg_fini(&d);
+
+    /* NULL removes a JSON field; clear_messages keeps the rest */
+    assert_int_equal(lmsched_request_set_tools(req, NULL), LMSCHED_OK);
+    assert_null(c->tools_json);
+    assert_int_equal(lmsched_request_set_extra(req, NULL), LMSCHED_OK);
+    assert_null(c->extra_json);
+    assert_int_equal(lmsched_request_set_parallel_tool_calls(req, -1), LMSCHED_OK);
+    assert_int_equal(c->parallel_tool_calls, -1);
+    lmsched_request_clear_messages(req);
+    assert_int_equal(lmsched_request_message_count(req), 0);
+    assert_non_null(c->response_format_json);
+    lmsched_request_clear_messages(NULL);
+    assert_int_equal(lmsched_request_message_count(NULL), 0);
+    lmsched_request_free(req);
+}
+
+/* Asserts that the last setter on req failed with a message containing
+ * want. */
+static void expect_error(const lmsched_request *req, const char *want)
+{
+    const char *got = lmsched_request_last_error(req);
+    if (strstr(got, want) == NULL)
+        fail_msg("error message '%s' does not contain '%s'", got, want);
+}
+
+/* Every JSON setter refuses what is not JSON of its shape, names the
+ * field, and leaves the previous value in place. */
+static void test_json_setters_reject_bad_values(void **state)
+{
+    lmsched_request *req = NULL;
+    const lms_chat_req *c;
+
+    (void)state;
+    assert_int_equal(lmsched_request_alloc(&req), LMSCHED_OK);
+    c = lma_request_chat(req);
+    assert_int_equal(lmsched_request_set_tools(req, "[]"), LMSCHED_OK);
+
+    assert_int_equal(lmsched_request_set_tools(req, "[{\"type\":"), LMSCHED_EINVAL);
+    expect_error(req, "tools: not valid JSON (line 1, column");
+    assert_int_equal(lmsched_request_set_tools(req, "{\"type\":\"function\"}"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "tools: expected a JSON array of tool definitions, got an object");
+    assert_int_equal(lmsched_request_set_tools(req, "[1]"), LMSCHED_EINVAL);
+    expect_error(req, "tools[0]: expected an object, got an integer");
+    assert_int_equal(
+        lmsched_request_set_tools(req, "[{\"type\":\"function\",\"function\":{\"name\":"
+                                       "\"a\"}},{\"type\":\"function\","
+                                       "\"function\":{\"description\":\"no name\"}}]"),
+        LMSCHED_EINVAL);
+    expect_error(req, "tools[1].function.name: missing or not a string");
+    assert_int_equal(lmsched_request_set_tools(
+                         req, "[{\"type\":\"function\",\"function\":{\"name\":\"a\","
+                              "\"parameters\":[]}}]"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "tools[0].function.parameters: expected an object");
+    assert_int_equal(lmsched_request_set_tools(req, "[{\"a\":1,\"a\":2}]"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "duplicate");
+    assert_string_equal(c->tools_json, "[]");
+
+    assert_int_equal(lmsched_request_set_tool_choice(req, "sometimes"), LMSCHED_EINVAL);
+    expect_error(req, "tool_choice: not valid JSON");
+    assert_int_equal(lmsched_request_set_tool_choice(req, "\"sometimes\""),
+                     LMSCHED_EINVAL);
+    expect_error(req, "tool_choice: expected \"auto\"");
+    assert_int_equal(lmsched_request_set_tool_choice(req, "[\"auto\"]"), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_tool_choice_function(req, ""), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_tool_choice_function(req, NULL), LMSCHED_EINVAL);
+    assert_null(c->tool_choice_json);
+
+    assert_int_equal(lmsched_request_set_response_format(req, "\"json\""),
+                     LMSCHED_EINVAL);
+    expect_error(req, "response_format: expected an object");
+    assert_int_equal(lmsched_request_set_response_format(req, "{\"schema\":{}}"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "response_format.type: missing");
+
+    assert_int_equal(lmsched_request_set_extra(req, "[1]"), LMSCHED_EINVAL);
+    expect_error(req, "extra: expected a JSON object");
+    assert_int_equal(lmsched_request_set_extra(req, "{\"top_k\":1,\"stream\":false}"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "extra.stream: not allowed in extra: the scheduler sets it");
+    assert_int_equal(lmsched_request_set_extra_int(req, "max_tokens", 5), LMSCHED_EINVAL);
+    expect_error(req,
+                 "extra.max_tokens: not allowed in extra: it has a setter of its own");
+    assert_int_equal(lmsched_request_set_extra_int(req, "", 5), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_extra_int(req, NULL, 5), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_extra_double(req, "min_p", NAN), LMSCHED_EINVAL);
+    expect_error(req, "extra.min_p: not a finite number");
+    assert_int_equal(lmsched_request_set_extra_string(req, "grammar", NULL),
+                     LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_extra_string(req, "grammar", "\xff"),
+                     LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_extra_json(req, "logit_bias", "{"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "extra.logit_bias: not valid JSON");
+    assert_null(c->extra_json);
+
+    assert_int_equal(lmsched_request_add_message_parts(req, "user", "\"text\""),
+                     LMSCHED_EINVAL);
+    expect_error(req, "content: expected a JSON array of content parts, got a string");
+    assert_int_equal(
+        lmsched_request_add_message_parts(req, "user", "[{\"type\":\"text\"}]"),
+        LMSCHED_EINVAL);
+    expect_error(req, "content[0].text: missing or not a string");
+    assert_int_equal(lmsched_request_add_message_parts(req, "", "[]"), LMSCHED_EINVAL);
+    expect_error(req, "message: the role is empty");
+    assert_int_equal(lmsched_request_add_tool_calls(req, NULL, "{}"), LMSCHED_EINVAL);
+    expect_error(req, "tool_calls: expected a JSON array of tool calls, got an object");
+    assert_int_equal(
+        lmsched_request_add_tool_calls(
+            req, NULL,
+            "[{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+            "\"arguments\":{}}}]"),
+        LMSCHED_EINVAL);
+    expect_error(req, "tool_calls[0].function.arguments: missing or not a string");
+    assert_int_equal(lmsched_request_add_tool_result(req, NULL, "f", "x"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "tool_call_id is NULL");
+    assert_int_equal(lmsched_request_add_tool_result(req, "c", "f", NULL),
+                     LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_add_message_json(req, "[]"), LMSCHED_EINVAL);
+    expect_error(req, "message: expected an object, got an array");
+    assert_int_equal(lmsched_request_add_message_json(
+                         req, "{\"role\":\"user\",\"content\":\"x\",\"refusal\":null}"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "message.refusal: not a field the protocol carries");
+    assert_int_equal(lmsched_request_add_message_json(req, "{\"content\":\"x\"}"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "message.role: missing");
+    assert_int_equal(lmsched_request_add_message_json(req, "{\"role\":\"user\"}"),
+                     LMSCHED_EINVAL);
+    expect_error(req, "message.content: missing");
+    assert_int_equal(
+        lmsched_request_add_message_json(req, "{\"role\":\"user\",\"content\":7}"),
+        LMSCHED_EINVAL);
+    expect_error(req, "message.content: expected a string, an array of parts or null");
+    assert_int_equal(
+        lmsched_request_add_message_json(req, "{\"role\":\"tool\",\"content\":\"x\","
+                                              "\"tool_call_id\":5}"),
+        LMSCHED_EINVAL);
+    expect_error(req, "message.tool_call_id: expected a string, got an integer");
+    assert_int_equal(lmsched_request_add_reply(req, NULL), LMSCHED_EINVAL);
+    expect_error(req, "reply: the result is not a chat reply");
+    assert_int_equal(lmsched_request_message_count(req), 0);
+
+    /* a success clears the message */
+    assert_int_equal(lmsched_request_set_max_tokens(req, 0), LMSCHED_EINVAL);
+    expect_error(req, "max_tokens: 0 is out of range 1..1048576");
+    assert_int_equal(lmsched_request_set_max_tokens(req, 3), LMSCHED_OK);
+    assert_string_equal(lmsched_request_last_error(req), "");
+
+    /* NULL requests */
+    assert_int_equal(lmsched_request_set_tools(NULL, "[]"), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_tool_choice(NULL, "auto"), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_response_format(NULL, "{}"), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_parallel_tool_calls(NULL, 1), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_extra(NULL, "{}"), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_set_extra_bool(NULL, "k", 1), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_add_tool_calls(NULL, NULL, "[]"), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_add_tool_result(NULL, "a", "b", "c"),
+                     LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_add_message_json(NULL, "{}"), LMSCHED_EINVAL);
+    assert_int_equal(lmsched_request_add_reply(NULL, NULL), LMSCHED_EINVAL);
+    assert_non_null(lmsched_request_last_error(NULL));
+    lmsched_request_free(req);
+}
+
+/* A reply with tool calls, reasoning and logprobs: the accessors, the
+ * calls as JSON, and add_reply putting the assistant's turn back. */
+static void test_result_tool_calls(void **state)
+{
+    lms_chat_reply reply;
+    lmsched_result *res;
+    lmsched_request *req = NULL;
+    const lms_chat_req *c;
+
+    (void)state;
+    memset(&reply, 0, sizeof(reply));
+    reply.content = strdup("");
+    reply.finish_reason = strdup("tool_calls");
+    reply.reasoning = strdup("thinking...");
+    reply.logprobs_json = strdup("[{\"token\":\"a\",\"logprob\":-0.5}]");
+    reply.n_tool_calls = 2;
+    reply.tool_calls = calloc(2, sizeof(lms_tool_call));
+    assert_non_null(reply.tool_calls);
+    reply.tool_calls[0] = (lms_tool_call){strdup("call_a"), strdup("function"),
+                                          strdup("f"), strdup("{\"x\":1}")};
+    reply.tool_calls[1] =
+        (lms_tool_call){strdup("call_b"), strdup("function"), strdup("g"), strdup("{}")};
+    res = lma_result_reply(&reply);
+    assert_non_null(res);
+    assert_null(reply.tool_calls);
+    assert_string_equal(lmsched_result_reasoning(res), "thinking...");
+    assert_string_equal(lmsched_result_logprobs_json(res),
+                        "[{\"token\":\"a\",\"logprob\":-0.5}]");
+    assert_int_equal(lmsched_result_tool_call_count(res), 2);
+    assert_string_equal(lmsched_result_tool_call_id(res, 1), "call_b");
+    assert_string_equal(lmsched_result_tool_call_type(res, 0), "function");
+    assert_string_equal(lmsched_result_tool_call_name(res, 0), "f");
+    assert_string_equal(lmsched_result_tool_call_arguments(res, 0), "{\"x\":1}");
+    assert_null(lmsched_result_tool_call_id(res, 2));
+    assert_null(lmsched_result_tool_call_name(NULL, 0));
+    assert_int_equal(lmsched_result_tool_call_count(NULL), 0);
+    assert_string_equal(
+        lmsched_result_tool_calls_json(res),
+        "[{\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+        "\"arguments\":\"{\\\"x\\\":1}\"}},{\"id\":\"call_b\",\"type\":"
+        "\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]");
+
+    assert_int_equal(lmsched_request_alloc(&req), LMSCHED_OK);
+    assert_int_equal(lmsched_request_add_reply(req, res), LMSCHED_OK);
+    c = lma_request_chat(req);
+    assert_string_equal(c->messages[0].role, "assistant");
+    assert_null(c->messages[0].content); /* calls only: no content */
+    assert_string_equal(c->messages[0].tool_calls_json,
+                        lmsched_result_tool_calls_json(res));
+    lmsched_request_free(req);
+    lmsched_result_free(res);
+
+    /* an error reply's field */
+    res = lma_result_error(LMSCHED_EPROTO, "bad");
+    assert_null(lmsched_result_error_field(res));
+    assert_int_equal(lma_result_set_field(res, "extra.stream"), 0);
+    assert_string_equal(lmsched_result_error_field(res), "extra.stream");
+    assert_int_equal(lmsched_request_alloc(&req), LMSCHED_OK);
+    assert_int_equal(lmsched_request_add_reply(req, res), LMSCHED_EINVAL);
+    lmsched_request_free(req);
+    lmsched_result_free(res);
+    assert_null(lmsched_result_error_field(NULL));
+    assert_null(lmsched_result_reasoning(NULL));
+    assert_null(lmsched_result_tool_calls_json(NULL));
+    assert_null(lmsched_result_logprobs_json(NULL));
+}
+
 /* Saves the URL variables in setup and puts them back in teardown. */
 typedef struct saved_env {
     char *url;
@@ -342,6 +702,9 @@ int main(void)
         cmocka_unit_test(test_request_setters_reject_bad_values),
         cmocka_unit_test(test_result_error_and_reply),
         cmocka_unit_test(test_result_accessors_accept_null),
+        cmocka_unit_test(test_json_setters_store_values),
+        cmocka_unit_test(test_json_setters_reject_bad_values),
+        cmocka_unit_test(test_result_tool_calls),
         cmocka_unit_test_setup_teardown(test_default_url, env_save, env_restore),
         cmocka_unit_test(test_version_and_strerror),
     };

@@ -848,6 +848,16 @@ static void test_chat_usage(void **state)
         (const char *[]){"chat", "hi", "--model", NULL},
         (const char *[]){"chat", "--system-file", "/nonexistent/dir/file", "hi", NULL},
         (const char *[]){"chat", "--system-file", "-", "-", NULL},
+        (const char *[]){"chat", "--extra", "[1]", "hi", NULL},
+        (const char *[]){"chat", "--extra", "{\"stream\":true}", "hi", NULL},
+        (const char *[]){"chat", "--extra", "{\"top_k\":", "hi", NULL},
+        (const char *[]){"chat", "--tools", "/nonexistent/tools.json", "hi", NULL},
+        (const char *[]){"chat", "--tools", "-", "-", NULL},
+        (const char *[]){"chat", "--tools", "/dev/null", "hi", NULL},
+        (const char *[]){"chat", "--response-format", "/dev/null", "hi", NULL},
+        (const char *[]){"chat", "--tool-choice", "{bad", "hi", NULL},
+        (const char *[]){"chat", "--seed", "abc", "hi", NULL},
+        (const char *[]){"chat", "--seed", "99999999999999999999", "hi", NULL},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         run_result r = run(cli_chat_main, NULL, (const char **)bad[i]);
@@ -862,6 +872,86 @@ static void test_chat_usage(void **state)
     assert_contains(r.out, "usage: lmsched chat");
     run_free(&r);
     assert_int_equal(fake.requests, 0);
+}
+
+/* Writes text to a new temp file; path gets its name (the caller unlinks). */
+static void temp_file(char *path, const char *text)
+{
+    strcpy(path, "/tmp/cli_test_json_XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+}
+
+/* --tools, --tool-choice, --response-format, --extra and --seed land in
+ * the request as given; a bad one names the field. */
+static void test_chat_json_flags_on_the_wire(void **state)
+{
+    static const char tools[] =
+        "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+        "\"parameters\":{\"type\":\"object\"}}}]";
+    static const char format[] = "{\"type\":\"json_object\"}";
+    char tools_path[64], format_path[64];
+    fake.mode = FAKE_CHAT;
+    temp_file(tools_path, tools);
+    temp_file(format_path, format);
+    run_result r = run(cli_chat_main, NULL,
+                       (const char *[]){"chat", "--tools", tools_path, "--tool-choice",
+                                        "get_weather", "--response-format", format_path,
+                                        "--extra", "{\"top_k\":40,\"min_p\":0.05}",
+                                        "--seed", "-12", "--url", fake.url, "hi", NULL});
+    assert_int_equal(r.code, 0);
+    assert_string_equal(r.out, "echo: hi\n");
+    run_free(&r);
+    pthread_mutex_lock(&fake.mu);
+    const lms_chat_req *c = &fake.last.u.chat;
+    assert_string_equal(c->tools_json, tools);
+    assert_string_equal(
+        c->tool_choice_json,
+        "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}");
+    assert_string_equal(c->response_format_json, format);
+    assert_string_equal(c->extra_json, "{\"top_k\":40,\"min_p\":0.050000000000000003}");
+    assert_true(c->has_seed);
+    assert_int_equal(c->seed, -12);
+    assert_false(c->stream);
+    pthread_mutex_unlock(&fake.mu);
+
+    r = run(cli_chat_main, NULL,
+            (const char *[]){"chat", "--tool-choice", "required", "--url", fake.url, "hi",
+                             NULL});
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    pthread_mutex_lock(&fake.mu);
+    assert_string_equal(fake.last.u.chat.tool_choice_json, "\"required\"");
+    pthread_mutex_unlock(&fake.mu);
+
+    /* a plain answer's document has no reasoning, tool_calls or logprobs */
+    r = run(cli_chat_main, NULL,
+            (const char *[]){"chat", "--json", "--url", fake.url, "hi", NULL});
+    assert_int_equal(r.code, 0);
+    assert_null(strstr(r.out, "reasoning"));
+    assert_null(strstr(r.out, "tool_calls"));
+    assert_null(strstr(r.out, "logprobs"));
+    run_free(&r);
+
+    /* the setter's reason, naming the field */
+    unlink(tools_path);
+    temp_file(tools_path, "[{\"type\":\"function\",\"function\":{}}]");
+    r = run(
+        cli_chat_main, NULL,
+        (const char *[]){"chat", "--tools", tools_path, "--url", fake.url, "hi", NULL});
+    assert_int_equal(r.code, 2);
+    assert_contains(r.err, "invalid --tools: tools[0].function.name: missing");
+    run_free(&r);
+    r = run(cli_chat_main, NULL,
+            (const char *[]){"chat", "--extra", "{\"seed\":1}", "--url", fake.url, "hi",
+                             NULL});
+    assert_int_equal(r.code, 2);
+    assert_contains(r.err, "invalid --extra: extra.seed: not allowed in extra");
+    run_free(&r);
+    unlink(tools_path);
+    unlink(format_path);
 }
 
 /* A user text with a NUL byte cannot be sent whole: refused, not cut. */
@@ -912,6 +1002,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chat_no_daemon, fake_setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_chat_usage, fake_setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_chat_stdin_nul, fake_setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_chat_json_flags_on_the_wire, fake_setup,
+                                        fake_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
