@@ -497,7 +497,7 @@ void lmsched_client_close(lmsched_client *c)
     }
     /* After nng_close returns no pipe callback can run, so c can go. (In
      * nng 1.5, nng_close can hang if a reply is being read as the pipe
-     * closes: nng #1813, fixed in nng 1.8.0.) */
+     * closes: nng #1813, fixed in nng 1.9.0 (and undone in 1.12.0); our build carries the fix, scripts/nng/patches.) */
     nng_close(c->sock);
     pthread_cond_destroy(&c->idle_cv);
     pthread_mutex_destroy(&c->mtx);
