@@ -496,8 +496,9 @@ void lmsched_client_close(lmsched_client *c)
         free(k);
     }
     /* After nng_close returns no pipe callback can run, so c can go. (In
-     * nng 1.5, nng_close can hang if a reply is being read as the pipe
-     * closes: nng #1813, fixed in nng 1.9.0 (and undone in 1.12.0); our build carries the fix, scripts/nng/patches.) */
+     * nng 1.5 to 1.8 and from 1.12, nng_close can hang if a reply is being
+     * read as the pipe closes: nng #1813; the nng lmsched builds carries
+     * the 1.9.0 fix, docs/nng.md.) */
     nng_close(c->sock);
     pthread_cond_destroy(&c->idle_cv);
     pthread_mutex_destroy(&c->mtx);
