@@ -1,13 +1,13 @@
 /*
  * lmoverhead - what lmsched itself adds to every request. It starts a
  * backend that answers at once (`lmsim --instant`, or takes --backend) and
- * one `lmsched serve` in front of it, then measures, side by side in one
- * run and against the same backend:
+ * one `lmsched serve --http` in front of it, then measures, side by side
+ * in one run and against the same backend, three paths: the backend called
+ * directly with libcurl, through agentlib and the daemon's nng socket, and
+ * through the daemon's OpenAI-compatible HTTP front door with libcurl:
  *
- *   - one client, sequential requests: p50 and p99 latency, calling the
- *     backend directly with libcurl versus through agentlib and the daemon;
- *   - N concurrent clients (default 64), closed loop: requests per second,
- *     direct versus through lmsched.
+ *   - one client, sequential requests: p50 and p99 latency;
+ *   - N concurrent clients (default 64), closed loop: requests per second.
  *
  * It prints one JSON object per repetition and one with the medians (and
  * the spread) over the repetitions, then a table (docs/benchmarks.md,
@@ -15,6 +15,9 @@
  * lmsim commands, so it measures whatever the daemon's internals become.
  *
  * Design notes
+ * - The HTTP client is the direct one pointed at the daemon's front door: an
+ *   OpenAI client's body (model, messages, max_tokens, stream with usage),
+ *   keep-alive, the event stream read to [DONE] and every chunk decoded.
  * - The direct client does what the daemon does for a request: POST
  *   /v1/chat/completions with the daemon's body ("stream": true,
  *   stream_options.include_usage, cache_prompt, the model the backend
@@ -29,9 +32,9 @@
  *   client), and the same thread structure on both sides.
  * - The daemon gets --max-concurrent N and a memory budget that does not
  *   bind, and lmsim reports N slots, so nothing caps concurrency below N.
- * - Each repetition runs direct then lmsched, every second one lmsched
- *   then direct, so a drift of the noisy machine does not always favour
- *   one side. Each phase warms up first.
+ * - Each repetition runs the paths in turn, each starting one later than
+ *   the last, so a drift of the noisy machine does not always favour one
+ *   side. Each phase warms up first.
  * - CPU time per request of each process (this one, the daemon, lmsim;
  *   from getrusage and the test kit's process figures, tests/kit/pstat.h,
  *   around the measured part of each phase) is reported too: on a small
@@ -62,6 +65,7 @@
 #include "kit/clock.h"
 #include "kit/daemon.h"
 #include "kit/http.h"
+#include "kit/net.h"
 #include "kit/proc.h"
 #include "kit/pstat.h"
 #include "kit/sim.h"
@@ -93,7 +97,7 @@ typedef struct ov_opts {
     int max_tokens;
     bool json;
     bool sequential, throughput; /* --phase */
-    bool paths[2];               /* --path: [OV_DIRECT], [OV_LMSCHED] */
+    bool paths[3];               /* --path: [OV_DIRECT], [OV_LMSCHED], [OV_HTTP] */
 } ov_opts;
 
 static void ov_usage(FILE *out)
@@ -104,11 +108,12 @@ static void ov_usage(FILE *out)
         "                  [--warmup-seconds S] [--reps N] [--max-tokens N]\n"
         "                  [--backend URL] [--lmsim PATH] [--lmsched PATH]\n"
         "                  [--daemon-arg ARG]... [--phase both|sequential|throughput]\n"
-        "                  [--path both|direct|lmsched] [--json]\n"
+        "                  [--path all|direct|lmsched|http[,...]] [--json]\n"
         "\n"
         "Measures the latency and throughput lmsched adds, calling a backend that\n"
-        "answers at once directly (libcurl, keep-alive) and through agentlib and\n"
-        "`lmsched serve`, side by side (docs/benchmarks.md, \"Overhead\").\n"
+        "answers at once directly (libcurl, keep-alive), through agentlib and\n"
+        "`lmsched serve`'s nng socket, and through its OpenAI-compatible HTTP front\n"
+        "door (libcurl), side by side (docs/benchmarks.md, \"Overhead\").\n"
         "\n"
         "  --clients N         concurrent clients of the throughput phase (default 64)\n"
         "  --requests N        sequential requests measured per path (default 2000)\n"
@@ -123,7 +128,9 @@ static void ov_usage(FILE *out)
         "  --daemon-arg ARG    one more argument for `lmsched serve` (repeatable)\n"
         "  --phase P           run only the sequential or the throughput phase\n"
         "                      (default both; for profiling the daemon under one load)\n"
-        "  --path P            measure only direct or only lmsched (default both)\n"
+        "  --path P            measure only these paths: direct, lmsched (the nng\n"
+        "                      socket), http, comma-separated; both: direct,lmsched\n"
+        "                      (default all)\n"
         "  --json              print only the JSON lines, not the table\n");
 }
 
@@ -141,6 +148,31 @@ static int ov_num(const char *flag, const char *s, double lo, double hi, bool wh
     }
     *out = v;
     return 0;
+}
+
+/* --path: "all", "both" (direct and lmsched, as before there was HTTP), or
+ * a comma-separated list of direct, lmsched, http. Returns 0 or -1. */
+static int ov_paths(const char *arg, bool paths[3])
+{
+    static const char *const names[3] = {"direct", "lmsched", "http"};
+    paths[0] = paths[1] = paths[2] = false;
+    if (strcmp(arg, "all") == 0 || strcmp(arg, "both") == 0) {
+        paths[0] = paths[1] = true;
+        paths[2] = arg[0] == 'a';
+        return 0;
+    }
+    for (const char *p = arg; *p != '\0';) {
+        size_t n = strcspn(p, ",");
+        int k = -1;
+        for (int i = 0; i < 3; i++)
+            if (strlen(names[i]) == n && strncmp(p, names[i], n) == 0)
+                k = i;
+        if (k < 0)
+            return -1;
+        paths[k] = true;
+        p += n + (p[n] == ',');
+    }
+    return paths[0] || paths[1] || paths[2] ? 0 : -1;
 }
 
 /* Returns 0 to run, 1 after --help, 2 on a usage error (reported). */
@@ -191,7 +223,7 @@ static int ov_parse(int argc, char **argv, ov_opts *o)
                    .max_tokens = 4,
                    .sequential = true,
                    .throughput = true,
-                   .paths = {true, true}};
+                   .paths = {true, true, true}};
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
@@ -259,10 +291,9 @@ static int ov_parse(int argc, char **argv, ov_opts *o)
             }
             break;
         case OPT_PATH:
-            o->paths[0] = strcmp(optarg, "lmsched") != 0;
-            o->paths[1] = strcmp(optarg, "direct") != 0;
-            if (strcmp(optarg, "both") != 0 && o->paths[0] == o->paths[1]) {
-                fprintf(stderr, "lmoverhead: --path must be both, direct or lmsched\n");
+            if (ov_paths(optarg, o->paths) != 0) {
+                fprintf(stderr, "lmoverhead: --path must be all, both, or direct, lmsched "
+                                "and http separated by commas\n");
                 return 2;
             }
             break;
@@ -323,6 +354,21 @@ static char *ov_direct_body(const char *model, int max_tokens)
     json_object_set_new(o, "cache_prompt", json_true());
     if (json_object_size(o) >= 5)
         s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+/* The body an OpenAI client sends the daemon's front door for the same
+ * request: model, messages, max_tokens, streamed with usage. Malloc'd, or
+ * NULL. */
+static char *ov_http_body(const char *model, int max_tokens)
+{
+    json_t *o = json_pack("{s:s,s:[{s:s,s:s},{s:s,s:s}],s:i,s:b,s:{s:b}}", "model",
+                          model != NULL ? model : "local", "messages", "role", "system",
+                          "content", ov_system, "role", "user", "content", ov_user,
+                          "max_tokens", max_tokens, "stream", 1, "stream_options",
+                          "include_usage", 1);
+    char *s = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     return s;
 }
@@ -435,6 +481,7 @@ typedef struct ov_daemon {
     kit_proc proc;
     char dir[64];
     char url[128];
+    char http[64]; /* the front door's chat URL */
 } ov_daemon;
 
 /* SIGTERM, then SIGKILL after OV_STOP_MS. */
@@ -471,12 +518,22 @@ static int ov_daemon_start(ov_daemon *d, const ov_opts *o, const char *lmsched,
     }
     snprintf(d->url, sizeof(d->url), "ipc://%s/o.sock", d->dir);
     snprintf(conc, sizeof(conc), "%d", o->clients);
+    char addr[32], conns[16];
+    int port = kit_net_free_port();
+    if (port <= 0) {
+        fprintf(stderr, "lmoverhead: no free port for --http\n");
+        ov_daemon_stop(d);
+        return -1;
+    }
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+    snprintf(d->http, sizeof(d->http), "http://%s/v1/chat/completions", addr);
+    snprintf(conns, sizeof(conns), "%d", 2 * o->clients + 16);
     /* Nothing may cap concurrency below the clients: not the backend's
      * slots, not the memory budget (a made-up 1 TiB machine, 1 MiB of KV
      * per request), not the queue or the per-connection limit (defaults
      * 1024 and 256). Later --daemon-arg flags override these. */
-    const char *args[] = {"--max-concurrent", conc, "--total-ram", "1T",
-                          "--kv-per-request", "1M", NULL};
+    const char *args[] = {"--max-concurrent", conc, "--total-ram", "1T", "--kv-per-request",
+                          "1M", "--http", addr, "--http-max-conns", conns, NULL};
     kit_daemon_opts k = {
         .bin = lmsched,
         .listen = d->url,
@@ -542,7 +599,8 @@ static void ov_lmsim_stop(kit_proc *p, char *dir)
 
 /* ---- the phases ------------------------------------------------------------ */
 
-typedef enum ov_path { OV_DIRECT, OV_LMSCHED } ov_path;
+typedef enum ov_path { OV_DIRECT, OV_LMSCHED, OV_HTTP } ov_path;
+#define OV_PATHS 3
 
 /* Everything both paths need, built once for the whole run. */
 typedef struct ov_bench {
@@ -550,6 +608,9 @@ typedef struct ov_bench {
     char url[1024];           /* backend + /v1/chat/completions */
     char *body;               /* the direct request body */
     ov_direct *direct;        /* o->clients handles */
+    char http_url[128];       /* the daemon's front door */
+    char *http_body;          /* the HTTP client's body */
+    ov_direct *http;          /* o->clients handles on the front door */
     lmsched_client **clients; /* o->clients handles */
     lmsched_request *req;
     pid_t daemon_pid, backend_pid; /* backend_pid 0: not ours */
@@ -589,6 +650,7 @@ static ov_cpu ov_cpu_per_req(ov_cpu a, ov_cpu z, double requests)
 static int ov_call(ov_bench *b, ov_path path, int i)
 {
     return path == OV_DIRECT ? ov_direct_call(&b->direct[i])
+           : path == OV_HTTP ? ov_direct_call(&b->http[i])
                              : ov_lmsched_call(b->clients[i], b->req);
 }
 
@@ -727,6 +789,14 @@ enum {
     OV_DIRECT_RPS,
     OV_LMSCHED_RPS,
     OV_RATIO,
+    /* The HTTP front door, against the same direct figures. */
+    OV_HTTP_P50,
+    OV_ADDED_HTTP_P50,
+    OV_HTTP_P99,
+    OV_ADDED_HTTP_P99,
+    OV_HTTP_MEAN,
+    OV_HTTP_RPS,
+    OV_HTTP_RATIO,
     OV_NMAIN, /* the figures above get a min and max in the summary */
     /* CPU microseconds per request, sequential phase then throughput phase:
      * the clients (this process), the daemon, the backend. */
@@ -740,6 +810,12 @@ enum {
     OV_TPUT_LMSCHED_CLIENT_CPU,
     OV_TPUT_LMSCHED_DAEMON_CPU,
     OV_TPUT_LMSCHED_BACKEND_CPU,
+    OV_SEQ_HTTP_CLIENT_CPU,
+    OV_SEQ_HTTP_DAEMON_CPU,
+    OV_SEQ_HTTP_BACKEND_CPU,
+    OV_TPUT_HTTP_CLIENT_CPU,
+    OV_TPUT_HTTP_DAEMON_CPU,
+    OV_TPUT_HTTP_BACKEND_CPU,
     OV_NFIG
 };
 
@@ -755,6 +831,13 @@ static const char *const ov_fig_names[OV_NFIG] = {
     "direct_rps",
     "lmsched_rps",
     "throughput_ratio",
+    "http_p50_us",
+    "added_http_p50_us",
+    "http_p99_us",
+    "added_http_p99_us",
+    "http_mean_us",
+    "http_rps",
+    "http_throughput_ratio",
     "seq_direct_client_cpu_us",
     "seq_direct_backend_cpu_us",
     "seq_lmsched_client_cpu_us",
@@ -765,13 +848,19 @@ static const char *const ov_fig_names[OV_NFIG] = {
     "tput_lmsched_client_cpu_us",
     "tput_lmsched_daemon_cpu_us",
     "tput_lmsched_backend_cpu_us",
+    "seq_http_client_cpu_us",
+    "seq_http_daemon_cpu_us",
+    "seq_http_backend_cpu_us",
+    "tput_http_client_cpu_us",
+    "tput_http_daemon_cpu_us",
+    "tput_http_backend_cpu_us",
 };
 
 static json_t *ov_fig_json(int k, double v)
 {
     if (!(v == v)) /* NaN: not measured */
         return json_null();
-    if (k == OV_RATIO)
+    if (k == OV_RATIO || k == OV_HTTP_RATIO)
         return json_real(round(v * 1000) / 1000);
     return json_integer((json_int_t)llround(v));
 }
@@ -802,17 +891,23 @@ static const char *ov_cell(char *buf, size_t len, double v, int decimals)
     return buf;
 }
 
-static void ov_table_row(const char *label, const double *f)
+/* A row of the table of a path through lmsched (OV_LMSCHED or OV_HTTP)
+ * beside the direct one. */
+static void ov_table_row(const char *label, const double *f, ov_path path)
 {
-    static const int cols[] = {OV_DIRECT_P50, OV_LMSCHED_P50, OV_ADDED_P50,
-                               OV_DIRECT_P99, OV_LMSCHED_P99, OV_ADDED_P99,
-                               OV_DIRECT_RPS, OV_LMSCHED_RPS, OV_RATIO};
+    static const int nng[] = {OV_DIRECT_P50, OV_LMSCHED_P50, OV_ADDED_P50,
+                              OV_DIRECT_P99, OV_LMSCHED_P99, OV_ADDED_P99,
+                              OV_DIRECT_RPS, OV_LMSCHED_RPS, OV_RATIO};
+    static const int http[] = {OV_DIRECT_P50, OV_HTTP_P50, OV_ADDED_HTTP_P50,
+                               OV_DIRECT_P99, OV_HTTP_P99, OV_ADDED_HTTP_P99,
+                               OV_DIRECT_RPS, OV_HTTP_RPS, OV_HTTP_RATIO};
     static const int width[] = {8, 8, 8, 10, 8, 8, 11, 9, 7};
+    const int *cols = path == OV_HTTP ? http : nng;
     char cell[32];
     printf("%-7s", label);
-    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
+    for (size_t i = 0; i < sizeof(width) / sizeof(width[0]); i++)
         printf(" %*s", width[i],
-               ov_cell(cell, sizeof(cell), f[cols[i]], cols[i] == OV_RATIO ? 3 : 0));
+               ov_cell(cell, sizeof(cell), f[cols[i]], i == 8 ? 3 : 0));
     printf("\n");
 }
 
@@ -833,18 +928,18 @@ static int ov_run(ov_bench *b, const char *backend_kind, const char *backend)
     for (int r = 0; r < o->reps; r++) {
         /* a phase left out (--phase) leaves its figures NaN: null, "-" */
         const ov_lat none = {NAN, NAN, NAN, {NAN, NAN, NAN}};
-        ov_lat seq[2] = {none, none};
-        ov_cpu tcpu[2] = {none.cpu, none.cpu};
-        double rps[2] = {NAN, NAN};
-        uint64_t errs[2] = {0, 0}, cerr;
-        for (int k = 0; o->sequential && k < 2; k++) {
-            /* odd repetitions run lmsched first */
-            ov_path p = (ov_path)((k + r) % 2);
+        ov_lat seq[OV_PATHS] = {none, none, none};
+        ov_cpu tcpu[OV_PATHS] = {none.cpu, none.cpu, none.cpu};
+        double rps[OV_PATHS] = {NAN, NAN, NAN};
+        uint64_t errs[OV_PATHS] = {0, 0, 0}, cerr;
+        for (int k = 0; o->sequential && k < OV_PATHS; k++) {
+            /* each repetition starts with the next path */
+            ov_path p = (ov_path)((k + r) % OV_PATHS);
             if (o->paths[p])
                 errs[p] += (uint64_t)ov_sequential(b, p, lat, &seq[p]);
         }
-        for (int k = 0; o->throughput && k < 2; k++) {
-            ov_path p = (ov_path)((k + r) % 2);
+        for (int k = 0; o->throughput && k < OV_PATHS; k++) {
+            ov_path p = (ov_path)((k + r) % OV_PATHS);
             if (!o->paths[p])
                 continue;
             rps[p] = ov_concurrent(b, p, &cerr, &tcpu[p]);
@@ -864,6 +959,13 @@ static int ov_run(ov_bench *b, const char *backend_kind, const char *backend)
         f[OV_DIRECT_RPS] = rps[OV_DIRECT];
         f[OV_LMSCHED_RPS] = rps[OV_LMSCHED];
         f[OV_RATIO] = rps[OV_DIRECT] > 0 ? rps[OV_LMSCHED] / rps[OV_DIRECT] : NAN;
+        f[OV_HTTP_P50] = seq[OV_HTTP].p50;
+        f[OV_ADDED_HTTP_P50] = seq[OV_HTTP].p50 - seq[OV_DIRECT].p50;
+        f[OV_HTTP_P99] = seq[OV_HTTP].p99;
+        f[OV_ADDED_HTTP_P99] = seq[OV_HTTP].p99 - seq[OV_DIRECT].p99;
+        f[OV_HTTP_MEAN] = seq[OV_HTTP].mean;
+        f[OV_HTTP_RPS] = rps[OV_HTTP];
+        f[OV_HTTP_RATIO] = rps[OV_DIRECT] > 0 ? rps[OV_HTTP] / rps[OV_DIRECT] : NAN;
         f[OV_SEQ_DIRECT_CLIENT_CPU] = seq[OV_DIRECT].cpu.client;
         f[OV_SEQ_DIRECT_BACKEND_CPU] = seq[OV_DIRECT].cpu.backend;
         f[OV_SEQ_LMSCHED_CLIENT_CPU] = seq[OV_LMSCHED].cpu.client;
@@ -874,7 +976,13 @@ static int ov_run(ov_bench *b, const char *backend_kind, const char *backend)
         f[OV_TPUT_LMSCHED_CLIENT_CPU] = tcpu[OV_LMSCHED].client;
         f[OV_TPUT_LMSCHED_DAEMON_CPU] = tcpu[OV_LMSCHED].daemon;
         f[OV_TPUT_LMSCHED_BACKEND_CPU] = tcpu[OV_LMSCHED].backend;
-        errors_total += errs[0] + errs[1];
+        f[OV_SEQ_HTTP_CLIENT_CPU] = seq[OV_HTTP].cpu.client;
+        f[OV_SEQ_HTTP_DAEMON_CPU] = seq[OV_HTTP].cpu.daemon;
+        f[OV_SEQ_HTTP_BACKEND_CPU] = seq[OV_HTTP].cpu.backend;
+        f[OV_TPUT_HTTP_CLIENT_CPU] = tcpu[OV_HTTP].client;
+        f[OV_TPUT_HTTP_DAEMON_CPU] = tcpu[OV_HTTP].daemon;
+        f[OV_TPUT_HTTP_BACKEND_CPU] = tcpu[OV_HTTP].backend;
+        errors_total += errs[0] + errs[1] + errs[2];
 
         json_t *line = json_pack("{s:s,s:i}", "workload", "overhead", "rep", r + 1);
         for (int k = 0; line != NULL && k < OV_NFIG; k++)
@@ -883,6 +991,7 @@ static int ov_run(ov_bench *b, const char *backend_kind, const char *backend)
             json_object_set_new(line, "direct_errors", json_integer((json_int_t)errs[0]));
             json_object_set_new(line, "lmsched_errors",
                                 json_integer((json_int_t)errs[1]));
+            json_object_set_new(line, "http_errors", json_integer((json_int_t)errs[2]));
             ov_print_json(line);
         }
         json_decref(line);
@@ -917,23 +1026,28 @@ static int ov_run(ov_bench *b, const char *backend_kind, const char *backend)
         ov_print_json(sum);
     json_decref(sum);
 
-    if (!o->json) {
-        printf("\nlmsched overhead: %s backend %s; sequential: 1 client, %d requests; "
+    for (int t = OV_LMSCHED; !o->json && t <= OV_HTTP; t++) {
+        const char *name = t == OV_HTTP ? "http" : "lmsched";
+        if (!o->paths[t])
+            continue;
+        printf("\nlmsched overhead, %s: %s backend %s; sequential: 1 client, %d requests; "
                "throughput: %d clients, %g s; %d rep(s)\n",
+               t == OV_HTTP ? "through the HTTP front door (libcurl, OpenAI API, streamed)"
+                            : "through the nng socket (agentlib)",
                backend_kind, backend, o->requests, o->clients, o->seconds, o->reps);
-        printf("%-7s %8s %8s %8s   %8s %8s %8s   %9s %9s %7s\n", "", "direct", "lmsched",
-               "added", "direct", "lmsched", "added", "direct", "lmsched", "ratio");
+        printf("%-7s %8s %8s %8s   %8s %8s %8s   %9s %9s %7s\n", "", "direct", name,
+               "added", "direct", name, "added", "direct", name, "ratio");
         printf("%-7s %8s %8s %8s   %8s %8s %8s   %9s %9s %7s\n", "rep", "p50 us",
                "p50 us", "p50 us", "p99 us", "p99 us", "p99 us", "req/s", "req/s",
-               "lms/dir");
+               t == OV_HTTP ? "htt/dir" : "lms/dir");
         for (int r = 0; r < o->reps; r++) {
             char label[16];
             snprintf(label, sizeof(label), "%d", r + 1);
-            ov_table_row(label, fig[r]);
+            ov_table_row(label, fig[r], (ov_path)t);
         }
-        ov_table_row("median", med);
-        ov_table_row("min", lo);
-        ov_table_row("max", hi);
+        ov_table_row("median", med, (ov_path)t);
+        ov_table_row("min", lo, (ov_path)t);
+        ov_table_row("max", hi, (ov_path)t);
         fflush(stdout);
     }
     if (errors_total > 0)
@@ -954,7 +1068,7 @@ int main(int argc, char **argv)
     ov_daemon d = {0};
     char lmsched[PATH_MAX], lmsim[PATH_MAX], simdir[64] = "", backend[256];
     char *model = NULL;
-    int code = 2, ndirect = 0, nclients = 0;
+    int code = 2, ndirect = 0, nclients = 0, nhttp = 0;
 
     switch (ov_parse(argc, argv, &o)) {
     case 0:
@@ -993,7 +1107,9 @@ int main(int argc, char **argv)
     snprintf(b.url, sizeof(b.url), "%s/v1/chat/completions", backend);
     if ((b.body = ov_direct_body(model, o.max_tokens)) == NULL ||
         (b.direct = calloc((size_t)o.clients, sizeof(*b.direct))) == NULL ||
-        (b.clients = calloc((size_t)o.clients, sizeof(*b.clients))) == NULL) {
+        (b.clients = calloc((size_t)o.clients, sizeof(*b.clients))) == NULL ||
+        (b.http = calloc((size_t)o.clients, sizeof(*b.http))) == NULL ||
+        (b.http_body = ov_http_body(model, o.max_tokens)) == NULL) {
         fprintf(stderr, "lmoverhead: out of memory\n");
         goto out;
     }
@@ -1006,6 +1122,12 @@ int main(int argc, char **argv)
         goto out;
     b.daemon_pid = d.proc.pid;
     b.backend_pid = sim.pid;
+    snprintf(b.http_url, sizeof(b.http_url), "%s", d.http);
+    for (; nhttp < o.clients; nhttp++)
+        if (ov_direct_init(&b.http[nhttp], b.http_url, b.http_body) != 0) {
+            fprintf(stderr, "lmoverhead: cannot make a curl handle\n");
+            goto out;
+        }
     for (; nclients < o.clients; nclients++)
         if (lmsched_client_open(&b.clients[nclients], d.url) != LMSCHED_OK) {
             fprintf(stderr, "lmoverhead: cannot open a client for %s\n", d.url);
@@ -1032,6 +1154,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "lmoverhead: a chat request through the daemon failed\n");
         goto out;
     }
+    if (ov_direct_call(&b.http[0]) != 0) {
+        fprintf(stderr, "lmoverhead: a chat request through the daemon's HTTP front door "
+                        "(%s) failed\n",
+                b.http_url);
+        goto out;
+    }
     code = ov_run(&b, o.backend != NULL ? "external" : "lmsim-instant", backend);
 out:
     for (int i = 0; i < nclients; i++)
@@ -1039,6 +1167,10 @@ out:
     ov_daemon_stop(&d);
     for (int i = 0; i < ndirect; i++)
         ov_direct_fini(&b.direct[i]);
+    for (int i = 0; i < nhttp; i++)
+        ov_direct_fini(&b.http[i]);
+    free(b.http);
+    free(b.http_body);
     ov_lmsim_stop(&sim, simdir);
     lmsched_request_free(b.req);
     free(b.clients);

@@ -1,6 +1,7 @@
 /*
  * serve - `lmsched serve`: the daemon's composition root. It parses the
- * flags, builds the core (which holds the backends), opens the front door,
+ * flags, builds the core (which holds the backends), opens the front doors
+ * (the nng socket, and the OpenAI-compatible HTTP server when --http is given),
  * takes signals on a thread of its own, runs the loop, and tears things
  * down in order: fronts first (no more events), then the core.
  */
@@ -17,6 +18,7 @@
 #include "scheduler/core/config.h"
 #include "scheduler/core/sched.h"
 #include "scheduler/front/agents.h"
+#include "scheduler/front/http.h"
 #include "scheduler/util/log.h"
 
 typedef struct sig_thread_arg {
@@ -70,6 +72,7 @@ int serve_main(int argc, char **argv)
     }
     sched *s = NULL;
     agents_front *nng_front = NULL;
+    http_front *http = NULL;
     int exit_code = 0;
     if (sched_alloc(&s, &cfg) != 0) {
         exit_code = 1;
@@ -89,6 +92,13 @@ int serve_main(int argc, char **argv)
     sched_describe(s, what, sizeof(what));
     log_info("listening on %s (%s, %u per connection%s)", cfg.listen, what, cfg.max_per_conn,
              agents_auth_required(nng_front) ? ", token required" : "");
+    if (cfg.http[0] != '\0') {
+        if ((exit_code = http_open(&http, s, &cfg)) != 0)
+            goto out;
+        log_info("serving the OpenAI API on http://%s/v1 (%s)", cfg.http,
+                 http_auth_required(http) ? "token required"
+                                          : "no token: loopback only");
+    }
 
     sa.s = s;
     pthread_t tid;
@@ -104,6 +114,7 @@ out:
     /* Order: the fronts stop their callbacks first, then the core (and the
      * HTTP client inside it). */
     agents_close(nng_front);
+    http_close(http);
     sched_free(s);
     curl_global_cleanup();
     return exit_code;

@@ -2,7 +2,7 @@
 # shellcheck shell=bash
 
 LMSCHED_APT_PACKAGES="build-essential cmake pkg-config curl libnng-dev libcurl4-openssl-dev \
-libmsgpack-dev libjansson-dev libcmocka-dev libmicrohttpd-dev libxxhash-dev"
+libmsgpack-dev libjansson-dev libcmocka-dev libmicrohttpd-dev libxxhash-dev python3-pytest"
 
 lmsched_missing_deps() {
     local missing=""
@@ -13,11 +13,14 @@ lmsched_missing_deps() {
         pkg-config --exists "$mod" 2>/dev/null || missing="$missing $mod"
     done
     [ -f /usr/include/nng/nng.h ] || [ -f /usr/local/include/nng/nng.h ] || missing="$missing nng"
+    # The Python package's tests (tests/python) run with Debian's pytest.
+    /usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || missing="$missing python3-pytest"
     echo "$missing"
 }
 
 # Installs the Debian packages when something is missing (as root, or with
-# sudo), then the patched nng where the system's has bug #1518.
+# sudo), then the patched nng where the system's has bugs #1518, #1813 and
+# #1713 (docs/nng.md).
 lmsched_install_deps() {
     lmsched_install_packages && lmsched_install_nng
 }
@@ -78,6 +81,45 @@ lmsched_build() {
     cmake -S "$LMSCHED_ROOT" -B "$dir" -DLMSCHED_WERROR=ON \
         -DLMSCHED_NNG_PREFIX="$nng_prefix" "$@" >/dev/null &&
         cmake --build "$dir" -j"$(nproc 2>/dev/null || echo 2)"
+}
+
+# Node for the tests of the HTTP front door with the real clients
+# (tests/http/node: the openai JavaScript client, OpenAI's Agents SDK):
+# Debian's nodejs and npm when `node` or `npm` is missing, then the packages
+# of the committed lockfile with `npm ci` when node_modules is missing or
+# older than it. The npm registry must be reachable for that; without Node
+# or the packages those tests report themselves skipped, saying why.
+lmsched_install_node() {
+    local dir="$LMSCHED_ROOT/tests/http/node" sudo=""
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "lmsched: node or npm missing; installing Debian's nodejs and npm" >&2
+        if [ "$(id -u)" != 0 ]; then
+            if command -v sudo >/dev/null 2>&1; then
+                sudo="sudo"
+            else
+                echo "lmsched: not root and no sudo; install nodejs and npm for tests/http" >&2
+                return 1
+            fi
+        fi
+        $sudo apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+                nodejs npm >/dev/null || return 1
+    fi
+    # Every package of the lockfile must be installed at its version (one
+    # for another OS or CPU may be missing); otherwise install from the
+    # lockfile again.
+    if ! node -e '
+const fs = require("fs"), dir = process.argv[1];
+const want = JSON.parse(fs.readFileSync(dir + "/package-lock.json")).packages;
+for (const [k, v] of Object.entries(want)) {
+    if (k === "") continue;
+    let got = null;
+    try { got = JSON.parse(fs.readFileSync(dir + "/" + k + "/package.json")).version; } catch {}
+    if (got !== v.version && !(got === null && (v.os || v.cpu))) process.exit(1);
+}' "$dir" 2>/dev/null; then
+        echo "lmsched: npm ci in tests/http/node (node $(node --version))" >&2
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) || return 1
+    fi
 }
 
 # clang with libFuzzer, for scripts/fuzz. Debian bookworm's clang is 14; its

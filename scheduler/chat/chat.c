@@ -47,6 +47,7 @@ void chat_req_free(chat_req *r)
     free(r->model);
     free(r->agent);
     free(r->client_id);
+    free(r->session);
     free(r->tools_json);
     free(r->tool_choice_json);
     free(r->response_format_json);

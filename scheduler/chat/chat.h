@@ -51,6 +51,8 @@ typedef struct chat_req {
     uint32_t deadline_ms; /* start-by, from arrival; 0: none */
     char *agent;          /* NULL: not given */
     char *client_id;      /* NULL: not given */
+    char *session;        /* the conversation it continues (an HTTP client's session
+                           * key), kept on the slot of its previous turn; NULL: none */
     /* What agents send beyond text (all NULL or -1 when not given): */
     char *tools_json;           /* array of tool definitions */
     char *tool_choice_json;     /* "auto", "none", "required" or an object */

@@ -38,6 +38,17 @@ static bool admit_too_long(const sched *s, const job *j, char *why, size_t len)
     return true;
 }
 
+/* The policy's key of a session (FNV-1a of the client's key), 0 for none. */
+static uint64_t admit_session(const char *key)
+{
+    if (key == NULL || key[0] == '\0')
+        return 0;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; p++)
+        h = (h ^ *p) * 0x100000001b3ull;
+    return h != 0 ? h : 1;
+}
+
 job *sched_submit(sched *s, chat_req *req, const sink *k)
 {
     char why[400];
@@ -81,6 +92,7 @@ job *sched_submit(sched *s, chat_req *req, const sink *k)
     j->pi.tokens = j->chain.tokens;
     j->pi.group = j->chain.group;
     j->pi.label = j->req->system;
+    j->pi.session = admit_session(j->req->session);
     j->reserve = capacity_reserve(s, j->chain.tokens, j->req->max_tokens);
 
     int rc = policy_push(s->pol, &j->pi);

@@ -8,6 +8,7 @@
  */
 #include "scheduler/core/config.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stddef.h>
@@ -78,6 +79,7 @@ static const char *config_backend_show(const opt_spec *s, const void *cfg, char 
 #define G_MEMORY "Memory budget (docs/memory-budget.md)"
 #define G_QUEUE "Queue and policy (docs/scheduling.md)"
 #define G_RUN "Shutdown and logging"
+#define G_HTTP "OpenAI-compatible HTTP front door (docs/openai.md)"
 
 /* --backend-kind: "auto" or a kind of the dialect table, which alone
  * knows the kinds. */
@@ -99,6 +101,107 @@ static const char *config_kind_show(const opt_spec *s, const void *cfg, char *bu
     return buf;
 }
 static const char *const config_policies[] = {"prefix", "fifo", NULL};
+
+/* --http: "HOST:PORT", "HOST" (the default port), "PORT" (loopback), with
+ * HOST a numeric IPv4 address, "[IPv6]" or "localhost" (127.0.0.1). Names
+ * are not resolved: whether the listener is loopback, and so whether it
+ * needs a token, must not depend on a DNS answer. Stored normalized. */
+static int config_http_set(const opt_spec *s, void *cfg, const char *val)
+{
+    sched_config *c = cfg;
+    char host[64];
+    const char *port_s = NULL;
+    bool v6 = false;
+    unsigned char addr[16];
+    (void)s;
+    size_t n = strlen(val);
+    if (n == 0 || n >= 80)
+        return -1;
+    if (strspn(val, "0123456789") == n) {
+        snprintf(host, sizeof(host), "127.0.0.1");
+        port_s = val;
+    } else if (val[0] == '[') {
+        const char *close = strchr(val, ']');
+        if (close == NULL || (size_t)(close - val - 1) >= sizeof(host))
+            return -1;
+        memcpy(host, val + 1, (size_t)(close - val - 1));
+        host[close - val - 1] = '\0';
+        if (close[1] == ':')
+            port_s = close + 2;
+        else if (close[1] != '\0')
+            return -1;
+        v6 = true;
+    } else {
+        const char *colon = strchr(val, ':');
+        size_t hl = colon != NULL ? (size_t)(colon - val) : n;
+        if (hl == 0 || hl >= sizeof(host) || (colon != NULL && strchr(colon + 1, ':')))
+            return -1;
+        memcpy(host, val, hl);
+        host[hl] = '\0';
+        if (colon != NULL)
+            port_s = colon + 1;
+        if (strcmp(host, "localhost") == 0)
+            snprintf(host, sizeof(host), "127.0.0.1");
+    }
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, host, addr) != 1)
+        return -1;
+    long port = CONFIG_HTTP_PORT;
+    if (port_s != NULL) {
+        char *end;
+        if (*port_s == '\0' || strspn(port_s, "0123456789") != strlen(port_s))
+            return -1;
+        port = strtol(port_s, &end, 10);
+        if (port < 1 || port > 65535)
+            return -1;
+    }
+    snprintf(c->http, sizeof(c->http), v6 ? "[%s]:%ld" : "%s:%ld", host, port);
+    return 0;
+}
+
+static const char *config_http_show(const opt_spec *s, const void *cfg, char *buf,
+                                    size_t len)
+{
+    (void)s;
+    snprintf(buf, len, "%s", ((const sched_config *)cfg)->http);
+    return buf;
+}
+
+int config_http_addr(const char *http, char *host, size_t hostlen, int *port, bool *v6)
+{
+    const char *colon = strrchr(http, ':');
+    if (colon == NULL || colon == http)
+        return -1;
+    const char *h = http;
+    size_t hl = (size_t)(colon - http);
+    *v6 = http[0] == '[';
+    if (*v6) {
+        if (hl < 2 || http[hl - 1] != ']')
+            return -1;
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= hostlen)
+        return -1;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || p < 1 || p > 65535)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+bool config_http_loopback(const char *host, bool v6)
+{
+    unsigned char a[16];
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, host, a) != 1)
+        return false;
+    if (!v6)
+        return a[0] == 127;
+    static const unsigned char one[16] = {[15] = 1};
+    return memcmp(a, one, 16) == 0;
+}
 
 static const opt_spec config_specs[] = {
     /* Listening and access (docs/security.md) */
@@ -160,6 +263,102 @@ static const opt_spec config_specs[] = {
      .doc = "Requests one agent connection may have outstanding (queued or running); "
             "past it a request is answered `busy` with \"too many outstanding requests "
             "on this connection\"."},
+
+    /* The OpenAI-compatible HTTP front door */
+    {.name = "http",
+     .arg = "HOST:PORT",
+     OPT_CUSTOM_FIELD(CFG, http),
+     .set = config_http_set,
+     .show = config_http_show,
+     .expect = "HOST:PORT, HOST or PORT, with HOST a numeric IPv4 address, [IPv6] or "
+               "localhost",
+     .def_doc = "off",
+     .env = "LMSCHED_HTTP",
+     .group = G_HTTP,
+     .help = "also serve the OpenAI chat-completions API here (port 4321 when only a "
+             "host is given; a port alone means 127.0.0.1)",
+     .doc = "Also serve the OpenAI-compatible API (`POST /v1/chat/completions`, `GET "
+            "/v1/models`, `/health`, `/metrics`) on this address, on the same queue, "
+            "policy and budget as the nng socket. `HOST:PORT`, `HOST` (port 4321) or "
+            "`PORT` (127.0.0.1); HOST is a numeric address, `[IPv6]` or `localhost`. Off "
+            "unless given. A listener that is not loopback needs a token "
+            "(`--http-token-file` or `--auth-token-file`; without one `serve` exits 2)."},
+    {.name = "http-token-file",
+     .arg = "FILE",
+     OPT_STRING_FIELD(CFG, http_token_file),
+     .def_doc = "--auth-token-file's",
+     .group = G_HTTP,
+     .help = "HTTP requests must carry the token in FILE as Authorization: Bearer "
+             "(default: the token of --auth-token-file, if any)",
+     .doc = "HTTP requests must carry the token held in FILE as `Authorization: Bearer "
+            "TOKEN` (the same rules for the file as `--auth-token-file`). Without it the "
+            "HTTP front door uses `--auth-token-file`'s token when one is given, and no "
+            "token otherwise, which only a loopback `--http` allows."},
+    {.name = "http-max-body",
+     .arg = "SIZE",
+     OPT_SIZE_FIELD(CFG, http_max_body),
+     .umin = 1024,
+     .umax = 1ull << 30,
+     .def = "16M",
+     .group = G_HTTP,
+     .help = "largest request body; past it 413",
+     .doc = "Largest request body; a larger one is answered 413 (before it is read, when "
+            "`Content-Length` says so) and its connection closed."},
+    {.name = "http-max-header",
+     .arg = "SIZE",
+     OPT_SIZE_FIELD(CFG, http_max_header),
+     .umin = 4096,
+     .umax = 1u << 20,
+     .def = "32K",
+     .group = G_HTTP,
+     .help = "memory for one connection's request line and headers; past it 431",
+     .doc = "Memory for one connection's request line and headers (libmicrohttpd's "
+            "per-connection pool); a request whose headers do not fit is answered 431 "
+            "and its connection closed."},
+    {.name = "http-max-conns",
+     .arg = "N",
+     OPT_UINT_FIELD(CFG, http_max_conns),
+     .min = 1,
+     .max = 100000,
+     .def = "256",
+     .group = G_HTTP,
+     .help = "open HTTP connections; more are closed at once",
+     .doc = "Open HTTP connections at once, idle or busy; a connection past it is closed "
+            "as soon as it is accepted."},
+    {.name = "http-header-timeout",
+     .arg = "MS",
+     OPT_INT_FIELD(CFG, http_header_timeout_ms),
+     .min = 100,
+     .max = 3600000,
+     .def = "10000",
+     .group = G_HTTP,
+     .help = "a request's line and headers must arrive within this of the connection "
+             "opening (or of the previous answer on a kept-alive one)",
+     .doc = "A request's line and headers must be complete within this time of the "
+            "connection opening, or of the previous answer on a kept-alive connection; "
+            "otherwise the connection is closed (slow clients, idle keep-alive)."},
+    {.name = "http-body-timeout",
+     .arg = "MS",
+     OPT_INT_FIELD(CFG, http_body_timeout_ms),
+     .min = 100,
+     .max = 3600000,
+     .def = "30000",
+     .group = G_HTTP,
+     .help = "a request's body must arrive within this of its headers; also the most a "
+             "client may leave its answer unread",
+     .doc = "A request's body must be complete within this time of its headers, or the "
+            "connection is closed. Also how long a client may leave an answer it is "
+            "being sent unread before its connection is closed (and its request "
+            "canceled)."},
+    {.name = "http-cors",
+     .arg = "ORIGIN",
+     OPT_STRING_FIELD(CFG, http_cors),
+     .def_doc = "none",
+     .group = G_HTTP,
+     .help = "answer browsers from ORIGIN (\"*\": any) with CORS headers; none by default",
+     .doc = "Send CORS headers allowing ORIGIN (`*`: any origin) and answer preflight "
+            "`OPTIONS` requests, so a web page from that origin can call the API. Without "
+            "it no CORS header is sent and browsers refuse cross-origin calls."},
 
     /* Backend */
     {.name = "backend",
@@ -494,7 +693,8 @@ const opt_table *config_options(void)
 
 /* The access rules between flags: only an ipc:// socket is protected by
  * file permissions; anything else (tcp://, ws://, abstract:// ...) can be
- * reached by other users, so it needs a token. Returns 0 or 2. */
+ * reached by other users, so it needs a token. An HTTP listener may go
+ * without one on loopback only. Returns 0 or 2. */
 static int config_check_access(const sched_config *cfg, bool socket_mode_given)
 {
     bool ipc = strncmp(cfg->listen, "ipc://", 6) == 0;
@@ -505,6 +705,22 @@ static int config_check_access(const sched_config *cfg, bool socket_mode_given)
                 "(see docs/security.md)\n",
                 cfg->listen);
         return 2;
+    }
+    if (cfg->http[0] != '\0' && cfg->http_token_file[0] == '\0' &&
+        cfg->auth_token_file[0] == '\0') {
+        char host[64];
+        int port;
+        bool v6;
+        if (config_http_addr(cfg->http, host, sizeof(host), &port, &v6) != 0 ||
+            !config_http_loopback(host, v6)) {
+            fprintf(stderr,
+                    "lmsched serve: refusing to serve HTTP on %s without a token: it is "
+                    "not a loopback address, so anyone who can reach it could use the LLM "
+                    "server; give --http-token-file FILE (or --auth-token-file FILE), or "
+                    "listen on 127.0.0.1 (see docs/security.md)\n",
+                    cfg->http);
+            return 2;
+        }
     }
     if (!ipc && (socket_mode_given || cfg->socket_group[0] != '\0')) {
         fprintf(stderr,

@@ -52,7 +52,29 @@ typedef struct sched_config {
     char socket_group[256];    /* "" or a group name or number for the ipc:// socket file */
     char auth_token_file[512]; /* "" or the file holding the token every request must carry */
     unsigned max_per_conn;     /* outstanding requests per agent connection (default 256) */
+    /* The OpenAI-compatible HTTP front door (docs/openai.md). */
+    char http[300];              /* "" off, else "HOST:PORT" ("[V6]:PORT"), normalized */
+    char http_token_file[512];   /* "" or the token file of HTTP requests (else
+                                  * auth_token_file's) */
+    uint64_t http_max_body;      /* request body bytes */
+    uint64_t http_max_header;    /* request line and headers, bytes */
+    unsigned http_max_conns;     /* open connections */
+    int http_header_timeout_ms;  /* from connection (or previous answer) to headers */
+    int http_body_timeout_ms;    /* from headers to the end of the body; idle writes */
+    char http_cors[256];         /* "" no CORS, else the allowed origin ("*" any) */
 } sched_config;
+
+/* The default port of --http when none is given (docs/openai.md). */
+#define CONFIG_HTTP_PORT 4321
+
+/* Splits a normalized --http value ("HOST:PORT", "[V6]:PORT") into its
+ * numeric host (without brackets) and port. Returns 0, or -1 when it is
+ * not one. Any thread. */
+int config_http_addr(const char *http, char *host, size_t hostlen, int *port, bool *v6);
+
+/* Whether a numeric host of config_http_addr is a loopback address
+ * (127.0.0.0/8, ::1). */
+bool config_http_loopback(const char *host, bool v6);
 
 struct opt_table;
 

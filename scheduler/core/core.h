@@ -32,12 +32,21 @@
  * came back. */
 #define SCHED_DOWN_RECHECK_US 250000
 
+/* Histogram buckets of latencies since start (status.c has the bounds). */
+#define LAT_BUCKETS 15
+
 typedef struct lat_ring {
     double v[LAT_SAMPLES];
     unsigned n;   /* samples held, <= LAT_SAMPLES */
     unsigned pos; /* next slot to write */
+    /* Every sample since start, for the metrics' histograms: per bucket
+     * (the last one above the highest bound), their count and sum. */
+    uint64_t hist[LAT_BUCKETS + 1];
+    uint64_t count;
+    double sum;
 } lat_ring;
 
+/* Adds a sample (milliseconds) to the window and the histogram. */
 void lat_add(lat_ring *r, double v);
 
 typedef struct sched_stats {

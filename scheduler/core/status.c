@@ -17,8 +17,20 @@
 #include "scheduler/core/core.h"
 #include "scheduler/util/clock.h"
 
+/* Prometheus-style bounds: a cached prefill in milliseconds up to a long
+ * queue in minutes. */
+const double status_hist_bounds_ms[STATUS_HIST_BUCKETS] = {
+    1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000};
+_Static_assert(LAT_BUCKETS == STATUS_HIST_BUCKETS, "one bucket count");
+
 void lat_add(lat_ring *r, double v)
 {
+    size_t b = 0;
+    while (b < LAT_BUCKETS && v > status_hist_bounds_ms[b])
+        b++;
+    r->hist[b]++;
+    r->count++;
+    r->sum += v;
     r->v[r->pos] = v;
     r->pos = (r->pos + 1) % LAT_SAMPLES;
     if (r->n < LAT_SAMPLES)
@@ -46,6 +58,13 @@ static status_pct status_pct_of(const lat_ring *r)
     p.p50 = v[i50];
     p.p95 = v[i95];
     return p;
+}
+
+static void status_hist_of(const lat_ring *r, status_hist *h)
+{
+    memcpy(h->counts, r->hist, sizeof(h->counts));
+    h->count = r->count;
+    h->sum_ms = r->sum;
 }
 
 void status_take(sched *s, status_snapshot *o)
@@ -79,7 +98,11 @@ void status_take(sched *s, status_snapshot *o)
     o->memory.kv_source = s->kv_source != NULL ? s->kv_source : "default";
     o->memory.reserved_bytes = s->reserved_bytes;
 
+    o->http = s->cfg.http[0] ? s->cfg.http : NULL;
     o->queue_depth = s->queued;
+    for (const job *j = s->jobs; j != NULL; j = j->next)
+        if (j->state == JOB_QUEUED)
+            o->queue_by_priority[j->req->priority < 10 ? j->req->priority : 9]++;
     o->queue_max = s->cfg.max_queue;
     o->inflight = s->inflight;
     o->requests.received = s->st.received;
@@ -96,6 +119,8 @@ void status_take(sched *s, status_snapshot *o)
     o->queue_wait = status_pct_of(&s->st.queue_wait);
     o->ttft = status_pct_of(&s->st.ttft);
     o->total = status_pct_of(&s->st.total);
+    status_hist_of(&s->st.queue_wait, &o->queue_wait_hist);
+    status_hist_of(&s->st.ttft, &o->ttft_hist);
     o->tokens_prompt = s->st.tokens_prompt;
     o->tokens_completion = s->st.tokens_completion;
     o->tokens_cached = s->st.tokens_cached;
@@ -177,7 +202,7 @@ char *status_json(const status_snapshot *o)
 
     json_t *doc = json_pack(
         "{s:s,s:i,s:i,s:f,s:s,s:s,s:o,s:o,s:{s:i,s:i},s:i,s:o,s:{s:o,s:o,s:o},"
-        "s:{s:I,s:I,s:I,s:o},s:o}",
+        "s:{s:I,s:I,s:I,s:o},s:o,s:o}",
         "version", LMSCHED_SERVE_VERSION, "protocol", LMSCHED_PROTOCOL_VERSION, "pid", o->pid,
         "uptime_s", o->uptime_s, "listen", o->listen, "policy", o->policy, "backend", be,
         "memory", memory, "queue", "depth", (int)o->queue_depth, "max", (int)o->queue_max,
@@ -188,7 +213,14 @@ char *status_json(const status_snapshot *o)
         "cached_ratio",
         o->tokens_prompt ? json_real((double)o->tokens_cached / (double)o->tokens_prompt)
                          : json_null(),
-        "groups", groups);
+        "groups", groups, "http", opt_str(o->http));
+    if (doc != NULL) {
+        /* Added keys go last in their object (docs/status.md: only ever added). */
+        json_t *by = json_array();
+        for (int p = 0; p < 10; p++)
+            json_array_append_new(by, json_integer(o->queue_by_priority[p]));
+        json_object_set_new(json_object_get(doc, "queue"), "by_priority", by);
+    }
     if (doc == NULL)
         return NULL;
     char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));

@@ -16,6 +16,17 @@
 #define STATUS_MAX_GROUPS 64
 #define STATUS_ERR_CODES 32
 
+/* Latency histograms since start: upper bounds in milliseconds of each
+ * bucket but the last (which has none). */
+#define STATUS_HIST_BUCKETS 15
+extern const double status_hist_bounds_ms[STATUS_HIST_BUCKETS];
+
+typedef struct status_hist {
+    uint64_t counts[STATUS_HIST_BUCKETS + 1]; /* per bucket, not cumulative */
+    uint64_t count;
+    double sum_ms;
+} status_hist;
+
 /* Nearest-rank percentiles of a latency window; have is false when empty. */
 typedef struct status_pct {
     bool have;
@@ -52,13 +63,16 @@ typedef struct status_snapshot {
         const char *kv_source;
         uint64_t reserved_bytes;
     } memory;
+    const char *http;                  /* the HTTP front door's address, NULL: off */
     unsigned queue_depth, queue_max, inflight;
+    unsigned queue_by_priority[10];    /* queued requests at each priority 0..9 */
     struct {
         uint64_t received, completed, failed, retried, rejected_busy;
         uint64_t bad_messages, auth_refused, status_requests;
         uint64_t failed_by_code[STATUS_ERR_CODES];
     } requests;
     status_pct queue_wait, ttft, total;
+    status_hist queue_wait_hist, ttft_hist;
     uint64_t tokens_prompt, tokens_completion, tokens_cached;
     pol_group_info groups[STATUS_MAX_GROUPS];
     size_t n_groups;

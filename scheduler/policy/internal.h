@@ -108,6 +108,7 @@ typedef struct pol_slot {
     pol_group *run;     /* the group of the request running there */
     bool run_cont;      /* that request continued the slot's previous prompt */
     unsigned streak;    /* consecutive such continuations on this slot */
+    uint64_t session;   /* the session of the request that ran there last, 0 none */
     bool hold_pending;  /* freed after a conversation turn: hold it ... */
     int64_t hold_until; /* ... until then, for the turn that continues it */
 } pol_slot;

@@ -618,7 +618,9 @@ static uint32_t pol_dispatch(policy *p, pol_item *it, unsigned s)
     pol_unqueue(p, it);
     /* A turn that extends the slot's whole previous prompt, beyond what
      * the group shares, continues a conversation. */
-    sl->run_cont = held > 0 && held == sl->cache.n_blocks && held > g->pfx_blocks;
+    sl->run_cont = (held > 0 && held == sl->cache.n_blocks && held > g->pfx_blocks) ||
+                   (it->session != 0 && it->session == sl->session);
+    sl->session = it->session;
     sl->streak = sl->run_cont ? sl->streak + 1 : 0;
     sl->hold_pending = false;
     sl->hold_until = 0;
@@ -705,8 +707,11 @@ void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
     s->last_used = ++p->lru_clock;
     pol_group *g = s->run;
     s->run = NULL;
+    /* A turn of a named session is a conversation's by definition; others
+     * are when their group is conversational. */
     s->hold_pending = ok && g != NULL && p->rule->holds_slots && p->tun.gather_us > 0 &&
-                      pol_group_conv(g) && s->streak < POL_STICKY_TURNS && s->group == g;
+                      (pol_group_conv(g) || s->session != 0) &&
+                      s->streak < POL_STICKY_TURNS && s->group == g;
     if (g != NULL) {
         g->inflight--;
         g->requests++;
@@ -719,6 +724,7 @@ void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
     if (!ok) {
         /* The backend may have dropped or half-written the cache. */
         slot_cache_forget(&s->cache);
+        s->session = 0;
         if (s->group != NULL)
             s->group->resident--;
         s->group = NULL;

@@ -28,6 +28,9 @@ typedef struct pol_item {
     uint32_t tokens;         /* estimated prompt tokens */
     uint64_t group;          /* prefix group (hash of the system message) */
     const char *label;       /* system prompt text, for status (first bytes copied) */
+    uint64_t session;        /* the conversation it continues (a hash of the client's
+                                session key); 0 = none. prefix: kept on the slot that
+                                served the session's previous turn */
     /* Owned by the policy: */
     uint64_t seq;            /* arrival number */
     struct pol_item *prev, *next;

@@ -13,7 +13,9 @@
  *   2. Hit: for each idle slot, the queued requests of the group it holds
  *      (the first POL_SCAN_ITEMS per level, enough to find the deepest
  *      match of a multi-turn conversation) are compared by cached blocks;
- *      the deepest match wins, the oldest on ties.
+ *      the deepest match wins, the oldest on ties. A request of a named
+ *      session (an HTTP client's session key) that served its previous
+ *      turn on an idle slot wins that slot before any of them.
  *   3. Load: otherwise a group whose prefix no slot holds is loaded into
  *      the idle slot whose group has the least queued demand: the group
  *      with the most demand at the level (queued x prefix blocks), oldest
@@ -82,11 +84,14 @@ static pol_item *pp_urgent(policy *p, int64_t now_us, int *slot)
     return NULL;
 }
 
-/* Rule 2 at one level. */
+/* Rule 2 at one level. A request of a named session goes first to the
+ * slot that served the session's previous turn, whatever the model says
+ * the other slots hold. */
 static pol_item *pp_hit(policy *p, int lv, int *slot)
 {
     pol_item *best = NULL;
     uint32_t best_c = 0;
+    bool best_mine = false;
     for (unsigned i = 0; i < p->n_slots; i++) {
         const pol_slot *s = &p->slots[i];
         const pol_group *g = s->group;
@@ -95,11 +100,16 @@ static pol_item *pp_hit(policy *p, int lv, int *slot)
         int scan = POL_SCAN_ITEMS;
         for (const pol_node *n = g->lv[lv].head; n != NULL && scan-- > 0; n = n->gnext) {
             uint32_t c = pol_cached_blocks(p, i, n->it);
-            if (!pp_real_hit(p, c, n->it, g) || pol_slot_held(p, i, n->it, p->now_us))
+            bool mine = n->it->session != 0 && n->it->session == s->session;
+            if (!mine &&
+                (!pp_real_hit(p, c, n->it, g) || pol_slot_held(p, i, n->it, p->now_us)))
                 continue;
-            if (best == NULL || c > best_c || (c == best_c && n->it->seq < best->seq)) {
+            if (best == NULL || (mine && !best_mine) ||
+                (mine == best_mine &&
+                 (c > best_c || (c == best_c && n->it->seq < best->seq)))) {
                 best = n->it;
                 best_c = c;
+                best_mine = mine;
                 *slot = (int)i;
             }
         }

@@ -103,6 +103,10 @@ bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_
     const pol_slot *sl = &p->slots[s];
     if (sl->busy || sl->hold_until <= now_us)
         return false;
+    /* The session the slot is kept for may start there, whatever its
+     * prompt (a client may rewrite its history). */
+    if (it != NULL && it->session != 0 && it->session == sl->session)
+        return false;
     return it == NULL || pol_cached_blocks(p, s, it) < sl->cache.n_blocks;
 }
 

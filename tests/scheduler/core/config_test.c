@@ -3,7 +3,8 @@
  * table is valid, every default is what the daemon has always used, every
  * flag takes its range and refuses the rest with its message, the
  * environment variables, the backend URL normalization, the rules between
- * flags, --help, and the JSON of the status's "config" section.
+ * flags, --help, --http's forms, and the JSON of the status's "config"
+ * section.
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -146,6 +147,14 @@ static void test_table(void **state)
         "slot-similarity",
         "stream-timeout",
         "stream-buffer",
+        "http",
+        "http-token-file",
+        "http-max-body",
+        "http-max-header",
+        "http-max-conns",
+        "http-header-timeout",
+        "http-body-timeout",
+        "http-cors",
     };
     assert_int_equal(t->n, sizeof(flags) / sizeof(flags[0]));
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
@@ -193,6 +202,14 @@ static void test_defaults(void **state)
     assert_string_equal(c.socket_group, "");
     assert_string_equal(c.auth_token_file, "");
     assert_int_equal(c.max_per_conn, 256);
+    assert_string_equal(c.http, "");
+    assert_string_equal(c.http_token_file, "");
+    assert_true(c.http_max_body == 16u << 20);
+    assert_true(c.http_max_header == 32u << 10);
+    assert_int_equal(c.http_max_conns, 256);
+    assert_int_equal(c.http_header_timeout_ms, 10000);
+    assert_int_equal(c.http_body_timeout_ms, 30000);
+    assert_string_equal(c.http_cors, "");
 
     /* No flags: the defaults run. */
     char *out = NULL, *err = NULL;
@@ -479,6 +496,61 @@ static void test_access_rules(void **state)
     assert_int_equal(c.socket_mode, 0660);
 }
 
+/* --http: its forms, the default port, and the token rule (issue 12). */
+static void test_http(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *out;
+    } ok[] = {
+        {"127.0.0.1:4321", "127.0.0.1:4321"}, {"127.0.0.1", "127.0.0.1:4321"},
+        {"8080", "127.0.0.1:8080"},           {"localhost", "127.0.0.1:4321"},
+        {"localhost:9", "127.0.0.1:9"},       {"[::1]:7", "[::1]:7"},
+        {"[::1]", "[::1]:4321"},              {"127.0.0.2:65535", "127.0.0.2:65535"},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        sched_config c;
+        char *err = NULL;
+        if (parse(&c, NULL, &err, "--http", ok[i].in, NULL) != 0)
+            fail_msg("--http %s: %s", ok[i].in, err);
+        free(err);
+        assert_string_equal(c.http, ok[i].out);
+        char host[64];
+        int port;
+        bool v6;
+        assert_int_equal(config_http_addr(c.http, host, sizeof(host), &port, &v6), 0);
+        assert_true(config_http_loopback(host, v6));
+    }
+    static const char *const bad[] = {"host.example:80", "127.0.0.1:0", "1.2.3.4:65536",
+                                      "[::1", "::1:80", "127.0.0.1:", "127.0.0.1:8x"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char want[300];
+        snprintf(want, sizeof(want),
+                 "lmsched serve: --http: expected HOST:PORT, HOST or PORT, with HOST a "
+                 "numeric IPv4 address, [IPv6] or localhost, got '%s'\n",
+                 bad[i]);
+        fails(want, "--http", bad[i]);
+    }
+    /* Not loopback: a token, HTTP's own or the daemon's, is required. */
+    sched_config c;
+    char *err = NULL;
+    assert_int_equal(parse(&c, NULL, &err, "--http", "0.0.0.0:4321", NULL), 2);
+    assert_non_null(strstr(err, "refusing to serve HTTP on 0.0.0.0:4321 without a token"));
+    free(err);
+    assert_int_equal(parse(&c, NULL, NULL, "--http", "[::]:4321", NULL), 2);
+    assert_int_equal(
+        parse(&c, NULL, NULL, "--http", "0.0.0.0", "--http-token-file", "/t", NULL), 0);
+    assert_int_equal(
+        parse(&c, NULL, NULL, "--http", "10.1.2.3:80", "--auth-token-file", "/t", NULL), 0);
+    /* The environment variable, under the same rules. */
+    setenv("LMSCHED_HTTP", "4322", 1);
+    assert_int_equal(parse(&c, NULL, NULL, NULL), 0);
+    assert_string_equal(c.http, "127.0.0.1:4322");
+    setenv("LMSCHED_HTTP", "192.168.1.9", 1);
+    assert_int_equal(parse(&c, NULL, NULL, NULL), 2);
+    unsetenv("LMSCHED_HTTP");
+}
+
 static void test_help(void **state)
 {
     (void)state;
@@ -593,7 +665,8 @@ int main(void)
         cmocka_unit_test(test_table),        cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_values),       cmocka_unit_test(test_errors),
         cmocka_unit_test(test_backend_url),  cmocka_unit_test(test_env),
-        cmocka_unit_test(test_access_rules), cmocka_unit_test(test_help),
+        cmocka_unit_test(test_access_rules), cmocka_unit_test(test_http),
+        cmocka_unit_test(test_help),
         cmocka_unit_test(test_json),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

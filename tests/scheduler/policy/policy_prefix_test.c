@@ -3,7 +3,8 @@
  * the slot model both policies share, driven by plain clock values:
  * leaders and followers, longest prefix match, eviction by demand, the
  * starvation bound, priorities, holding and duplicating, forgetting a
- * failed slot, the backend's own slot choice, per-group status, and a
+ * failed slot, the backend's own slot choice, per-group status, named
+ * sessions kept on their slot, and a
  * replay of the issue's "rounds" workload comparing prefilled tokens of
  * fifo and prefix with the optimum.
  */
@@ -757,6 +758,65 @@ static void test_unpinned_placement(void **state)
     policy_free(p);
 }
 
+/* Named sessions (an HTTP client's session key, issue 12): a session's
+ * request goes to the slot that served its previous turn although another
+ * idle slot holds as much of its prompt; its slot is kept for the
+ * session's next turn even in a group that is not conversational, and that
+ * turn takes it although it does not extend the slot's content (a client
+ * may rewrite its history). Without the key neither happens. */
+static void test_session_affinity(void **state)
+{
+    (void)state;
+    policy *p = mkpol("prefix", 2);
+    req a1, b1, c1, c2;
+    /* A on slot 0; B, the same group, copied onto the empty slot 1. */
+    mk(&a1, 1, 8, 1, 2, 5, 0)->session = 0xa;
+    mk(&b1, 1, 8, 2, 2, 5, 0)->session = 0xb;
+    assert_int_equal(policy_push(p, &a1.pi), LMSCHED_OK);
+    expect_next(p, 0, &a1, 0);
+    assert_int_equal(policy_push(p, &b1.pi), LMSCHED_OK);
+    expect_next(p, 0, &b1, 1);
+    policy_slot_done(p, 0, true, -1, -1);
+    policy_slot_done(p, 1, true, -1, -1);
+    /* A new conversation matches both slots' 8 blocks: the first wins... */
+    assert_int_equal(policy_push(p, mk(&c1, 1, 8, 3, 2, 5, 1)), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 1, &c1, 0), 8 * TPB);
+    policy_slot_done(p, 0, true, -1, -1);
+    /* ... unless it is B's next turn: then B's slot. */
+    mk(&c2, 1, 8, 4, 2, 5, 2)->session = 0xb;
+    assert_int_equal(policy_push(p, &c2.pi), LMSCHED_OK);
+    assert_int_equal(expect_next(p, 2, &c2, 1), 8 * TPB);
+    policy_free(p);
+
+    /* The hold, one slot, a 1 ms window: Z, a new conversation of the
+     * same group, arrives just after X's turn. */
+    policy_tuning t = {.gather_us = 1000};
+    for (int named = 0; named <= 1; named++) {
+        p = mkpol("prefix", 1);
+        policy_set_tuning(p, &t);
+        req x1, x2, z;
+        mk(&x1, 1, 8, 1, 4, 5, 0)->session = named ? 0x7 : 0;
+        warm(p, &x1.pi, 0);
+        assert_int_equal(policy_push(p, mk(&z, 1, 8, 5, 2, 5, 1)), LMSCHED_OK);
+        if (!named) {
+            /* One turn of a group nobody continues: nothing kept. */
+            assert_int_equal(expect_next(p, 1, &z, 0), 8 * TPB);
+            policy_free(p);
+            continue;
+        }
+        expect_none(p, 1); /* kept for session 7 */
+        assert_int_equal(policy_next_wake(p), 1001);
+        /* Its next turn, history rewritten (conversation 9, not 1). */
+        mk(&x2, 1, 8, 9, 6, 5, 2)->session = 0x7;
+        assert_int_equal(policy_push(p, &x2.pi), LMSCHED_OK);
+        assert_int_equal(expect_next(p, 2, &x2, 0), 8 * TPB);
+        /* That was the session's continuation: no second hold. */
+        policy_slot_done(p, 0, true, -1, -1);
+        assert_int_equal(expect_next(p, 3, &z, 0), 8 * TPB);
+        policy_free(p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -777,6 +837,7 @@ int main(void)
         cmocka_unit_test(test_gather_window),
         cmocka_unit_test(test_conversation_hold),
         cmocka_unit_test(test_unpinned_placement),
+        cmocka_unit_test(test_session_affinity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
