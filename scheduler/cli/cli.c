@@ -392,10 +392,13 @@ int cli_render_status(const char *json, FILE *out)
     json_t *tok = st_get(doc, "tokens");
     char a[256], b[256], c[256], d[256], e[256], f[256];
 
-    fprintf(out, "lmsched %s  up %s  pid %s  listen %s  policy %s\n",
+    fprintf(out, "lmsched %s  up %s  pid %s  listen %s",
             st_str(a, sizeof(a), doc, "version"), st_secs(b, sizeof(b), doc, "uptime_s"),
-            st_int(c, sizeof(c), doc, "pid"), st_str(d, sizeof(d), doc, "listen"),
-            st_str(e, sizeof(e), doc, "policy"));
+            st_int(c, sizeof(c), doc, "pid"), st_str(d, sizeof(d), doc, "listen"));
+    /* The HTTP front door only when it is on (--http). */
+    if (json_is_string(st_get(doc, "http")))
+        fprintf(out, "  http %s", st_str(a, sizeof(a), doc, "http"));
+    fprintf(out, "  policy %s\n", st_str(e, sizeof(e), doc, "policy"));
 
     json_t *healthy = st_get(be, "healthy");
     const char *health = json_is_true(healthy)    ? "healthy"

@@ -156,6 +156,25 @@ static void test_render_example(void **state)
     free(out);
 }
 
+/* With the HTTP front door on, the first line says where it listens. */
+static void test_render_http(void **state)
+{
+    (void)state;
+    json_t *doc = json_loads(example_json, 0, NULL);
+    assert_non_null(doc);
+    json_object_set_new(doc, "http", json_string("127.0.0.1:4321"));
+    char *text = json_dumps(doc, 0);
+    json_decref(doc);
+    int rc;
+    char *out = render(text, &rc);
+    free(text);
+    assert_int_equal(rc, 0);
+    assert_contains(line_of(out, "lmsched "),
+                    "listen ipc:///run/user/1000/lmsched.sock  http 127.0.0.1:4321  policy "
+                    "fifo\n");
+    free(out);
+}
+
 static void test_render_nulls(void **state)
 {
     int rc;
@@ -975,6 +994,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render_example),
+        cmocka_unit_test(test_render_http),
         cmocka_unit_test(test_render_nulls),
         cmocka_unit_test(test_render_missing_sections),
         cmocka_unit_test(test_render_hostile_strings),
