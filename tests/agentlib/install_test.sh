@@ -8,9 +8,16 @@
 # program found the library in the prefix (not in the build tree). The
 # page's other examples are built the same way and run too: stream.c must
 # stream an answer, tools.c must make a whole tool round trip.
+#
+# In a sanitizer build (third argument: the sanitizers) the examples get the
+# same -fsanitize, the one flag the page does not have: an instrumented
+# library needs its runtime linked into the program first.
 set -euo pipefail
-src=${1:?usage: install_test.sh SOURCE_DIR BUILD_DIR}
-build=${2:?usage: install_test.sh SOURCE_DIR BUILD_DIR}
+src=${1:?usage: install_test.sh SOURCE_DIR BUILD_DIR [SANITIZERS]}
+build=${2:?usage: install_test.sh SOURCE_DIR BUILD_DIR [SANITIZERS]}
+sanitize=${3:-}
+san_flags=()
+[ -n "$sanitize" ] && san_flags=(-fsanitize="$sanitize")
 bin="$build/bin"
 
 tmp=$(mktemp -d /tmp/lmsched-install-test.XXXXXX)
@@ -39,8 +46,8 @@ for ex in fanout stream tools; do
         echo "FAIL: no $ex.c example in docs/agentlib.md"
         exit 1
     }
-    cc -Wall -Wextra -Werror "$tmp/$ex.c" $(pkg-config --cflags --libs lmsched-agent) \
-        -lpthread -o "$tmp/$ex"
+    cc -Wall -Wextra -Werror ${san_flags[@]+"${san_flags[@]}"} "$tmp/$ex.c" \
+        $(pkg-config --cflags --libs lmsched-agent) -lpthread -o "$tmp/$ex"
 done
 
 "$bin/lmsim" --time-scale 50 --port-file "$tmp/port" --log-level warn >"$tmp/lmsim.log" 2>&1 &
