@@ -34,11 +34,25 @@
 #endif
 #endif
 
+#if defined(__SANITIZE_THREAD__)
+#define KIT_PSTAT_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KIT_PSTAT_TSAN 1
+#endif
+#endif
+
 const char *kit_pstat_unusable(kit_pstat_kind kind)
 {
 #ifdef KIT_PSTAT_ASAN
     if (kind == KIT_PSTAT_RSS)
         return "built with AddressSanitizer, whose quarantine keeps freed memory: "
+               "resident memory bounds nothing";
+#endif
+#ifdef KIT_PSTAT_TSAN
+    if (kind == KIT_PSTAT_RSS)
+        return "built with ThreadSanitizer, whose shadow memory and sync-object "
+               "tables stay resident after the memory they track is freed: "
                "resident memory bounds nothing";
 #endif
 #if defined(__linux__)
