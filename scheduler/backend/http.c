@@ -12,10 +12,21 @@
  * Finished transfers are collected from curl_multi_info_read onto a done
  * list that http_done pops. Easy handles are reset and kept for the next
  * transfer; connections stay in the multi handle's cache (keep-alive).
+ *
+ * Wakeups: another thread's http_wakeup costs a write to curl's wakeup
+ * socket, and the loop a read of it, only while the loop sleeps in
+ * curl_multi_poll (or is about to). Otherwise it just sets wake_pending,
+ * which the next bk_poll sees: it then polls without waiting. Both sides
+ * store their flag before reading the other's (sequentially consistent
+ * atomics), so a wakeup is never lost: either the poster sees the loop
+ * sleeping and writes, or the loop sees wake_pending and does not sleep.
+ * In a busy loop most wakeups come while it is awake, and cost nothing.
  */
 #include "scheduler/backend/http.h"
 
 #include <curl/curl.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +58,8 @@ typedef struct bk_client {
     bk_xfer *all; /* every live transfer */
     CURL *pool[BK_EASY_POOL];
     unsigned n_pool;
+    atomic_bool sleeping;     /* the loop is in (or entering) curl_multi_poll */
+    atomic_bool wake_pending; /* http_wakeup since the last poll began */
 } bk_client;
 
 struct http_target {
@@ -436,7 +449,15 @@ static int bk_poll(http_client *hc, int timeout_ms)
     bk_client *c = (bk_client *)hc;
     if (timeout_ms < 0)
         timeout_ms = 0;
+    atomic_store(&c->sleeping, true);
+    if (atomic_exchange(&c->wake_pending, false))
+        timeout_ms = 0; /* woken while awake: look, do not wait */
     CURLMcode mc = curl_multi_poll(c->multi, NULL, 0, timeout_ms, NULL);
+    atomic_store(&c->sleeping, false);
+    /* A wakeup from before here is for the caller's next look (the loop's
+     * inbox), which comes after this. An exchange, not a store: reading
+     * the poster's flag orders what it posted before our look. */
+    (void)atomic_exchange(&c->wake_pending, false);
     if (mc != CURLM_OK) {
         log_error("curl_multi_poll: %s", curl_multi_strerror(mc));
         return LMSCHED_EINTERNAL;
@@ -480,7 +501,10 @@ static void bk_xfer_free(http_client *hc, http_xfer *x)
 
 static void bk_wakeup(http_client *hc)
 {
-    curl_multi_wakeup(((bk_client *)hc)->multi);
+    bk_client *c = (bk_client *)hc;
+    atomic_store(&c->wake_pending, true);
+    if (atomic_load(&c->sleeping))
+        curl_multi_wakeup(c->multi);
 }
 
 static void bk_free(http_client *hc)

@@ -104,7 +104,9 @@ int http_perform(http_client *c);
 http_xfer *http_done(http_client *c);
 /* Frees a transfer; cancels it if still running. Accepts NULL. */
 void http_xfer_free(http_client *c, http_xfer *x);
-/* Interrupts http_poll. Safe from any thread. */
+/* Interrupts http_poll, or makes the next one return at once when none is
+ * waiting (the loop then runs a turn, which reads what the caller posted
+ * before this call). Safe from any thread. */
 void http_wakeup(http_client *c);
 
 #endif /* LMSCHED_BACKEND_HTTP_H */
