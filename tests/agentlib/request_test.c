@@ -687,7 +687,7 @@ static void test_version_and_strerror(void **state)
 {
     (void)state;
     assert_string_equal(lmsched_version(), LMSCHED_VERSION);
-    assert_string_equal(lmsched_version(), "0.1.0");
+    assert_string_equal(lmsched_version(), "0.2.0");
     assert_non_null(lmsched_strerror(LMSCHED_ENODAEMON));
     assert_non_null(lmsched_strerror(12345));
     /* lmsched_free takes NULL like free. */

@@ -65,7 +65,7 @@ def test_status_table_and_json_match(world):
         return re.sub(r"checked \S+ ago", "checked X ago", text)
 
     assert mask(a.stdout) == mask(b.stdout)
-    assert a.stdout.startswith("lmsched 0.1.0  up ")
+    assert a.stdout.startswith("lmsched 0.2.0  up ")
     ja = json.loads(py("status", "--json", "--url", world.url).stdout)
     jb = json.loads(c("status", "--json", "--url", world.url).stdout)
     assert list(ja) == list(jb)

@@ -77,10 +77,10 @@ def test_pip_install(tmp_path):
                        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.split()
-    assert lines[0].startswith(str(venv)) and lines[1] == "True" and lines[2] == "0.1.0"
+    assert lines[0].startswith(str(venv)) and lines[1] == "True" and lines[2] == "0.2.0"
     r = subprocess.run([str(venv / "bin" / "python"), "-m", "lmsched", "--version"], env=env,
                        cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "0.1.0" in r.stdout
+    assert r.returncode == 0 and "0.2.0" in r.stdout
 
 
 def test_the_ten_line_migration_of_the_docs(world, monkeypatch):

@@ -72,7 +72,7 @@ def test_import_works_without_the_library():
         print(type(e).__name__, lmsched.__version__)
     """, _bare_env(LMSCHED_LIB="/nonexistent"))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["Busy", "0.1.0"]
+    assert r.stdout.split() == ["Busy", "0.2.0"]
 
 
 def test_explicit_path_file_or_directory():
@@ -89,7 +89,7 @@ def test_explicit_path_file_or_directory():
     assert r.returncode == 0, r.stderr
     first = r.stdout.splitlines()[0].split()
     assert os.path.realpath(first[0]) == os.path.realpath(LIB_FILE)
-    assert first[1] == "0.1.0"
+    assert first[1] == "0.2.0"
     assert "RUNTIME liblmsched-agent is already loaded" in r.stdout
 
 

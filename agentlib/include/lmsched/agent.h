@@ -34,17 +34,17 @@ extern "C" {
 
 /* Version of this header. CMake reads these three lines. */
 #define LMSCHED_VERSION_MAJOR 0
-#define LMSCHED_VERSION_MINOR 1
+#define LMSCHED_VERSION_MINOR 2
 #define LMSCHED_VERSION_PATCH 0
-#define LMSCHED_VERSION "0.1.0"
-#define LMSCHED_VERSION_NUM 0x000100
+#define LMSCHED_VERSION "0.2.0"
+#define LMSCHED_VERSION_NUM 0x000200
 
 
 /* Default for timeouts given as <= 0: ten minutes, long enough for a slow
  * local model to answer a long prompt behind a full queue. */
 #define LMSCHED_DEFAULT_TIMEOUT_MS 600000
 
-/* Runtime version of the library, e.g. "0.1.0". */
+/* Runtime version of the library, e.g. "0.2.0". */
 LMSCHED_DECL const char *lmsched_version(void);
 
 

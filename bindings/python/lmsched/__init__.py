@@ -60,7 +60,7 @@ from .errors import (
 )
 from .types import ChatResult, Delta, Request, Timings, ToolCall, Usage
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "__version__",

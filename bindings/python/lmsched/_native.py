@@ -47,7 +47,7 @@ from .types import ChatResult, Delta, Timings, ToolCall, Usage
 
 # The library version this package speaks: the same major.minor, like the
 # CMake package (a 0.x library changes its API between minor versions).
-API_VERSION = (0, 1)
+API_VERSION = (0, 2)
 
 OK = 0
 
