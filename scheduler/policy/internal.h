@@ -128,6 +128,9 @@ struct policy {
     pol_list lv[POL_LEVELS];
     pol_slot *slots;
     unsigned n_slots;
+    uint8_t slot_be[POL_MAX_SLOTS]; /* the backend of each slot */
+    uint32_t be_up;                 /* backends that may take requests */
+    uint32_t idle_be;               /* of those, ones with an idle slot (policy_next) */
     uint64_t lru_clock;
     policy_tuning tun; /* max_overtakes 0: 4 x slots */
     bool pinned;       /* the slot we choose is the slot it runs in (id_slot) */
@@ -155,6 +158,23 @@ static inline pol_node *pol_node_of(const pol_item *it)
     return (pol_node *)it->priv;
 }
 
+/* Whether slot s may run it (NULL: some item): its backend is up and, for
+ * an item, one that serves it. */
+static inline bool pol_slot_ok(const policy *p, unsigned s, const pol_item *it)
+{
+    uint32_t m = p->be_up;
+    if (it != NULL && it->backends != 0)
+        m &= it->backends;
+    return (m >> p->slot_be[s]) & 1u;
+}
+
+/* Whether some backend that may run it has an idle slot (as of the start
+ * of this policy_next). O(1), for walks over many items. */
+static inline bool pol_item_placeable(const policy *p, const pol_item *it)
+{
+    return (p->idle_be & (it->backends != 0 ? it->backends : ~0u)) != 0;
+}
+
 /* ---- state.c -------------------------------------------------------- */
 
 /* A group's demand at a level: queued items there x prefix blocks (at
@@ -172,8 +192,9 @@ void pol_heap_add(pol_garr *a, pol_group *g, int lv);
 void pol_heap_del(pol_garr *a, size_t pos, int lv);
 /* Cached tokens for a number of held blocks (at most tokens - 1). */
 uint32_t pol_block_tokens(uint32_t blocks, const pol_item *it);
-/* The least recently used idle slot, -1 if none. */
-int pol_lru_idle(const policy *p);
+/* The least recently used idle slot that may run it (NULL: any item), -1
+ * if none. */
+int pol_lru_idle(const policy *p, const pol_item *it);
 /* The idle slot the backend itself would pick (see policy_backend_choice). */
 int pol_backend_choice(const policy *p, const pol_item *it, double similarity);
 /* Cached blocks of it's prompt in slot s, per the model. */
@@ -194,9 +215,9 @@ static inline bool pol_group_conv(const pol_group *g)
  * turn. */
 bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_us);
 
-/* The idle slot to (re)load when no idle slot holds what is wanted: the
- * one whose group has the least queued demand per holding slot, LRU on
- * ties. -1 if no slot is idle. */
-int pol_evict_slot(const policy *p);
+/* The idle slot to (re)load for it (NULL: any item) when no idle slot
+ * holds what is wanted: the one whose group has the least queued demand
+ * per holding slot, LRU on ties. -1 if no slot it may use is idle. */
+int pol_evict_slot(const policy *p, const pol_item *it);
 
 #endif /* LMSCHED_POLICY_INT_H */

@@ -258,6 +258,7 @@ int policy_alloc(policy **pp, const char *name, size_t max_queue)
     p->wake_us = INT64_MAX;
     p->pinned = true;
     p->similarity = 0.10;
+    p->be_up = ~0u;
     p->hmask = 63;
     p->htab = calloc(p->hmask + 1, sizeof(*p->htab));
     if (p->htab == NULL) {
@@ -336,9 +337,24 @@ void policy_set_placement(policy *p, bool pinned, double similarity)
 
 int policy_set_slots(policy *p, unsigned n)
 {
-    if (p == NULL || n == 0 || n > POL_MAX_SLOTS)
+    return policy_set_backend_slots(p, &n, 1);
+}
+
+int policy_set_backend_slots(policy *p, const unsigned *slots, unsigned n_backends)
+{
+    if (p == NULL || n_backends == 0 || n_backends > 32)
         return LMSCHED_EINVAL;
-    if (n == p->n_slots)
+    uint8_t map[POL_MAX_SLOTS];
+    unsigned n = 0;
+    for (unsigned b = 0; b < n_backends; b++) {
+        if (slots[b] > POL_MAX_SLOTS - n)
+            return LMSCHED_EINVAL;
+        for (unsigned k = 0; k < slots[b]; k++)
+            map[n++] = (uint8_t)b;
+    }
+    if (n == 0)
+        return LMSCHED_EINVAL;
+    if (n == p->n_slots && memcmp(map, p->slot_be, n) == 0)
         return LMSCHED_OK;
     pol_slot *s = calloc(n, sizeof(*s));
     if (s == NULL)
@@ -348,7 +364,21 @@ int policy_set_slots(policy *p, unsigned n)
         slot_cache_init(&s[i].cache);
     p->slots = s;
     p->n_slots = n;
+    memcpy(p->slot_be, map, n);
     return LMSCHED_OK;
+}
+
+void policy_set_backends_up(policy *p, uint32_t mask)
+{
+    if (p != NULL)
+        p->be_up = mask;
+}
+
+unsigned policy_slot_backend(const policy *p, int slot)
+{
+    if (p == NULL || slot < 0 || (unsigned)slot >= p->n_slots)
+        return 0;
+    return p->slot_be[slot];
 }
 
 unsigned policy_slots(const policy *p)
@@ -661,8 +691,13 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
         return NULL;
     p->wake_us = INT64_MAX;
     p->now_us = now_us;
-    if (p->depth == 0 || pol_lru_idle(p) < 0)
+    if (p->depth == 0 || pol_lru_idle(p, NULL) < 0)
         return NULL;
+    p->idle_be = 0;
+    for (unsigned i = 0; i < p->n_slots; i++)
+        if (!p->slots[i].busy)
+            p->idle_be |= 1u << p->slot_be[i];
+    p->idle_be &= p->be_up;
     if (p->rule->holds_slots) {
         /* Holds start when the loop first looks after the slot freed. */
         for (unsigned i = 0; i < p->n_slots; i++) {
@@ -681,7 +716,11 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
     if (!p->pinned) {
         /* Sent without a slot id, it runs where the backend's own rule
          * puts it; the model follows, so it stays true. */
+        /* ... among the slots of the backend the rule chose. */
+        uint32_t up = p->be_up;
+        p->be_up &= 1u << p->slot_be[s];
         int b = pol_backend_choice(p, it, p->similarity);
+        p->be_up = up;
         if (b >= 0 && p->rule->holds_slots && pol_slot_held(p, (unsigned)b, it, now_us))
             return NULL; /* it would land on a slot kept for a conversation */
         if (b >= 0)

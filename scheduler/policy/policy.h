@@ -31,6 +31,8 @@ typedef struct pol_item {
     uint64_t session;        /* the conversation it continues (a hash of the client's
                                 session key); 0 = none. prefix: kept on the slot that
                                 served the session's previous turn */
+    uint32_t backends;       /* bit b: backend b may run it (serves its model);
+                                0 = any */
     /* Owned by the policy: */
     uint64_t seq;            /* arrival number */
     struct pol_item *prev, *next;
@@ -78,6 +80,17 @@ void policy_set_placement(policy *p, bool pinned, double similarity);
  * when n changes. Until called, the policy assumes 1 slot. */
 int policy_set_slots(policy *p, unsigned n);
 unsigned policy_slots(const policy *p);
+
+/* Several backends: the policy's slots are every backend's, backend 0's
+ * first (slots[0] of them), then backend 1's, and so on; a request runs
+ * only on a slot of a backend in its pol_item.backends that is up. The
+ * slot contents are forgotten when the layout changes. n_backends <= 32,
+ * the total 1..256. policy_set_slots(p, n) is one backend of n slots. */
+int policy_set_backend_slots(policy *p, const unsigned *slots, unsigned n_backends);
+/* Bit b set: backend b is up (the default: all). */
+void policy_set_backends_up(policy *p, uint32_t mask);
+/* The backend a slot belongs to (0 for a slot out of range). */
+unsigned policy_slot_backend(const policy *p, int slot);
 
 /*
  * Chooses the next request to start and the idle slot it should run on.

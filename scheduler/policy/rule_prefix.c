@@ -54,7 +54,7 @@ static int pp_best_slot(const policy *p, const pol_item *it)
     uint32_t best_c = 0;
     for (unsigned i = 0; i < p->n_slots; i++) {
         const pol_slot *s = &p->slots[i];
-        if (s->busy || pol_slot_held(p, i, it, p->now_us))
+        if (s->busy || !pol_slot_ok(p, i, it) || pol_slot_held(p, i, it, p->now_us))
             continue;
         uint32_t c = pol_cached_blocks(p, i, it);
         if (c > 0 && (best < 0 || c > best_c ||
@@ -63,7 +63,7 @@ static int pp_best_slot(const policy *p, const pol_item *it)
             best_c = c;
         }
     }
-    return best >= 0 ? best : pol_evict_slot(p);
+    return best >= 0 ? best : pol_evict_slot(p, it);
 }
 
 /* Rule 1. */
@@ -77,8 +77,10 @@ static pol_item *pp_urgent(policy *p, int64_t now_us, int *slot)
             continue;
         if (now_us - it->enq_us > p->tun.starve_us ||
             pol_node_of(it)->overtakes > max_ot) {
+            /* One no backend of its can take now waits; the others go on. */
             *slot = pp_best_slot(p, it);
-            return it;
+            if (*slot >= 0 || pol_item_placeable(p, it))
+                return it;
         }
     }
     return NULL;
@@ -99,6 +101,8 @@ static pol_item *pp_hit(policy *p, int lv, int *slot)
             continue;
         int scan = POL_SCAN_ITEMS;
         for (const pol_node *n = g->lv[lv].head; n != NULL && scan-- > 0; n = n->gnext) {
+            if (!pol_slot_ok(p, i, n->it))
+                continue;
             uint32_t c = pol_cached_blocks(p, i, n->it);
             bool mine = n->it->session != 0 && n->it->session == s->session;
             if (!mine &&
@@ -124,6 +128,12 @@ static bool pp_loadable(const pol_group *g)
     return !pol_group_held(g);
 }
 
+/* ... and its oldest request at lv has a backend with an idle slot. */
+static bool pp_placeable(const policy *p, const pol_group *g, int lv)
+{
+    return pol_item_placeable(p, g->lv[lv].head->it);
+}
+
 /* Rules 3 and 4 at one level. */
 static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
 {
@@ -144,7 +154,7 @@ static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
                 bi = k;
         size_t i = open[bi];
         open[bi] = open[--n_open];
-        if (pp_loadable(a->v[i])) {
+        if (pp_loadable(a->v[i]) && pp_placeable(p, a->v[i], lv)) {
             g = a->v[i];
             break;
         }
@@ -168,7 +178,7 @@ static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
                     !pol_slot_held(p, s, NULL, now_us);
         for (unsigned s = 0; s < p->n_slots; s++) {
             pol_group *c = p->slots[s].group;
-            if (c == NULL || c->n_lv[lv] == 0 || pp_loadable(c))
+            if (c == NULL || c->n_lv[lv] == 0 || pp_loadable(c) || !pp_placeable(p, c, lv))
                 continue;
             bool cheap = empty && c->pfx_blocks <= POL_CHEAP_COPY_BLOCKS;
             if (c->queued <= (cheap ? 0 : POL_DUP_FACTOR * c->resident))
@@ -184,7 +194,7 @@ static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
     if (g == NULL)
         return NULL; /* followers wait for their leaders' slots */
     pol_item *it = g->lv[lv].head->it;
-    int s = pol_evict_slot(p);
+    int s = pol_evict_slot(p, it);
     if (s < 0)
         return NULL; /* the idle slots are kept for conversations */
     /* Gather: requests sent together (a coordinator's fan-out) reach the

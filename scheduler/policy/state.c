@@ -110,24 +110,24 @@ bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_
     return it == NULL || pol_cached_blocks(p, s, it) < sl->cache.n_blocks;
 }
 
-int pol_lru_idle(const policy *p)
+int pol_lru_idle(const policy *p, const pol_item *it)
 {
     int lru = -1;
     for (unsigned i = 0; i < p->n_slots; i++) {
         const pol_slot *s = &p->slots[i];
-        if (!s->busy && (lru < 0 || s->last_used < p->slots[lru].last_used))
+        if (!s->busy && pol_slot_ok(p, i, it) && (lru < 0 || s->last_used < p->slots[lru].last_used))
             lru = (int)i;
     }
     return lru;
 }
 
-int pol_evict_slot(const policy *p)
+int pol_evict_slot(const policy *p, const pol_item *it)
 {
     int best = -1;
     uint64_t best_demand = 0;
     for (unsigned i = 0; i < p->n_slots; i++) {
         const pol_slot *s = &p->slots[i];
-        if (s->busy || pol_slot_held(p, i, NULL, p->now_us))
+        if (s->busy || !pol_slot_ok(p, i, it) || pol_slot_held(p, i, NULL, p->now_us))
             continue;
         uint64_t d = 0;
         const pol_group *g = s->group;
@@ -150,7 +150,7 @@ int pol_backend_choice(const policy *p, const pol_item *it, double similarity)
     int best = -1;
     uint32_t best_tok = 0;
     for (unsigned i = 0; i < p->n_slots; i++) {
-        if (p->slots[i].busy)
+        if (p->slots[i].busy || !pol_slot_ok(p, i, it))
             continue;
         uint64_t t = (uint64_t)pol_cached_blocks(p, i, it) * POL_TOKENS_PER_BLOCK;
         uint32_t tok = t < it->tokens ? (uint32_t)t : it->tokens;
@@ -161,5 +161,5 @@ int pol_backend_choice(const policy *p, const pol_item *it, double similarity)
     }
     if (best >= 0 && (double)best_tok >= similarity * (double)it->tokens)
         return best;
-    return pol_lru_idle(p);
+    return pol_lru_idle(p, it);
 }

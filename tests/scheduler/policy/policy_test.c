@@ -399,6 +399,66 @@ static void test_fifo_slots(void **state)
     assert_int_equal(policy_set_slots(f->p, 0), LMSCHED_EINVAL);
 }
 
+/* Several backends: slots 0-1 are backend 0's, 2-4 backend 1's. A request
+ * runs only on a slot of a backend in its mask that is up; an older one
+ * whose backends are all busy does not hold back a younger one that can
+ * run. Both rules. */
+static void backends_case(const char *name)
+{
+    policy *p;
+    pol_item it[6];
+    assert_int_equal(policy_alloc(&p, name, 16), LMSCHED_OK);
+    const unsigned slots[] = {2, 3};
+    assert_int_equal(policy_set_backend_slots(p, slots, 2), LMSCHED_OK);
+    assert_int_equal(policy_slots(p), 5);
+    assert_int_equal(policy_slot_backend(p, 1), 0);
+    assert_int_equal(policy_slot_backend(p, 2), 1);
+    assert_int_equal(policy_slot_backend(p, 4), 1);
+    for (int i = 0; i < 6; i++) {
+        memset(&it[i], 0, sizeof(it[i]));
+        it[i].enq_us = i;
+        it[i].group = (uint64_t)i + 1;
+        it[i].backends = i < 3 ? 1u : 2u; /* 0-2: backend 0 only; 3-5: backend 1 */
+        assert_int_equal(policy_push(p, &it[i]), LMSCHED_OK);
+    }
+    int slot;
+    uint32_t cached;
+    /* Backend 0's two slots take items 0 and 1; item 2 then waits for
+     * them, while 3-5 go to backend 1. */
+    for (int k = 0; k < 5; k++) {
+        pol_item *x = policy_next(p, 1000000, &slot, &cached);
+        assert_non_null(x);
+        int i = (int)(x - it);
+        assert_int_equal(policy_slot_backend(p, slot), i < 3 ? 0 : 1);
+        assert_true(i != 2);
+    }
+    assert_null(policy_next(p, 1000000, &slot, &cached));
+    /* Backend 0 down: a free slot there is not used. */
+    policy_slot_done(p, 0, true, -1, -1);
+    policy_set_backends_up(p, 2u);
+    assert_null(policy_next(p, 1000000, &slot, &cached));
+    policy_set_backends_up(p, 3u);
+    pol_item *x = policy_next(p, 1000000, &slot, &cached);
+    assert_ptr_equal(x, &it[2]);
+    assert_int_equal(slot, 0);
+    /* The layout is kept when set again unchanged; any mask 0: any backend. */
+    assert_int_equal(policy_set_backend_slots(p, slots, 2), LMSCHED_OK);
+    assert_int_equal(policy_slots(p), 5);
+    policy_free(p);
+}
+
+static void test_backends_fifo(void **state)
+{
+    (void)state;
+    backends_case("fifo");
+}
+
+static void test_backends_prefix(void **state)
+{
+    (void)state;
+    backends_case("prefix");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -416,6 +476,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pop_any_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_rounds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fifo_slots, setup, teardown),
+        cmocka_unit_test(test_backends_fifo),
+        cmocka_unit_test(test_backends_prefix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
