@@ -400,20 +400,37 @@ int cli_render_status(const char *json, FILE *out)
         fprintf(out, "  http %s", st_str(a, sizeof(a), doc, "http"));
     fprintf(out, "  policy %s\n", st_str(e, sizeof(e), doc, "policy"));
 
-    json_t *healthy = st_get(be, "healthy");
-    const char *health = json_is_true(healthy)    ? "healthy"
-                         : json_is_false(healthy) ? "unreachable"
-                                                  : "health unknown";
-    fprintf(out, "backend   %s  %s  %s  model %s  ctx %s  slots %s",
-            st_str(a, sizeof(a), be, "url"), st_str(b, sizeof(b), be, "kind"), health,
-            st_str(c, sizeof(c), be, "model"), st_int(d, sizeof(d), be, "context_length"),
-            st_int(e, sizeof(e), be, "slots"));
-    if (json_is_string(st_get(be, "last_error"))) {
-        fprintf(out, "  last error: %s", st_str(a, sizeof(a), be, "last_error"));
-        if (st_get(be, "checked_ago_s") != NULL)
-            fprintf(out, " (checked %s ago)", st_secs(b, sizeof(b), be, "checked_ago_s"));
+    /* One line per backend; with several, each also says what was routed
+     * to it and how much of its prompts its cache served. */
+    json_t *all = st_get(doc, "backends");
+    size_t n_be = json_is_array(all) && json_array_size(all) > 1 ? json_array_size(all) : 1;
+    for (size_t i = 0; i < n_be; i++) {
+        if (n_be > 1)
+            be = json_array_get(all, i);
+        json_t *healthy = st_get(be, "healthy");
+        const char *health = json_is_true(healthy)    ? "healthy"
+                             : json_is_false(healthy) ? "unreachable"
+                                                      : "health unknown";
+        fprintf(out, "backend   %s  %s  %s  model %s  ctx %s  slots %s",
+                st_str(a, sizeof(a), be, "url"), st_str(b, sizeof(b), be, "kind"), health,
+                st_str(c, sizeof(c), be, "model"), st_int(d, sizeof(d), be, "context_length"),
+                st_int(e, sizeof(e), be, "slots"));
+        if (n_be > 1) {
+            double ratio;
+            char pct[32] = "-";
+            if (st_num(be, "cached_ratio", &ratio))
+                snprintf(pct, sizeof(pct), "%.0f%%", ratio * 100);
+            fprintf(out, "  routed %s  running %s  cached %s",
+                    st_count(a, sizeof(a), be, "routed"), st_int(b, sizeof(b), be, "inflight"),
+                    pct);
+        }
+        if (json_is_string(st_get(be, "last_error"))) {
+            fprintf(out, "  last error: %s", st_str(a, sizeof(a), be, "last_error"));
+            if (st_get(be, "checked_ago_s") != NULL)
+                fprintf(out, " (checked %s ago)", st_secs(b, sizeof(b), be, "checked_ago_s"));
+        }
+        fputc('\n', out);
     }
-    fputc('\n', out);
 
     char fraction[32] = "unknown";
     double frac;

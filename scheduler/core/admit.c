@@ -38,6 +38,45 @@ static bool admit_too_long(const sched *s, const job *j, char *why, size_t len)
     return true;
 }
 
+/* Several backends: the ones that may run j, as a mask for the policy.
+ * A request naming a model goes to the backends that serve it (as their
+ * last probe said); one naming none to those serving the first backend's
+ * model (any, while that is unknown). A backend not probed yet may serve
+ * any model: a named model no probed backend serves goes there. Returns
+ * false and fills why when no backend can serve it: the models there are. */
+static bool admit_route(const sched *s, job *j, char *why, size_t len)
+{
+    uint32_t m = 0, unknown = 0;
+    const char *want = j->req->model != NULL && j->req->model[0] ? j->req->model : NULL;
+    if (want == NULL)
+        want = s->backends[0].model[0] ? s->backends[0].model : NULL;
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        const backend *b = &s->backends[i];
+        if (b->model[0] == '\0')
+            unknown |= 1u << i;
+        else if (want == NULL || strcmp(b->model, want) == 0)
+            m |= 1u << i;
+    }
+    if (m == 0)
+        m = unknown;
+    if (want == NULL && m == 0)
+        m = (1u << s->n_backends) - 1;
+    j->pi.backends = m;
+    if (m != 0)
+        return false;
+    size_t at = (size_t)snprintf(why, len, "no backend serves the model '%.100s'; the models "
+                                           "there are:", want);
+    for (unsigned i = 0; i < s->n_backends && at < len; i++) {
+        bool dup = false;
+        for (unsigned k = 0; k < i && !dup; k++)
+            dup = strcmp(s->backends[k].model, s->backends[i].model) == 0;
+        if (!dup)
+            at += (size_t)snprintf(why + at, len - at, "%s '%.80s'", at > 0 && i > 0 ? "," : "",
+                                   s->backends[i].model);
+    }
+    return true;
+}
+
 /* The policy's key of a session (FNV-1a of the client's key), 0 for none. */
 static uint64_t admit_session(const char *key)
 {
@@ -93,6 +132,11 @@ job *sched_submit(sched *s, chat_req *req, const sink *k)
     j->pi.group = j->chain.group;
     j->pi.label = j->req->system;
     j->pi.session = admit_session(j->req->session);
+    if (s->n_backends > 1 && admit_route(s, j, why, sizeof(why))) {
+        code = LMSCHED_EINVAL;
+        field = "model";
+        goto refuse;
+    }
     j->reserve = capacity_reserve(s, j->chain.tokens, j->req->max_tokens);
 
     int rc = policy_push(s->pol, &j->pi);

@@ -62,11 +62,27 @@ int capacity_init(sched *s)
     return 0;
 }
 
-void capacity_update(sched *s)
+uint32_t sched_up_mask(const sched *s)
 {
-    const backend *b = &s->backends[0];
-    budget_in *in = &s->bin;
-    int64_t ctx = sched_context(s);
+    uint32_t m = 0;
+    for (unsigned i = 0; i < s->n_backends; i++)
+        if (s->backends[i].healthy)
+            m |= 1u << i;
+    return m;
+}
+
+/* One backend's budget and slots, from what it reports and the flags. A
+ * remote host's RAM cannot be read from here: every backend's budget uses
+ * the RAM of this machine (or --total-ram). Returns its slots. */
+static unsigned capacity_backend(sched *s, unsigned i)
+{
+    const backend *b = &s->backends[i];
+    sched_be *e = &s->be[i];
+    budget_in *in = &e->bin;
+    int64_t ctx = b->context_length > 0                ? b->context_length
+                  : s->cfg.context > 0                 ? s->cfg.context
+                                                       : BUDGET_DEFAULT_CONTEXT;
+    in->total_ram = s->bin.total_ram;
     in->ram_fraction = s->cfg.ram_fraction;
     in->model_size = b->size_bytes > 0 ? (uint64_t)b->size_bytes : s->cfg.model_size;
     /* A full-context request is the worst case; per-token accounting lets
@@ -75,34 +91,79 @@ void capacity_update(sched *s)
                                                : s->kv_bytes_per_token * (uint64_t)ctx;
     in->slots = b->slots > 0 ? (unsigned)b->slots : s->cfg.slots;
     in->max_concurrent = s->cfg.max_concurrent;
-    if (budget_compute(in, &s->bout) != 0) {
-        log_error("memory budget: %s", s->bout.explain);
-        s->max_concurrent = 1;
-        s->limited_by = "memory";
-        return;
+    const char *limited_by;
+    if (budget_compute(in, &e->bout) != 0) {
+        log_error("memory budget%s%s: %s", s->n_backends > 1 ? " of " : "",
+                  s->n_backends > 1 ? b->url : "", e->bout.explain);
+        e->max_concurrent = 1;
+        limited_by = "memory";
+    } else {
+        e->max_concurrent = e->bout.max_concurrent;
+        if (e->bout.cap && e->bout.fit >= e->bout.cap)
+            limited_by = in->max_concurrent ? "flag" : "slots";
+        else
+            limited_by = "memory";
+        if (!s->cfg.kv_per_request && e->bout.cap) {
+            /* Per-token accounting: memory is checked per request at
+             * dispatch, so the only fixed cap is the slots (or the flag). */
+            e->max_concurrent = e->bout.cap;
+            limited_by = in->max_concurrent ? "flag" : "slots";
+        }
     }
-    unsigned old = s->max_concurrent;
-    s->max_concurrent = s->bout.max_concurrent;
-    if (s->bout.cap && s->bout.fit >= s->bout.cap)
-        s->limited_by = in->max_concurrent ? "flag" : "slots";
-    else
-        s->limited_by = "memory";
-    if (!s->cfg.kv_per_request && s->bout.cap) {
-        /* Per-token accounting: memory is checked per request at dispatch,
-         * so the only fixed cap is the slots (or the flag). */
-        s->max_concurrent = s->bout.cap;
-        s->limited_by = in->max_concurrent ? "flag" : "slots";
+    if (i == 0) {
+        s->bout = e->bout;
+        s->bin.ram_fraction = in->ram_fraction;
+        s->bin.model_size = in->model_size;
+        s->bin.kv_per_request = in->kv_per_request;
+        s->bin.slots = in->slots;
+        s->bin.max_concurrent = in->max_concurrent;
+        s->limited_by = limited_by;
     }
-    unsigned slots = b->slots > 0 ? (unsigned)b->slots
-                     : s->cfg.slots ? s->cfg.slots : s->max_concurrent;
-    if (slots > CAPACITY_MAX_SLOTS)
-        slots = CAPACITY_MAX_SLOTS;
-    if (slots != policy_slots(s->pol) && s->inflight == 0)
-        policy_set_slots(s->pol, slots);
+    /* Unknown slots: with one backend, as many as may run; with several,
+     * one until it reports them (the policy's numbering is shared, and it
+     * changes only while nothing runs). */
+    unsigned slots = b->slots > 0    ? (unsigned)b->slots
+                     : s->cfg.slots  ? s->cfg.slots
+                     : s->n_backends > 1 ? 1
+                                         : e->max_concurrent;
+    return slots > 0 ? slots : 1;
+}
+
+void capacity_update(sched *s)
+{
+    unsigned old = s->max_concurrent, total = 0, conc = 0;
+    unsigned slots[SCHED_MAX_BACKENDS];
+    bool pins = true;
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        slots[i] = capacity_backend(s, i);
+        conc += s->be[i].max_concurrent;
+        pins = pins && backend_pins_slots(&s->backends[i]);
+    }
+    s->max_concurrent = conc;
+    /* The policy models at most CAPACITY_MAX_SLOTS slots in all: the
+     * backends share them, the first ones first. */
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        if (slots[i] > CAPACITY_MAX_SLOTS - total)
+            slots[i] = CAPACITY_MAX_SLOTS - total;
+        total += slots[i];
+    }
+    bool changed = false;
+    for (unsigned i = 0; i < s->n_backends; i++)
+        changed = changed || slots[i] != s->be[i].n_slots;
+    if (changed && s->inflight == 0 &&
+        policy_set_backend_slots(s->pol, slots, s->n_backends) == LMSCHED_OK) {
+        unsigned base = 0;
+        for (unsigned i = 0; i < s->n_backends; i++) {
+            s->be[i].slot_base = base;
+            s->be[i].n_slots = slots[i];
+            base += slots[i];
+        }
+    }
     /* The policy's slot is sent where the server takes one (llama.cpp's
      * id_slot) and the policy places requests itself (prefix); otherwise
-     * it models the server's own choice. */
-    s->pin_slots = backend_pins_slots(b) && strcmp(policy_name(s->pol), "prefix") == 0;
+     * it models the server's own choice. With several backends, only when
+     * every one of them pins. */
+    s->pin_slots = pins && strcmp(policy_name(s->pol), "prefix") == 0;
     policy_set_placement(s->pol, s->pin_slots, s->cfg.slot_similarity);
     /* Until start-up is done the numbers are provisional: sched_start says
      * them once; afterwards every change is logged. */

@@ -59,17 +59,50 @@ static int config_set_backend(sched_config *cfg, const char *url)
     return 0;
 }
 
+/* --backend, once per LLM server: the first URL given replaces the
+ * default, each further one adds a server. The environment variable (read
+ * when no --backend is given) takes several separated by commas. */
 static int config_backend_set(const opt_spec *s, void *cfg, const char *val)
 {
+    sched_config *c = cfg;
     (void)s;
-    return config_set_backend(cfg, val);
+    for (;;) {
+        const char *comma = strchr(val, ',');
+        size_t n = comma != NULL ? (size_t)(comma - val) : strlen(val);
+        char one[sizeof(c->backend)];
+        if (n >= sizeof(one))
+            return -1;
+        memcpy(one, val, n);
+        one[n] = '\0';
+        if (c->n_backends >= CONFIG_MAX_BACKENDS) {
+            /* Counted, for config_parse to say how many there may be. */
+            sched_config tmp;
+            if (config_set_backend(&tmp, one) != 0)
+                return -1;
+        } else if (c->n_backends == 0) {
+            if (config_set_backend(c, one) != 0)
+                return -1;
+        } else {
+            sched_config tmp;
+            if (config_set_backend(&tmp, one) != 0)
+                return -1;
+            memcpy(c->backend_more[c->n_backends - 1], tmp.backend, sizeof(tmp.backend));
+        }
+        c->n_backends++;
+        if (comma == NULL)
+            return 0;
+        val = comma + 1;
+    }
 }
 
 static const char *config_backend_show(const opt_spec *s, const void *cfg, char *buf,
                                        size_t len)
 {
+    const sched_config *c = cfg;
     (void)s;
-    snprintf(buf, len, "%s", ((const sched_config *)cfg)->backend);
+    size_t at = (size_t)snprintf(buf, len, "%s", c->backend);
+    for (unsigned i = 1; i < c->n_backends && i < CONFIG_MAX_BACKENDS && at < len; i++)
+        at += (size_t)snprintf(buf + at, len - at, ",%s", c->backend_more[i - 1]);
     return buf;
 }
 
@@ -370,11 +403,16 @@ static const opt_spec config_specs[] = {
      .def = "http://127.0.0.1:1234",
      .env = "LMSCHED_BACKEND",
      .group = G_BACKEND,
-     .help = "LLM server base URL; LM_API_TOKEN is sent as a Bearer token",
+     .help = "LLM server base URL; repeat for several servers; LM_API_TOKEN is sent as a "
+             "Bearer token",
      .doc = "The LLM server's root URL, `http://` or `https://`. A URL ending in "
             "`/v1`, `/api/v1` or `/v1/chat/completions` (what LM Studio's UI shows) is "
             "accepted and the suffix dropped with a log line. `LM_API_TOKEN` is sent "
-            "as `Authorization: Bearer`."},
+            "as `Authorization: Bearer`. Repeat `--backend` (up to 8; in `LMSCHED_BACKEND`, "
+            "separate them with commas) to put several servers behind one daemon: each is "
+            "probed on its own, a request goes to a server that serves its model, and the "
+            "prefix policy places it over every server's slots "
+            "([scheduling.md](scheduling.md#several-backends))."},
     {.name = "backend-kind",
      .arg = "KIND",
      OPT_CUSTOM_FIELD(CFG, backend_kind),
@@ -735,6 +773,8 @@ static int config_check_access(const sched_config *cfg, bool socket_mode_given)
 int config_parse(sched_config *cfg, int argc, char **argv)
 {
     bool given[CONFIG_NOPTS];
+    /* The default URL is replaced by the first --backend given. */
+    cfg->n_backends = 0;
     switch (opt_parse(&config_table, cfg, argc, argv, given, stderr)) {
     case OPT_RUN:
         break;
@@ -749,6 +789,13 @@ int config_parse(sched_config *cfg, int argc, char **argv)
         config_markdown(stdout);
         return 1;
     default:
+        return 2;
+    }
+    if (cfg->n_backends == 0)
+        cfg->n_backends = 1; /* the default */
+    if (cfg->n_backends > CONFIG_MAX_BACKENDS) {
+        fprintf(stderr, "lmsched serve: --backend: at most %d LLM servers, got %u\n",
+                CONFIG_MAX_BACKENDS, cfg->n_backends);
         return 2;
     }
     const opt_spec *mode = opt_find(&config_table, "socket-mode");

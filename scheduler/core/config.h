@@ -12,9 +12,16 @@
 
 #include "scheduler/util/log.h"
 
+/* Most LLM servers behind one daemon (--backend repeated). */
+#define CONFIG_MAX_BACKENDS 8
+
 typedef struct sched_config {
     char listen[512];          /* nng URL the daemon listens on */
     char backend[512];         /* base URL of the LLM server, no trailing '/' */
+    /* --backend repeated: the second and later URLs, in order */
+    char backend_more[CONFIG_MAX_BACKENDS - 1][512];
+    unsigned n_backends;       /* URLs given (backend + backend_more; more than
+                                * CONFIG_MAX_BACKENDS: refused); 0 or 1: one */
     char backend_stripped[24]; /* API path dropped from the given URL ("/v1"), or "" */
     char backend_kind[16];     /* "auto", "lmstudio", "llamacpp", "openai" */
     char policy[16];           /* queue policy name */

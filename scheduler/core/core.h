@@ -22,7 +22,7 @@
 #include "scheduler/policy/policy.h"
 
 #define SCHED_MAX_FRONTS 4
-#define SCHED_MAX_BACKENDS 1
+#define SCHED_MAX_BACKENDS CONFIG_MAX_BACKENDS
 #define LAT_SAMPLES 1024
 
 /* While a backend is unreachable dispatch is paused; the loop then wakes
@@ -90,11 +90,27 @@ struct job {
     job *prev, *next;     /* every live job */
 };
 
+/* What the core keeps per backend beside the backend object: its budget,
+ * its slots in the policy's numbering, what runs there, and its counts. */
+typedef struct sched_be {
+    budget_in bin;
+    budget_out bout;
+    unsigned max_concurrent;  /* its share of sched.max_concurrent */
+    unsigned slot_base;       /* its first slot in the policy */
+    unsigned n_slots;         /* its slots there */
+    uint64_t reserved_bytes;  /* KV reserved by requests running on it */
+    unsigned inflight;        /* requests dispatched to it, not yet ended */
+    uint64_t routed;          /* requests dispatched to it (attempts on another
+                               * backend after a failover count there) */
+    uint64_t completed, prompt_tokens, cached_tokens;
+} sched_be;
+
 struct sched {
     sched_config cfg;
     char *token; /* LM_API_TOKEN, never logged or shown */
     http_client *http;
     backend backends[SCHED_MAX_BACKENDS];
+    sched_be be[SCHED_MAX_BACKENDS];
     unsigned n_backends;
     policy *pol;
 
@@ -148,9 +164,16 @@ void job_release_slot(sched *s, job *j, bool ok, int64_t prompt, int64_t cached)
 
 /* ---- capacity.c ---------------------------------------------------------- */
 
-/* The per-slot context the core plans with: the backend's, --context, or
- * the default. */
+/* The per-slot context the core plans with: the (first) backend's,
+ * --context, or the default. */
 int64_t sched_context(const sched *s);
+/* The index of a backend of s. */
+static inline unsigned sched_be_index(const sched *s, const backend *b)
+{
+    return (unsigned)(b - s->backends);
+}
+/* Bit i: backend i is healthy. */
+uint32_t sched_up_mask(const sched *s);
 
 /* Reads the machine's RAM and the KV size per token (flags, GGUF). Returns
  * 0, or 1 with the reason logged. */

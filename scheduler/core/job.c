@@ -63,6 +63,7 @@ void job_release_slot(sched *s, job *j, bool ok, int64_t prompt, int64_t cached)
 {
     if (j->reserved) {
         s->reserved_bytes -= j->reserve;
+        s->be[sched_be_index(s, j->be)].reserved_bytes -= j->reserve;
         j->reserved = false;
     }
     if (j->slot >= 0 && (unsigned)j->slot < policy_slots(s->pol))
@@ -86,6 +87,7 @@ static void job_detach(sched *s, job *j)
             s->pending = NULL;
         job_release_slot(s, j, false, -1, -1);
         s->inflight--;
+        s->be[sched_be_index(s, j->be)].inflight--;
     }
     j->state = 0;
 }

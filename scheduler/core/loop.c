@@ -104,7 +104,9 @@ static void loop_job_start(sched *s, job *j)
     backend_chat_opts o = {
         .cache_prompt = s->cfg.cache_prompt,
         .max_tokens = s->cfg.default_max_tokens,
-        .slot = s->pin_slots ? j->slot : -1,
+        .slot = s->pin_slots && j->slot >= 0
+                    ? j->slot - (int)s->be[sched_be_index(s, j->be)].slot_base
+                    : -1,
     };
     j->attempts++;
     if (j->dispatch_us == 0)
@@ -135,20 +137,29 @@ static void loop_dispatch(sched *s, int64_t now)
             if (it == NULL)
                 break;
             j = (job *)it;
+            unsigned bi = policy_slot_backend(s->pol, slot);
             j->slot = slot;
-            j->be = &s->backends[0];
+            j->be = &s->backends[bi];
             j->state = JOB_PENDING;
             s->queued--;
             s->inflight++;
-            log_debug("request %" PRIu64 "/%" PRIu64 " -> slot %d, ~%u of %u prompt tokens "
-                      "cached", j->sink.owner, j->sink.id, slot, cached, j->chain.tokens);
+            s->be[bi].inflight++;
+            s->be[bi].routed++;
+            if (s->n_backends > 1)
+                log_debug("request %" PRIu64 "/%" PRIu64 " -> backend %s slot %d, ~%u of %u "
+                          "prompt tokens cached", j->sink.owner, j->sink.id, j->be->url,
+                          slot - (int)s->be[bi].slot_base, cached, j->chain.tokens);
+            else
+                log_debug("request %" PRIu64 "/%" PRIu64 " -> slot %d, ~%u of %u prompt tokens "
+                          "cached", j->sink.owner, j->sink.id, slot, cached, j->chain.tokens);
         }
+        sched_be *e = &s->be[sched_be_index(s, j->be)];
         /* KV memory: the request reserves its share while it runs. One that
          * cannot fit even alone is refused; otherwise it waits (holding its
          * place) until enough running requests finish. */
-        uint64_t budget = s->bout.budget_bytes;
-        if (s->reserved_bytes + j->reserve > budget) {
-            if (s->reserved_bytes == 0 && !s->bout.model_too_big) {
+        uint64_t budget = e->bout.budget_bytes;
+        if (e->reserved_bytes + j->reserve > budget) {
+            if (e->reserved_bytes == 0 && !e->bout.model_too_big) {
                 char why[200], b1[32], b2[32];
                 snprintf(why, sizeof(why), "request needs %s of KV cache (prompt + max_tokens), "
                          "more than the whole budget of %s; lower max_tokens",
@@ -157,7 +168,7 @@ static void loop_dispatch(sched *s, int64_t now)
                 job_fail(s, j, LMSCHED_ETOOLARGE, why, NULL);
                 continue;
             }
-            if (s->reserved_bytes > 0) {
+            if (e->reserved_bytes > 0) {
                 s->pending = j;
                 break;
             }
@@ -165,6 +176,7 @@ static void loop_dispatch(sched *s, int64_t now)
         }
         s->pending = NULL;
         s->reserved_bytes += j->reserve;
+        e->reserved_bytes += j->reserve;
         j->reserved = true;
         lat_add(&s->st.queue_wait, (double)(now - j->recv_us) / 1000.0);
         loop_job_start(s, j);
@@ -231,6 +243,39 @@ static void loop_streams(sched *s)
             loop_stream(s, j, j->xfer);
 }
 
+/* The backends that may run j (serve its model), as a mask. */
+static uint32_t loop_eligible(const sched *s, const job *j)
+{
+    uint32_t all = s->n_backends >= 32 ? ~0u : (1u << s->n_backends) - 1;
+    return j->pi.backends != 0 ? j->pi.backends & all : all;
+}
+
+/* Failover: j, whose attempt got nothing back, goes back into the queue,
+ * where the policy places it again, over every backend that serves it and
+ * is up (the one it failed on too, if that is still up). Only when another
+ * such backend is up: returns false, with j untouched, when there is none
+ * (one backend: it waits for its own, as ever) or the queue is full. */
+static bool loop_requeue(sched *s, job *j, const char *why)
+{
+    unsigned from = sched_be_index(s, j->be);
+    if (s->draining || (loop_eligible(s, j) & sched_up_mask(s) & ~(1u << from)) == 0)
+        return false;
+    if (policy_push(s->pol, &j->pi) != LMSCHED_OK)
+        return false;
+    job_release_slot(s, j, false, -1, -1);
+    if (s->pending == j)
+        s->pending = NULL;
+    s->inflight--;
+    s->be[from].inflight--;
+    s->queued++;
+    j->state = JOB_QUEUED;
+    s->st.retried++;
+    log_info("request %" PRIu64 "/%" PRIu64 " got nothing back from the backend %s (%s); "
+             "queued again, for any backend serving it", j->sink.owner, j->sink.id, j->be->url,
+             why);
+    return true;
+}
+
 void loop_job_done(sched *s, job *j, http_xfer *x)
 {
     int64_t now = clock_now_us();
@@ -245,6 +290,10 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
 
     if (x->err.code != LMSCHED_OK) {
         bool refused = x->err.code == LMSCHED_EBACKEND_DOWN && !x->resp.got_token;
+        if (refused && loop_requeue(s, j, x->err.message)) {
+            http_xfer_free(s->http, x);
+            return;
+        }
         if (refused && !s->draining) {
             /* Could not connect: the request never reached the backend, so
              * this attempt does not count against --max-retries. It waits
@@ -333,6 +382,12 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
         s->st.tokens_completion += (uint64_t)resp->completion_tokens;
     if (resp->cached_tokens > 0)
         s->st.tokens_cached += (uint64_t)resp->cached_tokens;
+    sched_be *e = &s->be[sched_be_index(s, b)];
+    e->completed++;
+    if (resp->prompt_tokens > 0)
+        e->prompt_tokens += (uint64_t)resp->prompt_tokens;
+    if (resp->cached_tokens > 0)
+        e->cached_tokens += (uint64_t)resp->cached_tokens;
     if (r.timings.ttft_ms >= 0)
         lat_add(&s->st.ttft, r.timings.ttft_ms);
     lat_add(&s->st.total, r.timings.total_ms);
@@ -382,6 +437,10 @@ static void loop_retries(sched *s, int64_t now)
                      "lmsched is shutting down; request canceled while waiting to retry", NULL);
             continue;
         }
+        /* Several backends: the retry goes through the policy again, so it
+         * may run on another backend (the only way while its own is down). */
+        if (loop_requeue(s, j, j->be->healthy ? "retrying" : "it is down"))
+            continue;
         if (!j->be->healthy) {
             /* No use trying an unreachable backend: the probe says when it
              * is back. Meanwhile the wait is bounded like a queued one's. */
@@ -415,12 +474,13 @@ static void loop_expire(sched *s, int64_t now)
     }
 }
 
-/* Dispatch is paused while the backend is unreachable. A queued request
- * with a deadline waits for it (loop_expire answers DEADLINE once it
- * passes); one without waits at most --backend-wait, counted from when it
- * arrived or the backend went away, whichever is later. Returns when the
- * next such wait runs out, INT64_MAX if none. */
-static int64_t loop_expire_down(sched *s, const backend *b, int64_t now)
+/* Dispatch is paused for a request while every backend that serves it is
+ * unreachable. A queued request with a deadline waits for one (loop_expire
+ * answers DEADLINE once it passes); one without waits at most
+ * --backend-wait, counted from when it arrived or the last of its backends
+ * went away, whichever is later. Returns when the next such wait runs out,
+ * INT64_MAX if none. */
+static int64_t loop_expire_down(sched *s, uint32_t up, int64_t now)
 {
     int64_t wait_us = (int64_t)s->cfg.backend_wait_ms * 1000, first = INT64_MAX;
     job *next;
@@ -429,6 +489,19 @@ static int64_t loop_expire_down(sched *s, const backend *b, int64_t now)
         if (j->state != JOB_QUEUED && j->state != JOB_PENDING)
             continue;
         if (j->state == JOB_QUEUED && j->req->deadline_ms)
+            continue;
+        uint32_t elig = loop_eligible(s, j);
+        if (j->state == JOB_PENDING)
+            elig = 1u << sched_be_index(s, j->be);
+        if (elig & up)
+            continue;
+        /* The backend named in the message: the one that went away last. */
+        const backend *b = NULL;
+        for (unsigned i = 0; i < s->n_backends; i++)
+            if (((elig >> i) & 1u) &&
+                (b == NULL || s->backends[i].down_since_us > b->down_since_us))
+                b = &s->backends[i];
+        if (b == NULL)
             continue;
         int64_t since = j->recv_us > b->down_since_us ? j->recv_us : b->down_since_us;
         if (now - since < wait_us) {
@@ -520,7 +593,6 @@ static int64_t loop_next_wake(sched *s, int64_t now)
 
 int64_t sched_turn(sched *s)
 {
-    backend *b = &s->backends[0];
     loop_inbox(s);
     loop_stops(s);
     http_perform(s->http);
@@ -529,10 +601,12 @@ int64_t sched_turn(sched *s)
     loop_retries(s, now);
     loop_expire(s, now);
     int64_t down_wake = INT64_MAX;
-    if (b->healthy)
+    uint32_t up = sched_up_mask(s), all = (1u << s->n_backends) - 1;
+    policy_set_backends_up(s->pol, up);
+    if (up != 0)
         loop_dispatch(s, now);
-    else
-        down_wake = loop_expire_down(s, b, now);
+    if (up != all)
+        down_wake = loop_expire_down(s, up, now);
     if (!s->draining)
         for (unsigned i = 0; i < s->n_backends; i++)
             backend_probe_tick(&s->backends[i], now);
@@ -544,9 +618,9 @@ int64_t sched_turn(sched *s)
     http_perform(s->http); /* start what was just added */
     loop_transfers(s);
     int64_t wake = loop_next_wake(s, now);
-    if (!b->healthy) {
-        if (down_wake < wake)
-            wake = down_wake;
+    if (down_wake < wake)
+        wake = down_wake;
+    if (up == 0) {
         if (wake < now + SCHED_DOWN_TICK_US)
             wake = now + SCHED_DOWN_TICK_US; /* dispatch paused: the policy's wake may be stale */
     }
@@ -606,19 +680,25 @@ int sched_alloc_http(sched **sp, const sched_config *cfg, http_client *http)
         s->token = strdup(tok);
     *sp = s;
 
-    backend_config bc = {
-        .url = cfg->backend,
-        .kind = cfg->backend_kind,
-        .token = s->token,
-        .probe_interval_ms = cfg->probe_interval_ms,
-    };
-    int rc = backend_init(&s->backends[0], s->http, &bc);
-    if (rc != LMSCHED_OK) {
-        log_error("backend %s: %s", cfg->backend,
-                  rc == LMSCHED_EINVAL ? "unknown --backend-kind" : lmsched_strerror(rc));
-        return 1;
+    unsigned n = cfg->n_backends > 1 ? cfg->n_backends : 1;
+    if (n > SCHED_MAX_BACKENDS)
+        n = SCHED_MAX_BACKENDS;
+    int rc;
+    for (unsigned i = 0; i < n; i++) {
+        backend_config bc = {
+            .url = i == 0 ? cfg->backend : cfg->backend_more[i - 1],
+            .kind = cfg->backend_kind,
+            .token = s->token,
+            .probe_interval_ms = cfg->probe_interval_ms,
+        };
+        rc = backend_init(&s->backends[i], s->http, &bc);
+        if (rc != LMSCHED_OK) {
+            log_error("backend %s: %s", bc.url,
+                      rc == LMSCHED_EINVAL ? "unknown --backend-kind" : lmsched_strerror(rc));
+            return 1;
+        }
+        s->n_backends = i + 1;
     }
-    s->n_backends = 1;
     rc = policy_alloc(&s->pol, cfg->policy, cfg->max_queue);
     if (rc != LMSCHED_OK) {
         log_error("unknown queue policy '%s'", cfg->policy);
@@ -636,34 +716,51 @@ int sched_alloc_http(sched **sp, const sched_config *cfg, http_client *http)
     return 0;
 }
 
+/* Whether a backend's first probe is still running. */
+static bool loop_probing(const sched *s)
+{
+    for (unsigned i = 0; i < s->n_backends; i++)
+        if (s->backends[i].probe != NULL)
+            return true;
+    return false;
+}
+
 int sched_start(sched *s, int wait_ms)
 {
-    backend *b = &s->backends[0];
     int64_t now = clock_now_us();
-    backend_probe_start(b, now);
+    for (unsigned i = 0; i < s->n_backends; i++)
+        backend_probe_start(&s->backends[i], now);
     int64_t until = now + (int64_t)wait_ms * 1000;
-    while (b->probe != NULL && clock_now_us() < until) {
+    while (loop_probing(s) && clock_now_us() < until) {
         http_poll(s->http, 50);
         loop_transfers(s);
     }
-    if (b->probe != NULL) {
-        http_xfer_free(s->http, b->probe);
-        b->probe = NULL;
-        backend_set_down(b, "backend did not answer the first probe in time", clock_now_us());
-        b->next_probe_us = clock_now_us() + BACKEND_PROBE_RETRY_US;
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        backend *b = &s->backends[i];
+        if (b->probe != NULL) {
+            http_xfer_free(s->http, b->probe);
+            b->probe = NULL;
+            backend_set_down(b, "backend did not answer the first probe in time",
+                             clock_now_us());
+            b->next_probe_us = clock_now_us() + BACKEND_PROBE_RETRY_US;
+        }
     }
     capacity_update(s);
-    char b1[32], b2[32], b3[32], ctx[24] = "unknown", slots[24] = "unknown";
-    if (b->context_length > 0)
-        snprintf(ctx, sizeof(ctx), "%" PRId64, b->context_length);
-    if (b->slots > 0)
-        snprintf(slots, sizeof(slots), "%" PRId64, b->slots);
-    if (b->healthy)
-        log_info("backend %s: %s, healthy, model %s, context %s, slots %s", b->url,
-                 backend_kind_name(b), b->model[0] ? b->model : "unknown", ctx, slots);
-    else
-        log_warn("backend %s: not usable yet (%s); requests wait for it up to --backend-wait",
-                 b->url, b->last_error);
+    char b1[32], b2[32], b3[32];
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        const backend *b = &s->backends[i];
+        char ctx[24] = "unknown", slots[24] = "unknown";
+        if (b->context_length > 0)
+            snprintf(ctx, sizeof(ctx), "%" PRId64, b->context_length);
+        if (b->slots > 0)
+            snprintf(slots, sizeof(slots), "%" PRId64, b->slots);
+        if (b->healthy)
+            log_info("backend %s: %s, healthy, model %s, context %s, slots %s", b->url,
+                     backend_kind_name(b), b->model[0] ? b->model : "unknown", ctx, slots);
+        else
+            log_warn("backend %s: not usable yet (%s); requests wait for it up to "
+                     "--backend-wait", b->url, b->last_error);
+    }
     log_info("memory: RAM %s, model %s, KV per request %s; %s",
              budget_fmt_size(s->bin.total_ram, b1, sizeof(b1)),
              s->bin.model_size ? budget_fmt_size(s->bin.model_size, b2, sizeof(b2))

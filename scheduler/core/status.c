@@ -70,21 +70,34 @@ static void status_hist_of(const lat_ring *r, status_hist *h)
 void status_take(sched *s, status_snapshot *o)
 {
     int64_t now = clock_now_us();
-    const backend *b = &s->backends[0];
     memset(o, 0, sizeof(*o));
     o->uptime_s = (double)(now - s->start_us) / 1e6;
     o->pid = (int)getpid();
     o->listen = s->cfg.listen;
     o->policy = policy_name(s->pol);
 
-    o->backend.url = b->url;
-    o->backend.kind = backend_kind_name(b);
-    o->backend.healthy = b->healthy;
-    o->backend.last_error = b->last_error[0] ? b->last_error : NULL;
-    o->backend.model = b->model[0] ? b->model : NULL;
-    o->backend.context_length = b->context_length;
-    o->backend.slots = b->slots;
-    o->backend.checked_ago_s = b->checked_us ? (double)(now - b->checked_us) / 1e6 : -1;
+    for (unsigned i = 0; i < s->n_backends && i < STATUS_MAX_BACKENDS; i++) {
+        const backend *b = &s->backends[i];
+        const sched_be *e = &s->be[i];
+        status_backend *ob = &o->backends[i];
+        ob->url = b->url;
+        ob->kind = backend_kind_name(b);
+        ob->healthy = b->healthy;
+        ob->last_error = b->last_error[0] ? b->last_error : NULL;
+        ob->model = b->model[0] ? b->model : NULL;
+        ob->context_length = b->context_length;
+        ob->slots = b->slots;
+        ob->checked_ago_s = b->checked_us ? (double)(now - b->checked_us) / 1e6 : -1;
+        ob->first_slot = e->slot_base;
+        ob->policy_slots = e->n_slots;
+        ob->inflight = e->inflight;
+        ob->routed = e->routed;
+        ob->completed = e->completed;
+        ob->prompt_tokens = e->prompt_tokens;
+        ob->cached_tokens = e->cached_tokens;
+        o->n_backends = i + 1;
+    }
+    o->backend = o->backends[0];
 
     o->memory.total_bytes = s->bin.total_ram;
     o->memory.ram_fraction = s->bin.ram_fraction;
@@ -171,6 +184,25 @@ char *status_json(const status_snapshot *o)
         "kv_bytes_per_token", (json_int_t)o->memory.kv_bytes_per_token, "kv_source",
         o->memory.kv_source, "reserved_bytes", (json_int_t)o->memory.reserved_bytes);
 
+    /* Every backend, with its routing counts. */
+    json_t *backends = json_array();
+    for (unsigned i = 0; i < o->n_backends; i++) {
+        const status_backend *x = &o->backends[i];
+        json_t *one = json_pack(
+            "{s:s,s:s,s:b,s:o,s:o,s:o,s:o,s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:o}", "url", x->url,
+            "kind", x->kind, "healthy", x->healthy, "last_error", opt_str(x->last_error),
+            "model", opt_str(x->model), "context_length", opt_int(x->context_length), "slots",
+            opt_int(x->slots), "first_slot", (int)x->first_slot, "policy_slots",
+            (int)x->policy_slots, "inflight", (int)x->inflight, "routed",
+            (json_int_t)x->routed, "completed", (json_int_t)x->completed, "prompt_tokens",
+            (json_int_t)x->prompt_tokens, "cached_tokens", (json_int_t)x->cached_tokens,
+            "cached_ratio",
+            x->prompt_tokens ? json_real((double)x->cached_tokens / (double)x->prompt_tokens)
+                             : json_null());
+        if (one != NULL)
+            json_array_append_new(backends, one);
+    }
+
     /* Per prefix group: where its prefix is cached and how often it hit. */
     json_t *groups = json_array();
     for (size_t i = 0; i < o->n_groups; i++) {
@@ -220,6 +252,9 @@ char *status_json(const status_snapshot *o)
         for (int p = 0; p < 10; p++)
             json_array_append_new(by, json_integer(o->queue_by_priority[p]));
         json_object_set_new(json_object_get(doc, "queue"), "by_priority", by);
+        json_object_set_new(doc, "backends", backends);
+    } else {
+        json_decref(backends);
     }
     if (doc == NULL)
         return NULL;

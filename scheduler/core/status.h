@@ -42,14 +42,25 @@ typedef struct status_backend {
     int64_t context_length; /* -1 unknown */
     int64_t slots;          /* -1 unknown */
     double checked_ago_s;   /* < 0: never checked */
+    /* Routing (the core's counts for this backend): */
+    unsigned first_slot;    /* its first slot in the policy's numbering */
+    unsigned policy_slots;  /* its slots there */
+    unsigned inflight;      /* requests running on it */
+    uint64_t routed;        /* requests dispatched to it */
+    uint64_t completed;     /* answers it gave */
+    uint64_t prompt_tokens, cached_tokens; /* as it reported them */
 } status_backend;
+
+#define STATUS_MAX_BACKENDS CONFIG_MAX_BACKENDS
 
 typedef struct status_snapshot {
     double uptime_s;
     int pid;
     const char *listen;
     const char *policy;
-    status_backend backend;
+    status_backend backend;           /* the first backend (backends[0]) */
+    status_backend backends[STATUS_MAX_BACKENDS];
+    unsigned n_backends;
     struct {
         uint64_t total_bytes;
         double ram_fraction;

@@ -1101,22 +1101,32 @@ static void hf_info(http_front *f, hf_req *r)
     } else {
         json_t *doc;
         if (r->kind == HF_MODELS) {
-            /* The backends' models: the one loaded (one backend today). */
+            /* The backends' models: the one each has loaded, once each. */
             json_t *data = json_array();
-            if (snap->backend.model != NULL)
-                json_array_append_new(data, json_pack("{s:s,s:s,s:i,s:s}", "id",
-                                                      snap->backend.model, "object",
-                                                      "model", "created", 0, "owned_by",
-                                                      snap->backend.kind));
+            for (unsigned i = 0; i < snap->n_backends; i++) {
+                const status_backend *x = &snap->backends[i];
+                bool dup = x->model == NULL;
+                for (unsigned k = 0; k < i && !dup; k++)
+                    dup = snap->backends[k].model != NULL &&
+                          strcmp(snap->backends[k].model, x->model) == 0;
+                if (!dup)
+                    json_array_append_new(data, json_pack("{s:s,s:s,s:i,s:s}", "id", x->model,
+                                                          "object", "model", "created", 0,
+                                                          "owned_by", x->kind));
+            }
             doc = json_pack("{s:s,s:o}", "object", "list", "data", data);
         } else {
             bool draining = sched_draining(f->s);
-            status = !draining && snap->backend.healthy ? 200 : 503;
+            /* Several backends: healthy while any of them is. */
+            bool healthy = false;
+            for (unsigned i = 0; i < snap->n_backends; i++)
+                healthy = healthy || snap->backends[i].healthy;
+            status = !draining && healthy ? 200 : 503;
             doc = json_pack("{s:s,s:{s:b},s:{s:i,s:i},s:i}", "status",
-                            draining                ? "shutting_down"
-                            : snap->backend.healthy ? "ok"
-                                                    : "unavailable",
-                            "backend", "healthy", snap->backend.healthy, "queue", "depth",
+                            draining  ? "shutting_down"
+                            : healthy ? "ok"
+                                      : "unavailable",
+                            "backend", "healthy", healthy, "queue", "depth",
                             (int)snap->queue_depth, "max", (int)snap->queue_max,
                             "inflight", (int)snap->inflight);
         }

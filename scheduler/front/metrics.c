@@ -206,19 +206,60 @@ char *metrics_text(const status_snapshot *s, const metrics_http *h, size_t *len)
     mx_one(&m, "lmsched_kv_bytes_per_token", "gauge",
            "KV cache bytes per token reserved.", (double)s->memory.kv_bytes_per_token);
 
-    /* The backend. */
-    mx_label(s->backend.url, a, sizeof(a));
-    mx_label(s->backend.kind, b, sizeof(b));
+    /* The backends. */
     mx_head(&m, "lmsched_backend_up", "gauge",
             "1 when the last probe or request reached the backend.");
-    mx_printf(&m, "lmsched_backend_up{url=\"%s\",kind=\"%s\"} %d\n", a, b,
-              s->backend.healthy ? 1 : 0);
-    if (s->backend.slots >= 0)
-        mx_one(&m, "lmsched_backend_slots", "gauge", "The backend's parallel slots.",
-               (double)s->backend.slots);
-    if (s->backend.context_length >= 0)
-        mx_one(&m, "lmsched_backend_context_tokens", "gauge",
-               "Context per slot, in tokens.", (double)s->backend.context_length);
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        mx_label(s->backends[i].url, a, sizeof(a));
+        mx_label(s->backends[i].kind, b, sizeof(b));
+        mx_printf(&m, "lmsched_backend_up{url=\"%s\",kind=\"%s\"} %d\n", a, b,
+                  s->backends[i].healthy ? 1 : 0);
+    }
+    if (s->n_backends <= 1) {
+        if (s->backend.slots >= 0)
+            mx_one(&m, "lmsched_backend_slots", "gauge", "The backend's parallel slots.",
+                   (double)s->backend.slots);
+        if (s->backend.context_length >= 0)
+            mx_one(&m, "lmsched_backend_context_tokens", "gauge",
+                   "Context per slot, in tokens.", (double)s->backend.context_length);
+    } else {
+        /* Several: each labelled with its URL. */
+        mx_head(&m, "lmsched_backend_slots", "gauge", "The backend's parallel slots.");
+        for (unsigned i = 0; i < s->n_backends; i++) {
+            mx_label(s->backends[i].url, a, sizeof(a));
+            if (s->backends[i].slots >= 0)
+                mx_printf(&m, "lmsched_backend_slots{url=\"%s\"} %" PRId64 "\n", a,
+                          s->backends[i].slots);
+        }
+        mx_head(&m, "lmsched_backend_context_tokens", "gauge", "Context per slot, in tokens.");
+        for (unsigned i = 0; i < s->n_backends; i++) {
+            mx_label(s->backends[i].url, a, sizeof(a));
+            if (s->backends[i].context_length >= 0)
+                mx_printf(&m, "lmsched_backend_context_tokens{url=\"%s\"} %" PRId64 "\n", a,
+                          s->backends[i].context_length);
+        }
+    }
+    mx_head(&m, "lmsched_backend_requests_total", "counter",
+            "Requests dispatched to the backend (a failed-over attempt counts at each).");
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        mx_label(s->backends[i].url, a, sizeof(a));
+        mx_printf(&m, "lmsched_backend_requests_total{url=\"%s\"} %" PRIu64 "\n", a,
+                  s->backends[i].routed);
+    }
+    mx_head(&m, "lmsched_backend_prompt_tokens_total", "counter",
+            "Prompt tokens the backend reported.");
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        mx_label(s->backends[i].url, a, sizeof(a));
+        mx_printf(&m, "lmsched_backend_prompt_tokens_total{url=\"%s\"} %" PRIu64 "\n", a,
+                  s->backends[i].prompt_tokens);
+    }
+    mx_head(&m, "lmsched_backend_cached_tokens_total", "counter",
+            "Prompt tokens the backend reported served from its cache.");
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        mx_label(s->backends[i].url, a, sizeof(a));
+        mx_printf(&m, "lmsched_backend_cached_tokens_total{url=\"%s\"} %" PRIu64 "\n", a,
+                  s->backends[i].cached_tokens);
+    }
 
     mx_groups(&m, s);
 

@@ -4,6 +4,7 @@
 #include "kit/daemon.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "kit/clock.h"
 #include "lmsched/agent.h"
@@ -28,9 +29,17 @@ static int kit_daemon_argv(const kit_daemon_opts *o, const char **argv, char *bi
     argv[n++] = "serve";
     argv[n++] = "--listen";
     argv[n++] = o->listen;
-    argv[n++] = "--backend";
-    argv[n++] =
-        o->backend != NULL && *o->backend != '\0' ? o->backend : KIT_DAEMON_NO_BACKEND;
+    /* --backend is repeatable (several servers): flags that give their own
+     * replace this one rather than add to it. */
+    bool own = false;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; lists[k] != NULL && lists[k][i] != NULL; i++)
+            own = own || strcmp(lists[k][i], "--backend") == 0;
+    if (!own) {
+        argv[n++] = "--backend";
+        argv[n++] =
+            o->backend != NULL && *o->backend != '\0' ? o->backend : KIT_DAEMON_NO_BACKEND;
+    }
     if (o->log_level != NULL) {
         argv[n++] = "--log-level";
         argv[n++] = o->log_level;

@@ -423,6 +423,44 @@ static void test_backend_url(void **state)
           "--backend", "ftp://h");
 }
 
+/* --backend repeated: the first replaces the default, each further one
+ * adds a server, in order; the variable takes a comma-separated list; more
+ * than 8 is a usage error saying so. */
+static void test_backends_repeated(void **state)
+{
+    (void)state;
+    sched_config c;
+    char *err = NULL;
+    assert_int_equal(parse(&c, NULL, NULL, NULL), 0);
+    assert_int_equal(c.n_backends, 1);
+    assert_string_equal(c.backend, "http://127.0.0.1:1234");
+    assert_int_equal(parse(&c, NULL, NULL, "--backend", "http://a:1/v1", "--backend",
+                           "http://b:2/", "--backend", "https://c:3", NULL),
+                     0);
+    assert_int_equal(c.n_backends, 3);
+    assert_string_equal(c.backend, "http://a:1");
+    assert_string_equal(c.backend_more[0], "http://b:2");
+    assert_string_equal(c.backend_more[1], "https://c:3");
+    setenv("LMSCHED_BACKEND", "http://x:1,http://y:2", 1);
+    assert_int_equal(parse(&c, NULL, NULL, NULL), 0);
+    assert_int_equal(c.n_backends, 2);
+    assert_string_equal(c.backend, "http://x:1");
+    assert_string_equal(c.backend_more[0], "http://y:2");
+    setenv("LMSCHED_BACKEND", "http://x:1,y:2", 1);
+    assert_int_equal(parse(&c, NULL, &err, NULL), 2);
+    assert_non_null(strstr(err, "LMSCHED_BACKEND: expected an http:// URL"));
+    free(err);
+    unsetenv("LMSCHED_BACKEND");
+    assert_int_equal(parse(&c, NULL, &err, "--backend", "http://a:1", "--backend",
+                           "http://a:2", "--backend", "http://a:3", "--backend", "http://a:4",
+                           "--backend", "http://a:5", "--backend", "http://a:6", "--backend",
+                           "http://a:7", "--backend", "http://a:8", "--backend", "http://a:9",
+                           NULL),
+                     2);
+    assert_string_equal(err, "lmsched serve: --backend: at most 8 LLM servers, got 9\n");
+    free(err);
+}
+
 static void test_env(void **state)
 {
     (void)state;
@@ -665,6 +703,7 @@ int main(void)
         cmocka_unit_test(test_table),        cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_values),       cmocka_unit_test(test_errors),
         cmocka_unit_test(test_backend_url),  cmocka_unit_test(test_env),
+        cmocka_unit_test(test_backends_repeated),
         cmocka_unit_test(test_access_rules), cmocka_unit_test(test_http),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_json),
