@@ -21,26 +21,14 @@
 #include "kit/check.h"
 #include "kit/fs.h"
 #include "kit/json.h"
-
-#define REAL_SCRIPT_WAIT_S 120
+#include "real/llama.h"
 
 static struct {
     char url[128];
     const char *skip_why;
     bool owned;
-    bool made_state; /* a temp dir of ours, removed at the end */
-    char state[256];
-    char script[512];
+    rl_server srv;
 } srv;
-
-static int srv_script(const char *args)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "LMSCHED_LLAMA_STATE='%s' timeout %d '%s' %s", srv.state,
-             REAL_SCRIPT_WAIT_S, srv.script, args);
-    int st = system(cmd);
-    return st == -1 ? -1 : WEXITSTATUS(st);
-}
 
 static int group_setup(void **state)
 {
@@ -50,49 +38,21 @@ static int group_setup(void **state)
         snprintf(srv.url, sizeof(srv.url), "%s", url);
         return 0;
     }
-    const char *script = getenv("LMSCHED_LLAMA_SCRIPT");
-    const char *root = getenv("LMSCHED_LLAMA_ROOT");
-    char path[600];
-    if (root == NULL || *root == '\0')
-        root = "/var/cache/lmsched/sid";
-    snprintf(path, sizeof(path), "%s/models/tiny.gguf", root);
-    struct stat st;
-    if (script == NULL || access(script, X_OK) != 0)
-        srv.skip_why = "LMSCHED_LLAMA_URL not set and scripts/llama-server not found";
-    else if (geteuid() != 0)
-        srv.skip_why =
-            "LMSCHED_LLAMA_URL not set and not root (scripts/llama-server needs it)";
-    else if (stat(path, &st) != 0)
-        srv.skip_why = "LMSCHED_LLAMA_URL not set and no llama-server chroot (run "
-                       "scripts/llama-server setup as root)";
-    if (srv.skip_why != NULL) {
+    if ((srv.skip_why = rl_unusable()) != NULL) {
         printf("skipped: %s\n", srv.skip_why);
         return 0;
     }
-    snprintf(srv.script, sizeof(srv.script), "%s", script);
     /* scripts/test's state dir when it runs the suite: its trap stops
      * whatever server is left there, even if this test dies. */
-    const char *st_dir = getenv("LMSCHED_REAL_STATE");
-    if (st_dir != NULL && *st_dir != '\0') {
-        snprintf(srv.state, sizeof(srv.state), "%s", st_dir);
-        mkdir(srv.state, 0700);
-    } else {
-        snprintf(srv.state, sizeof(srv.state), "/tmp/lmsched-http-real-XXXXXX");
-        if (mkdtemp(srv.state) == NULL)
-            return -1;
-        srv.made_state = true;
-    }
+    if (rl_init(&srv.srv, NULL) != 0)
+        return -1;
     srv.owned = true;
-    if (srv_script("start >/dev/null") != 0) {
+    if (rl_start(&srv.srv, 0, NULL) != 0) {
         fprintf(stderr, "http_real: scripts/llama-server start failed (state %s)\n",
-                srv.state);
+                srv.srv.state);
         return -1;
     }
-    snprintf(path, sizeof(path), "%s/port", srv.state);
-    long port = -1;
-    if (kit_fs_read_long(path, &port) != 0 || port <= 0)
-        return -1;
-    snprintf(srv.url, sizeof(srv.url), "http://127.0.0.1:%ld", port);
+    snprintf(srv.url, sizeof(srv.url), "%s", srv.srv.url);
     printf("http_real: started llama-server at %s\n", srv.url);
     return 0;
 }
@@ -100,11 +60,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    if (!srv.owned)
-        return 0;
-    srv_script("stop >/dev/null 2>&1");
-    if (srv.made_state)
-        kit_fs_rm_tree(srv.state);
+    if (srv.owned)
+        rl_fini(&srv.srv);
     return 0;
 }
 

@@ -40,90 +40,33 @@
 #include "kit/pstat.h"
 #include "kit/wire.h"
 #include "lmsched/agent.h"
+#include "real/llama.h"
 
 /* Generous hang guard; a chat of 16 tokens takes milliseconds. */
 #define REAL_TIMEOUT_MS 60000
-/* Hang guard for scripts/llama-server start/stop (start takes ~0.3 s). */
-#define REAL_SCRIPT_WAIT_S 120
 
 /* The server the suite runs against. */
 static struct {
     char url[128];
     const char *skip_why; /* set when there is no server: every test skips */
     bool owned;           /* started here: may be killed, log is readable */
-    bool made_state;      /* the state dir is a temp dir of ours */
-    char state[256];      /* LMSCHED_LLAMA_STATE of the owned server */
-    char script[512];     /* scripts/llama-server */
-    int port;
+    rl_server srv;        /* the owned server */
 } real_srv;
 
 /* Reads a small integer file of the owned server's state dir (pid, port);
  * returns -1 if absent. */
 static long real_state_long(const char *name)
 {
-    char path[320];
-    long v = -1;
-    snprintf(path, sizeof(path), "%s/%s", real_srv.state, name);
-    return kit_fs_read_long(path, &v) == 0 ? v : -1;
-}
-
-/* Runs `scripts/llama-server ARGS` for the owned server; returns its exit
- * status. The paths are ours (CMake source dir, mkdtemp), with no quotes. */
-static int real_script(const char *args)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "LMSCHED_LLAMA_STATE='%s' timeout %d '%s' %s",
-             real_srv.state, REAL_SCRIPT_WAIT_S, real_srv.script, args);
-    int st = system(cmd);
-    return st == -1 ? -1 : WEXITSTATUS(st);
-}
-
-/* True when scripts/llama-server start would not need the network: root,
- * and the chroot with llama-server and the model exists. Sets why if not. */
-static bool real_can_start(const char **why)
-{
-    const char *script = getenv("LMSCHED_LLAMA_SCRIPT");
-    const char *root = getenv("LMSCHED_LLAMA_ROOT");
-    char path[600];
-    struct stat st;
-    if (root == NULL || *root == '\0')
-        root = "/var/cache/lmsched/sid";
-    if (script == NULL || access(script, X_OK) != 0) {
-        *why = "LMSCHED_LLAMA_URL not set and scripts/llama-server not found "
-               "(LMSCHED_LLAMA_SCRIPT)";
-        return false;
-    }
-    if (geteuid() != 0) {
-        *why = "LMSCHED_LLAMA_URL not set and not root (scripts/llama-server needs it)";
-        return false;
-    }
-    snprintf(path, sizeof(path), "%s/usr/bin/llama-server", root);
-    bool ok = access(path, X_OK) == 0;
-    snprintf(path, sizeof(path), "%s/models/tiny.gguf", root);
-    if (!ok || stat(path, &st) != 0) {
-        *why = "LMSCHED_LLAMA_URL not set and no llama-server chroot "
-               "(run scripts/llama-server setup as root)";
-        return false;
-    }
-    snprintf(real_srv.script, sizeof(real_srv.script), "%s", script);
-    return true;
+    return rl_state_long(&real_srv.srv, name);
 }
 
 /* Starts (or restarts on port, when > 0) the owned server with the host
  * prompt cache off, so slot placement is not hidden by it. */
 static int real_server_start(int port)
 {
-    char args[64];
-    if (port > 0)
-        snprintf(args, sizeof(args), "start --port %d --cache-ram 0 >/dev/null", port);
-    else
-        snprintf(args, sizeof(args), "start --cache-ram 0 >/dev/null");
-    if (real_script(args) != 0)
+    if (rl_start(&real_srv.srv, port, NULL) != 0)
         return -1;
-    real_srv.port = (int)real_state_long("port");
-    if (real_srv.port <= 0)
-        return -1;
-    snprintf(real_srv.url, sizeof(real_srv.url), "http://127.0.0.1:%d", real_srv.port);
+    snprintf(real_srv.url, sizeof(real_srv.url), "%s", real_srv.srv.url);
     return 0;
 }
 
@@ -141,46 +84,29 @@ static int group_setup(void **state)
         printf("real: against LMSCHED_LLAMA_URL=%s\n", url);
         return 0;
     }
-    if (!real_can_start(&why)) {
+    if ((why = rl_unusable()) != NULL) {
         real_srv.skip_why = why;
         printf("skipped: %s\n", why);
         return 0;
     }
-    const char *st = getenv("LMSCHED_REAL_STATE");
-    if (st != NULL && *st != '\0') {
-        snprintf(real_srv.state, sizeof(real_srv.state), "%s", st);
-        mkdir(real_srv.state, 0700);
-    } else {
-        snprintf(real_srv.state, sizeof(real_srv.state), "/tmp/lmsched-real-XXXXXX");
-        if (mkdtemp(real_srv.state) == NULL) {
-            perror("real: mkdtemp");
-            return -1;
-        }
-        real_srv.made_state = true;
-    }
+    if (rl_init(&real_srv.srv, NULL) != 0)
+        return -1;
     real_srv.owned = true;
     if (real_server_start(0) != 0) {
         fprintf(stderr, "real: scripts/llama-server start failed (state %s)\n",
-                real_srv.state);
+                real_srv.srv.state);
         return -1;
     }
     printf("real: started llama-server --cache-ram 0 at %s (state %s)\n", real_srv.url,
-           real_srv.state);
+           real_srv.srv.state);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    if (!real_srv.owned)
-        return 0;
-    real_script("stop >/dev/null 2>&1");
-    if (real_srv.made_state) {
-        char path[320];
-        snprintf(path, sizeof(path), "%s/log", real_srv.state);
-        unlink(path);
-        rmdir(real_srv.state);
-    }
+    if (real_srv.owned)
+        rl_fini(&real_srv.srv);
     return 0;
 }
 
@@ -413,7 +339,7 @@ static char *real_long_system(int k, int words)
 static long real_log_count(const char *needle)
 {
     char path[320];
-    snprintf(path, sizeof(path), "%s/log", real_srv.state);
+    snprintf(path, sizeof(path), "%s/log", real_srv.srv.state);
     return kit_fs_count_lines(path, needle);
 }
 
@@ -480,7 +406,7 @@ static void test_id_slot_placement(void **state)
         if (by_id != 3 + OTHERS)
             fail_msg(
                 "llama-server placed %ld of %d requests by id_slot (its log: %s/log)",
-                by_id, 3 + OTHERS, real_srv.state);
+                by_id, 3 + OTHERS, real_srv.srv.state);
     }
 
     lmsched_result_free(a1);
@@ -626,13 +552,13 @@ static void test_server_killed_mid_stream(void **state)
     /* Restart on the same port; the socket may take a moment to go. */
     int rc = -1;
     for (int i = 0; i < 20 && rc != 0; i++) {
-        rc = real_server_start(real_srv.port);
+        rc = real_server_start(real_srv.srv.port);
         if (rc != 0)
             kit_sleep_ms(250);
     }
     if (rc != 0)
-        fail_msg("could not restart llama-server on port %d (log %s/log)", real_srv.port,
-                 real_srv.state);
+        fail_msg("could not restart llama-server on port %d (log %s/log)", real_srv.srv.port,
+                 real_srv.srv.state);
 
     res = real_async_wait(&down);
     assert_non_null(res);
