@@ -214,5 +214,12 @@ void sched_count_add(sched *s, sched_count what)
         s->st.received++;
         s->st.rejected_busy++;
         break;
+    case SCHED_COUNT_CANCELED_EARLY:
+        /* Received and failed as canceled, as if it had been canceled a
+         * moment after it was queued. */
+        s->st.received++;
+        s->st.failed++;
+        s->st.failed_by_code[LMSCHED_ECANCELED]++;
+        break;
     }
 }

@@ -96,6 +96,7 @@ typedef enum sched_count {
     SCHED_COUNT_STATUS,         /* status request answered */
     SCHED_COUNT_AUTH_REFUSED,   /* missing or wrong access token */
     SCHED_COUNT_REFUSED_BUSY,   /* a request refused before it was a job (per-connection limit) */
+    SCHED_COUNT_CANCELED_EARLY, /* a request its agent had canceled before it arrived */
 } sched_count;
 void sched_count_add(sched *s, sched_count what);
 

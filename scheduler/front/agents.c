@@ -28,6 +28,20 @@
 
 typedef struct ag_stream ag_stream;
 
+/* Cancels that named no request of their connection, kept for a moment:
+ * the front's receive contexts hand messages to the loop from several nng
+ * threads, so a chat and the cancel its agent sent right after it may
+ * arrive here in the other order. A chat that comes within AG_EARLY_US of
+ * a cancel naming it is answered canceled at once. */
+#define AG_EARLY_CANCELS 64
+#define AG_EARLY_US 2000000
+
+typedef struct ag_early {
+    uint32_t pipe;
+    uint64_t id;
+    int64_t at_us; /* 0: free */
+} ag_early;
+
 struct agents_front {
     sched *s;
     rep *rep;
@@ -35,6 +49,8 @@ struct agents_front {
     int64_t stream_timeout_us;
     uint64_t stream_buffer;
     ag_stream *streams; /* every stream not ended and fetched, newest first */
+    ag_early early[AG_EARLY_CANCELS]; /* a ring */
+    unsigned early_next;
 };
 
 /* ---- streams ---------------------------------------------------------------
@@ -454,6 +470,20 @@ static int64_t ag_tick(void *arg, int64_t now)
     return next;
 }
 
+/* Whether a cancel naming (pipe, id) came just before: it is then taken. */
+static bool ag_early_take(agents_front *w, uint32_t pipe, uint64_t id)
+{
+    int64_t now = clock_now_us();
+    for (unsigned i = 0; i < AG_EARLY_CANCELS; i++) {
+        ag_early *e = &w->early[i];
+        if (e->at_us != 0 && e->pipe == pipe && e->id == id && now - e->at_us <= AG_EARLY_US) {
+            e->at_us = 0;
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The agent cancels one of its requests. */
 static void ag_cancel(agents_front *w, rep_ctx *c, uint64_t id, uint64_t target)
 {
@@ -462,6 +492,12 @@ static void ag_cancel(agents_front *w, rep_ctx *c, uint64_t id, uint64_t target)
     ag_stream *st = ag_stream_find(w, pipe, target);
     if (st != NULL && st->waiting == NULL)
         ag_stream_free(st); /* ended before; nobody will ask for it now */
+    if (!found && st == NULL) {
+        /* Not (or no longer) here: it may still be on its way. */
+        w->early[w->early_next] = (ag_early){.pipe = pipe, .id = target,
+                                             .at_us = clock_now_us()};
+        w->early_next = (w->early_next + 1) % AG_EARLY_CANCELS;
+    }
     lms_msg r;
     lms_msg_init(&r, LMS_KIND_CANCEL_REPLY);
     r.id = id;
@@ -651,6 +687,12 @@ static void ag_request(void *arg, rep_ctx *c, const void *body, size_t len)
         }
     }
     uint32_t pipe = rep_ctx_pipe(c);
+    if (ag_early_take(w, pipe, m.id)) {
+        sched_count_add(w->s, SCHED_COUNT_CANCELED_EARLY);
+        ag_send_error(c, m.id, LMSCHED_ECANCELED,
+                      "canceled by the agent (the cancel arrived before the request)", NULL);
+        goto out;
+    }
     ag_stream *st = NULL;
     if (m.u.chat.stream) {
         if (ag_stream_find(w, pipe, m.id) != NULL) {

@@ -277,6 +277,52 @@ static void test_many_streams(void **state)
     json_decref(st);
 }
 
+/* A cancel that overtakes its chat (the daemon's receive contexts hand
+ * messages over from several threads): the chat, arriving after the
+ * cancel that named it, is answered canceled at once and never runs. */
+static void test_cancel_before_chat(void **state)
+{
+    kit_env *e = *state;
+    const char *sim[] = {NULL};
+    kit_env_start(e, sim, NULL);
+    conn a;
+    conn_open(&a, e);
+    lms_msg m, r;
+    uint64_t target = a.next_id + 1; /* the id the chat below will get */
+    lms_msg_init(&m, LMS_KIND_CANCEL);
+    m.u.cancel.target = target;
+    xchg(&a, &m, &r);
+    assert_int_equal(r.kind, LMS_KIND_CANCEL_REPLY);
+    assert_false(r.u.cancel_reply.found);
+    lms_msg_fini(&r);
+    lms_chat_msg msg;
+    chat_init(&m, &msg, "s", "never runs", 8, false);
+    assert_int_equal(xchg(&a, &m, &r), target);
+    assert_int_equal(r.kind, LMS_KIND_ERROR);
+    assert_int_equal(r.u.error.code, LMSCHED_ECANCELED);
+    printf("cancel before chat: %s\n", r.u.error.message);
+    lms_msg_fini(&r);
+    /* once only: the next chat with another id runs */
+    chat_init(&m, &msg, "s", "runs", 8, false);
+    if (kit_wire_xchg(&a, &m, &r, NULL) != 0) {
+        kit_env_dump_logs(e);
+        fail_msg("no reply to the chat after the early cancel");
+    }
+    assert_int_equal(r.kind, LMS_KIND_CHAT_REPLY);
+    lms_msg_fini(&r);
+    json_t *st = kit_env_status(e);
+    assert_int_equal(kit_json_int(st, "requests.failed_by_class.canceled"), 1);
+    assert_int_equal(kit_json_int(st, "requests.received"), 2);
+    assert_int_equal(kit_json_int(st, "requests.completed"), 1);
+    json_decref(st);
+    /* lmsim saw only the second chat */
+    json_t *ss = kit_env_sim_get(e, "/sim/stats");
+    assert_non_null(ss);
+    assert_int_equal(kit_json_int(ss, "requests"), 1);
+    json_decref(ss);
+    conn_close(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -285,6 +331,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_refusals, kit_env_setup,
                                         kit_env_teardown),
         cmocka_unit_test_setup_teardown(test_cancel, kit_env_setup, kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_before_chat, kit_env_setup,
+                                        kit_env_teardown),
         cmocka_unit_test_setup_teardown(test_stream_abandoned, kit_env_setup,
                                         kit_env_teardown),
         cmocka_unit_test_setup_teardown(test_many_streams, kit_env_setup, kit_env_teardown),
