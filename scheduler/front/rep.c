@@ -24,10 +24,9 @@
  * the pipe id under a mutex and posts one embedded event if none is
  * pending.
  *
- * The token is kept zero-padded in a fixed REP_TOKEN_MAX buffer and
- * compared over the whole buffer with no early exit, so the time taken
- * tells a peer nothing about how much of its guess was right, nor the
- * token's length.
+ * The token is read and compared by token.c (shared with the HTTP front):
+ * in constant time, so the time taken tells a peer nothing about how much
+ * of its guess was right, nor the token's length.
  */
 #include "scheduler/front/rep.h"
 
@@ -48,8 +47,11 @@
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/transport/ipc/ipc.h>
 
+#include "scheduler/front/token.h"
 #include "scheduler/util/clock.h"
 #include "scheduler/util/log.h"
+
+_Static_assert(REP_TOKEN_MAX == TOKEN_MAX, "rep.h and token.h disagree on the token limit");
 
 /* Contexts kept receiving beyond those holding requests. */
 #define REP_RECEIVERS 32
@@ -101,9 +103,7 @@ struct rep {
     bool gone_lost; /* more closed than gone[] held: cancel by a full sweep */
     bool gone_posted;
     sched_event gone_ev;
-    bool have_token;
-    size_t token_len;
-    unsigned char token[REP_TOKEN_MAX]; /* zero-padded */
+    token tok; /* the access token, if any (token.h) */
     uint64_t auth_refused;
     uint64_t auth_unlogged; /* refusals since the last log line */
     int64_t auth_logged_us; /* when the last one was logged, 0 never */
@@ -324,83 +324,6 @@ bool rep_within_limit(const rep *r, const rep_ctx *c)
     return *pp == NULL || (*pp)->held <= r->max_per_conn;
 }
 
-/* Reads the access token from path into s (see rep_opts). */
-static int rep_token_load(rep *r, const char *path, bool force, char *errbuf,
-                          size_t errlen)
-{
-    /* Room for the longest token plus "\r\n", and one byte to see that a
-     * file is longer than that. */
-    char buf[REP_TOKEN_MAX + 3];
-    size_t n = 0;
-    struct stat st;
-    int rv = NNG_EINVAL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0) {
-        snprintf(errbuf, errlen, "--auth-token-file %s: %s", path, strerror(errno));
-        return NNG_EINVAL;
-    }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        snprintf(errbuf, errlen, "--auth-token-file %s: not a regular file", path);
-        goto out;
-    }
-    /* As ssh does for private keys: a secret others can read is no secret. */
-    if ((st.st_mode & 0077) != 0 && !force) {
-        snprintf(errbuf, errlen,
-                 "--auth-token-file %s: permissions %04o are too open: the token must "
-                 "not be accessible by group or others (chmod 600 it, or pass --force)",
-                 path, (unsigned)(st.st_mode & 07777));
-        goto out;
-    }
-    while (n < sizeof(buf)) {
-        ssize_t got = read(fd, buf + n, sizeof(buf) - n);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            snprintf(errbuf, errlen, "--auth-token-file %s: %s", path, strerror(errno));
-            goto out;
-        }
-        if (got == 0)
-            break;
-        n += (size_t)got;
-    }
-    /* The trailing newline an editor or `echo` adds is not part of it. */
-    if (n > 0 && buf[n - 1] == '\n')
-        n--;
-    if (n > 0 && buf[n - 1] == '\r')
-        n--;
-    if (n == 0) {
-        snprintf(errbuf, errlen, "--auth-token-file %s: the file holds no token", path);
-        goto out;
-    }
-    if (n > REP_TOKEN_MAX) {
-        snprintf(errbuf, errlen,
-                 "--auth-token-file %s: the token is longer than %d bytes", path,
-                 REP_TOKEN_MAX);
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        /* Printable ASCII only: it travels as a msgpack string and is typed
-         * into environment variables. */
-        if ((unsigned char)buf[i] < 0x21 || (unsigned char)buf[i] > 0x7e) {
-            snprintf(errbuf, errlen,
-                     "--auth-token-file %s: the token must be printable ASCII with no "
-                     "spaces or control characters (byte %zu is not)",
-                     path, i);
-            goto out;
-        }
-    }
-    memset(r->token, 0, sizeof(r->token));
-    memcpy(r->token, buf, n);
-    r->token_len = n;
-    r->have_token = true;
-    rv = 0;
-out:
-    explicit_bzero(buf, sizeof(buf));
-    close(fd);
-    return rv;
-}
-
 /* Gives the ipc:// socket file at path the group (a name or a number) and
  * then its final mode. Until then it was owner-only, so no member of the
  * user's own group could connect in between. */
@@ -494,14 +417,15 @@ int rep_open(rep **rp, sched *s, const rep_opts *o, const rep_events *ev, char *
     r->gone_ev.run = rep_on_gone;
     pthread_mutex_init(&r->gone_mtx, NULL);
     if (o->auth_token_file != NULL &&
-        rep_token_load(r, o->auth_token_file, o->force, errbuf, errlen) != 0) {
+        token_load(&r->tok, o->auth_token_file, "--auth-token-file", o->force, errbuf,
+                   errlen) != 0) {
         pthread_mutex_destroy(&r->gone_mtx);
         free(r);
         return -1;
     }
     if ((rv = nng_rep0_open(&r->sock)) != 0) {
         snprintf(errbuf, errlen, "cannot open socket: %s", nng_strerror(rv));
-        explicit_bzero(r->token, sizeof(r->token));
+        token_wipe(&r->tok);
         pthread_mutex_destroy(&r->gone_mtx);
         free(r);
         return -1;
@@ -537,7 +461,7 @@ int rep_open(rep **rp, sched *s, const rep_opts *o, const rep_events *ev, char *
     return 0;
 fail:
     nng_close(r->sock);
-    explicit_bzero(r->token, sizeof(r->token));
+    token_wipe(&r->tok);
     pthread_mutex_destroy(&r->gone_mtx);
     free(r);
     return -1;
@@ -545,30 +469,16 @@ fail:
 
 bool rep_auth_required(const rep *r)
 {
-    return r->have_token;
+    return r->tok.have;
 }
 
 bool rep_auth_ok(rep *r, const rep_ctx *c, const char *auth)
 {
-    unsigned char given[REP_TOKEN_MAX];
-    size_t n = auth != NULL ? strnlen(auth, REP_TOKEN_MAX + 1) : 0;
-    volatile unsigned diff = 0;
-
-    if (!r->have_token)
+    if (!r->tok.have)
         return true;
-    /* The decoder caps "auth" at REP_TOKEN_MAX bytes; anything longer or
-     * missing is a mismatch, found by the same full-length loop. */
-    diff |= (auth == NULL) | (n > REP_TOKEN_MAX);
-    if (n > REP_TOKEN_MAX)
-        n = REP_TOKEN_MAX;
-    memset(given, 0, sizeof(given));
-    if (n > 0)
-        memcpy(given, auth, n);
-    diff |= (unsigned)((n ^ r->token_len) != 0);
-    for (size_t i = 0; i < REP_TOKEN_MAX; i++)
-        diff |= (unsigned)(given[i] ^ r->token[i]);
-    explicit_bzero(given, sizeof(given));
-    if (diff == 0)
+    /* The decoder caps "auth" at REP_TOKEN_MAX bytes; token_equal takes the
+     * same time whatever either holds. */
+    if (token_equal(&r->tok, auth, auth != NULL ? strnlen(auth, TOKEN_MAX + 1) : 0))
         return true;
 
     r->auth_refused++;
@@ -641,6 +551,6 @@ void rep_close(rep *r)
         }
     }
     pthread_mutex_destroy(&r->gone_mtx);
-    explicit_bzero(r->token, sizeof(r->token));
+    token_wipe(&r->tok);
     free(r);
 }
