@@ -132,6 +132,8 @@ job *sched_submit(sched *s, chat_req *req, const sink *k)
     j->pi.group = j->chain.group;
     j->pi.label = j->req->system;
     j->pi.session = admit_session(j->req->session);
+    j->pi.max_tokens = j->req->max_tokens > 0 ? (uint32_t)j->req->max_tokens : 0;
+    j->pi.source = j->sink.owner;
     if (s->n_backends > 1 && admit_route(s, j, why, sizeof(why))) {
         code = LMSCHED_EINVAL;
         field = "model";

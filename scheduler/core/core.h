@@ -159,8 +159,8 @@ void job_complete(sched *s, job *j, const chat_result *r);
 /* Ends j with an error: detached from whatever holds it (queue, transfer,
  * slot, memory), the sink's fail, then freed. */
 void job_fail(sched *s, job *j, int code, const char *msg, const char *field);
-/* Gives back j's slot and KV reservation. */
-void job_release_slot(sched *s, job *j, bool ok, int64_t prompt, int64_t cached);
+/* Gives back j's slot and KV reservation; d: how it ended, NULL failed. */
+void job_release_slot(sched *s, job *j, const pol_done *d);
 
 /* ---- capacity.c ---------------------------------------------------------- */
 

@@ -59,15 +59,16 @@ static void job_free(job *j)
     free(j);
 }
 
-void job_release_slot(sched *s, job *j, bool ok, int64_t prompt, int64_t cached)
+void job_release_slot(sched *s, job *j, const pol_done *d)
 {
     if (j->reserved) {
         s->reserved_bytes -= j->reserve;
         s->be[sched_be_index(s, j->be)].reserved_bytes -= j->reserve;
         j->reserved = false;
     }
+    pol_done failed = {.prompt_tokens = -1, .cached_tokens = -1, .completion_tokens = -1};
     if (j->slot >= 0 && (unsigned)j->slot < policy_slots(s->pol))
-        policy_slot_done(s->pol, j->slot, ok, prompt, cached);
+        policy_slot_end(s->pol, j->slot, d != NULL ? d : &failed);
     j->slot = -1;
 }
 
@@ -85,7 +86,7 @@ static void job_detach(sched *s, job *j)
         }
         if (s->pending == j)
             s->pending = NULL;
-        job_release_slot(s, j, false, -1, -1);
+        job_release_slot(s, j, NULL);
         s->inflight--;
         s->be[sched_be_index(s, j->be)].inflight--;
     }

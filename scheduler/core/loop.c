@@ -262,7 +262,7 @@ static bool loop_requeue(sched *s, job *j, const char *why)
         return false;
     if (policy_push(s->pol, &j->pi) != LMSCHED_OK)
         return false;
-    job_release_slot(s, j, false, -1, -1);
+    job_release_slot(s, j, NULL);
     if (s->pending == j)
         s->pending = NULL;
     s->inflight--;
@@ -392,7 +392,13 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
         lat_add(&s->st.ttft, r.timings.ttft_ms);
     lat_add(&s->st.total, r.timings.total_ms);
 
-    job_release_slot(s, j, true, resp->prompt_tokens, resp->cached_tokens);
+    pol_done done = {.ok = true,
+                     .prompt_tokens = resp->prompt_tokens,
+                     .cached_tokens = resp->cached_tokens,
+                     .end_us = now,
+                     .first_token_us = x->first_token_us,
+                     .completion_tokens = resp->completion_tokens};
+    job_release_slot(s, j, &done);
     job_complete(s, j, &r);
     if (tc != calls)
         free(tc);

@@ -46,6 +46,10 @@
  * for two turns in a row at most, so others are not starved. */
 #define POL_STICKY_TURNS 1
 #define POL_TOKENS_PER_BLOCK (PREFIX_BLOCK_BYTES / PREFIX_BYTES_PER_TOKEN)
+/* Fewer uncached tokens than this are not a load to the cost model: they
+ * neither set the engine's time scale nor measure what the backend
+ * restores (cost.c). */
+#define POL_MIN_LOAD_TOKENS 64
 
 struct policy;
 
@@ -98,6 +102,12 @@ typedef struct pol_group {
     uint32_t pfx_blocks; /* blocks every member seen so far shares */
     uint64_t requests, prompt_tokens, cached_tokens;
     unsigned conv_score; /* POL_CONV_MIN: recent requests continued served prompts */
+    int64_t last_enq_us; /* its latest arrival, 0 none */
+    double gap_us;       /* mean time between its arrivals (EWMA), 0 unknown */
+    /* Share of its recent arrivals (EWMA) whose sender still had a request
+     * of the group queued or running: its agents send without waiting for
+     * answers, so its arrivals do not wait for the policy (cost.c). */
+    double pipelined;
 } pol_group;
 
 typedef struct pol_slot {
@@ -109,8 +119,16 @@ typedef struct pol_slot {
     bool run_cont;      /* that request continued the slot's previous prompt */
     unsigned streak;    /* consecutive such continuations on this slot */
     uint64_t session;   /* the session of the request that ran there last, 0 none */
+    uint64_t source;    /* who sent the request running there, 0 unknown */
     bool hold_pending;  /* freed after a conversation turn: hold it ... */
     int64_t hold_until; /* ... until then, for the turn that continues it */
+    /* The request running there, for the cost model (cost.c): */
+    int64_t start_us;     /* dispatched then */
+    uint32_t est_prompt;  /* its estimated prompt tokens */
+    uint32_t est_cached;  /* of those, expected cached */
+    uint32_t gen;         /* tokens it may generate (max_tokens, else the mean seen) */
+    bool end_unstamped;   /* ended without a time: measured at the next policy_next */
+    double end_x, end_g;  /* ... with these prefilled and generated tokens */
 } pol_slot;
 
 typedef struct pol_garr {
@@ -118,8 +136,33 @@ typedef struct pol_garr {
     size_t n, cap;
 } pol_garr;
 
+/* What the policy has measured of the backend (cost.c). Times are on the
+ * caller's clock, tokens are the backend's own (its usage counts). */
+typedef struct pol_meter {
+    double pf_us;      /* per prefilled token, while one load prefills; 0 unknown */
+    double gen_us;     /* per generated token; 0 unknown */
+    unsigned n_pf, n_gen;
+    /* Without first-token times: service = pf x prefilled + gen x generated,
+     * fitted by recursive least squares with forgetting. */
+    double th[2], cov[2][2];
+    unsigned n_fit;
+    double kappa;      /* backend tokens per estimated token; 1 until measured */
+    unsigned n_kappa;
+    double gen_mean;   /* tokens generated per request (EWMA) */
+    /* Of the prefill a load was expected to need, the share the backend had
+     * cached anyway (EWMA over loads): near 1 on a server that restores
+     * evicted prefixes itself (llama.cpp's host cache). */
+    double restore;
+    unsigned n_loads;
+    /* Prefill work started recently (expected engine time, decaying with
+     * time constant tau_us), for the engine's utilisation. */
+    double work_us, tau_us;
+    int64_t work_at_us;
+} pol_meter;
+
 struct policy {
     const pol_rule *rule;
+    pol_meter meter;
     size_t max_queue;
     size_t depth;
     size_t n_deadline;    /* queued items with deadline_us != 0 */
@@ -216,8 +259,47 @@ static inline bool pol_group_conv(const pol_group *g)
 bool pol_slot_held(const policy *p, unsigned s, const pol_item *it, int64_t now_us);
 
 /* The idle slot to (re)load for it (NULL: any item) when no idle slot
- * holds what is wanted: the one whose group has the least queued demand
- * per holding slot, LRU on ties. -1 if no slot it may use is idle. */
-int pol_evict_slot(const policy *p, const pol_item *it);
+ * holds what is wanted: the one cheapest to bring back (pol_reload_us over
+ * horizon_us, how long the new content will keep it), LRU on ties; -1 if
+ * no slot it may use is idle. *cost_us (may be NULL) gets its reload
+ * cost. */
+int pol_evict_slot(const policy *p, const pol_item *it, double horizon_us, double *cost_us);
+
+/* ---- cost.c ---------------------------------------------------------- */
+
+void pol_meter_init(pol_meter *m);
+/* Whether enough has been measured to trust the rates below. */
+bool pol_rates_known(const policy *p);
+/* Engine time to prefill n estimated tokens, and to generate n tokens. */
+double pol_prefill_us(const policy *p, double est_tokens);
+double pol_gen_us(const policy *p, double tokens);
+/* A request starts on slot s (its estimated cached tokens): remembered for
+ * the estimates and the measurements. */
+void pol_cost_start(policy *p, pol_slot *s, const pol_item *it, uint32_t cached,
+                    int64_t now_us);
+/* The request on s ended: learn from it (now_us: the end, or 0 unknown). */
+void pol_cost_end(policy *p, pol_slot *s, const pol_done *d);
+/* Measures the ends that came without a time, at now_us. */
+void pol_cost_stamp(policy *p, int64_t now_us);
+/* The share of recent time the engine spent prefilling (0..0.95), from
+ * the prefill the policy started (its own estimate). */
+double pol_engine_load(const policy *p, int64_t now_us);
+/* Expected time until busy slot s is idle. */
+double pol_remaining_us(const policy *p, const pol_slot *s, int64_t now_us);
+/* A request of g arrived at now_us (before it is queued). */
+void pol_group_arrival(const policy *p, pol_group *g, const pol_item *it, int64_t now_us);
+/* The share of a reload the backend does not restore by itself (1 until
+ * three loads were seen). */
+double pol_unrestored(const policy *p);
+/* Whether g's arrivals come whatever the policy does (its agents do not
+ * wait for their answers): only then may the policy wait for them. */
+bool pol_group_open(const pol_group *g);
+/* Expected arrivals of g per microsecond, from its recent gaps. */
+double pol_group_rate(const pol_group *g, int64_t now_us);
+/* The expected cost, in engine microseconds, of evicting idle slot s: what
+ * of its content no other slot holds, times the chance it is wanted again
+ * before it could be reloaded cheaply, times what the backend would not
+ * restore by itself. 0 for an empty slot. */
+double pol_reload_us(const policy *p, unsigned s, double horizon_us);
 
 #endif /* LMSCHED_POLICY_INT_H */

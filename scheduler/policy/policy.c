@@ -256,6 +256,7 @@ int policy_alloc(policy **pp, const char *name, size_t max_queue)
     p->tun.starve_us = POL_DEFAULT_STARVE_US;
     p->tun.gather_us = POL_DEFAULT_GATHER_US;
     p->wake_us = INT64_MAX;
+    pol_meter_init(&p->meter);
     p->pinned = true;
     p->similarity = 0.10;
     p->be_up = ~0u;
@@ -496,6 +497,7 @@ int policy_push(policy *p, pol_item *it)
         free(n);
         return LMSCHED_ENOMEM;
     }
+    pol_group_arrival(p, g, it, it->enq_us);
     bool shrunk = pol_group_learn(g, it);
     /* +2 per continuation, -1 per other request: a group is conversational
      * while at least a third of its requests continue a conversation (the
@@ -645,12 +647,14 @@ static uint32_t pol_dispatch(policy *p, pol_item *it, unsigned s)
 
     uint32_t held = pol_cached_blocks(p, s, it);
     uint32_t cached = pol_block_tokens(held, it);
+    pol_cost_start(p, sl, it, cached, p->now_us);
     pol_unqueue(p, it);
     /* A turn that extends the slot's whole previous prompt, beyond what
      * the group shares, continues a conversation. */
     sl->run_cont = (held > 0 && held == sl->cache.n_blocks && held > g->pfx_blocks) ||
                    (it->session != 0 && it->session == sl->session);
     sl->session = it->session;
+    sl->source = it->source;
     sl->streak = sl->run_cont ? sl->streak + 1 : 0;
     sl->hold_pending = false;
     sl->hold_until = 0;
@@ -691,6 +695,7 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
         return NULL;
     p->wake_us = INT64_MAX;
     p->now_us = now_us;
+    pol_cost_stamp(p, now_us);
     if (p->depth == 0 || pol_lru_idle(p, NULL) < 0)
         return NULL;
     p->idle_be = 0;
@@ -737,6 +742,17 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
 void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
                       int64_t cached_tokens)
 {
+    pol_done d = {.ok = ok,
+                  .prompt_tokens = prompt_tokens,
+                  .cached_tokens = cached_tokens,
+                  .completion_tokens = -1};
+    policy_slot_end(p, slot, &d);
+}
+
+void policy_slot_end(policy *p, int slot, const pol_done *d)
+{
+    bool ok = d->ok;
+    int64_t prompt_tokens = d->prompt_tokens, cached_tokens = d->cached_tokens;
     if (p == NULL || slot < 0 || (unsigned)slot >= p->n_slots)
         return;
     pol_slot *s = &p->slots[slot];
@@ -746,6 +762,7 @@ void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
     s->last_used = ++p->lru_clock;
     pol_group *g = s->run;
     s->run = NULL;
+    pol_cost_end(p, s, d);
     /* A turn of a named session is a conversation's by definition; others
      * are when their group is conversational. */
     s->hold_pending = ok && g != NULL && p->rule->holds_slots && p->tun.gather_us > 0 &&

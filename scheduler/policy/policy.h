@@ -33,6 +33,10 @@ typedef struct pol_item {
                                 served the session's previous turn */
     uint32_t backends;       /* bit b: backend b may run it (serves its model);
                                 0 = any */
+    uint32_t max_tokens;     /* it generates at most this many tokens; 0 = unknown */
+    uint64_t source;         /* who sent it (a connection), to tell agents that send
+                                again before their answer from those that wait; 0 =
+                                unknown */
     /* Owned by the policy: */
     uint64_t seq;            /* arrival number */
     struct pol_item *prev, *next;
@@ -108,6 +112,21 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached);
  * per-group hit rates. */
 void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,
                       int64_t cached_tokens);
+
+/* How a request on a slot ended, as the core saw it. */
+typedef struct pol_done {
+    bool ok;                   /* see policy_slot_done */
+    int64_t prompt_tokens;     /* as the backend reported; -1 unknown */
+    int64_t cached_tokens;     /* -1 unknown */
+    int64_t end_us;            /* when it ended (the caller's clock); 0 unknown: the
+                                  next policy_next's time stands for it */
+    int64_t first_token_us;    /* when its first token came; 0 unknown */
+    int64_t completion_tokens; /* tokens it generated; -1 unknown */
+} pol_done;
+
+/* policy_slot_done with what was measured: the policy learns the backend's
+ * prefill and decode rates from it (docs/scheduling.md, "The cost model"). */
+void policy_slot_end(policy *p, int slot, const pol_done *d);
 
 /* The idle slot the backend itself would pick for an item when it is sent
  * without a slot id (LM Studio, llama.cpp without id_slot): the idle slot

@@ -17,19 +17,25 @@
  *      session (an HTTP client's session key) that served its previous
  *      turn on an idle slot wins that slot before any of them.
  *   3. Load: otherwise a group whose prefix no slot holds is loaded into
- *      the idle slot whose group has the least queued demand: the group
- *      with the most demand at the level (queued x prefix blocks), oldest
- *      on ties. Its oldest request is the leader; the others follow it
- *      onto that slot.
+ *      the idle slot cheapest to bring back (pol_reload_us, cost.c): the
+ *      group with the most demand at the level (queued x prefix blocks),
+ *      oldest on ties. Its oldest request is the leader; the others follow
+ *      it onto that slot.
  *   4. Hold or duplicate: a group whose prefix is on a busy slot waits for
  *      that slot (its followers would otherwise pay the prefill again),
  *      unless it has more than POL_DUP_FACTOR queued requests per slot
  *      holding it; then its prefix is copied onto the idle slot.
+ *   5. Wait for a better load (once the backend's rates are measured):
+ *      for the group's next arrival when its agents send without waiting
+ *      and that is expected to save more engine time than the wait costs
+ *      its queued requests, or for a busy slot that is cheaper to evict. Never past the request's deadline;
+ *      rule 1 bounds it too.
  * Cost per decision: O(slots x POL_SCAN_ITEMS x log blocks) for rule 2
  * and O(slots log slots) for rules 3-4 (a walk of the level's demand heap
  * that skips at most one group per busy slot), whatever the queue length
  * and the number of groups.
  */
+#include <math.h>
 #include <stdint.h>
 
 #include "scheduler/policy/internal.h"
@@ -63,7 +69,7 @@ static int pp_best_slot(const policy *p, const pol_item *it)
             best_c = c;
         }
     }
-    return best >= 0 ? best : pol_evict_slot(p, it);
+    return best >= 0 ? best : pol_evict_slot(p, it, 0, NULL);
 }
 
 /* Rule 1. */
@@ -134,11 +140,79 @@ static bool pp_placeable(const policy *p, const pol_group *g, int lv)
     return pol_item_placeable(p, g->lv[lv].head->it);
 }
 
+/* Engine time a hit of it costs: its generation (and a little prefill). */
+static double pp_hit_us(const policy *p, const pol_item *it)
+{
+    double gen = it->max_tokens > 0      ? it->max_tokens
+                 : p->meter.gen_mean > 0 ? p->meter.gen_mean
+                                         : 256;
+    return pol_gen_us(p, gen) + pol_prefill_us(p, POL_TOKENS_PER_BLOCK);
+}
+
+/* How long a load of g's prefix keeps the slot it takes: its prefill and
+ * the queued requests of g at the level that follow it there. */
+static double pp_horizon(const policy *p, const pol_group *g, int lv)
+{
+    const pol_item *it = g->lv[lv].head->it;
+    return pol_prefill_us(p, (double)g->pfx_blocks * POL_TOKENS_PER_BLOCK) +
+           pp_hit_us(p, it) * g->n_lv[lv];
+}
+
+static double pp_engine_weight(const policy *p, int64_t now_us);
+
+/* What a microsecond of engine time is worth in microseconds of waiting.
+ * The engine's time is shared: work saved now lets every request of the
+ * current busy period start that much sooner, and a busy period at
+ * utilisation u serves about 1 / (1 - u) requests (M/G/1). So 1 on an idle
+ * engine (the request itself), more the busier it is. */
+static double pp_engine_weight(const policy *p, int64_t now_us)
+{
+    return 1.0 / (1.0 - pol_engine_load(p, now_us));
+}
+
+static bool pp_wait(policy *p, const pol_item *it, int64_t now_us, double until_us);
+
+/* Holding a load for its group's next arrival: the q queued requests of g
+ * wait until it comes (expected 1/rate, the group's mean gap), and then it
+ * shares the load instead of needing one of its own once g is evicted
+ * again. Per unit of time held, that costs q and is expected to save
+ * rate x the load's engine time (weighted, pp_engine_weight): hold while
+ * rate x load x weight > q, for at most one mean gap after the oldest of
+ * them arrived. */
+static bool pp_hold_for_arrival(policy *p, const pol_group *g, int lv, int64_t now_us)
+{
+    double rate = pol_group_rate(g, now_us);
+    if (rate <= 0 || !pol_group_open(g))
+        return false;
+    const pol_item *it = g->lv[lv].head->it;
+    double load = pol_prefill_us(p, (double)g->pfx_blocks * POL_TOKENS_PER_BLOCK) *
+                  pol_unrestored(p);
+    if (rate * load * pp_engine_weight(p, now_us) <= (double)g->n_lv[lv])
+        return false;
+    return pp_wait(p, it, now_us, (double)it->enq_us + 1.0 / rate);
+}
+
+/* Waits until `until` (policy_next_wake), unless it would pass the item's
+ * deadline: returns true to wait. */
+static bool pp_wait(policy *p, const pol_item *it, int64_t now_us, double until_us)
+{
+    if (until_us <= (double)now_us)
+        return false;
+    int64_t t =
+        until_us > (double)INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)ceil(until_us);
+    if (it->deadline_us != 0 && t >= it->deadline_us)
+        return false;
+    if (t < p->wake_us)
+        p->wake_us = t;
+    return true;
+}
+
 /* Rules 3 and 4 at one level. */
 static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
 {
     const pol_garr *a = &p->active[lv];
     pol_group *g = NULL;
+    bool rates = pol_rates_known(p);
 
     /* Best-first walk of the level's heap (most demand, then oldest on
      * top). Groups that are not loadable have a request in flight, so at
@@ -194,19 +268,44 @@ static pol_item *pp_load(policy *p, int lv, int64_t now_us, int *slot)
     if (g == NULL)
         return NULL; /* followers wait for their leaders' slots */
     pol_item *it = g->lv[lv].head->it;
-    int s = pol_evict_slot(p, it);
+    double horizon = pp_horizon(p, g, lv), victim = 0;
+    int s = pol_evict_slot(p, it, horizon, &victim);
     if (s < 0)
         return NULL; /* the idle slots are kept for conversations */
     /* Gather: requests sent together (a coordinator's fan-out) reach the
      * daemon over a few milliseconds. Loading the first one at once would
      * evict a prefix that the next ones are about to hit, so a load that
      * overwrites a cached prefix waits until its request has been queued
-     * gather_us; hits go first meanwhile. */
+     * gather_us; hits go first meanwhile. Not for a prefix the backend
+     * restores by itself, nor for one nobody is expected to want. */
     int over = p->pinned ? s : pol_backend_choice(p, it, p->similarity);
-    if (over >= 0 && p->slots[over].cache.n_blocks > 0 && now_us < it->enq_us + p->tun.gather_us) {
-        if (it->enq_us + p->tun.gather_us < p->wake_us)
-            p->wake_us = it->enq_us + p->tun.gather_us;
+    bool evicts = over >= 0 && p->slots[over].cache.n_blocks > 0;
+    if (evicts && rates)
+        evicts = pol_reload_us(p, (unsigned)over, horizon) > 0;
+    if (evicts && now_us < it->enq_us + p->tun.gather_us &&
+        pp_wait(p, it, now_us, (double)(it->enq_us + p->tun.gather_us)))
         return NULL;
+    if (rates && pp_loadable(g) && pp_hold_for_arrival(p, g, lv, now_us))
+        return NULL;
+    if (rates) {
+        /* A cheaper victim soon: a busy slot nobody queued is waiting for,
+         * whose content costs less to bring back by more than the wait
+         * costs the queued requests of g. */
+        double wgt = pp_engine_weight(p, now_us), best = victim * wgt, until = 0;
+        for (unsigned b = 0; b < p->n_slots; b++) {
+            const pol_slot *sl = &p->slots[b];
+            if (!sl->busy || !pol_slot_ok(p, b, it) ||
+                (sl->group != NULL && sl->group->queued > 0))
+                continue;
+            double t = pol_remaining_us(p, sl, now_us);
+            double c = pol_reload_us(p, b, horizon) * wgt + t * g->n_lv[lv];
+            if (c < best) {
+                best = c;
+                until = (double)now_us + t;
+            }
+        }
+        if (until > 0 && pp_wait(p, it, now_us, until))
+            return NULL;
     }
     *slot = s;
     return it;

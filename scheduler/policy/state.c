@@ -6,6 +6,7 @@
  * and calls the rules; the rules (rule_fifo.c, rule_prefix.c) call only
  * this file, so the policy's files form no cycle.
  */
+#include <math.h>
 #include <stdlib.h>
 
 #include "lmsched/wire.h"
@@ -121,24 +122,26 @@ int pol_lru_idle(const policy *p, const pol_item *it)
     return lru;
 }
 
-int pol_evict_slot(const policy *p, const pol_item *it)
+int pol_evict_slot(const policy *p, const pol_item *it, double horizon_us, double *cost_us)
 {
     int best = -1;
-    uint64_t best_demand = 0;
+    double best_cost = 0;
     for (unsigned i = 0; i < p->n_slots; i++) {
         const pol_slot *s = &p->slots[i];
         if (s->busy || !pol_slot_ok(p, i, it) || pol_slot_held(p, i, NULL, p->now_us))
             continue;
-        uint64_t d = 0;
-        const pol_group *g = s->group;
-        if (g != NULL && g->resident > 0)
-            d = (uint64_t)g->queued * g->pfx_blocks / g->resident;
-        if (best < 0 || d < best_demand ||
-            (d == best_demand && s->last_used < p->slots[best].last_used)) {
+        double c = pol_reload_us(p, i, horizon_us);
+        /* Equal within a hair (two empty slots, two unwanted prefixes of
+         * one size): the least recently used goes, as the backend's LRU. */
+        bool tie = best >= 0 && fabs(c - best_cost) <= 1e-9 * (c + best_cost);
+        if (best < 0 || (!tie && c < best_cost) ||
+            (tie && s->last_used < p->slots[best].last_used)) {
             best = (int)i;
-            best_demand = d;
+            best_cost = c;
         }
     }
+    if (cost_us != NULL)
+        *cost_us = best >= 0 ? best_cost : 0;
     return best;
 }
 

@@ -1,0 +1,234 @@
+/*
+ * policy_cost_test - the prefix policy's cost model (scheduler/policy/
+ * cost.c) as the rules use it, driven by plain clock values and by what a
+ * backend would report at each request's end (policy_slot_end): eviction
+ * by what a prefix costs to bring back, not by finish order; holding a
+ * load for its group's next arrival on a backend that does not restore
+ * prefixes, and not on one observed to restore them; holds bounded by the
+ * request's deadline.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "lmsched/wire.h"
+#include "scheduler/chat/chain.h"
+#include "scheduler/policy/policy.h"
+
+#define MAXB 256
+#define TPB (PREFIX_BLOCK_BYTES / PREFIX_BYTES_PER_TOKEN) /* tokens per block */
+/* The fictional backend: microseconds per prefilled and per generated
+ * token, tokens generated per request. */
+#define PF_US 100
+#define GEN_US 1000
+#define GEN 8
+
+typedef struct req {
+    pol_item pi;
+    uint64_t blocks[MAXB];
+} req;
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* A prompt of pfx blocks of group g's system prompt, then one block of
+ * its own (conv), plus 5 tokens, sent by source at enq. */
+static pol_item *mk(req *r, uint64_t g, uint32_t pfx, uint64_t conv, uint64_t source,
+                    int64_t enq)
+{
+    memset(r, 0, sizeof(*r));
+    uint64_t h = 0;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < pfx; i++)
+        r->blocks[n++] = h = mix(h ^ mix(g * 1000003u + i));
+    r->blocks[n++] = h = mix(h ^ mix(conv * 7919u + 0x5555));
+    r->pi.blocks = r->blocks;
+    r->pi.n_blocks = n;
+    r->pi.tokens = n * TPB + 5;
+    r->pi.group = g;
+    r->pi.label = "role";
+    r->pi.priority = 5;
+    r->pi.enq_us = enq;
+    r->pi.max_tokens = GEN;
+    r->pi.source = source;
+    return &r->pi;
+}
+
+static policy *mkpol(unsigned slots)
+{
+    policy *p = NULL;
+    assert_int_equal(policy_alloc(&p, "prefix", 1000), LMSCHED_OK);
+    assert_int_equal(policy_set_slots(p, slots), LMSCHED_OK);
+    policy_tuning t = {.starve_us = 0, .max_overtakes = 0, .gather_us = 0};
+    policy_set_tuning(p, &t);
+    return p;
+}
+
+/* policy_next at now must start want; returns its slot (want_slot if >= 0)
+ * and its expected cached tokens in *cached. */
+static int next(policy *p, int64_t now, const req *want, int want_slot, uint32_t *cached)
+{
+    int slot = -7;
+    uint32_t c = 0;
+    pol_item *it = policy_next(p, now, &slot, &c);
+    assert_ptr_equal(it, &want->pi);
+    if (want_slot >= 0)
+        assert_int_equal(slot, want_slot);
+    if (cached != NULL)
+        *cached = c;
+    return slot;
+}
+
+/* The request r, started on slot at start, ends: the backend had `cached`
+ * of its tokens cached, prefilled the rest at PF_US each and generated GEN
+ * tokens at GEN_US each. Returns the end time. */
+static int64_t finish(policy *p, int slot, const req *r, int64_t start, int64_t cached)
+{
+    int64_t first = start + ((int64_t)r->pi.tokens - cached) * PF_US;
+    int64_t end = first + (GEN - 1) * GEN_US;
+    pol_done d = {.ok = true,
+                  .prompt_tokens = r->pi.tokens,
+                  .cached_tokens = cached,
+                  .end_us = end,
+                  .first_token_us = first,
+                  .completion_tokens = GEN};
+    policy_slot_end(p, slot, &d);
+    return end;
+}
+
+/* Two roles of equal arrival rates on two slots, a big one (A, 100 blocks)
+ * and a small one (B, 20), served every second; A's request ends first in
+ * every round, so B's slot is the most recently used. A third role C then
+ * needs a slot: it takes B's, the cheaper to bring back, where eviction by
+ * finish order (LRU) would have taken A's. */
+static void test_evicts_cheapest_reload(void **state)
+{
+    (void)state;
+    policy *p = mkpol(2);
+    req a[4], b[4], c;
+    for (int k = 0; k < 4; k++) {
+        int64_t t = (int64_t)k * 1000000;
+        assert_int_equal(policy_push(p, mk(&a[k], 1, 100, 100 + k, 0, t)), LMSCHED_OK);
+        assert_int_equal(policy_push(p, mk(&b[k], 2, 20, 200 + k, 0, t + 1)), LMSCHED_OK);
+        uint32_t ca = 0, cb = 0;
+        int sa = next(p, t + 2, &a[k], k == 0 ? -1 : 0, &ca);
+        int sb = next(p, t + 2, &b[k], k == 0 ? -1 : 1, &cb);
+        assert_int_equal(sa, 0);
+        assert_int_equal(sb, 1);
+        if (k > 0) {
+            assert_int_equal(ca, 100 * TPB); /* hits */
+            assert_int_equal(cb, 20 * TPB);
+        }
+        finish(p, sa, &a[k], t + 2, ca);
+        finish(p, sb, &b[k], t + 2, cb);
+    }
+    assert_int_equal(policy_push(p, mk(&c, 3, 60, 300, 0, 4000000)), LMSCHED_OK);
+    uint32_t cc = 7;
+    next(p, 4000000, &c, 1, &cc);
+    assert_int_equal(cc, 0);
+    /* A is still resident: its next request hits. */
+    req a5;
+    assert_int_equal(policy_push(p, mk(&a5, 1, 100, 105, 0, 4000001)), LMSCHED_OK);
+    next(p, 4000001, &a5, 0, &cc);
+    assert_int_equal(cc, 100 * TPB);
+    policy_free(p);
+}
+
+/*
+ * One slot. Warm-up: roles W and X take turns on it, ten seconds apart,
+ * twelve loads; on a restoring backend every reload comes back with the
+ * whole prefix cached (a host cache), the first load of each prefix not.
+ * Then role G (100 blocks) from one agent (source 7) that sends its next
+ * request 100 ms after the last without waiting for the answer: G1 loads,
+ * G2 arrives while G1 runs and hits, a tiny Y evicts G, and G3 arrives
+ * while Y runs. When Y ends, G3 needs a load. Returns whether the policy
+ * held it (and then checks the hold ends one mean gap after G3 arrived);
+ * deadline: G3's deadline after its arrival, 0 none.
+ */
+static bool hold_scenario(bool restoring, int64_t deadline)
+{
+    policy *p = mkpol(1);
+    req w[12], g1, g2, g3, y;
+    int64_t t = 0;
+    for (int k = 0; k < 12; k++, t += 10000000) {
+        assert_int_equal(policy_push(p, mk(&w[k], k % 2 ? 8 : 9, 100, 900 + k, 0, t)),
+                         LMSCHED_OK);
+        uint32_t c = 1;
+        next(p, t, &w[k], 0, &c);
+        assert_int_equal(c, 0); /* a load every time */
+        int64_t got = restoring && k >= 2 ? (int64_t)w[k].pi.tokens - 5 : 0;
+        finish(p, 0, &w[k], t, got);
+    }
+    int64_t t0 = t;
+    assert_int_equal(policy_push(p, mk(&g1, 1, 100, 1, 7, t0)), LMSCHED_OK);
+    next(p, t0, &g1, 0, NULL);
+    assert_int_equal(policy_push(p, mk(&g2, 1, 100, 2, 7, t0 + 100000)), LMSCHED_OK);
+    int64_t end = finish(p, 0, &g1, t0, 0); /* G is new to any cache */
+    assert_true(end > t0 + 100000);
+    uint32_t c = 0;
+    next(p, end, &g2, 0, &c);
+    assert_int_equal(c, 100 * TPB);
+    end = finish(p, 0, &g2, end, c);
+    int64_t ty = t0 + 200000;
+    assert_true(end < ty);
+    assert_int_equal(policy_push(p, mk(&y, 5, 2, 3, 0, ty)), LMSCHED_OK);
+    next(p, ty, &y, 0, NULL);
+    assert_int_equal(policy_push(p, mk(&g3, 1, 100, 4, 7, ty + 1)), LMSCHED_OK);
+    if (deadline != 0)
+        g3.pi.deadline_us = ty + 1 + deadline;
+    end = finish(p, 0, &y, ty, 0);
+    int slot = -7;
+    pol_item *it = policy_next(p, end, &slot, &c);
+    bool held = it == NULL;
+    if (held) {
+        /* Until the next arrival is due, one mean gap (100 ms) after G3's. */
+        int64_t wake = policy_next_wake(p);
+        assert_true(wake >= ty + 1 + 90000 && wake <= ty + 1 + 110000);
+        assert_true(deadline == 0 || wake < ty + 1 + deadline);
+        next(p, wake, &g3, 0, NULL);
+    } else {
+        assert_ptr_equal(it, &g3.pi);
+    }
+    policy_free(p);
+    return held;
+}
+
+/* Where reloads cost a prefill, G3's load waits for G's next arrival to
+ * share it; where the backend is seen to restore evicted prefixes itself,
+ * the wait would buy nothing and G3 loads at once. */
+static void test_hold_stops_on_restoring_backend(void **state)
+{
+    (void)state;
+    assert_true(hold_scenario(false, 0));
+    assert_false(hold_scenario(true, 0));
+}
+
+/* A hold never passes the request's deadline: with one due before the
+ * expected arrival G3 loads at once, with one after it G3 is held. */
+static void test_hold_bounded_by_deadline(void **state)
+{
+    (void)state;
+    assert_false(hold_scenario(false, 50000));
+    assert_true(hold_scenario(false, 500000));
+}
+
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_evicts_cheapest_reload),
+        cmocka_unit_test(test_hold_stops_on_restoring_backend),
+        cmocka_unit_test(test_hold_bounded_by_deadline),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
