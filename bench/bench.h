@@ -27,7 +27,16 @@ typedef enum bn_kind {
     BN_ROLES,  /* closed loop, one request at a time per agent */
     BN_MANY,   /* open loop: sent at scheduled times, not waiting for answers */
     BN_CHAT,   /* closed loop, each request repeats the conversation so far */
+    BN_MIXED,  /* three classes at once: interactive chats, role rounds, a batch */
 } bn_kind;
+
+/* BN_MIXED's classes, in priority order (see docs/benchmarks.md). */
+enum {
+    BN_CLASS_INTERACTIVE = 0, /* long conversations, priority 8, a user's think time */
+    BN_CLASS_ROLES = 1,       /* role agents in rounds (a barrier per round), priority 5 */
+    BN_CLASS_BATCH = 2,       /* single requests sent at once, priority 1 */
+    BN_MAX_CLASSES = 3,
+};
 
 /* One request of a workload. The generator fills the first block; the agent
  * thread that sends it fills the rest. */
@@ -37,8 +46,12 @@ typedef struct bn_req {
     int group;             /* release group: requests the optimum may reorder */
     int item;              /* cache item: the system prompt, or the conversation */
     int system;            /* index into bn_workload.systems */
-    double arrival_sim_ms; /* BN_MANY: send time in simulated ms from the start */
+    double arrival_sim_ms; /* BN_MANY, BN_MIXED's batch: send time in simulated ms */
     char *user;            /* the user message (owned) */
+    int cls;               /* BN_MIXED: its class (BN_CLASS_*); 0 otherwise */
+    int priority;          /* sent with this priority (-1: the default) */
+    bool conv;             /* sends every earlier turn of its agent (a conversation) */
+    double think_sim_ms;   /* closed loop: pause before sending it, simulated ms */
 
     /* Filled when sent: */
     char *render; /* the prompt as lmsim renders it (owned) */
@@ -48,6 +61,7 @@ typedef struct bn_req {
     int err;      /* lmsched_err of the outcome */
     char *errmsg; /* the error's message (owned), or NULL */
     double queue_ms, ttft_ms, total_ms;
+    double sent_ms; /* when sent, ms since the workload started */
     double done_ms; /* completion, ms since the workload started */
     /* The server's own count for this request (a reply's usage), or -1. */
     int64_t prompt_tokens, cached_tokens;
@@ -72,12 +86,22 @@ typedef struct bn_workload {
      * definitions (JSON text, as lmsim dumps it), NULL otherwise. */
     char *tools[BN_MAX_SYSTEMS];
     double mean_gap_sim_ms; /* BN_MANY: mean inter-arrival time per agent */
+    /* BN_MIXED: the classes (names, agents of each); one class otherwise. */
+    int nclasses;
+    const char *class_names[BN_MAX_CLASSES];
+    int agent_class[BN_MAX_AGENTS];
+    unsigned class_mask; /* the classes that send (bit c); the others' requests are not sent */
     bn_req *reqs;
     size_t nreqs;
     /* Every sent request has toks (and reply_toks when it has a reply): the
      * optimum counts in the engine's tokens instead of lmsim's 4 bytes. */
     bool tokenized;
 } bn_workload;
+
+/* Keeps only the classes named in list ("interactive,batch"; names of
+ * w->class_names): the others send nothing. Returns 0, or -1 for an unknown
+ * name. */
+int bn_workload_classes(bn_workload *w, const char *list);
 
 /* Parses a workload name; returns -1 if unknown. */
 int bn_kind_parse(const char *name, bn_kind *kind);

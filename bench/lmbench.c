@@ -75,23 +75,26 @@ typedef struct bn_opts {
     double scale;
     bool json;
     bool tools; /* the workload's "-tools" variant */
+    const char *classes; /* mixed: only these classes send (NULL: all) */
+    const char *dump;    /* per-request records to this file (NULL: none) */
 } bn_opts;
 
 static void bn_usage(FILE *out)
 {
     fprintf(
         out,
-        "usage: lmbench --workload rounds|roles|many|chat[-tools] [--policy P[,P...]]\n"
+        "usage: lmbench --workload rounds|roles|many|chat|mixed[-tools] [--policy P[,P...]]\n"
         "               [--backend URL] [--backend-kind auto|lmsim|llamacpp]\n"
         "               [--reset-cmd CMD] [--time-scale F] [--lmsched PATH]\n"
         "               [--daemon-arg ARG]... [--slots N] [--seed N] [--scale F] "
         "[--json]\n"
+        "               [--classes LIST] [--dump FILE]\n"
         "\n"
         "Runs the workload through `lmsched serve` against the backend (lmsim or\n"
         "llama-server) once per policy (default fifo), resetting the backend before\n"
         "each, and prints one result per policy (a JSON object per line with --json).\n"
         "\n"
-        "  --workload W      rounds, roles, many or chat (see docs/benchmarks.md); with\n"
+        "  --workload W      rounds, roles, many, chat or mixed (docs/benchmarks.md); with\n"
         "                    -tools (roles-tools ...), each role also sends its tools\n"
         "  --policy LIST     comma-separated queue policies (default fifo)\n"
         "  --backend URL     backend base URL (default http://127.0.0.1:1234)\n"
@@ -109,7 +112,9 @@ static void bn_usage(FILE *out)
         "  --slots N         slots assumed by the optimum (default 4)\n"
         "  --seed N          workload seed (default 1)\n"
         "  --scale F         multiply the requests per agent by F (default 1)\n"
-        "  --json            print only the JSON lines\n");
+        "  --json            print only the JSON lines\n"
+        "  --classes LIST    mixed: only these classes send (interactive, roles, batch)\n"
+        "  --dump FILE       append one JSON line per request (timings, tokens) to FILE\n");
 }
 
 static int bn_parse_num(const char *flag, const char *s, double lo, double hi,
@@ -142,7 +147,9 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
         OPT_JSON,
         OPT_BACKEND_KIND,
         OPT_RESET_CMD,
-        OPT_TIME_SCALE
+        OPT_TIME_SCALE,
+        OPT_CLASSES,
+        OPT_DUMP
     };
     static const struct option opts[] = {
         {"workload", required_argument, NULL, OPT_WORKLOAD},
@@ -157,6 +164,8 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
         {"backend-kind", required_argument, NULL, OPT_BACKEND_KIND},
         {"reset-cmd", required_argument, NULL, OPT_RESET_CMD},
         {"time-scale", required_argument, NULL, OPT_TIME_SCALE},
+        {"classes", required_argument, NULL, OPT_CLASSES},
+        {"dump", required_argument, NULL, OPT_DUMP},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -230,6 +239,12 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
                 return 2;
             o->time_scale = v;
             break;
+        case OPT_CLASSES:
+            o->classes = optarg;
+            break;
+        case OPT_DUMP:
+            o->dump = optarg;
+            break;
         case 'h':
             bn_usage(stdout);
             return 1;
@@ -245,7 +260,7 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
         return 2;
     }
     if (workload == NULL || bn_workload_parse(workload, &o->kind, &o->tools) != 0) {
-        fprintf(stderr, "lmbench: --workload must be rounds, roles, many or chat, "
+        fprintf(stderr, "lmbench: --workload must be rounds, roles, many, chat or mixed, "
                         "optionally with -tools\n");
         return 2;
     }
@@ -550,13 +565,15 @@ static lmsched_request *bn_build(bn_run *run, size_t i)
         lmsched_request_set_max_tokens(req, w->max_tokens) != LMSCHED_OK ||
         lmsched_request_set_agent(req, agent) != LMSCHED_OK ||
         (w->tools[q->system] != NULL &&
-         lmsched_request_set_tools(req, w->tools[q->system]) != LMSCHED_OK))
+         lmsched_request_set_tools(req, w->tools[q->system]) != LMSCHED_OK) ||
+        (q->priority >= 0 && lmsched_request_set_priority(req, q->priority) != LMSCHED_OK))
         goto fail;
     for (int k = 0; k < n; k++)
         if (lmsched_request_add_message(req, m[k].role, m[k].content) != LMSCHED_OK)
             goto fail;
     free(m);
     q->sent = true;
+    q->sent_ms = bn_now_ms() - run->t0;
     return req;
 fail:
     free(m);
@@ -581,12 +598,27 @@ static void bn_async_done_cb(lmsched_result *res, void *arg)
     pthread_mutex_unlock(&ag->mu);
 }
 
+/* Whether agent a sends open-loop (each request at its arrival time,
+ * without waiting for answers): `many`, and mixed's batch. */
+static bool bn_open_loop(const bn_workload *w, int a)
+{
+    return w->kind == BN_MANY || (w->kind == BN_MIXED && w->agent_class[a] == BN_CLASS_BATCH);
+}
+
+/* Whether agent a waits for the others of its rounds after each request:
+ * `rounds`, and mixed's role agents. */
+static bool bn_in_rounds(const bn_workload *w, int a)
+{
+    return w->kind == BN_ROUNDS || (w->kind == BN_MIXED && w->agent_class[a] == BN_CLASS_ROLES);
+}
+
 static void *bn_agent_main(void *arg)
 {
     bn_agent *ag = arg;
     bn_run *run = ag->run;
     bn_workload *w = run->w;
     size_t first = (size_t)ag->index * (size_t)w->per_agent;
+    bool open = bn_open_loop(w, ag->index), rounds = bn_in_rounds(w, ag->index);
 
     pthread_barrier_wait(&run->start);
     for (int j = 0; j < w->per_agent; j++) {
@@ -595,18 +627,20 @@ static void *bn_agent_main(void *arg)
         lmsched_result *res = NULL;
         lmsched_request *req;
         int rc;
-        if (w->kind == BN_MANY) {
+        if (open) {
             double at = run->t0 + q->arrival_sim_ms / run->time_scale;
             double now = bn_now_ms();
             if (at > now)
                 bn_sleep_ms(at - now);
+        } else if (q->think_sim_ms > 0) {
+            bn_sleep_ms(q->think_sim_ms / run->time_scale);
         }
         if ((req = bn_build(run, i)) == NULL) {
             q->sent = true;
             q->err = LMSCHED_ENOMEM;
             goto next;
         }
-        if (w->kind == BN_MANY) {
+        if (open) {
             pthread_mutex_lock(&ag->mu);
             ag->pending++;
             pthread_mutex_unlock(&ag->mu);
@@ -625,7 +659,7 @@ static void *bn_agent_main(void *arg)
         }
         lmsched_request_free(req);
     next:
-        if (w->kind == BN_ROUNDS)
+        if (rounds)
             pthread_barrier_wait(&run->round);
     }
     pthread_mutex_lock(&ag->mu);
@@ -641,14 +675,22 @@ static double bn_run_workload(bn_workload *w, const char *url, double time_scale
 {
     bn_run *run = calloc(1, sizeof(*run));
     double makespan = -1;
-    int started = 0;
     if (run == NULL)
         return -1;
     run->w = w;
     run->time_scale = time_scale > 0 ? time_scale : 1;
     bn_current_run = run;
-    pthread_barrier_init(&run->start, NULL, (unsigned)w->nagents + 1);
-    pthread_barrier_init(&run->round, NULL, (unsigned)w->nagents);
+    /* Only the agents of the classes that send take part (mixed's
+     * --classes); the round barrier counts the agents in rounds. */
+    unsigned n_active = 0, n_rounds = 0;
+    for (int a = 0; a < w->nagents; a++) {
+        if (!(w->class_mask & (1u << w->agent_class[a])))
+            continue;
+        n_active++;
+        n_rounds += bn_in_rounds(w, a);
+    }
+    pthread_barrier_init(&run->start, NULL, n_active + 1);
+    pthread_barrier_init(&run->round, NULL, n_rounds > 0 ? n_rounds : 1);
     for (int a = 0; a < w->nagents; a++) {
         bn_agent *ag = &run->agents[a];
         ag->run = run;
@@ -661,6 +703,8 @@ static double bn_run_workload(bn_workload *w, const char *url, double time_scale
         }
     }
     for (int a = 0; a < w->nagents; a++) {
+        if (!(w->class_mask & (1u << w->agent_class[a])))
+            continue;
         if (pthread_create(&run->agents[a].thread, NULL, bn_agent_main,
                            &run->agents[a]) != 0) {
             /* the barrier counts every agent: without all of them nobody
@@ -669,12 +713,12 @@ static double bn_run_workload(bn_workload *w, const char *url, double time_scale
             exit(1);
         }
         run->agents[a].started = true;
-        started++;
     }
     run->t0 = bn_now_ms();
     pthread_barrier_wait(&run->start);
-    for (int a = 0; a < started; a++)
-        pthread_join(run->agents[a].thread, NULL);
+    for (int a = 0; a < w->nagents; a++)
+        if (run->agents[a].started)
+            pthread_join(run->agents[a].thread, NULL);
     makespan = 0;
     for (size_t i = 0; i < w->nreqs; i++)
         if (w->reqs[i].sent && w->reqs[i].done_ms > makespan)
@@ -733,6 +777,37 @@ static json_t *bn_ms(double v)
 static json_t *bn_ratio(double a, double b)
 {
     return b > 0 && a >= 0 ? json_real(round(a / b * 1000) / 1000) : json_null();
+}
+
+/* Jain's fairness index of the agents' mean queue waits, over the agents of
+ * class cls (-1: every agent) with at least one answer: (sum x)^2 / (n sum
+ * x^2), 1 when every agent waited the same (or nothing), 1/n when one agent
+ * did all the waiting. -1 when no agent has an answer. */
+static double bn_fairness(const bn_workload *w, int cls)
+{
+    double sum = 0, sum2 = 0;
+    int n = 0;
+    for (int a = 0; a < w->nagents; a++) {
+        double wsum = 0;
+        int k = 0;
+        if (cls >= 0 && w->agent_class[a] != cls)
+            continue;
+        for (int j = 0; j < w->per_agent; j++) {
+            const bn_req *q = &w->reqs[(size_t)a * (size_t)w->per_agent + (size_t)j];
+            if (q->sent && q->err == LMSCHED_OK) {
+                wsum += q->queue_ms;
+                k++;
+            }
+        }
+        if (k == 0)
+            continue;
+        sum += wsum / k;
+        sum2 += (wsum / k) * (wsum / k);
+        n++;
+    }
+    if (n == 0)
+        return -1;
+    return sum2 > 0 ? sum * sum / ((double)n * sum2) : 1.0;
 }
 
 /* The backend's figures of one run: lmsim's /sim/stats, or for llama-server
@@ -842,6 +917,47 @@ static json_t *bn_result(const bn_opts *o, const bn_workload *w, const char *pol
     json_object_set_new(r, "makespan_ms", bn_ms(makespan));
     json_object_set_new(r, "sim_ms", f->sim_ms >= 0 ? json_real(f->sim_ms) : json_null());
     json_object_set_new(r, "time_scale", json_real(f->time_scale));
+    double fair = bn_fairness(w, -1);
+    json_object_set_new(r, "fairness", fair >= 0 ? json_real(round(fair * 1000) / 1000)
+                                                 : json_null());
+    /* mixed: the same figures per class, flat ("interactive_wait_p99_ms"),
+     * and which classes sent. */
+    if (w->nclasses > 1) {
+        char classes[128] = "";
+        for (int c = 0; c < w->nclasses; c++) {
+            if (!(w->class_mask & (1u << c)))
+                continue;
+            size_t k = 0, m = strlen(classes);
+            snprintf(classes + m, sizeof(classes) - m, "%s%s", m ? "," : "",
+                     w->class_names[c]);
+            for (size_t i = 0; i < w->nreqs; i++) {
+                const bn_req *q = &w->reqs[i];
+                if (!q->sent || q->err != LMSCHED_OK || q->cls != c)
+                    continue;
+                ttft[k] = q->ttft_ms;
+                e2e[k] = q->queue_ms + q->ttft_ms;
+                wait[k] = q->queue_ms;
+                k++;
+            }
+            bn_dist ct = bn_distribution(ttft, k), ce = bn_distribution(e2e, k),
+                    cw = bn_distribution(wait, k);
+            double cf = bn_fairness(w, c);
+            char key[96];
+#define BN_CLASS_SET(name, value)                                                         \
+    do {                                                                                  \
+        snprintf(key, sizeof(key), "%s_%s", w->class_names[c], name);                     \
+        json_object_set_new(r, key, value);                                               \
+    } while (0)
+            BN_CLASS_SET("requests", json_integer((json_int_t)k));
+            BN_CLASS_SET("wait_p50_ms", bn_ms(cw.p50));
+            BN_CLASS_SET("wait_p99_ms", bn_ms(cw.p99));
+            BN_CLASS_SET("ttft_mean_ms", bn_ms(ct.mean));
+            BN_CLASS_SET("e2e_ttft_mean_ms", bn_ms(ce.mean));
+            BN_CLASS_SET("fairness", cf >= 0 ? json_real(round(cf * 1000) / 1000) : json_null());
+#undef BN_CLASS_SET
+        }
+        json_object_set_new(r, "classes", json_string(classes));
+    }
 out:
     free(ttft);
     free(e2e);
@@ -870,6 +986,31 @@ static void bn_print_human(const json_t *r)
            json_number_value(json_object_get(r, "e2e_ttft_mean_ms")),
            json_number_value(json_object_get(r, "wait_p99_ms")),
            json_number_value(json_object_get(r, "makespan_ms")));
+}
+
+/* Appends one JSON line per sent request to path: who sent it, when, how
+ * long it waited, and the server's token counts. */
+static void bn_dump(const char *path, const bn_workload *w, const char *policy)
+{
+    FILE *f = fopen(path, "a");
+    if (f == NULL) {
+        fprintf(stderr, "lmbench: --dump %s: %s\n", path, strerror(errno));
+        return;
+    }
+    for (size_t i = 0; i < w->nreqs; i++) {
+        const bn_req *q = &w->reqs[i];
+        if (!q->sent)
+            continue;
+        fprintf(f,
+                "{\"workload\":\"%s\",\"policy\":\"%s\",\"agent\":%d,\"seq\":%d,"
+                "\"class\":\"%s\",\"system\":%d,\"err\":%d,\"prompt_tokens\":%lld,"
+                "\"cached_tokens\":%lld,\"sent_ms\":%.1f,\"queue_ms\":%.1f,"
+                "\"ttft_ms\":%.1f,\"total_ms\":%.1f,\"done_ms\":%.1f}\n",
+                w->name, policy, q->agent, q->seq, w->class_names[q->cls], q->system, q->err,
+                (long long)q->prompt_tokens, (long long)q->cached_tokens, q->sent_ms,
+                q->queue_ms, q->ttft_ms, q->total_ms, q->done_ms);
+    }
+    fclose(f);
 }
 
 /* Resets the backend before a policy's run and returns the time scale for
@@ -967,6 +1108,8 @@ static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
                                       : lmsched_strerror(w->reqs[i].err));
             shown++;
         }
+    if (o->dump != NULL)
+        bn_dump(o->dump, w, policy);
     if ((r = bn_result(o, w, policy, &fig, makespan, bn_optimum(w, o->slots))) == NULL) {
         snprintf(why, sizeof(why), "out of memory");
         goto out;
@@ -1035,6 +1178,12 @@ int main(int argc, char **argv)
     if (bn_workload_alloc(&w, o.kind, o.seed, o.scale) != 0 ||
         (o.tools && bn_workload_add_tools(w, o.seed, BN_TOOLS_TOKENS) != 0)) {
         fprintf(stderr, "lmbench: out of memory\n");
+        goto out_curl;
+    }
+    if (o.classes != NULL && (w->nclasses < 2 || bn_workload_classes(w, o.classes) != 0)) {
+        fprintf(stderr, "lmbench: --classes: the mixed workload's classes are interactive, "
+                        "roles and batch\n");
+        code = 2;
         goto out_curl;
     }
     code = 0;

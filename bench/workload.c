@@ -164,8 +164,8 @@ static const char *const bn_roles[] = {
 
 int bn_kind_parse(const char *name, bn_kind *kind)
 {
-    static const char *const names[] = {"rounds", "roles", "many", "chat"};
-    for (int i = 0; i < 4; i++)
+    static const char *const names[] = {"rounds", "roles", "many", "chat", "mixed"};
+    for (int i = 0; i < 5; i++)
         if (strcmp(name, names[i]) == 0) {
             *kind = (bn_kind)i;
             return 0;
@@ -203,7 +203,7 @@ void bn_workload_reset(bn_workload *w)
         r->prompt_tokens = r->cached_tokens = -1;
         r->sent = false;
         r->err = 0;
-        r->queue_ms = r->ttft_ms = r->total_ms = r->done_ms = 0;
+        r->queue_ms = r->ttft_ms = r->total_ms = r->done_ms = r->sent_ms = 0;
     }
     if (w != NULL)
         w->tokenized = false;
@@ -237,6 +237,7 @@ int bn_workload_alloc(bn_workload **wp, bn_kind kind, uint64_t seed, double scal
     static const int rounds_sizes[6] = {1700, 1980, 2260, 2540, 2820, 3100};
     static const int roles_sizes[4] = {6000, 4000, 3000, 2000};
     static const int many_sizes[8] = {1200, 1430, 1660, 1890, 2110, 2340, 2570, 2800};
+    static const int mixed_sizes[6] = {300, 1400, 1700, 2000, 2300, 500};
     const int *sizes = NULL;
     int agents_per_system = 1;
     *wp = NULL;
@@ -280,13 +281,41 @@ int bn_workload_alloc(bn_workload **wp, bn_kind kind, uint64_t seed, double scal
         w->nsystems = 1;
         w->per_agent = bn_scaled(8, scale);
         break;
+    case BN_MIXED:
+        /* 3 interactive conversations (system 0), 8 role agents over 4
+         * roles (systems 1-4), 4 batch agents (system 5). */
+        w->name = "mixed";
+        w->nagents = 15;
+        w->nsystems = 6;
+        sizes = mixed_sizes;
+        w->per_agent = bn_scaled(6, scale);
+        break;
     }
-    w->nitems = kind == BN_CHAT ? w->nagents : w->nsystems;
+    w->nclasses = 1;
+    w->class_names[0] = w->name;
+    w->class_mask = 1;
+    if (kind == BN_MIXED) {
+        w->nclasses = BN_MAX_CLASSES;
+        w->class_names[BN_CLASS_INTERACTIVE] = "interactive";
+        w->class_names[BN_CLASS_ROLES] = "roles";
+        w->class_names[BN_CLASS_BATCH] = "batch";
+        w->class_mask = (1u << BN_MAX_CLASSES) - 1;
+        for (int a = 0; a < w->nagents; a++)
+            w->agent_class[a] = a < 3    ? BN_CLASS_INTERACTIVE
+                                : a < 11 ? BN_CLASS_ROLES
+                                         : BN_CLASS_BATCH;
+    }
+    /* Cache items: a conversation per agent for chat and the interactive
+     * agents, a system prompt otherwise. */
+    w->nitems = kind == BN_CHAT ? w->nagents : kind == BN_MIXED ? 3 + 5 : w->nsystems;
 
     for (int s = 0; s < w->nsystems; s++) {
         bn_rng r = bn_rng_for(seed, (int)kind, 1, s);
         if (kind == BN_CHAT)
             w->systems[s] = bn_system_prompt(&r, "assistant", 120);
+        else if (kind == BN_MIXED)
+            w->systems[s] = bn_system_prompt(
+                &r, s == 0 ? "assistant" : s == 5 ? "summarizer" : bn_roles[s - 1], sizes[s]);
         else
             w->systems[s] = bn_system_prompt(&r, bn_roles[s], sizes[s]);
         if (w->systems[s] == NULL)
@@ -300,6 +329,20 @@ int bn_workload_alloc(bn_workload **wp, bn_kind kind, uint64_t seed, double scal
     for (int a = 0; a < w->nagents; a++) {
         bn_rng r = bn_rng_for(seed, (int)kind, 2, a);
         int system = kind == BN_CHAT ? 0 : a / agents_per_system;
+        int cls = w->agent_class[a];
+        const char *role = kind == BN_CHAT    ? "assistant"
+                           : kind == BN_MIXED ? ""
+                                              : bn_roles[system];
+        const char *what = kind == BN_ROUNDS ? "round" : kind == BN_CHAT ? "turn" : "request";
+        if (kind == BN_MIXED) {
+            system = cls == BN_CLASS_INTERACTIVE ? 0
+                     : cls == BN_CLASS_ROLES     ? 1 + (a - 3) / 2
+                                                 : 5;
+            role = system == 0 ? "assistant" : system == 5 ? "summarizer" : bn_roles[system - 1];
+            what = cls == BN_CLASS_INTERACTIVE ? "turn"
+                   : cls == BN_CLASS_ROLES     ? "round"
+                                               : "document";
+        }
         double t = 0;
         for (int j = 0; j < w->per_agent; j++) {
             bn_req *q = &w->reqs[(size_t)a * (size_t)w->per_agent + (size_t)j];
@@ -309,6 +352,9 @@ int bn_workload_alloc(bn_workload **wp, bn_kind kind, uint64_t seed, double scal
             q->system = system;
             q->item = kind == BN_CHAT ? a : system;
             q->group = j;
+            q->cls = cls;
+            q->priority = -1;
+            q->conv = kind == BN_CHAT;
             if (kind == BN_MANY) {
                 /* Exponential gaps; the first request also waits one gap so
                  * the agents do not all start at t = 0. */
@@ -316,12 +362,36 @@ int bn_workload_alloc(bn_workload **wp, bn_kind kind, uint64_t seed, double scal
                 q->arrival_sim_ms = t;
                 q->group = (int)(t / w->mean_gap_sim_ms);
             }
-            snprintf(heading, sizeof(heading), "Agent %d (%s), %s %d: ", a + 1,
-                     kind == BN_CHAT ? "assistant" : bn_roles[system],
-                     kind == BN_ROUNDS ? "round"
-                     : kind == BN_CHAT ? "turn"
-                                       : "request",
+            if (kind == BN_MIXED) {
+                static const int prio[BN_MAX_CLASSES] = {8, 5, 1};
+                q->priority = prio[cls];
+                /* Items: the 3 conversations, then the 4 roles and the
+                 * batch's prompt. */
+                q->item = cls == BN_CLASS_INTERACTIVE ? a : 2 + system;
+                if (cls == BN_CLASS_INTERACTIVE) {
+                    /* A user reads the answer and types: 3 simulated s on
+                     * average; the conversations start 0.5 s apart. */
+                    q->conv = true;
+                    q->think_sim_ms = j == 0 ? 500.0 * (a + 1)
+                                             : -log(1.0 - bn_rng_unit(&r)) * 3000.0;
+                }
+            }
+            snprintf(heading, sizeof(heading), "Agent %d (%s), %s %d: ", a + 1, role, what,
                      j + 1);
+            if (kind == BN_MIXED && cls == BN_CLASS_BATCH) {
+                /* A document of 300-700 tokens to summarize. */
+                bn_buf b = {0};
+                if (bn_buf_str(&b, heading) != 0 ||
+                    bn_text(&b, &r, (size_t)bn_rng_range(&r, 300, 700) * BN_BYTES_PER_TOKEN) !=
+                        0) {
+                    free(b.p);
+                    goto fail;
+                }
+                if (b.len > 0 && b.p[b.len - 1] == ' ')
+                    b.p[--b.len] = '\0';
+                q->user = b.p;
+                continue;
+            }
             if ((q->user = bn_user_message(&r, heading)) == NULL)
                 goto fail;
         }
@@ -331,6 +401,27 @@ int bn_workload_alloc(bn_workload **wp, bn_kind kind, uint64_t seed, double scal
 fail:
     bn_workload_free(w);
     return -1;
+}
+
+int bn_workload_classes(bn_workload *w, const char *list)
+{
+    char buf[128];
+    unsigned mask = 0;
+    if (snprintf(buf, sizeof(buf), "%s", list) >= (int)sizeof(buf))
+        return -1;
+    for (char *save = NULL, *c = strtok_r(buf, ",", &save); c != NULL;
+         c = strtok_r(NULL, ",", &save)) {
+        int k = 0;
+        while (k < w->nclasses && strcmp(c, w->class_names[k]) != 0)
+            k++;
+        if (k == w->nclasses)
+            return -1;
+        mask |= 1u << k;
+    }
+    if (mask == 0)
+        return -1;
+    w->class_mask = mask;
+    return 0;
 }
 
 /* ---- tools --------------------------------------------------------------- */
@@ -388,12 +479,14 @@ out:
 int bn_workload_add_tools(bn_workload *w, uint64_t seed, int tokens)
 {
     static const char *const names[] = {"rounds-tools", "roles-tools", "many-tools",
-                                        "chat-tools"};
+                                        "chat-tools", "mixed-tools"};
     for (int s = 0; s < w->nsystems; s++) {
         bn_rng r = bn_rng_for(seed, (int)w->kind, 3, s);
         free(w->tools[s]);
-        w->tools[s] =
-            bn_role_tools(&r, w->kind == BN_CHAT ? "assistant" : bn_roles[s], tokens);
+        const char *role = w->kind == BN_CHAT ? "assistant" : bn_roles[s];
+        if (w->kind == BN_MIXED)
+            role = s == 0 ? "assistant" : s == 5 ? "summarizer" : bn_roles[s - 1];
+        w->tools[s] = bn_role_tools(&r, role, tokens);
         if (w->tools[s] == NULL)
             return -1;
     }
@@ -412,7 +505,7 @@ int bn_request_messages(const bn_workload *w, size_t i, bn_msg **msgsp)
     *msgsp = NULL;
     if (m == NULL)
         return -1;
-    if (w->kind == BN_CHAT) {
+    if (q->conv) {
         for (size_t t = first; t < i; t++) {
             m[n++] = (bn_msg){"user", w->reqs[t].user};
             m[n++] = (bn_msg){"assistant", w->reqs[t].reply ? w->reqs[t].reply : ""};
