@@ -46,6 +46,8 @@
 
 #define BN_MAX_POLICIES 8
 #define BN_MAX_DAEMON_ARGS 32
+/* Several lmsims behind one daemon (`scripts/bench fleet`). */
+#define BN_MAX_BACKENDS 8
 /* Hang guards only: a healthy run never gets close. */
 #define BN_DAEMON_START_MS 15000
 #define BN_DAEMON_STOP_MS 40000
@@ -67,6 +69,11 @@ typedef struct bn_opts {
     const char *policies[BN_MAX_POLICIES];
     int npolicies;
     const char *backend;
+    /* --backend repeated: the second and later lmsims, one daemon over all */
+    const char *more_backends[BN_MAX_BACKENDS - 1];
+    int nmore_backends;
+    bool backend_given;
+    const char *routing; /* the daemon's --routing, NULL for its default */
     const char *lmsched;
     const char *daemon_args[BN_MAX_DAEMON_ARGS + 1]; /* NULL-terminated */
     int ndaemon_args;
@@ -89,6 +96,7 @@ static void bn_usage(FILE *out)
         "               [--daemon-arg ARG]... [--slots N] [--seed N] [--scale F] "
         "[--json]\n"
         "               [--classes LIST] [--dump FILE]\n"
+        "               [--routing cache|round-robin|least-loaded]\n"
         "\n"
         "Runs the workload through `lmsched serve` against the backend (lmsim or\n"
         "llama-server) once per policy (default fifo), resetting the backend before\n"
@@ -97,7 +105,11 @@ static void bn_usage(FILE *out)
         "  --workload W      rounds, roles, many, chat or mixed (docs/benchmarks.md); with\n"
         "                    -tools (roles-tools ...), each role also sends its tools\n"
         "  --policy LIST     comma-separated queue policies (default fifo)\n"
-        "  --backend URL     backend base URL (default http://127.0.0.1:1234)\n"
+        "  --backend URL     backend base URL (default http://127.0.0.1:1234); lmsim:\n"
+        "                    repeat (up to 8) for one daemon over several, whose\n"
+        "                    figures are summed (give --slots their total)\n"
+        "  --routing R       the daemon's --routing over several backends (default:\n"
+        "                    its own, cache)\n"
         "  --backend-kind K  lmsim, llamacpp, or auto (default: llamacpp if GET /props\n"
         "                    answers with total_slots, else lmsim)\n"
         "  --reset-cmd CMD   llamacpp: run CMD with /bin/sh before each policy to\n"
@@ -149,7 +161,8 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
         OPT_RESET_CMD,
         OPT_TIME_SCALE,
         OPT_CLASSES,
-        OPT_DUMP
+        OPT_DUMP,
+        OPT_ROUTING
     };
     static const struct option opts[] = {
         {"workload", required_argument, NULL, OPT_WORKLOAD},
@@ -166,6 +179,7 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
         {"time-scale", required_argument, NULL, OPT_TIME_SCALE},
         {"classes", required_argument, NULL, OPT_CLASSES},
         {"dump", required_argument, NULL, OPT_DUMP},
+        {"routing", required_argument, NULL, OPT_ROUTING},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -187,7 +201,18 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
             policy = optarg;
             break;
         case OPT_BACKEND:
-            o->backend = optarg;
+            if (!o->backend_given) {
+                o->backend = optarg;
+                o->backend_given = true;
+            } else if (o->nmore_backends == BN_MAX_BACKENDS - 1) {
+                fprintf(stderr, "lmbench: at most %d --backend\n", BN_MAX_BACKENDS);
+                return 2;
+            } else {
+                o->more_backends[o->nmore_backends++] = optarg;
+            }
+            break;
+        case OPT_ROUTING:
+            o->routing = optarg;
             break;
         case OPT_LMSCHED:
             o->lmsched = optarg;
@@ -485,7 +510,21 @@ static int bn_daemon_start(bn_daemon *d, const bn_opts *o, const char *lmsched,
         return -1;
     }
     snprintf(d->url, sizeof(d->url), "ipc://%s/b.sock", d->dir);
-    const char *args[] = {"--policy", policy, NULL};
+    const char *args[8 + 2 * BN_MAX_BACKENDS] = {"--policy", policy};
+    int na = 2;
+    if (o->routing != NULL) {
+        args[na++] = "--routing";
+        args[na++] = o->routing;
+    }
+    if (o->nmore_backends > 0) {
+        args[na++] = "--backend";
+        args[na++] = o->backend;
+        for (int i = 0; i < o->nmore_backends; i++) {
+            args[na++] = "--backend";
+            args[na++] = o->more_backends[i];
+        }
+    }
+    args[na] = NULL;
     kit_daemon_opts k = {
         .bin = lmsched,
         .listen = d->url,
@@ -889,6 +928,8 @@ static json_t *bn_result(const bn_opts *o, const bn_workload *w, const char *pol
     int64_t prefill = f->prefill;
     json_object_set_new(r, "workload", json_string(w->name));
     json_object_set_new(r, "policy", json_string(policy));
+    json_object_set_new(r, "backends", json_integer(1 + o->nmore_backends));
+    json_object_set_new(r, "routing", json_string(o->routing ? o->routing : "cache"));
     json_object_set_new(r, "backend_kind", json_string(f->kind));
     json_object_set_new(r, "seed", json_integer((json_int_t)o->seed));
     json_object_set_new(r, "scale", json_real(o->scale));
@@ -1013,6 +1054,42 @@ static void bn_dump(const char *path, const bn_workload *w, const char *policy)
     fclose(f);
 }
 
+/* GET /sim/stats of every lmsim, summed into one object of the same shape
+ * (requests and tokens added, max_active added: an upper bound of what ran
+ * at once, sim_ms the longest; config the first's). Returns 0, or -1 with
+ * why set. */
+static int bn_fleet_stats(const bn_opts *o, json_t **outp, char *why, size_t whylen)
+{
+    static const char *const sums[] = {"requests", "prompt_tokens", "prefill_tokens",
+                                       "cached_tokens", "max_active"};
+    json_t *sum = NULL;
+    *outp = NULL;
+    for (int i = -1; i < o->nmore_backends; i++) {
+        const char *url = i < 0 ? o->backend : o->more_backends[i];
+        json_t *st = NULL;
+        if (bn_http_json(url, "/sim/stats", false, &st) != 0) {
+            snprintf(why, whylen, "cannot read %s/sim/stats", url);
+            json_decref(sum);
+            return -1;
+        }
+        if (sum == NULL) {
+            sum = st;
+            continue;
+        }
+        for (size_t k = 0; k < sizeof(sums) / sizeof(sums[0]); k++) {
+            int64_t a = bn_json_int(sum, sums[k]), b = bn_json_int(st, sums[k]);
+            json_object_set_new(sum, sums[k],
+                                a >= 0 && b >= 0 ? json_integer(a + b) : json_null());
+        }
+        double ms = json_number_value(json_object_get(st, "sim_ms"));
+        if (ms > json_number_value(json_object_get(sum, "sim_ms")))
+            json_object_set_new(sum, "sim_ms", json_real(ms));
+        json_decref(st);
+    }
+    *outp = sum;
+    return 0;
+}
+
 /* Resets the backend before a policy's run and returns the time scale for
  * `many`'s arrivals (lmsim's clock speed, or --time-scale for llama-server).
  * Returns 0, or -1 with why set. */
@@ -1024,12 +1101,14 @@ static int bn_backend_reset(const bn_opts *o, double *time_scale, char *why,
         *time_scale = o->time_scale;
         return bn_llama_reset(o, why, whylen);
     }
-    if (bn_http_json(o->backend, "/sim/reset", true, &reset) != 0) {
-        snprintf(why, whylen, "cannot reset the backend at %s (is it lmsim?)",
-                 o->backend);
-        return -1;
+    for (int i = -1; i < o->nmore_backends; i++) {
+        const char *url = i < 0 ? o->backend : o->more_backends[i];
+        if (bn_http_json(url, "/sim/reset", true, &reset) != 0) {
+            snprintf(why, whylen, "cannot reset the backend at %s (is it lmsim?)", url);
+            return -1;
+        }
+        json_decref(reset);
     }
-    json_decref(reset);
     /* lmsim's clock speed, to send `many`'s arrivals at simulated times */
     if (bn_http_json(o->backend, "/sim/stats", false, &stats) != 0) {
         snprintf(why, whylen, "cannot read %s/sim/stats", o->backend);
@@ -1067,10 +1146,8 @@ static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
     if (llama) {
         fig = bn_figures_llama(w, time_scale);
     } else {
-        if (bn_http_json(o->backend, "/sim/stats", false, &stats) != 0) {
-            snprintf(why, sizeof(why), "cannot read %s/sim/stats", o->backend);
+        if (bn_fleet_stats(o, &stats, why, sizeof(why)) != 0)
             goto out;
-        }
         fig = bn_figures_lmsim(stats);
     }
     bn_daemon_stop(&d);
@@ -1175,6 +1252,11 @@ int main(int argc, char **argv)
     if (o.backend_kind == BN_BACKEND_AUTO)
         o.backend_kind =
             bn_llama_slots(o.backend) > 0 ? BN_BACKEND_LLAMACPP : BN_BACKEND_LMSIM;
+    if (o.backend_kind == BN_BACKEND_LLAMACPP && o.nmore_backends > 0) {
+        fprintf(stderr, "lmbench: several --backend: lmsim only\n");
+        code = 2;
+        goto out_curl;
+    }
     if (bn_workload_alloc(&w, o.kind, o.seed, o.scale) != 0 ||
         (o.tools && bn_workload_add_tools(w, o.seed, BN_TOOLS_TOKENS) != 0)) {
         fprintf(stderr, "lmbench: out of memory\n");

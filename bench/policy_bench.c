@@ -7,11 +7,15 @@
  * (policy_next), a new request arrives (policy_push)" so the queue stays
  * at 10,000. Cases: many groups, few groups, one group, one request per
  * group (the widest scan), and a multi-turn case where members of one
- * group match to different depths. Prints one JSON object with the median,
- * p99 and maximum cycle time in microseconds per case. A program, not a
- * test: the figures depend on the machine.
+ * group match to different depths. With --backends N the slots are N
+ * backends of --slots each (one slot space, as the daemon sets it up for
+ * several servers) and every request may run on any of them, so each slot
+ * test also checks its backend against the request's mask. Prints one JSON
+ * object with the median, p99 and maximum cycle time in microseconds per
+ * case. A program, not a test: the figures depend on the machine.
  *
- * Usage: policy_bench [--queued N] [--cycles N] [--slots N] [--policy NAME]
+ * Usage: policy_bench [--queued N] [--cycles N] [--slots N] [--backends N]
+ *                     [--policy NAME]
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -62,6 +66,9 @@ static int64_t pb_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* The mask every request carries (0: one backend, any). */
+static uint32_t pb_backends_mask;
+
 /* A request of group g; conv/depth shape its blocks after the prefix. */
 static void pb_fill(pb_req *r, const pb_case *c, uint64_t serial, int64_t now)
 {
@@ -83,6 +90,7 @@ static void pb_fill(pb_req *r, const pb_case *c, uint64_t serial, int64_t now)
     r->pi.label = "bench";
     r->pi.priority = 5;
     r->pi.enq_us = now;
+    r->pi.backends = pb_backends_mask;
 }
 
 static int pb_cmp(const void *a, const void *b)
@@ -92,8 +100,9 @@ static int pb_cmp(const void *a, const void *b)
 }
 
 static int pb_run(const pb_case *c, const char *pol, size_t queued, size_t cycles,
-                  unsigned slots, int first)
+                  unsigned per_backend, unsigned n_backends, int first)
 {
+    unsigned slots = per_backend * n_backends, layout[32];
     policy *p = NULL;
     pb_req *reqs = NULL;
     int64_t *ns = NULL;
@@ -107,8 +116,13 @@ static int pb_run(const pb_case *c, const char *pol, size_t queued, size_t cycle
     ns = calloc(cycles, sizeof(*ns));
     running = calloc(slots, sizeof(*running));
     if (reqs == NULL || ns == NULL || running == NULL ||
-        policy_alloc(&p, pol, queued + slots) != LMSCHED_OK ||
-        policy_set_slots(p, slots) != LMSCHED_OK) {
+        policy_alloc(&p, pol, queued + slots) != LMSCHED_OK) {
+        fprintf(stderr, "policy_bench: out of memory\n");
+        goto done;
+    }
+    for (unsigned b = 0; b < n_backends; b++)
+        layout[b] = per_backend;
+    if (policy_set_backend_slots(p, layout, n_backends) != LMSCHED_OK) {
         fprintf(stderr, "policy_bench: out of memory\n");
         goto done;
     }
@@ -168,10 +182,10 @@ static int pb_run(const pb_case *c, const char *pol, size_t queued, size_t cycle
     qsort(ns, cycles, sizeof(*ns), pb_cmp);
     printf(
         "%s    {\"case\": \"%s\", \"policy\": \"%s\", \"queued\": %zu, \"groups\": %u, "
-        "\"slots\": %u, \"cycles\": %zu, \"median_us\": %.2f, \"p99_us\": %.2f, "
-        "\"max_us\": %.2f, \"cached_ratio\": %.3f}",
+        "\"backends\": %u, \"slots\": %u, \"cycles\": %zu, \"median_us\": %.2f, "
+        "\"p99_us\": %.2f, \"max_us\": %.2f, \"cached_ratio\": %.3f}",
         first ? "" : ",\n", c->name, pol, queued,
-        c->groups ? c->groups : (unsigned)(queued + slots), slots, cycles,
+        c->groups ? c->groups : (unsigned)(queued + slots), n_backends, slots, cycles,
         (double)ns[cycles / 2] / 1000.0, (double)ns[cycles * 99 / 100] / 1000.0,
         (double)ns[cycles - 1] / 1000.0,
         prompt_sum ? (double)cached_sum / (double)prompt_sum : 0.0);
@@ -189,7 +203,7 @@ done:
 int main(int argc, char **argv)
 {
     size_t queued = 10000, cycles = 20000;
-    unsigned slots = 4;
+    unsigned slots = 4, backends = 1;
     const char *pol = "prefix";
 
     for (int i = 1; i < argc; i++) {
@@ -199,26 +213,31 @@ int main(int argc, char **argv)
             cycles = strtoul(argv[++i], NULL, 10);
         else if (i + 1 < argc && strcmp(argv[i], "--slots") == 0)
             slots = (unsigned)strtoul(argv[++i], NULL, 10);
+        else if (i + 1 < argc && strcmp(argv[i], "--backends") == 0)
+            backends = (unsigned)strtoul(argv[++i], NULL, 10);
         else if (i + 1 < argc && strcmp(argv[i], "--policy") == 0)
             pol = argv[++i];
         else {
             fprintf(stderr, "usage: policy_bench [--queued N] [--cycles N] [--slots N] "
-                            "[--policy fifo|prefix]\n");
+                            "[--backends N] [--policy fifo|prefix]\n");
             return 2;
         }
     }
-    if (queued == 0 || cycles == 0 || slots == 0 || slots > 256) {
-        fprintf(stderr,
-                "policy_bench: queued, cycles and slots must be > 0 (slots <= 256)\n");
+    if (queued == 0 || cycles == 0 || slots == 0 || backends == 0 || backends > 32 ||
+        slots * backends > 256) {
+        fprintf(stderr, "policy_bench: queued, cycles, slots and backends must be > 0 "
+                        "(backends <= 32, slots x backends <= 256)\n");
         return 2;
     }
+    if (backends > 1)
+        pb_backends_mask = backends == 32 ? ~0u : (1u << backends) - 1;
     static const pb_case cases[] = {
         {"many_groups", 1000, 0},    {"few_groups", 8, 0},   {"one_group", 1, 0},
         {"group_per_request", 0, 0}, {"multi_turn", 1, 200},
     };
     printf("{\"results\": [\n");
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        if (pb_run(&cases[i], pol, queued, cycles, slots, i == 0) != 0)
+        if (pb_run(&cases[i], pol, queued, cycles, slots, backends, i == 0) != 0)
             return 1;
     printf("\n]}\n");
     return 0;

@@ -35,6 +35,11 @@ static void *sig_thread(void *arg)
             continue;
         if (sig == SIGUSR1)
             return NULL; /* our own wake-up at exit */
+        if (sig == SIGHUP) {
+            log_info("received SIGHUP");
+            sched_request_reload(a->s); /* --backends-file */
+            continue;
+        }
         log_info("received %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
         sched_request_stop(a->s);
     }
@@ -63,6 +68,7 @@ int serve_main(int argc, char **argv)
     sigaddset(&sa.set, SIGINT);
     sigaddset(&sa.set, SIGTERM);
     sigaddset(&sa.set, SIGUSR1);
+    sigaddset(&sa.set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sa.set, NULL);
     signal(SIGPIPE, SIG_IGN);
 

@@ -67,8 +67,18 @@ unsigned backend_set_down(backend *b, const char *why, int64_t now_us)
     return changed;
 }
 
+unsigned backend_set_failing(backend *b, const char *why, int64_t now_us)
+{
+    unsigned changed = backend_set_down(b, why, now_us);
+    b->failing = true;
+    if (b->probe == NULL)
+        b->next_probe_us = now_us + BACKEND_PROBE_RETRY_US;
+    return changed;
+}
+
 unsigned backend_set_up(backend *b)
 {
+    b->failing = false;
     if (b->healthy)
         return 0;
     /* At start-up the core's summary says it. */
@@ -82,7 +92,7 @@ unsigned backend_set_up(backend *b)
 
 void backend_wanted(backend *b, int64_t now_us)
 {
-    if (b->healthy || b->probe != NULL)
+    if (b->healthy || b->probe != NULL || b->failing)
         return;
     int64_t soon = b->probe_started_us + BACKEND_PROBE_SOON_US;
     if (soon < now_us)

@@ -42,6 +42,8 @@ typedef struct backend {
     const dialect *forced;  /* --backend-kind, NULL for auto */
     const dialect *kind;    /* what it turned out to be, NULL unknown */
     bool healthy;
+    bool failing;           /* taken out after a burst of server errors: only a
+                             * successful probe brings it back */
     char last_error[1024];
     char model[256];        /* "" unknown */
     int64_t context_length; /* per slot, -1 unknown */
@@ -92,8 +94,13 @@ int64_t backend_next_wake(const backend *b, int64_t now_us);
 /* A request could not connect (why: the error): unhealthy, probed soon.
  * Returns BACKEND_HEALTH when it was healthy. */
 unsigned backend_set_down(backend *b, const char *why, int64_t now_us);
-/* A request got an HTTP answer: healthy. Returns BACKEND_HEALTH when it
- * was not. */
+/* Server errors came in a burst (why: what they were): unhealthy until a
+ * probe succeeds, which is at least BACKEND_PROBE_RETRY_US away; answers
+ * to chat requests do not bring it back meanwhile, nor do waiting requests
+ * bring the probe forward. Returns BACKEND_HEALTH when it was healthy. */
+unsigned backend_set_failing(backend *b, const char *why, int64_t now_us);
+/* The server answered (a probe, or a request with an HTTP answer while
+ * not failing): healthy. Returns BACKEND_HEALTH when it was not. */
 unsigned backend_set_up(backend *b);
 /* A request is waiting for this unreachable server: probe soon. */
 void backend_wanted(backend *b, int64_t now_us);

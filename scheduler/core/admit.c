@@ -42,16 +42,25 @@ static bool admit_too_long(const sched *s, const job *j, char *why, size_t len)
  * A request naming a model goes to the backends that serve it (as their
  * last probe said); one naming none to those serving the first backend's
  * model (any, while that is unknown). A backend not probed yet may serve
- * any model: a named model no probed backend serves goes there. Returns
- * false and fills why when no backend can serve it: the models there are. */
-static bool admit_route(const sched *s, job *j, char *why, size_t len)
+ * any model: a named model no probed backend serves goes there. A backend
+ * removed from --backends-file serves nothing ("the first" is the first
+ * one left). Returns false and fills why when no backend can serve it: the
+ * models there are. */
+static bool admit_route(sched *s, job *j, char *why, size_t len)
 {
-    uint32_t m = 0, unknown = 0;
+    uint32_t m = 0, unknown = 0, live = 0;
     const char *want = j->req->model != NULL && j->req->model[0] ? j->req->model : NULL;
-    if (want == NULL)
-        want = s->backends[0].model[0] ? s->backends[0].model : NULL;
+    for (unsigned i = 0; i < s->n_backends; i++)
+        if (!s->be[i].removed)
+            live |= 1u << i;
+    if (want == NULL && live != 0) {
+        const backend *first = &s->backends[__builtin_ctz(live)];
+        want = first->model[0] ? first->model : NULL;
+    }
     for (unsigned i = 0; i < s->n_backends; i++) {
         const backend *b = &s->backends[i];
+        if (s->be[i].removed)
+            continue;
         if (b->model[0] == '\0')
             unknown |= 1u << i;
         else if (want == NULL || strcmp(b->model, want) == 0)
@@ -60,21 +69,99 @@ static bool admit_route(const sched *s, job *j, char *why, size_t len)
     if (m == 0)
         m = unknown;
     if (want == NULL && m == 0)
-        m = (1u << s->n_backends) - 1;
+        m = live;
     j->pi.backends = m;
-    if (m != 0)
+    j->elig = m;
+    if (m != 0) {
+        if (s->routing != SCHED_ROUTE_CACHE)
+            admit_bind(s, j, 0);
         return false;
+    }
     size_t at = (size_t)snprintf(why, len, "no backend serves the model '%.100s'; the models "
-                                           "there are:", want);
+                                           "there are:", want ? want : "");
+    bool first = true;
     for (unsigned i = 0; i < s->n_backends && at < len; i++) {
-        bool dup = false;
+        bool dup = s->be[i].removed;
         for (unsigned k = 0; k < i && !dup; k++)
-            dup = strcmp(s->backends[k].model, s->backends[i].model) == 0;
-        if (!dup)
-            at += (size_t)snprintf(why + at, len - at, "%s '%.80s'", at > 0 && i > 0 ? "," : "",
+            dup = !s->be[k].removed && strcmp(s->backends[k].model, s->backends[i].model) == 0;
+        if (!dup) {
+            at += (size_t)snprintf(why + at, len - at, "%s '%.80s'", first ? "" : ",",
                                    s->backends[i].model);
+            first = false;
+        }
     }
     return true;
+}
+
+void admit_bind(sched *s, job *j, uint32_t avoid)
+{
+    uint32_t all = (1u << s->n_backends) - 1, elig = j->elig != 0 ? j->elig & all : all;
+    uint32_t cand = elig & sched_up_mask(s) & ~avoid;
+    if (cand == 0)
+        cand = elig & ~avoid;
+    if (cand == 0)
+        cand = elig;
+    unsigned pick = 0;
+    if (s->routing == SCHED_ROUTE_ROUND_ROBIN) {
+        for (unsigned k = 0; k < s->n_backends; k++) {
+            unsigned i = (s->rr_next + k) % s->n_backends;
+            if ((cand >> i) & 1u) {
+                pick = i;
+                break;
+            }
+        }
+        s->rr_next = (pick + 1) % s->n_backends;
+    } else {
+        unsigned best = ~0u;
+        for (unsigned i = 0; i < s->n_backends; i++) {
+            unsigned load = s->be[i].queued + s->be[i].inflight;
+            if (((cand >> i) & 1u) && load < best) {
+                best = load;
+                pick = i;
+            }
+        }
+    }
+    j->bound = (int)pick;
+    j->pi.backends = 1u << pick;
+}
+
+/* The policy reads an item's backends at each decision, so a queued
+ * request's may change in place: it keeps its place in the queue. */
+void admit_rebind_down(sched *s, uint32_t up)
+{
+    for (job *j = s->jobs; j != NULL; j = j->next) {
+        if (j->state != JOB_QUEUED || j->bound < 0 || ((up >> j->bound) & 1u) ||
+            (j->elig & up) == 0)
+            continue;
+        unsigned from = (unsigned)j->bound;
+        sched_queued_add(s, j, -1);
+        j->bound = -1;
+        admit_bind(s, j, 1u << from);
+        sched_queued_add(s, j, 1);
+        log_debug("request %" PRIu64 "/%" PRIu64 ": backend %s is down; bound to %s instead",
+                  j->sink.owner, j->sink.id, s->backends[from].url,
+                  s->backends[j->bound].url);
+    }
+}
+
+void admit_reroute_queued(sched *s)
+{
+    job *next;
+    for (job *j = s->jobs; j != NULL; j = next) {
+        next = j->next;
+        if (j->state != JOB_QUEUED)
+            continue;
+        char why[400];
+        sched_queued_add(s, j, -1);
+        j->bound = -1;
+        if (admit_route(s, j, why, sizeof(why))) {
+            policy_remove(s->pol, &j->pi);
+            j->state = 0; /* out of the queue */
+            job_fail(s, j, LMSCHED_EINVAL, why, "model");
+            continue;
+        }
+        sched_queued_add(s, j, 1);
+    }
 }
 
 /* The policy's key of a session (FNV-1a of the client's key), 0 for none. */
@@ -110,7 +197,8 @@ job *sched_submit(sched *s, chat_req *req, const sink *k)
     /* It waits for the backend: ask again soon rather than at the next
      * probe, so it goes out as soon as the backend is back. */
     for (unsigned i = 0; i < s->n_backends; i++)
-        backend_wanted(&s->backends[i], j->recv_us);
+        if (!s->be[i].removed)
+            backend_wanted(&s->backends[i], j->recv_us);
 
     if (prefix_chain_build(&j->chain, j->req) != LMSCHED_OK) {
         code = LMSCHED_ENOMEM;
@@ -154,7 +242,7 @@ job *sched_submit(sched *s, chat_req *req, const sink *k)
         goto refuse;
     }
     j->state = JOB_QUEUED;
-    s->queued++;
+    sched_queued_add(s, j, 1);
     job_link(s, j);
     return j;
 

@@ -66,7 +66,7 @@ uint32_t sched_up_mask(const sched *s)
 {
     uint32_t m = 0;
     for (unsigned i = 0; i < s->n_backends; i++)
-        if (s->backends[i].healthy)
+        if (s->backends[i].healthy && !s->be[i].removed)
             m |= 1u << i;
     return m;
 }
@@ -82,7 +82,7 @@ static unsigned capacity_backend(sched *s, unsigned i)
     int64_t ctx = b->context_length > 0                ? b->context_length
                   : s->cfg.context > 0                 ? s->cfg.context
                                                        : BUDGET_DEFAULT_CONTEXT;
-    in->total_ram = s->bin.total_ram;
+    in->total_ram = e->total_ram ? e->total_ram : s->bin.total_ram;
     in->ram_fraction = s->cfg.ram_fraction;
     in->model_size = b->size_bytes > 0 ? (uint64_t)b->size_bytes : s->cfg.model_size;
     /* A full-context request is the worst case; per-token accounting lets
@@ -126,7 +126,26 @@ static unsigned capacity_backend(sched *s, unsigned i)
                      : s->cfg.slots  ? s->cfg.slots
                      : s->n_backends > 1 ? 1
                                          : e->max_concurrent;
+    /* One added on SIGHUP has none until it reports them: then they are
+     * added after everyone's while requests run (capacity_appends). */
+    if (e->late && b->slots <= 0 && !s->cfg.slots)
+        return 0;
     return slots > 0 ? slots : 1;
+}
+
+/* Whether the layout slots[] only gives slots to backends after the last
+ * one that has some, so the policy can take it while requests run: each
+ * backend keeps its slots up to the first that changes, and from there on
+ * none had any. */
+static bool capacity_appends(const sched *s, const unsigned *slots)
+{
+    unsigned i = 0;
+    while (i < s->n_backends && slots[i] == s->be[i].n_slots)
+        i++;
+    for (unsigned k = i; k < s->n_backends; k++)
+        if (s->be[k].n_slots != 0)
+            return false;
+    return true;
 }
 
 void capacity_update(sched *s)
@@ -136,6 +155,13 @@ void capacity_update(sched *s)
     bool pins = true;
     for (unsigned i = 0; i < s->n_backends; i++) {
         slots[i] = capacity_backend(s, i);
+        if (s->be[i].removed) {
+            /* Its slots stay where they are (running requests hold them);
+             * the up mask keeps new ones off. */
+            if (s->be[i].n_slots > 0)
+                slots[i] = s->be[i].n_slots;
+            continue;
+        }
         conc += s->be[i].max_concurrent;
         pins = pins && backend_pins_slots(&s->backends[i]);
     }
@@ -150,7 +176,7 @@ void capacity_update(sched *s)
     bool changed = false;
     for (unsigned i = 0; i < s->n_backends; i++)
         changed = changed || slots[i] != s->be[i].n_slots;
-    if (changed && s->inflight == 0 &&
+    if (changed && (s->inflight == 0 || capacity_appends(s, slots)) &&
         policy_set_backend_slots(s->pol, slots, s->n_backends) == LMSCHED_OK) {
         unsigned base = 0;
         for (unsigned i = 0; i < s->n_backends; i++) {

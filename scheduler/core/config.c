@@ -9,6 +9,7 @@
 #include "scheduler/core/config.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 
 #include "lmsched/wire.h"
 #include "scheduler/backend/dialect.h"
+#include "scheduler/util/num.h"
 #include "scheduler/util/opt.h"
 
 /* API paths users paste with the server's URL (LM Studio's UI shows
@@ -57,6 +59,77 @@ static int config_set_backend(sched_config *cfg, const char *url)
     memcpy(cfg->backend, be, sizeof(be));
     memcpy(cfg->backend_stripped, stripped, sizeof(stripped));
     return 0;
+}
+
+int config_read_backends(const char *path, config_backend_list *out, char *err,
+                         size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    char line[2048];
+    unsigned lineno = 0;
+    int rc = -1;
+    memset(out, 0, sizeof(*out));
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        lineno++;
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            snprintf(err, errlen, "%s:%u: line too long", path, lineno);
+            goto out;
+        }
+        char *hash = strchr(line, '#');
+        if (hash != NULL)
+            *hash = '\0';
+        char *save = NULL, *url = strtok_r(line, " \t\r\n", &save);
+        if (url == NULL)
+            continue;
+        if (out->n == CONFIG_MAX_BACKENDS) {
+            snprintf(err, errlen, "%s:%u: at most %d backends", path, lineno,
+                     CONFIG_MAX_BACKENDS);
+            goto out;
+        }
+        config_backend_entry *e = &out->v[out->n];
+        sched_config tmp;
+        if (config_set_backend(&tmp, url) != 0) {
+            snprintf(err, errlen, "%s:%u: expected an http:// URL, got '%.200s'", path, lineno,
+                     url);
+            goto out;
+        }
+        memcpy(e->url, tmp.backend, sizeof(e->url));
+        for (unsigned k = 0; k < out->n; k++)
+            if (strcmp(out->v[k].url, e->url) == 0) {
+                snprintf(err, errlen, "%s:%u: %s is listed twice", path, lineno, e->url);
+                goto out;
+            }
+        for (char *kv; (kv = strtok_r(NULL, " \t\r\n", &save)) != NULL;) {
+            if (strncmp(kv, "kind=", 5) == 0 &&
+                (strcmp(kv + 5, "auto") == 0 || dialect_find(kv + 5) != NULL)) {
+                snprintf(e->kind, sizeof(e->kind), "%s", kv + 5);
+            } else if (strncmp(kv, "total-ram=", 10) == 0 &&
+                       num_parse_size(kv + 10, &e->total_ram) == 0 && e->total_ram > 0) {
+                continue;
+            } else {
+                snprintf(err, errlen, "%s:%u: expected kind=auto|lmstudio|llamacpp|openai or "
+                         "total-ram=SIZE, got '%.200s'", path, lineno, kv);
+                goto out;
+            }
+        }
+        out->n++;
+    }
+    if (ferror(f)) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (out->n == 0) {
+        snprintf(err, errlen, "%s: no backend in it", path);
+        goto out;
+    }
+    rc = 0;
+out:
+    fclose(f);
+    return rc;
 }
 
 /* --backend, once per LLM server: the first URL given replaces the
@@ -134,6 +207,7 @@ static const char *config_kind_show(const opt_spec *s, const void *cfg, char *bu
     return buf;
 }
 static const char *const config_policies[] = {"prefix", "fifo", NULL};
+static const char *const config_routings[] = {"cache", "round-robin", "least-loaded", NULL};
 
 /* --http: "HOST:PORT", "HOST" (the default port), "PORT" (loopback), with
  * HOST a numeric IPv4 address, "[IPv6]" or "localhost" (127.0.0.1). Names
@@ -413,6 +487,22 @@ static const opt_spec config_specs[] = {
             "probed on its own, a request goes to a server that serves its model, and the "
             "prefix policy places it over every server's slots "
             "([scheduling.md](scheduling.md#several-backends))."},
+    {.name = "backends-file",
+     .arg = "FILE",
+     OPT_STRING_FIELD(CFG, backends_file),
+     .def_doc = "none",
+     .group = G_BACKEND,
+     .help = "the backends, one a line (URL [kind=KIND] [total-ram=SIZE]); re-read on "
+             "SIGHUP",
+     .doc = "Instead of `--backend`: the LLM servers, one a line, `URL [kind=KIND] "
+            "[total-ram=SIZE]` (`#` starts a comment; up to 8). `kind` overrides "
+            "`--backend-kind` for that server; `total-ram` is that host's RAM, for its "
+            "memory budget (lmsched cannot read a remote host's; without it, "
+            "`--total-ram` or this machine's). On SIGHUP the file is read again: a server "
+            "added is probed and used, one removed takes no new request (its queued ones "
+            "go to the others; those running there finish), a changed `total-ram` "
+            "applies; no request is dropped. A file that does not parse changes nothing "
+            "(logged). ([scheduling.md](scheduling.md#several-backends))"},
     {.name = "backend-kind",
      .arg = "KIND",
      OPT_CUSTOM_FIELD(CFG, backend_kind),
@@ -455,6 +545,33 @@ static const opt_spec config_specs[] = {
      .def = "3",
      .group = G_BACKEND,
      .help = "retries of transient backend errors before the first token"},
+    {.name = "backend-errors",
+     .arg = "N",
+     OPT_UINT_FIELD(CFG, backend_errors),
+     .min = 0,
+     .max = 1000,
+     .def = "5",
+     .group = G_BACKEND,
+     .help = "several backends: N server errors in a row take one out until its probe "
+             "succeeds (0: never)",
+     .doc = "With several `--backend`s: when N requests in a row on one backend end in a "
+            "server error (HTTP 5xx, a model crash, a cut stream) within "
+            "`--backend-errors-ms`, that backend is taken out as if unreachable: its "
+            "slots get nothing, its queued and retried requests go to the others, and it "
+            "rejoins when a probe succeeds (at least 2 s later; answers of requests still "
+            "running there do not bring it back). A successful answer there starts the "
+            "count again. One backend is never taken out this way: its requests are "
+            "retried (`--max-retries`) as before."},
+    {.name = "backend-errors-ms",
+     .arg = "MS",
+     OPT_INT_FIELD(CFG, backend_errors_ms),
+     .min = 1,
+     .max = INT_MAX,
+     .def = "10000",
+     .group = G_BACKEND,
+     .help = "the window of --backend-errors",
+     .doc = "The time within which `--backend-errors` server errors in a row take a "
+            "backend out, counted from the first of them."},
     {.name = "backend-wait",
      .arg = "MS",
      OPT_INT_FIELD(CFG, backend_wait_ms),
@@ -602,6 +719,21 @@ static const opt_spec config_specs[] = {
      .help = "prefix (prefix-cache aware) or fifo",
      .doc = "`prefix`: requests that share a cached prompt prefix run together, on the "
             "slot that holds it; `fifo`: arrival order within each priority."},
+    {.name = "routing",
+     .arg = "NAME",
+     OPT_CHOICE_FIELD(CFG, routing),
+     .names = config_routings,
+     .def = "cache",
+     .group = G_QUEUE,
+     .help = "several backends: cache (the policy places over every backend's slots); "
+             "round-robin or least-loaded: baselines for benchmarks",
+     .doc = "With several `--backend`s: `cache` lets the queue policy choose the backend "
+            "together with the slot (the one holding a request's prefix; "
+            "[scheduling.md](scheduling.md#several-backends)). `round-robin` and "
+            "`least-loaded` are baselines to compare it with (`scripts/bench fleet`): "
+            "each request is bound to one backend when it arrives, the next in turn, or "
+            "the one with the fewest requests queued for it and running there, and the "
+            "policy orders it within that backend only. No effect with one backend."},
     {.name = "starve-ms",
      .arg = "MS",
      OPT_INT_FIELD(CFG, starve_ms),
@@ -790,6 +922,26 @@ int config_parse(sched_config *cfg, int argc, char **argv)
         return 1;
     default:
         return 2;
+    }
+    if (cfg->backends_file[0] != '\0') {
+        const opt_spec *be = opt_find(&config_table, "backend");
+        char err[700];
+        if (given[be - config_specs]) {
+            fprintf(stderr, "lmsched serve: give --backend or --backends-file, not both\n");
+            return 2;
+        }
+        if (config_read_backends(cfg->backends_file, &cfg->file_backends, err,
+                                 sizeof(err)) != 0) {
+            fprintf(stderr, "lmsched serve: --backends-file: %s\n", err);
+            return 2;
+        }
+        /* The file's servers stand where --backend's would. */
+        cfg->n_backends = cfg->file_backends.n;
+        memcpy(cfg->backend, cfg->file_backends.v[0].url, sizeof(cfg->backend));
+        cfg->backend_stripped[0] = '\0';
+        for (unsigned i = 1; i < cfg->file_backends.n; i++)
+            memcpy(cfg->backend_more[i - 1], cfg->file_backends.v[i].url,
+                   sizeof(cfg->backend_more[0]));
     }
     if (cfg->n_backends == 0)
         cfg->n_backends = 1; /* the default */

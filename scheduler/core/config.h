@@ -15,6 +15,19 @@
 /* Most LLM servers behind one daemon (--backend repeated). */
 #define CONFIG_MAX_BACKENDS 8
 
+/* One line of --backends-file: a server and its own settings. */
+typedef struct config_backend_entry {
+    char url[512];      /* normalized as --backend's */
+    char kind[16];      /* kind=KIND, "" for --backend-kind's */
+    uint64_t total_ram; /* total-ram=SIZE: that host's RAM; 0 for --total-ram's
+                         * (or this machine's) */
+} config_backend_entry;
+
+typedef struct config_backend_list {
+    config_backend_entry v[CONFIG_MAX_BACKENDS];
+    unsigned n;
+} config_backend_list;
+
 typedef struct sched_config {
     char listen[512];          /* nng URL the daemon listens on */
     char backend[512];         /* base URL of the LLM server, no trailing '/' */
@@ -23,8 +36,14 @@ typedef struct sched_config {
     unsigned n_backends;       /* URLs given (backend + backend_more; more than
                                 * CONFIG_MAX_BACKENDS: refused); 0 or 1: one */
     char backend_stripped[24]; /* API path dropped from the given URL ("/v1"), or "" */
+    char backends_file[512];   /* "" or --backends-file: the backends, one a line
+                                * (re-read on SIGHUP) */
+    config_backend_list file_backends; /* what it said at start */
     char backend_kind[16];     /* "auto", "lmstudio", "llamacpp", "openai" */
     char policy[16];           /* queue policy name */
+    char routing[16];          /* several backends: "cache" (the policy places over
+                                * every backend's slots), or a benchmark baseline:
+                                * "round-robin", "least-loaded" */
     bool cache_prompt;         /* send "cache_prompt": true */
     double ram_fraction;       /* share of RAM the model plus KV caches may use */
     uint64_t total_ram;        /* 0: read from the system (a flag for tests and what-ifs) */
@@ -50,6 +69,9 @@ typedef struct sched_config {
     uint64_t stream_buffer;    /* ... and one whose unread pieces pass this size */
     int backend_wait_ms;       /* a request without a deadline waits this long for an
                                 * unreachable backend before failing */
+    unsigned backend_errors;   /* several backends: this many server errors in a row
+                                * take one out until its probe succeeds; 0: never */
+    int backend_errors_ms;     /* ... within this long */
     uint64_t max_response_bytes; /* most bytes of one backend response (stream or body) */
     int probe_interval_ms;     /* how often /api/v1/models (or /props) is re-read */
     int32_t default_max_tokens;/* used when a request gives none; -1: let the backend decide */
@@ -95,6 +117,13 @@ void config_defaults(sched_config *cfg, const char *default_listen);
  * on a usage error (one line already printed to stderr). Main thread,
  * before other threads start (getopt); permutes argv. */
 int config_parse(sched_config *cfg, int argc, char **argv);
+
+/* Reads a --backends-file: one backend a line, `URL [kind=KIND]
+ * [total-ram=SIZE]`, `#` comments and blank lines skipped, at most
+ * CONFIG_MAX_BACKENDS, none twice. Returns 0, or -1 with err set (the file
+ * and line). Any thread; reads the file. */
+int config_read_backends(const char *path, config_backend_list *out, char *err,
+                         size_t errlen);
 
 /* Writes `lmsched serve --help`. */
 void config_usage(FILE *out);

@@ -85,10 +85,21 @@ struct job {
     http_xfer *xfer;      /* while JOB_INFLIGHT */
     prefix_chain chain;   /* the prompt's prefix blocks (pi points into it) */
     int slot;             /* backend slot chosen by the policy, -1 before */
+    uint32_t elig;        /* several backends: those serving its model (0: any) */
+    int bound;            /* --routing round-robin|least-loaded: the backend it
+                           * is bound to (pi.backends is that one), -1 if none */
     uint64_t reserve;     /* KV bytes this request reserves while it runs */
     bool reserved;        /* reserve is counted in sched.reserved_bytes */
     job *prev, *next;     /* every live job */
 };
+
+/* --routing: the policy chooses the backend with the slot, or a baseline
+ * binds each request to one backend when it arrives. */
+typedef enum sched_routing {
+    SCHED_ROUTE_CACHE = 0,
+    SCHED_ROUTE_ROUND_ROBIN,
+    SCHED_ROUTE_LEAST_LOADED,
+} sched_routing;
 
 /* What the core keeps per backend beside the backend object: its budget,
  * its slots in the policy's numbering, what runs there, and its counts. */
@@ -100,6 +111,14 @@ typedef struct sched_be {
     unsigned n_slots;         /* its slots there */
     uint64_t reserved_bytes;  /* KV reserved by requests running on it */
     unsigned inflight;        /* requests dispatched to it, not yet ended */
+    unsigned queued;          /* --routing baselines: queued requests bound to it */
+    unsigned err_run;         /* server errors in a row (--backend-errors) */
+    int64_t err_first_us;     /* when the first of them came */
+    uint64_t error_outages;   /* times it was taken out for them */
+    bool removed;             /* left --backends-file: takes nothing new; stays in
+                               * the array (indices are in queued requests' masks) */
+    uint64_t total_ram;       /* its host's RAM from --backends-file, 0: s->bin's */
+    bool late;                /* added on SIGHUP: no slot until it reports them */
     uint64_t routed;          /* requests dispatched to it (attempts on another
                                * backend after a failover count there) */
     uint64_t completed, prompt_tokens, cached_tokens;
@@ -113,6 +132,9 @@ struct sched {
     sched_be be[SCHED_MAX_BACKENDS];
     unsigned n_backends;
     policy *pol;
+    sched_routing routing; /* --routing */
+    unsigned rr_next;      /* round-robin: the backend to try first next time */
+    uint32_t up_seen;      /* the up mask of the last turn */
 
     struct {
         const front_ops *ops;
@@ -123,6 +145,7 @@ struct sched {
     pthread_mutex_t inbox_mtx;
     sched_event *inbox_head, *inbox_tail;
     atomic_uint stops; /* stop requests not yet seen by the loop */
+    atomic_uint reloads; /* SIGHUPs not yet seen by the loop */
 
     job *jobs;
     unsigned queued, inflight; /* inflight counts every job that left the queue */
@@ -162,6 +185,26 @@ void job_fail(sched *s, job *j, int code, const char *msg, const char *field);
 /* Gives back j's slot and KV reservation; d: how it ended, NULL failed. */
 void job_release_slot(sched *s, job *j, const pol_done *d);
 
+/* ---- admit.c ---------------------------------------------------------------- */
+
+/* --routing baselines: binds queued (or about to be queued) j to one
+ * backend of j->elig, preferring those up and not in avoid: the next in
+ * turn, or the one with the fewest bound queued plus running requests. */
+void admit_bind(sched *s, job *j, uint32_t avoid);
+/* j enters (d = 1) or leaves (d = -1) the queue: the counts. */
+static inline void sched_queued_add(sched *s, const job *j, int d)
+{
+    s->queued = (unsigned)((int)s->queued + d);
+    if (j->bound >= 0)
+        s->be[j->bound].queued = (unsigned)((int)s->be[j->bound].queued + d);
+}
+/* --routing baselines: queued requests bound to a backend not in up are
+ * bound again to one that is (when one serving them is). */
+void admit_rebind_down(sched *s, uint32_t up);
+/* The backends changed (--backends-file): every queued request's backends
+ * are worked out again; one that no backend serves any more fails. */
+void admit_reroute_queued(sched *s);
+
 /* ---- capacity.c ---------------------------------------------------------- */
 
 /* The per-slot context the core plans with: the (first) backend's,
@@ -172,7 +215,7 @@ static inline unsigned sched_be_index(const sched *s, const backend *b)
 {
     return (unsigned)(b - s->backends);
 }
-/* Bit i: backend i is healthy. */
+/* Bit i: backend i is healthy (and not removed). */
 uint32_t sched_up_mask(const sched *s);
 
 /* Reads the machine's RAM and the KV size per token (flags, GGUF). Returns

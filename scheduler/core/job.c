@@ -28,6 +28,7 @@ job *job_new(sched *s, chat_req *req, const sink *k)
     j->req = req;
     j->sink = *k;
     j->slot = -1;
+    j->bound = -1;
     j->recv_us = clock_now_us();
     return j;
 }
@@ -78,7 +79,7 @@ static void job_detach(sched *s, job *j)
 {
     if (j->state == JOB_QUEUED) {
         policy_remove(s->pol, &j->pi);
-        s->queued--;
+        sched_queued_add(s, j, -1);
     } else if (j->state != 0) {
         if (j->xfer != NULL) {
             http_xfer_free(s->http, j->xfer);

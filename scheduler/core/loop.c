@@ -97,6 +97,110 @@ static void loop_stops(sched *s)
         loop_stop(s);
 }
 
+/* ---- --backends-file, read again on SIGHUP --------------------------------- */
+
+void sched_request_reload(sched *s)
+{
+    atomic_fetch_add(&s->reloads, 1);
+    http_wakeup(s->http);
+}
+
+/* A backend for the file line e, at index n_backends. Returns 0, or -1
+ * (logged). */
+static int loop_backend_add(sched *s, const config_backend_entry *e, int64_t now)
+{
+    unsigned i = s->n_backends;
+    backend_config bc = {
+        .url = e->url,
+        .kind = e->kind[0] ? e->kind : s->cfg.backend_kind,
+        .token = s->token,
+        .probe_interval_ms = s->cfg.probe_interval_ms,
+    };
+    if (i >= SCHED_MAX_BACKENDS) {
+        log_error("--backends-file: backend %s not added: %d backends already (removed ones "
+                  "count until the daemon restarts)", e->url, SCHED_MAX_BACKENDS);
+        return -1;
+    }
+    memset(&s->be[i], 0, sizeof(s->be[i]));
+    if (backend_init(&s->backends[i], s->http, &bc) != LMSCHED_OK) {
+        log_error("--backends-file: backend %s not added: out of memory", e->url);
+        return -1;
+    }
+    s->be[i].total_ram = e->total_ram;
+    s->be[i].late = true;
+    s->n_backends = i + 1;
+    s->backends[i].announce = true;
+    backend_probe_start(&s->backends[i], now);
+    log_info("--backends-file: backend %s added", e->url);
+    return 0;
+}
+
+/* Reads --backends-file again: backends added are probed and used, ones
+ * removed take nothing new (their running requests finish; their queued
+ * ones go elsewhere), settings change. Nothing is dropped: every queued
+ * request is placed again over the new set, and only one whose model no
+ * backend serves any more gets an error. */
+static void loop_reload(sched *s)
+{
+    config_backend_list l;
+    char err[700];
+    int64_t now = clock_now_us();
+    bool changed = false, listed[SCHED_MAX_BACKENDS] = {false};
+    if (s->cfg.backends_file[0] == '\0') {
+        log_warn("SIGHUP: no --backends-file; nothing to read again");
+        return;
+    }
+    if (config_read_backends(s->cfg.backends_file, &l, err, sizeof(err)) != 0) {
+        log_error("SIGHUP: --backends-file: %s; the backends stay as they are", err);
+        return;
+    }
+    unsigned old_n = s->n_backends;
+    for (unsigned k = 0; k < l.n; k++) {
+        const config_backend_entry *e = &l.v[k];
+        unsigned i = 0;
+        while (i < s->n_backends && strcmp(s->backends[i].url, e->url) != 0)
+            i++;
+        if (i == s->n_backends) {
+            if (loop_backend_add(s, e, now) == 0) {
+                listed[i] = true;
+                changed = true;
+            }
+            continue;
+        }
+        listed[i] = true;
+        if (s->be[i].total_ram != e->total_ram) {
+            s->be[i].total_ram = e->total_ram;
+            log_info("--backends-file: backend %s: its RAM is now %s", e->url,
+                     e->total_ram ? "the file's total-ram" : "this machine's (or --total-ram)");
+        }
+        if (s->be[i].removed) {
+            s->be[i].removed = false;
+            changed = true;
+            backend_probe_start(&s->backends[i], now);
+            log_info("--backends-file: backend %s is back", e->url);
+        }
+    }
+    for (unsigned i = 0; i < old_n; i++) {
+        if (listed[i] || s->be[i].removed)
+            continue;
+        s->be[i].removed = true;
+        changed = true;
+        log_info("--backends-file: backend %s removed: it takes no new request; %u running "
+                 "there finish", s->backends[i].url, s->be[i].inflight);
+    }
+    capacity_update(s);
+    if (changed) {
+        policy_set_backends_up(s->pol, sched_up_mask(s));
+        admit_reroute_queued(s);
+    }
+}
+
+static void loop_reloads(sched *s)
+{
+    if (atomic_exchange(&s->reloads, 0) > 0 && !s->draining)
+        loop_reload(s);
+}
+
 /* ---- dispatch ----------------------------------------------------------- */
 
 static void loop_job_start(sched *s, job *j)
@@ -141,7 +245,7 @@ static void loop_dispatch(sched *s, int64_t now)
             j->slot = slot;
             j->be = &s->backends[bi];
             j->state = JOB_PENDING;
-            s->queued--;
+            sched_queued_add(s, j, -1);
             s->inflight++;
             s->be[bi].inflight++;
             s->be[bi].routed++;
@@ -243,11 +347,12 @@ static void loop_streams(sched *s)
             loop_stream(s, j, j->xfer);
 }
 
-/* The backends that may run j (serve its model), as a mask. */
+/* The backends that may run j (serve its model), as a mask: with a
+ * --routing baseline, not only the one it is bound to. */
 static uint32_t loop_eligible(const sched *s, const job *j)
 {
     uint32_t all = s->n_backends >= 32 ? ~0u : (1u << s->n_backends) - 1;
-    return j->pi.backends != 0 ? j->pi.backends & all : all;
+    return j->elig != 0 ? j->elig & all : all;
 }
 
 /* Failover: j, whose attempt got nothing back, goes back into the queue,
@@ -260,20 +365,66 @@ static bool loop_requeue(sched *s, job *j, const char *why)
     unsigned from = sched_be_index(s, j->be);
     if (s->draining || (loop_eligible(s, j) & sched_up_mask(s) & ~(1u << from)) == 0)
         return false;
-    if (policy_push(s->pol, &j->pi) != LMSCHED_OK)
+    if (j->bound >= 0) {
+        /* a --routing baseline: bound to another backend, as a new one */
+        uint32_t was = j->pi.backends;
+        int was_bound = j->bound;
+        j->bound = -1;
+        admit_bind(s, j, 1u << from);
+        if (policy_push(s->pol, &j->pi) != LMSCHED_OK) {
+            j->pi.backends = was;
+            j->bound = was_bound;
+            return false;
+        }
+    } else if (policy_push(s->pol, &j->pi) != LMSCHED_OK) {
         return false;
+    }
     job_release_slot(s, j, NULL);
     if (s->pending == j)
         s->pending = NULL;
     s->inflight--;
     s->be[from].inflight--;
-    s->queued++;
+    sched_queued_add(s, j, 1);
+    /* A retry's wait was counted when it began. */
+    if (j->state != JOB_RETRY_WAIT)
+        s->st.retried++;
     j->state = JOB_QUEUED;
-    s->st.retried++;
     log_info("request %" PRIu64 "/%" PRIu64 " got nothing back from the backend %s (%s); "
              "queued again, for any backend serving it", j->sink.owner, j->sink.id, j->be->url,
              why);
     return true;
+}
+
+/* Several backends: a burst of server errors (--backend-errors in a row
+ * within --backend-errors-ms; an answer resets the count) takes b out until
+ * its probe succeeds, so its queued requests and the retries of the failed
+ * ones go to the others. An error that is the request's own (4xx, a
+ * timeout) does not count, nor does refusing the connection (that marks it
+ * down by itself). */
+static void loop_server_errors(sched *s, backend *b, const http_xfer *x, int64_t now)
+{
+    sched_be *e = &s->be[sched_be_index(s, b)];
+    if (x->err.code == LMSCHED_OK) {
+        e->err_run = 0;
+        return;
+    }
+    bool server = x->http_status >= 500 || x->err.code == LMSCHED_EBACKEND_CRASH ||
+                  (x->err.code == LMSCHED_EBACKEND_STREAM && x->err.transient);
+    if (!server || s->n_backends < 2 || s->cfg.backend_errors == 0 || b->failing)
+        return;
+    if (e->err_run == 0 || now - e->err_first_us > (int64_t)s->cfg.backend_errors_ms * 1000) {
+        e->err_run = 0;
+        e->err_first_us = now;
+    }
+    if (++e->err_run < s->cfg.backend_errors)
+        return;
+    char why[sizeof(x->err.message) + 128];
+    snprintf(why, sizeof(why), "%u server errors in a row within %" PRId64 " ms (last: %s); "
+             "out until a probe succeeds", e->err_run, (now - e->err_first_us) / 1000,
+             x->err.message);
+    e->err_run = 0;
+    e->error_outages++;
+    backend_set_failing(b, why, now);
 }
 
 void loop_job_done(sched *s, job *j, http_xfer *x)
@@ -283,8 +434,9 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
     j->xfer = NULL;
     if (x->err.code == LMSCHED_EBACKEND_DOWN)
         backend_set_down(b, x->err.message, now);
-    else if (x->http_status > 0)
+    else if (x->http_status > 0 && !b->failing)
         backend_set_up(b);
+    loop_server_errors(s, b, x, now);
     if (x->http_status > 0)
         j->down_wait_us = 0; /* it reached the backend */
 
@@ -445,9 +597,11 @@ static void loop_retries(sched *s, int64_t now)
         }
         /* Several backends: the retry goes through the policy again, so it
          * may run on another backend (the only way while its own is down). */
-        if (loop_requeue(s, j, j->be->healthy ? "retrying" : "it is down"))
+        bool gone = s->be[sched_be_index(s, j->be)].removed;
+        if (loop_requeue(s, j, gone ? "it was removed" : j->be->healthy ? "retrying"
+                                                                         : "it is down"))
             continue;
-        if (!j->be->healthy) {
+        if (!j->be->healthy || gone) {
             /* No use trying an unreachable backend: the probe says when it
              * is back. Meanwhile the wait is bounded like a queued one's. */
             if (j->down_wait_us == 0)
@@ -472,7 +626,7 @@ static void loop_expire(sched *s, int64_t now)
         job *j = (job *)it;
         /* Out of the queue already: detach must not remove it again. */
         j->state = 0;
-        s->queued--;
+        sched_queued_add(s, j, -1);
         char why[160];
         snprintf(why, sizeof(why), "deadline of %u ms passed while queued (%u others queued, "
                  "%u in flight)", j->req->deadline_ms, s->queued, s->inflight);
@@ -572,6 +726,8 @@ static int64_t loop_next_wake(sched *s, int64_t now)
 {
     int64_t t = s->fronts_wake;
     for (unsigned i = 0; i < s->n_backends; i++) {
+        if (s->be[i].removed)
+            continue;
         int64_t w = backend_next_wake(&s->backends[i], now);
         if (w < t)
             t = w;
@@ -601,21 +757,31 @@ int64_t sched_turn(sched *s)
 {
     loop_inbox(s);
     loop_stops(s);
+    loop_reloads(s);
     http_perform(s->http);
     loop_transfers(s);
     int64_t now = clock_now_us();
     loop_retries(s, now);
     loop_expire(s, now);
     int64_t down_wake = INT64_MAX;
-    uint32_t up = sched_up_mask(s), all = (1u << s->n_backends) - 1;
+    uint32_t up = sched_up_mask(s), all = 0;
+    for (unsigned i = 0; i < s->n_backends; i++)
+        if (!s->be[i].removed)
+            all |= 1u << i;
     policy_set_backends_up(s->pol, up);
+    if (up != s->up_seen) {
+        if (s->routing != SCHED_ROUTE_CACHE)
+            admit_rebind_down(s, up);
+        s->up_seen = up;
+    }
     if (up != 0)
         loop_dispatch(s, now);
     if (up != all)
         down_wake = loop_expire_down(s, up, now);
     if (!s->draining)
         for (unsigned i = 0; i < s->n_backends; i++)
-            backend_probe_tick(&s->backends[i], now);
+            if (!s->be[i].removed)
+                backend_probe_tick(&s->backends[i], now);
     s->fronts_wake = loop_fronts_tick(s, now);
     if (s->draining)
         loop_drain_step(s, now);
@@ -690,10 +856,13 @@ int sched_alloc_http(sched **sp, const sched_config *cfg, http_client *http)
     if (n > SCHED_MAX_BACKENDS)
         n = SCHED_MAX_BACKENDS;
     int rc;
+    /* --backends-file: its lines' own settings */
+    const config_backend_list *fl = cfg->backends_file[0] ? &cfg->file_backends : NULL;
     for (unsigned i = 0; i < n; i++) {
         backend_config bc = {
             .url = i == 0 ? cfg->backend : cfg->backend_more[i - 1],
-            .kind = cfg->backend_kind,
+            .kind = fl != NULL && i < fl->n && fl->v[i].kind[0] ? fl->v[i].kind
+                                                                 : cfg->backend_kind,
             .token = s->token,
             .probe_interval_ms = cfg->probe_interval_ms,
         };
@@ -704,7 +873,13 @@ int sched_alloc_http(sched **sp, const sched_config *cfg, http_client *http)
             return 1;
         }
         s->n_backends = i + 1;
+        if (fl != NULL && i < fl->n)
+            s->be[i].total_ram = fl->v[i].total_ram;
     }
+    s->up_seen = (1u << s->n_backends) - 1;
+    s->routing = strcmp(cfg->routing, "round-robin") == 0    ? SCHED_ROUTE_ROUND_ROBIN
+                 : strcmp(cfg->routing, "least-loaded") == 0 ? SCHED_ROUTE_LEAST_LOADED
+                                                             : SCHED_ROUTE_CACHE;
     rc = policy_alloc(&s->pol, cfg->policy, cfg->max_queue);
     if (rc != LMSCHED_OK) {
         log_error("unknown queue policy '%s'", cfg->policy);

@@ -137,6 +137,9 @@ void sched_run(sched *s);
 /* Asks the loop to shut down gracefully; a second call ends the drain at
  * once. Safe from any thread (it posts an event). */
 void sched_request_stop(sched *s);
+/* SIGHUP: read --backends-file again on the loop thread (backends added,
+ * removed, their settings). Safe from any thread (a counter and a wake-up). */
+void sched_request_reload(sched *s);
 
 /* Frees the core. The fronts must be closed first (no more events). */
 void sched_free(sched *s);

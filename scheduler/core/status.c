@@ -93,6 +93,9 @@ void status_take(sched *s, status_snapshot *o)
         ob->inflight = e->inflight;
         ob->routed = e->routed;
         ob->completed = e->completed;
+        ob->error_outages = e->error_outages;
+        ob->removed = e->removed;
+        ob->total_ram = e->bin.total_ram;
         ob->prompt_tokens = e->prompt_tokens;
         ob->cached_tokens = e->cached_tokens;
         o->n_backends = i + 1;
@@ -189,7 +192,8 @@ char *status_json(const status_snapshot *o)
     for (unsigned i = 0; i < o->n_backends; i++) {
         const status_backend *x = &o->backends[i];
         json_t *one = json_pack(
-            "{s:s,s:s,s:b,s:o,s:o,s:o,s:o,s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:o}", "url", x->url,
+            "{s:s,s:s,s:b,s:o,s:o,s:o,s:o,s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:I}", "url",
+            x->url,
             "kind", x->kind, "healthy", x->healthy, "last_error", opt_str(x->last_error),
             "model", opt_str(x->model), "context_length", opt_int(x->context_length), "slots",
             opt_int(x->slots), "first_slot", (int)x->first_slot, "policy_slots",
@@ -198,7 +202,9 @@ char *status_json(const status_snapshot *o)
             (json_int_t)x->prompt_tokens, "cached_tokens", (json_int_t)x->cached_tokens,
             "cached_ratio",
             x->prompt_tokens ? json_real((double)x->cached_tokens / (double)x->prompt_tokens)
-                             : json_null());
+                             : json_null(),
+            "error_outages", (json_int_t)x->error_outages, "removed", x->removed, "total_ram",
+            (json_int_t)x->total_ram);
         if (one != NULL)
             json_array_append_new(backends, one);
     }

@@ -48,6 +48,9 @@ typedef struct status_backend {
     unsigned inflight;      /* requests running on it */
     uint64_t routed;        /* requests dispatched to it */
     uint64_t completed;     /* answers it gave */
+    uint64_t error_outages; /* times taken out for a burst of server errors */
+    bool removed;           /* removed from --backends-file (running ones finish) */
+    uint64_t total_ram;     /* the RAM its budget uses */
     uint64_t prompt_tokens, cached_tokens; /* as it reported them */
 } status_backend;
 

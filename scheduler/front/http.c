@@ -1105,9 +1105,9 @@ static void hf_info(http_front *f, hf_req *r)
             json_t *data = json_array();
             for (unsigned i = 0; i < snap->n_backends; i++) {
                 const status_backend *x = &snap->backends[i];
-                bool dup = x->model == NULL;
+                bool dup = x->model == NULL || x->removed;
                 for (unsigned k = 0; k < i && !dup; k++)
-                    dup = snap->backends[k].model != NULL &&
+                    dup = snap->backends[k].model != NULL && !snap->backends[k].removed &&
                           strcmp(snap->backends[k].model, x->model) == 0;
                 if (!dup)
                     json_array_append_new(data, json_pack("{s:s,s:s,s:i,s:s}", "id", x->model,
@@ -1120,7 +1120,7 @@ static void hf_info(http_front *f, hf_req *r)
             /* Several backends: healthy while any of them is. */
             bool healthy = false;
             for (unsigned i = 0; i < snap->n_backends; i++)
-                healthy = healthy || snap->backends[i].healthy;
+                healthy = healthy || (snap->backends[i].healthy && !snap->backends[i].removed);
             status = !draining && healthy ? 200 : 503;
             doc = json_pack("{s:s,s:{s:b},s:{s:i,s:i},s:i}", "status",
                             draining  ? "shutting_down"

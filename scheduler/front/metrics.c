@@ -260,6 +260,13 @@ char *metrics_text(const status_snapshot *s, const metrics_http *h, size_t *len)
         mx_printf(&m, "lmsched_backend_cached_tokens_total{url=\"%s\"} %" PRIu64 "\n", a,
                   s->backends[i].cached_tokens);
     }
+    mx_head(&m, "lmsched_backend_error_outages_total", "counter",
+            "Times the backend was taken out for a burst of server errors.");
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        mx_label(s->backends[i].url, a, sizeof(a));
+        mx_printf(&m, "lmsched_backend_error_outages_total{url=\"%s\"} %" PRIu64 "\n", a,
+                  s->backends[i].error_outages);
+    }
 
     mx_groups(&m, s);
 

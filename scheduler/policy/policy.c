@@ -357,6 +357,21 @@ int policy_set_backend_slots(policy *p, const unsigned *slots, unsigned n_backen
         return LMSCHED_EINVAL;
     if (n == p->n_slots && memcmp(map, p->slot_be, n) == 0)
         return LMSCHED_OK;
+    if (p->n_slots > 0 && n > p->n_slots && memcmp(map, p->slot_be, p->n_slots) == 0 &&
+        map[p->n_slots] > p->slot_be[p->n_slots - 1]) {
+        /* Only backends added after the existing ones: those keep their
+         * slots' numbers, contents and running requests. */
+        pol_slot *s = realloc(p->slots, n * sizeof(*s));
+        if (s == NULL)
+            return LMSCHED_ENOMEM;
+        memset(s + p->n_slots, 0, (n - p->n_slots) * sizeof(*s));
+        for (unsigned i = p->n_slots; i < n; i++)
+            slot_cache_init(&s[i].cache);
+        p->slots = s;
+        p->n_slots = n;
+        memcpy(p->slot_be, map, n);
+        return LMSCHED_OK;
+    }
     pol_slot *s = calloc(n, sizeof(*s));
     if (s == NULL)
         return LMSCHED_ENOMEM;

@@ -32,7 +32,8 @@ typedef struct pol_item {
                                 session key); 0 = none. prefix: kept on the slot that
                                 served the session's previous turn */
     uint32_t backends;       /* bit b: backend b may run it (serves its model);
-                                0 = any */
+                                0 = any; read at each decision, so it may
+                                change while the item is queued */
     uint32_t max_tokens;     /* it generates at most this many tokens; 0 = unknown */
     uint64_t source;         /* who sent it (a connection), to tell agents that send
                                 again before their answer from those that wait; 0 =
@@ -88,8 +89,11 @@ unsigned policy_slots(const policy *p);
 /* Several backends: the policy's slots are every backend's, backend 0's
  * first (slots[0] of them), then backend 1's, and so on; a request runs
  * only on a slot of a backend in its pol_item.backends that is up. The
- * slot contents are forgotten when the layout changes. n_backends <= 32,
- * the total 1..256. policy_set_slots(p, n) is one backend of n slots. */
+ * slot contents are forgotten when the layout changes, except when it only
+ * adds backends after the existing ones (backends that had no slot): the
+ * existing slots keep their contents and their running requests.
+ * n_backends <= 32, the total 1..256. policy_set_slots(p, n) is one backend
+ * of n slots. */
 int policy_set_backend_slots(policy *p, const unsigned *slots, unsigned n_backends);
 /* Bit b set: backend b is up (the default: all). */
 void policy_set_backends_up(policy *p, uint32_t mask);

@@ -5,8 +5,14 @@
  * exactly once, none lost, the killed backend rejoins and gets traffic
  * again; prefix groups stay on the backend that holds their prefix (cached
  * tokens reported); model routing over two lmsims serving different
- * models, and a clear error for a model none serves (nng and HTTP 400).
- * Real lmsims, real `lmsched serve`, agents through agentlib.
+ * models, and a clear error for a model none serves (nng and HTTP 400);
+ * a burst of 5xx answers takes a backend out until its probe succeeds and
+ * its work goes to the other; a hot group spills to a second backend and is
+ * then cached on both; the --routing baselines (round-robin, least-loaded)
+ * bind requests as they say, and round-robin's go elsewhere when a backend
+ * dies; --backends-file re-read on SIGHUP adds and removes backends under
+ * load without dropping a request. Real lmsims, real `lmsched serve`, agents through
+ * agentlib.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -401,6 +407,429 @@ static void test_fleet_models(void **state)
     fleet_stop(&f);
 }
 
+/* The sum of key over the backends' status entries. */
+static int64_t be_sum(json_t *st, const char *key, int n)
+{
+    int64_t sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += be_int(st, i, key);
+    return sum;
+}
+
+/* lmsim i's /sim/stats counter key. */
+static int64_t sim_stat(fleet *f, int i, const char *key)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "%s/sim/stats", f->url[i]);
+    json_t *s = kit_http_json("GET", url, NULL, 5000, NULL, NULL, 0);
+    assert_non_null(s);
+    int64_t v = kit_json_int(s, key);
+    json_decref(s);
+    return v;
+}
+
+/* Two lmsims, the second answering every chat with a 500 (--fail-rate 1):
+ * after --backend-errors 3 in a row it is taken out, the failed requests
+ * are retried on the first, the queued ones go there too, and every
+ * request is answered, ok. Its probe (which lmsim answers) brings it back
+ * for a moment at most every 2 s; each time it fails again and goes out. */
+static void test_fleet_error_burst(void **state)
+{
+    fleet f = {.e = *state};
+    const char *good[] = {"--time-scale", "20", "--slots", "4", SMALL_MODEL, NULL};
+    const char *bad[] = {"--time-scale", "20", "--slots",  "4",
+                         "--fail-rate",  "1",  SMALL_MODEL, NULL};
+    assert_int_equal(fleet_sim_start(&f, 0, 0, good), 0);
+    assert_int_equal(fleet_sim_start(&f, 1, 0, bad), 0);
+    char http[32];
+    snprintf(http, sizeof(http), "127.0.0.1:%d", kit_net_free_port());
+    const char *d[] = {MEM,       "--backend", f.url[0], "--backend", f.url[1],
+                       "--backend-errors", "3", "--http", http, NULL};
+    kit_env_start(f.e, NULL, d);
+    enum { N = 40, G = 4 };
+    char *prompts[GROUPS];
+    for (int g = 0; g < GROUPS; g++)
+        prompts[g] = group_prompt(g);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, f.e->url), LMSCHED_OK);
+    kit_tally t;
+    kit_tally_init(&t);
+    for (int k = 0; k < N; k++) {
+        char user[64];
+        snprintf(user, sizeof(user), "task %d", k);
+        lmsched_request *r = kit_req(prompts[k % G], user, 8);
+        assert_int_equal(lmsched_chat_async(c, r, 120000, kit_tally_cb, &t), LMSCHED_OK);
+        lmsched_request_free(r);
+    }
+    int done = kit_tally_wait(&t, N, 60000);
+    if (done != N || t.by_code[LMSCHED_OK] != N)
+        fleet_dump(&f);
+    assert_int_equal(done, N);
+    assert_int_equal(t.by_code[LMSCHED_OK], N);
+    kit_sleep_ms(200);
+    assert_int_equal(kit_tally_done(&t), N); /* each answered once */
+    json_t *st = kit_env_status(f.e);
+    assert_non_null(st);
+    int64_t outages = be_int(st, 1, "error_outages");
+    int64_t routed_bad = be_int(st, 1, "routed");
+    int64_t completed_good = be_int(st, 0, "completed");
+    int64_t completed_bad = be_int(st, 1, "completed");
+    int64_t retried = kit_json_int(st, "requests.retried");
+    json_decref(st);
+    int64_t injected = sim_stat(&f, 1, "errors_injected");
+    printf("fleet error burst: %d requests over 2 lmsims, the second failing every chat "
+           "with a 500: all %d ok, %lld on the good one; the bad one got %lld (%lld 500s) "
+           "and was taken out %lld time(s); %lld retries\n",
+           N, t.by_code[LMSCHED_OK], (long long)completed_good, (long long)routed_bad,
+           (long long)injected, (long long)outages, (long long)retried);
+    assert_int_equal(completed_good, N);
+    assert_int_equal(completed_bad, 0);
+    assert_true(outages >= 1);
+    assert_true(injected >= 3);
+    /* Taken out after 3 in a row: it gets a few, not its share of 40. */
+    assert_true(routed_bad < N / 2);
+    /* The log says why; /metrics counts it. */
+    assert_true(kit_fs_contains(f.e->daemon.log, "server errors in a row"));
+    char url[256], line[300];
+    snprintf(url, sizeof(url), "http://%s/metrics", http);
+    kit_http_resp hr;
+    assert_int_equal(kit_http("GET", url, NULL, 10000, &hr), 0);
+    assert_int_equal(hr.status, 200);
+    snprintf(line, sizeof(line), "lmsched_backend_error_outages_total{url=\"%s\"} %lld\n",
+             f.url[1], (long long)outages);
+    assert_non_null(strstr(hr.body, line));
+    kit_http_resp_fini(&hr);
+    lmsched_client_close(c);
+    kit_tally_fini(&t);
+    for (int g = 0; g < GROUPS; g++)
+        free(prompts[g]);
+    fleet_stop(&f);
+}
+
+/* One hot group on 2 lmsims of 2 slots: first one request, so its prefix
+ * is resident on one backend only; then many at once: its queue per
+ * holding slot makes the policy copy the prefix to idle slots, on the
+ * other backend too; both serve the burst and both report cached tokens
+ * for it, and the status shows it cached in slots of both. */
+static void test_fleet_hot_group_spills(void **state)
+{
+    fleet f = {.e = *state};
+    const char *sim[] = {"--time-scale", "20", "--slots", "2", SMALL_MODEL, NULL};
+    assert_int_equal(fleet_sim_start(&f, 0, 0, sim), 0);
+    assert_int_equal(fleet_sim_start(&f, 1, 0, sim), 0);
+    const char *d[] = {MEM, "--backend", f.url[0], "--backend", f.url[1], NULL};
+    kit_env_start(f.e, NULL, d);
+    enum { N = 48 };
+    char *prompt = group_prompt(3);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, f.e->url), LMSCHED_OK);
+    lmsched_request *first = kit_req(prompt, "warm up", 8);
+    lmsched_result *res = NULL;
+    assert_int_equal(lmsched_chat(c, first, 30000, &res), LMSCHED_OK);
+    lmsched_result_free(res);
+    lmsched_request_free(first);
+    json_t *st = kit_env_status(f.e);
+    assert_non_null(st);
+    int64_t before0 = be_int(st, 0, "completed"), before1 = be_int(st, 1, "completed");
+    json_decref(st);
+    assert_int_equal(before0 + before1, 1);
+    kit_tally t;
+    kit_tally_init(&t);
+    for (int k = 0; k < N; k++) {
+        char user[64];
+        snprintf(user, sizeof(user), "hot task %d", k);
+        lmsched_request *r = kit_req(prompt, user, 8);
+        assert_int_equal(lmsched_chat_async(c, r, 120000, kit_tally_cb, &t), LMSCHED_OK);
+        lmsched_request_free(r);
+    }
+    int done = kit_tally_wait(&t, N, 60000);
+    if (done != N || t.by_code[LMSCHED_OK] != N)
+        fleet_dump(&f);
+    assert_int_equal(done, N);
+    assert_int_equal(t.by_code[LMSCHED_OK], N);
+    st = kit_env_status(f.e);
+    assert_non_null(st);
+    int64_t c0 = be_int(st, 0, "completed") - before0;
+    int64_t c1 = be_int(st, 1, "completed") - before1;
+    int64_t k0 = be_int(st, 0, "cached_tokens"), k1 = be_int(st, 1, "cached_tokens");
+    int64_t base1 = be_int(st, 1, "first_slot");
+    /* Where the status says the group is cached: slots of both backends. */
+    json_t *groups = json_object_get(st, "groups"), *g = NULL;
+    for (size_t i = 0; i < json_array_size(groups); i++)
+        if (kit_json_int(json_array_get(groups, i), "requests") == N + 1)
+            g = json_array_get(groups, i);
+    assert_non_null(g);
+    json_t *in = json_object_get(g, "cached_in_slots");
+    bool on0 = false, on1 = false;
+    for (size_t i = 0; i < json_array_size(in); i++) {
+        json_int_t slot = json_integer_value(json_array_get(in, i));
+        on0 = on0 || slot < base1;
+        on1 = on1 || slot >= base1;
+    }
+    int64_t total_completed = be_sum(st, "completed", 2);
+    json_decref(st);
+    int64_t sk0 = sim_stat(&f, 0, "cached_tokens"), sk1 = sim_stat(&f, 1, "cached_tokens");
+    printf("fleet hot group: one request of a group (on backend %d), then %d at once, on 2 "
+           "lmsims x 2 slots: %lld and %lld served, %lld and %lld prompt tokens cached "
+           "(lmsim: %lld, %lld), cached in slots of backend 0: %s, backend 1: %s\n",
+           before0 ? 0 : 1, N, (long long)c0, (long long)c1, (long long)k0, (long long)k1, (long long)sk0,
+           (long long)sk1, on0 ? "yes" : "no", on1 ? "yes" : "no");
+    assert_int_equal(total_completed, N + 1);
+    /* Both serve it, neither only a token share. */
+    assert_true(c0 >= N / 6);
+    assert_true(c1 >= N / 6);
+    /* ... from their caches: each backend holds the prefix. */
+    assert_true(sk0 > 0 && sk1 > 0);
+    assert_true(k0 > 0 && k1 > 0);
+    assert_true(on0 && on1);
+    lmsched_client_close(c);
+    kit_tally_fini(&t);
+    free(prompt);
+    fleet_stop(&f);
+}
+
+/* --routing round-robin, the benchmarks' baseline: requests one at a time
+ * alternate between the backends whatever their prefix; when one dies, the
+ * requests bound to it go to the other and every one is answered. */
+static void test_fleet_round_robin(void **state)
+{
+    fleet f = {.e = *state};
+    const char *sim[] = {"--time-scale", "20", "--slots", "2", SMALL_MODEL, NULL};
+    assert_int_equal(fleet_sim_start(&f, 0, 0, sim), 0);
+    assert_int_equal(fleet_sim_start(&f, 1, 0, sim), 0);
+    const char *d[] = {MEM, "--backend", f.url[0], "--backend", f.url[1], "--routing",
+                       "round-robin", NULL};
+    kit_env_start(f.e, NULL, d);
+    char *prompt = group_prompt(1);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, f.e->url), LMSCHED_OK);
+    enum { N = 10 };
+    for (int k = 0; k < N; k++) {
+        char user[64];
+        snprintf(user, sizeof(user), "one at a time %d", k);
+        lmsched_request *r = kit_req(prompt, user, 8);
+        lmsched_result *res = NULL;
+        assert_int_equal(lmsched_chat(c, r, 30000, &res), LMSCHED_OK);
+        lmsched_result_free(res);
+        lmsched_request_free(r);
+    }
+    json_t *st = kit_env_status(f.e);
+    assert_non_null(st);
+    /* The same prefix each time, yet alternating: the baseline ignores it. */
+    assert_int_equal(be_int(st, 0, "routed"), N / 2);
+    assert_int_equal(be_int(st, 1, "routed"), N / 2);
+    json_decref(st);
+    assert_int_equal(sim_stat(&f, 0, "requests"), N / 2);
+    assert_int_equal(sim_stat(&f, 1, "requests"), N / 2);
+
+    /* lmsim 1 dies: what is bound to it goes to lmsim 0. */
+    assert_int_equal(kit_proc_stop(&f.sim[1], SIGKILL, 5000), 128 + SIGKILL);
+    kit_tally t;
+    kit_tally_init(&t);
+    for (int k = 0; k < N; k++) {
+        char user[64];
+        snprintf(user, sizeof(user), "after the kill %d", k);
+        lmsched_request *r = kit_req(prompt, user, 8);
+        assert_int_equal(lmsched_chat_async(c, r, 60000, kit_tally_cb, &t), LMSCHED_OK);
+        lmsched_request_free(r);
+    }
+    int done = kit_tally_wait(&t, N, 30000);
+    if (done != N || t.by_code[LMSCHED_OK] != N)
+        fleet_dump(&f);
+    assert_int_equal(done, N);
+    assert_int_equal(t.by_code[LMSCHED_OK], N);
+    st = kit_env_status(f.e);
+    assert_non_null(st);
+    printf("fleet round-robin: %d requests one at a time: %lld and %lld; lmsim 1 killed, "
+           "%d more at once: all ok, lmsim 0 completed %lld in all\n",
+           N, (long long)N / 2, (long long)N / 2, N, (long long)be_int(st, 0, "completed"));
+    assert_int_equal(be_int(st, 0, "completed"), N / 2 + N);
+    assert_false(be_healthy(st, 1));
+    json_decref(st);
+    lmsched_client_close(c);
+    kit_tally_fini(&t);
+    free(prompt);
+    fleet_stop(&f);
+}
+
+/* --routing least-loaded: a burst of one group's requests is split by
+ * queued plus running counts, half to each backend. */
+static void test_fleet_least_loaded(void **state)
+{
+    fleet f = {.e = *state};
+    const char *sim[] = {"--time-scale", "20", "--slots", "2", SMALL_MODEL, NULL};
+    assert_int_equal(fleet_sim_start(&f, 0, 0, sim), 0);
+    assert_int_equal(fleet_sim_start(&f, 1, 0, sim), 0);
+    const char *d[] = {MEM, "--backend", f.url[0], "--backend", f.url[1], "--routing",
+                       "least-loaded", NULL};
+    kit_env_start(f.e, NULL, d);
+    char *prompt = group_prompt(2);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, f.e->url), LMSCHED_OK);
+    enum { N = 16 };
+    kit_tally t;
+    kit_tally_init(&t);
+    for (int k = 0; k < N; k++) {
+        char user[64];
+        snprintf(user, sizeof(user), "burst %d", k);
+        lmsched_request *r = kit_req(prompt, user, 8);
+        assert_int_equal(lmsched_chat_async(c, r, 60000, kit_tally_cb, &t), LMSCHED_OK);
+        lmsched_request_free(r);
+    }
+    assert_int_equal(kit_tally_wait(&t, N, 30000), N);
+    assert_int_equal(t.by_code[LMSCHED_OK], N);
+    json_t *st = kit_env_status(f.e);
+    assert_non_null(st);
+    int64_t r0 = be_int(st, 0, "routed"), r1 = be_int(st, 1, "routed");
+    json_decref(st);
+    printf("fleet least-loaded: %d requests of one group at once: %lld and %lld\n", N,
+           (long long)r0, (long long)r1);
+    assert_int_equal(r0 + r1, N);
+    /* Answers coming back while the burst arrives may tip one or two. */
+    assert_true(r0 >= N / 2 - 2 && r1 >= N / 2 - 2);
+    lmsched_client_close(c);
+    kit_tally_fini(&t);
+    free(prompt);
+    fleet_stop(&f);
+}
+
+/* Writes the backends file. */
+static void write_backends(const char *path, const char *text)
+{
+    assert_int_equal(kit_fs_write(path, text, 0644), 0);
+}
+
+/* Sends n requests of 3 groups, first numbered from first. */
+static void send_some(lmsched_client *c, char **prompts, int first, int n, kit_tally *t)
+{
+    for (int k = first; k < first + n; k++) {
+        char user[64];
+        snprintf(user, sizeof(user), "file task %d", k);
+        lmsched_request *r = kit_req(prompts[k % 3], user, 8);
+        assert_int_equal(lmsched_chat_async(c, r, 120000, kit_tally_cb, t), LMSCHED_OK);
+        lmsched_request_free(r);
+    }
+}
+
+/* Waits until the status lists n backends and backend i is healthy. */
+static bool wait_backend(fleet *f, int n, int i, int timeout_ms)
+{
+    for (int64_t end = kit_now_ms() + timeout_ms; kit_now_ms() < end; kit_sleep_ms(50)) {
+        json_t *st = kit_env_status(f->e);
+        bool ok = st != NULL &&
+                  json_array_size(json_object_get(st, "backends")) == (size_t)n &&
+                  be_healthy(st, i);
+        json_decref(st);
+        if (ok)
+            return true;
+    }
+    return false;
+}
+
+/* --backends-file, read again on SIGHUP while requests are queued and
+ * running: a backend added takes work; one removed takes no new request,
+ * what ran there finishes, what was queued goes to the other; a file that
+ * does not parse changes nothing; every request is answered once, ok; a
+ * line's total-ram is that backend's RAM. */
+static void test_fleet_backends_file(void **state)
+{
+    fleet f = {.e = *state};
+    const char *sim[] = {"--time-scale", "20", "--slots", "2", SMALL_MODEL, NULL};
+    assert_int_equal(fleet_sim_start(&f, 0, 0, sim), 0);
+    assert_int_equal(fleet_sim_start(&f, 1, 0, sim), 0);
+    char path[600], text[600];
+    snprintf(path, sizeof(path), "%s/backends", f.e->dir);
+    snprintf(text, sizeof(text), "# the fleet\n%s total-ram=32G\n", f.url[0]);
+    write_backends(path, text);
+    const char *d[] = {MEM, "--backends-file", path, NULL};
+    kit_env_start(f.e, NULL, d);
+    json_t *st = kit_env_status(f.e);
+    assert_non_null(st);
+    assert_int_equal(json_array_size(json_object_get(st, "backends")), 1);
+    assert_int_equal(be_int(st, 0, "total_ram"), 32LL << 30);
+    json_decref(st);
+
+    char *prompts[3];
+    for (int g = 0; g < 3; g++)
+        prompts[g] = group_prompt(g);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, f.e->url), LMSCHED_OK);
+    kit_tally t;
+    kit_tally_init(&t);
+    int sent = 0;
+
+    /* Add lmsim 1 while 30 requests are queued and running on lmsim 0. */
+    send_some(c, prompts, sent, 30, &t);
+    sent += 30;
+    snprintf(text, sizeof(text), "%s total-ram=32G\n%s\n", f.url[0], f.url[1]);
+    write_backends(path, text);
+    assert_int_equal(kill(f.e->daemon.pid, SIGHUP), 0);
+    bool added = wait_backend(&f, 2, 1, 10000);
+    if (!added)
+        fleet_dump(&f);
+    assert_true(added);
+    send_some(c, prompts, sent, 30, &t);
+    sent += 30;
+    assert_int_equal(kit_tally_wait(&t, sent, 60000), sent);
+    int64_t on1 = sim_stat(&f, 1, "requests");
+    assert_true(on1 > 0);
+    st = kit_env_status(f.e);
+    assert_int_equal(be_int(st, 1, "total_ram"), 64LL << 30); /* --total-ram's */
+    json_decref(st);
+
+    /* Remove lmsim 0 while 30 more are queued and running on both. */
+    send_some(c, prompts, sent, 30, &t);
+    sent += 30;
+    snprintf(text, sizeof(text), "%s\n", f.url[1]);
+    write_backends(path, text);
+    int64_t on0_at_removal = sim_stat(&f, 0, "requests");
+    assert_int_equal(kill(f.e->daemon.pid, SIGHUP), 0);
+    int done = kit_tally_wait(&t, sent, 60000);
+    if (done != sent)
+        fleet_dump(&f);
+    assert_int_equal(done, sent);
+    int64_t on0 = sim_stat(&f, 0, "requests");
+    st = kit_env_status(f.e);
+    assert_true(json_is_true(json_object_get(
+        json_array_get(json_object_get(st, "backends"), 0), "removed")));
+    json_decref(st);
+    /* Nothing new goes there; the rest go to lmsim 1. */
+    send_some(c, prompts, sent, 20, &t);
+    sent += 20;
+    assert_int_equal(kit_tally_wait(&t, sent, 60000), sent);
+    assert_int_equal(sim_stat(&f, 0, "requests"), on0);
+
+    /* A file that does not parse changes nothing. */
+    write_backends(path, "not-a-url\n");
+    assert_int_equal(kill(f.e->daemon.pid, SIGHUP), 0);
+    kit_sleep_ms(300);
+    assert_true(kit_fs_contains(f.e->daemon.log, "the backends stay as they are"));
+    send_some(c, prompts, sent, 10, &t);
+    sent += 10;
+    assert_int_equal(kit_tally_wait(&t, sent, 60000), sent);
+    assert_int_equal(sim_stat(&f, 0, "requests"), on0);
+
+    kit_sleep_ms(200);
+    assert_int_equal(kit_tally_done(&t), sent); /* each answered once */
+    assert_int_equal(t.by_code[LMSCHED_OK], sent);
+    st = kit_env_status(f.e);
+    int64_t received = kit_json_int(st, "requests.received");
+    int64_t completed = kit_json_int(st, "requests.completed");
+    json_decref(st);
+    printf("fleet backends file: %d requests; lmsim 1 added by SIGHUP under load (then %lld "
+           "on it), lmsim 0 removed by SIGHUP with %lld done there: %lld more finished there, "
+           "none after; a bad file changed nothing; %lld received, %lld completed\n",
+           sent, (long long)on1, (long long)on0_at_removal,
+           (long long)(on0 - on0_at_removal), (long long)received, (long long)completed);
+    assert_int_equal(received, sent);
+    assert_int_equal(completed, sent);
+    lmsched_client_close(c);
+    kit_tally_fini(&t);
+    for (int g = 0; g < 3; g++)
+        free(prompts[g]);
+    fleet_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -408,6 +837,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fleet_stickiness, kit_env_setup,
                                         kit_env_teardown),
         cmocka_unit_test_setup_teardown(test_fleet_failover, kit_env_setup, kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_fleet_error_burst, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_fleet_hot_group_spills, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_fleet_round_robin, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_fleet_least_loaded, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_fleet_backends_file, kit_env_setup,
+                                        kit_env_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,11 +30,12 @@ static int kit_daemon_argv(const kit_daemon_opts *o, const char **argv, char *bi
     argv[n++] = "--listen";
     argv[n++] = o->listen;
     /* --backend is repeatable (several servers): flags that give their own
-     * replace this one rather than add to it. */
+     * (or --backends-file) replace this one rather than add to it. */
     bool own = false;
     for (int k = 0; k < 2; k++)
         for (int i = 0; lists[k] != NULL && lists[k][i] != NULL; i++)
-            own = own || strcmp(lists[k][i], "--backend") == 0;
+            own = own || strcmp(lists[k][i], "--backend") == 0 ||
+                  strcmp(lists[k][i], "--backends-file") == 0;
     if (!own) {
         argv[n++] = "--backend";
         argv[n++] =

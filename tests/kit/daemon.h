@@ -23,7 +23,8 @@ typedef struct kit_daemon_opts {
     const char *bin;         /* NULL: kit_bin_path("lmsched") */
     const char *listen;      /* --listen URL (required) */
     const char *backend;     /* --backend; NULL or "": a closed port, 9; not given
-                              * when args or more give --backend themselves */
+                              * when args or more give --backend (or
+                              * --backends-file) themselves */
     const char *log_level;   /* --log-level; NULL: the daemon's default */
     const char *const *args; /* more flags (NULL-terminated), or NULL */
     const char *const *more; /* then these, which win over args, or NULL */

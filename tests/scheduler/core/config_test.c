@@ -114,6 +114,7 @@ static void test_table(void **state)
         "listen",
         "backend",
         "backend-kind",
+        "backends-file",
         "no-cache-prompt",
         "ram-fraction",
         "total-ram",
@@ -129,6 +130,9 @@ static void test_table(void **state)
         "connect-timeout",
         "drain-timeout",
         "backend-wait",
+        "backend-errors",
+        "backend-errors-ms",
+        "routing",
         "max-response-bytes",
         "probe-interval",
         "default-max-tokens",
@@ -172,6 +176,9 @@ static void test_defaults(void **state)
     assert_string_equal(c.backend_stripped, "");
     assert_string_equal(c.backend_kind, "auto");
     assert_string_equal(c.policy, "prefix");
+    assert_string_equal(c.routing, "cache");
+    assert_int_equal(c.backend_errors, 5);
+    assert_int_equal(c.backend_errors_ms, 10000);
     assert_true(c.cache_prompt);
     assert_true(c.ram_fraction == 0.60);
     assert_true(c.total_ram == 0);
@@ -355,6 +362,10 @@ static void test_errors(void **state)
          "--backend-kind: expected auto, lmstudio, llamacpp or "
          "openai, got 'ollama'"},
         {"--policy", "lifo", "--policy: expected prefix or fifo, got 'lifo'"},
+        {"--routing", "random",
+         "--routing: expected cache, round-robin or least-loaded, got 'random'"},
+        {"--backend-errors-ms", "0",
+         "--backend-errors-ms: expected an integer from 1 to 2147483647, got '0'"},
         {"--log-level", "loud",
          "--log-level: expected error, warn, info or debug, got "
          "'loud'"},
@@ -697,6 +708,72 @@ static void test_json(void **state)
     json_decref(j);
 }
 
+/* Writes text to a temporary file; returns its path (static storage). */
+static const char *tmp_file(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof(path), "/tmp/config_test.XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+/* --backends-file: one backend a line with its settings; the servers stand
+ * where --backend's would; bad lines name the file and line. */
+static void test_backends_file(void **state)
+{
+    (void)state;
+    sched_config c;
+    char *err = NULL;
+    const char *path = tmp_file("# fleet\n\nhttp://a:1234/v1  total-ram=96G\n"
+                                "http://b:8080 kind=llamacpp # the Linux box\n");
+    assert_int_equal(parse(&c, NULL, NULL, "--backends-file", path, NULL), 0);
+    assert_int_equal(c.n_backends, 2);
+    assert_string_equal(c.backend, "http://a:1234");
+    assert_string_equal(c.backend_more[0], "http://b:8080");
+    assert_int_equal(c.file_backends.n, 2);
+    assert_true(c.file_backends.v[0].total_ram == 96ULL << 30);
+    assert_string_equal(c.file_backends.v[0].kind, "");
+    assert_string_equal(c.file_backends.v[1].kind, "llamacpp");
+    assert_true(c.file_backends.v[1].total_ram == 0);
+    /* Not both. */
+    assert_int_equal(parse(&c, NULL, &err, "--backends-file", path, "--backend", "http://x",
+                           NULL),
+                     2);
+    assert_non_null(strstr(err, "--backend or --backends-file, not both"));
+    free(err);
+    unlink(path);
+
+    static const struct {
+        const char *text, *want;
+    } bad[] = {
+        {"http://a\nftp://b\n", ":2: expected an http:// URL, got 'ftp://b'"},
+        {"http://a speed=9\n", ":1: expected kind=auto|lmstudio|llamacpp|openai or "
+                               "total-ram=SIZE, got 'speed=9'"},
+        {"http://a total-ram=0\n", "got 'total-ram=0'"},
+        {"http://a\nhttp://a/\n", ":2: http://a is listed twice"},
+        {"# nothing\n", ": no backend in it"},
+        {"http://1\nhttp://2\nhttp://3\nhttp://4\nhttp://5\nhttp://6\nhttp://7\nhttp://8\n"
+         "http://9\n",
+         ":9: at most 8 backends"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        path = tmp_file(bad[i].text);
+        err = NULL;
+        assert_int_equal(parse(&c, NULL, &err, "--backends-file", path, NULL), 2);
+        if (strstr(err, bad[i].want) == NULL || strstr(err, path) == NULL)
+            fail_msg("%s: got '%s', want '%s'", bad[i].text, err, bad[i].want);
+        free(err);
+        unlink(path);
+    }
+    err = NULL;
+    assert_int_equal(parse(&c, NULL, &err, "--backends-file", "/nonexistent/b", NULL), 2);
+    assert_non_null(strstr(err, "/nonexistent/b: No such file"));
+    free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -704,6 +781,7 @@ int main(void)
         cmocka_unit_test(test_values),       cmocka_unit_test(test_errors),
         cmocka_unit_test(test_backend_url),  cmocka_unit_test(test_env),
         cmocka_unit_test(test_backends_repeated),
+        cmocka_unit_test(test_backends_file),
         cmocka_unit_test(test_access_rules), cmocka_unit_test(test_http),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_json),
