@@ -84,7 +84,11 @@ int serve_main(int argc, char **argv)
         exit_code = 1;
         goto out;
     }
-    log_info("lmsched %s starting; backend %s%s", LMSCHED_SERVE_VERSION, cfg.backend,
+    char more[1024] = "";
+    for (unsigned i = 1, at = 0; i < cfg.n_backends && at < sizeof(more); i++)
+        at += (unsigned)snprintf(more + at, sizeof(more) - at, ", %s", cfg.backend_more[i - 1]);
+    log_info("lmsched %s starting; backend%s %s%s%s", LMSCHED_SERVE_VERSION,
+             cfg.n_backends > 1 ? "s" : "", cfg.backend, more,
              getenv("LM_API_TOKEN") != NULL && *getenv("LM_API_TOKEN") ? " (with LM_API_TOKEN)"
                                                                       : "");
     if (cfg.backend_stripped[0])

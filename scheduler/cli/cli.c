@@ -423,6 +423,15 @@ int cli_render_status(const char *json, FILE *out)
             fprintf(out, "  routed %s  running %s  cached %s",
                     st_count(a, sizeof(a), be, "routed"), st_int(b, sizeof(b), be, "inflight"),
                     pct);
+            if (st_get(be, "budget_bytes") != NULL)
+                fprintf(out, "  budget %s  max %s", st_bytes(a, sizeof(a), be, "budget_bytes"),
+                        st_int(b, sizeof(b), be, "max_concurrent"));
+            if (json_is_true(st_get(be, "removed")))
+                fputs("  removed", out);
+            double outages;
+            if (st_num(be, "error_outages", &outages) && outages > 0)
+                fprintf(out, "  taken out for errors %s",
+                        st_count(a, sizeof(a), be, "error_outages"));
         }
         if (json_is_string(st_get(be, "last_error"))) {
             fprintf(out, "  last error: %s", st_str(a, sizeof(a), be, "last_error"));
@@ -436,15 +445,24 @@ int cli_render_status(const char *json, FILE *out)
     double frac;
     if (st_num(mem, "ram_fraction", &frac))
         snprintf(fraction, sizeof(fraction), "%.2f", frac);
-    fprintf(out,
-            "memory    RAM %s x %s - model %s = budget %s; KV/request %s -> max %s "
-            "concurrent (%s)\n",
-            st_bytes(a, sizeof(a), mem, "total_bytes"), fraction,
-            st_bytes(b, sizeof(b), mem, "model_size_bytes"),
-            st_bytes(c, sizeof(c), mem, "budget_bytes"),
-            st_bytes(d, sizeof(d), mem, "kv_per_request_bytes"),
-            st_int(e, sizeof(e), mem, "max_concurrent"),
-            st_str(f, sizeof(f), mem, "limited_by"));
+    if (n_be > 1) {
+        /* Each backend has its budget (on its line); the first's inputs. */
+        fprintf(out,
+                "memory    budget per backend (above); KV/request %s -> max %s concurrent "
+                "in all\n",
+                st_bytes(a, sizeof(a), mem, "kv_per_request_bytes"),
+                st_int(b, sizeof(b), mem, "max_concurrent"));
+    } else {
+        fprintf(out,
+                "memory    RAM %s x %s - model %s = budget %s; KV/request %s -> max %s "
+                "concurrent (%s)\n",
+                st_bytes(a, sizeof(a), mem, "total_bytes"), fraction,
+                st_bytes(b, sizeof(b), mem, "model_size_bytes"),
+                st_bytes(c, sizeof(c), mem, "budget_bytes"),
+                st_bytes(d, sizeof(d), mem, "kv_per_request_bytes"),
+                st_int(e, sizeof(e), mem, "max_concurrent"),
+                st_str(f, sizeof(f), mem, "limited_by"));
+    }
 
     fprintf(out, "queue     %s / %s        in flight %s / %s\n",
             st_int(a, sizeof(a), queue, "depth"), st_int(b, sizeof(b), queue, "max"),

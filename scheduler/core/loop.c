@@ -942,11 +942,23 @@ int sched_start(sched *s, int wait_ms)
             log_warn("backend %s: not usable yet (%s); requests wait for it up to "
                      "--backend-wait", b->url, b->last_error);
     }
-    log_info("memory: RAM %s, model %s, KV per request %s; %s",
-             budget_fmt_size(s->bin.total_ram, b1, sizeof(b1)),
-             s->bin.model_size ? budget_fmt_size(s->bin.model_size, b2, sizeof(b2))
-                               : "size unknown",
-             budget_fmt_size(s->bin.kv_per_request, b3, sizeof(b3)), s->bout.explain);
+    if (s->n_backends == 1)
+        log_info("memory: RAM %s, model %s, KV per request %s; %s",
+                 budget_fmt_size(s->bin.total_ram, b1, sizeof(b1)),
+                 s->bin.model_size ? budget_fmt_size(s->bin.model_size, b2, sizeof(b2))
+                                   : "size unknown",
+                 budget_fmt_size(s->bin.kv_per_request, b3, sizeof(b3)), s->bout.explain);
+    for (unsigned i = 0; s->n_backends > 1 && i < s->n_backends; i++) {
+        const budget_in *in = &s->be[i].bin;
+        log_info("memory of %s: RAM %s, model %s, KV per request %s; %s", s->backends[i].url,
+                 budget_fmt_size(in->total_ram, b1, sizeof(b1)),
+                 in->model_size ? budget_fmt_size(in->model_size, b2, sizeof(b2))
+                                : "size unknown",
+                 budget_fmt_size(in->kv_per_request, b3, sizeof(b3)), s->be[i].bout.explain);
+    }
+    if (s->n_backends > 1)
+        log_info("memory: max %u concurrent over %u backends", s->max_concurrent,
+                 s->n_backends);
     if (s->bout.model_too_big) {
         if (!s->cfg.force) {
             fprintf(stderr, "lmsched serve: refusing to start: %s\n", s->bout.explain);

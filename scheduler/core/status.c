@@ -96,6 +96,9 @@ void status_take(sched *s, status_snapshot *o)
         ob->error_outages = e->error_outages;
         ob->removed = e->removed;
         ob->total_ram = e->bin.total_ram;
+        ob->budget_bytes = e->bout.budget_bytes;
+        ob->reserved_bytes = e->reserved_bytes;
+        ob->max_concurrent = e->max_concurrent;
         ob->prompt_tokens = e->prompt_tokens;
         ob->cached_tokens = e->cached_tokens;
         o->n_backends = i + 1;
@@ -205,8 +208,13 @@ char *status_json(const status_snapshot *o)
                              : json_null(),
             "error_outages", (json_int_t)x->error_outages, "removed", x->removed, "total_ram",
             (json_int_t)x->total_ram);
-        if (one != NULL)
+        if (one != NULL) {
+            json_object_set_new(one, "budget_bytes", json_integer((json_int_t)x->budget_bytes));
+            json_object_set_new(one, "reserved_bytes",
+                                json_integer((json_int_t)x->reserved_bytes));
+            json_object_set_new(one, "max_concurrent", json_integer((json_int_t)x->max_concurrent));
             json_array_append_new(backends, one);
+        }
     }
 
     /* Per prefix group: where its prefix is cached and how often it hit. */

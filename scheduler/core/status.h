@@ -51,6 +51,9 @@ typedef struct status_backend {
     uint64_t error_outages; /* times taken out for a burst of server errors */
     bool removed;           /* removed from --backends-file (running ones finish) */
     uint64_t total_ram;     /* the RAM its budget uses */
+    uint64_t budget_bytes;  /* its KV budget */
+    uint64_t reserved_bytes; /* of which reserved by running requests */
+    unsigned max_concurrent; /* requests it may run at once */
     uint64_t prompt_tokens, cached_tokens; /* as it reported them */
 } status_backend;
 
