@@ -73,8 +73,20 @@ static bool admit_route(sched *s, job *j, char *why, size_t len)
     j->pi.backends = m;
     j->elig = m;
     if (m != 0) {
-        if (s->routing != SCHED_ROUTE_CACHE)
+        if (s->routing != SCHED_ROUTE_CACHE) {
             admit_bind(s, j, 0);
+            return false;
+        }
+        /* Only where its reservation fits the whole budget: placed on a
+         * smaller one it would be refused although another holds it. When
+         * none does, any (it is refused at dispatch). */
+        uint32_t fit = 0;
+        for (unsigned i = 0; i < s->n_backends; i++)
+            if (((m >> i) & 1u) &&
+                (s->be[i].bout.model_too_big || j->reserve <= s->be[i].bout.budget_bytes))
+                fit |= 1u << i;
+        if (fit != 0)
+            j->pi.backends = fit;
         return false;
     }
     size_t at = (size_t)snprintf(why, len, "no backend serves the model '%.100s'; the models "
@@ -222,12 +234,12 @@ job *sched_submit(sched *s, chat_req *req, const sink *k)
     j->pi.session = admit_session(j->req->session);
     j->pi.max_tokens = j->req->max_tokens > 0 ? (uint32_t)j->req->max_tokens : 0;
     j->pi.source = j->sink.owner;
+    j->reserve = capacity_reserve(s, j->chain.tokens, j->req->max_tokens);
     if (s->n_backends > 1 && admit_route(s, j, why, sizeof(why))) {
         code = LMSCHED_EINVAL;
         field = "model";
         goto refuse;
     }
-    j->reserve = capacity_reserve(s, j->chain.tokens, j->req->max_tokens);
 
     int rc = policy_push(s->pol, &j->pi);
     if (rc == LMSCHED_EBUSY) {

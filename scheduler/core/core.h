@@ -110,6 +110,8 @@ typedef struct sched_be {
     unsigned slot_base;       /* its first slot in the policy */
     unsigned n_slots;         /* its slots there */
     uint64_t reserved_bytes;  /* KV reserved by requests running on it */
+    job *pending;             /* chosen for it by the policy, waiting for its KV memory
+                               * (its other slots wait too; other backends do not) */
     unsigned inflight;        /* requests dispatched to it, not yet ended */
     unsigned queued;          /* --routing baselines: queued requests bound to it */
     unsigned err_run;         /* server errors in a row (--backend-errors) */
@@ -149,7 +151,6 @@ struct sched {
 
     job *jobs;
     unsigned queued, inflight; /* inflight counts every job that left the queue */
-    job *pending;              /* chosen by the policy, waiting for memory */
     uint64_t reserved_bytes;   /* KV reserved by running requests */
     uint64_t kv_bytes_per_token;
     const char *kv_source;     /* where kv_bytes_per_token came from */

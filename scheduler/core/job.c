@@ -85,8 +85,8 @@ static void job_detach(sched *s, job *j)
             http_xfer_free(s->http, j->xfer);
             j->xfer = NULL;
         }
-        if (s->pending == j)
-            s->pending = NULL;
+        if (s->be[sched_be_index(s, j->be)].pending == j)
+            s->be[sched_be_index(s, j->be)].pending = NULL;
         job_release_slot(s, j, NULL);
         s->inflight--;
         s->be[sched_be_index(s, j->be)].inflight--;

@@ -226,65 +226,78 @@ static void loop_job_start(sched *s, job *j)
     j->state = JOB_INFLIGHT;
 }
 
-static void loop_dispatch(sched *s, int64_t now)
+/* KV memory: j, chosen for its backend, reserves its share while it runs
+ * and starts. One that cannot fit even alone is refused; otherwise it
+ * waits (holding its place on that backend) until enough requests running
+ * there finish. Returns true when it waits. */
+static bool loop_reserve(sched *s, job *j, int64_t now)
+{
+    sched_be *e = &s->be[sched_be_index(s, j->be)];
+    uint64_t budget = e->bout.budget_bytes;
+    if (e->reserved_bytes + j->reserve > budget) {
+        if (e->reserved_bytes == 0 && !e->bout.model_too_big) {
+            char why[200], b1[32], b2[32];
+            snprintf(why, sizeof(why), "request needs %s of KV cache (prompt + max_tokens), "
+                     "more than the whole budget of %s; lower max_tokens",
+                     budget_fmt_size(j->reserve, b1, sizeof(b1)),
+                     budget_fmt_size(budget, b2, sizeof(b2)));
+            job_fail(s, j, LMSCHED_ETOOLARGE, why, NULL);
+            return false;
+        }
+        if (e->reserved_bytes > 0) {
+            e->pending = j;
+            return true;
+        }
+        /* --force with a model over budget: run one at a time */
+    }
+    e->pending = NULL;
+    s->reserved_bytes += j->reserve;
+    e->reserved_bytes += j->reserve;
+    j->reserved = true;
+    lat_add(&s->st.queue_wait, (double)(now - j->recv_us) / 1000.0);
+    loop_job_start(s, j);
+    return false;
+}
+
+/* Starts what may start: first each backend's request waiting for memory,
+ * then the policy's choices. A backend whose request still waits takes
+ * nothing else (the waiting one keeps its place), but the others do: the
+ * policy sees it as down until this dispatch ends. */
+static void loop_dispatch(sched *s, uint32_t up, int64_t now)
 {
     if (s->draining)
         return;
-    for (;;) {
-        job *j = s->pending;
-        if (j == NULL) {
-            if (s->inflight >= s->max_concurrent)
-                break;
-            int slot = -1;
-            uint32_t cached = 0;
-            pol_item *it = policy_next(s->pol, now, &slot, &cached);
-            if (it == NULL)
-                break;
-            j = (job *)it;
-            unsigned bi = policy_slot_backend(s->pol, slot);
-            j->slot = slot;
-            j->be = &s->backends[bi];
-            j->state = JOB_PENDING;
-            sched_queued_add(s, j, -1);
-            s->inflight++;
-            s->be[bi].inflight++;
-            s->be[bi].routed++;
-            if (s->n_backends > 1)
-                log_debug("request %" PRIu64 "/%" PRIu64 " -> backend %s slot %d, ~%u of %u "
-                          "prompt tokens cached", j->sink.owner, j->sink.id, j->be->url,
-                          slot - (int)s->be[bi].slot_base, cached, j->chain.tokens);
-            else
-                log_debug("request %" PRIu64 "/%" PRIu64 " -> slot %d, ~%u of %u prompt tokens "
-                          "cached", j->sink.owner, j->sink.id, slot, cached, j->chain.tokens);
-        }
-        sched_be *e = &s->be[sched_be_index(s, j->be)];
-        /* KV memory: the request reserves its share while it runs. One that
-         * cannot fit even alone is refused; otherwise it waits (holding its
-         * place) until enough running requests finish. */
-        uint64_t budget = e->bout.budget_bytes;
-        if (e->reserved_bytes + j->reserve > budget) {
-            if (e->reserved_bytes == 0 && !e->bout.model_too_big) {
-                char why[200], b1[32], b2[32];
-                snprintf(why, sizeof(why), "request needs %s of KV cache (prompt + max_tokens), "
-                         "more than the whole budget of %s; lower max_tokens",
-                         budget_fmt_size(j->reserve, b1, sizeof(b1)),
-                         budget_fmt_size(budget, b2, sizeof(b2)));
-                job_fail(s, j, LMSCHED_ETOOLARGE, why, NULL);
-                continue;
-            }
-            if (e->reserved_bytes > 0) {
-                s->pending = j;
-                break;
-            }
-            /* --force with a model over budget: run one at a time */
-        }
-        s->pending = NULL;
-        s->reserved_bytes += j->reserve;
-        e->reserved_bytes += j->reserve;
-        j->reserved = true;
-        lat_add(&s->st.queue_wait, (double)(now - j->recv_us) / 1000.0);
-        loop_job_start(s, j);
+    uint32_t waiting = 0;
+    for (unsigned i = 0; i < s->n_backends; i++)
+        if (s->be[i].pending != NULL && loop_reserve(s, s->be[i].pending, now))
+            waiting |= 1u << i;
+    while (s->inflight < s->max_concurrent && (up & ~waiting) != 0) {
+        policy_set_backends_up(s->pol, up & ~waiting);
+        int slot = -1;
+        uint32_t cached = 0;
+        pol_item *it = policy_next(s->pol, now, &slot, &cached);
+        if (it == NULL)
+            break;
+        job *j = (job *)it;
+        unsigned bi = policy_slot_backend(s->pol, slot);
+        j->slot = slot;
+        j->be = &s->backends[bi];
+        j->state = JOB_PENDING;
+        sched_queued_add(s, j, -1);
+        s->inflight++;
+        s->be[bi].inflight++;
+        s->be[bi].routed++;
+        if (s->n_backends > 1)
+            log_debug("request %" PRIu64 "/%" PRIu64 " -> backend %s slot %d, ~%u of %u "
+                      "prompt tokens cached", j->sink.owner, j->sink.id, j->be->url,
+                      slot - (int)s->be[bi].slot_base, cached, j->chain.tokens);
+        else
+            log_debug("request %" PRIu64 "/%" PRIu64 " -> slot %d, ~%u of %u prompt tokens "
+                      "cached", j->sink.owner, j->sink.id, slot, cached, j->chain.tokens);
+        if (loop_reserve(s, j, now))
+            waiting |= 1u << bi;
     }
+    policy_set_backends_up(s->pol, up);
 }
 
 static int64_t retry_backoff_us(unsigned attempt)
@@ -380,8 +393,8 @@ static bool loop_requeue(sched *s, job *j, const char *why)
         return false;
     }
     job_release_slot(s, j, NULL);
-    if (s->pending == j)
-        s->pending = NULL;
+    if (s->be[from].pending == j)
+        s->be[from].pending = NULL;
     s->inflight--;
     s->be[from].inflight--;
     sched_queued_add(s, j, 1);
@@ -775,7 +788,7 @@ int64_t sched_turn(sched *s)
         s->up_seen = up;
     }
     if (up != 0)
-        loop_dispatch(s, now);
+        loop_dispatch(s, up, now);
     if (up != all)
         down_wake = loop_expire_down(s, up, now);
     if (!s->draining)

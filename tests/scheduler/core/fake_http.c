@@ -42,6 +42,8 @@ struct fake_http {
     fake_xfer *done[FAKE_XFERS * 2];
     size_t n_done;
     unsigned posts, n_get_total;
+    void (*on_post)(void *arg);
+    void *on_post_arg;
     struct http_target target;
 };
 
@@ -79,6 +81,8 @@ static int f_post_start(http_client *hc, http_target *t, const char *path, char 
         free(body);
         return LMSCHED_ENOMEM;
     }
+    if (f->on_post != NULL)
+        f->on_post(f->on_post_arg);
     fake_xfer *x = f_new(owner, 0);
     x->x.is_chat = true;
     x->body = body;
@@ -279,6 +283,12 @@ unsigned fake_http_posts(const fake_http *f)
 unsigned fake_http_gets(const fake_http *f)
 {
     return f->n_get_total;
+}
+
+void fake_http_on_post(fake_http *f, void (*fn)(void *arg), void *arg)
+{
+    f->on_post = fn;
+    f->on_post_arg = arg;
 }
 
 void fake_http_finish(fake_http *f, size_t i, long status, const char *body, int curlcode)

@@ -36,6 +36,11 @@ unsigned fake_http_gets(const fake_http *f);
  * - status 0: curlcode (CURLE_COULDNT_CONNECT = 7 and so on), no response. */
 void fake_http_finish(fake_http *f, size_t i, long status, const char *body, int curlcode);
 
+/* Calls fn(arg) each time a chat transfer starts, before it is queued:
+ * the core has dispatched (or retried) a request and made its memory
+ * reservation. NULL stops it. */
+void fake_http_on_post(fake_http *f, void (*fn)(void *arg), void *arg);
+
 /* A chat.completion body with this content (static buffer). */
 const char *fake_http_completion(const char *content, int prompt_tokens, int cached_tokens);
 

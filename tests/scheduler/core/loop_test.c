@@ -84,7 +84,8 @@ static const char lmstudio_models[] =
     "\"loaded_instances\":[{\"id\":\"m1\",\"config\":{\"context_length\":8192,"
     "\"parallel\":2}}]}]}";
 
-static void env_start(env *e, void (*tweak)(sched_config *))
+static void env_start_with(env *e, void (*tweak)(sched_config *), const char *models,
+                          int slots)
 {
     memset(e, 0, sizeof(*e));
     clock_set_source(fake_clock, NULL);
@@ -97,11 +98,18 @@ static void env_start(env *e, void (*tweak)(sched_config *))
         tweak(&e->cfg);
     http_client *hc = NULL;
     e->f = fake_http_new(&hc);
-    fake_http_route(e->f, "/api/v1/models", 200, lmstudio_models);
+    fake_http_route(e->f, "/api/v1/models", 200, models);
     assert_int_equal(sched_alloc_http(&e->s, &e->cfg, hc), 0);
     assert_int_equal(sched_start(e->s, 100), 0);
-    assert_true(e->s->backends[0].healthy);
-    assert_int_equal(e->s->backends[0].slots, 2);
+    for (unsigned i = 0; i < e->s->n_backends; i++) {
+        assert_true(e->s->backends[i].healthy);
+        assert_int_equal(e->s->backends[i].slots, slots);
+    }
+}
+
+static void env_start(env *e, void (*tweak)(sched_config *))
+{
+    env_start_with(e, tweak, lmstudio_models, 2);
 }
 
 static void env_stop(env *e)
@@ -442,6 +450,310 @@ static void test_exactly_once(void **state)
     env_stop(&e);
 }
 
+
+/* ---- the memory budget at every dispatch ---------------------------------- */
+
+/* Four slots per backend, 8192-token context: a request reserves at most
+ * 8192 x 128 KiB = 1 GiB (the default KV bytes per token). */
+static const char lmstudio_models4[] =
+    "{\"models\":[{\"type\":\"llm\",\"key\":\"m1\",\"size_bytes\":1000000,"
+    "\"loaded_instances\":[{\"id\":\"m1\",\"config\":{\"context_length\":8192,"
+    "\"parallel\":4}}]}]}";
+
+/* Each backend's RAM (--backends-file's total-ram), 0 ends the list; the
+ * budget is 0.6 x RAM - the 1 MB model. */
+static uint64_t budget_ram[SCHED_MAX_BACKENDS];
+static const char *budget_policy = "prefix";
+
+static void tweak_budget(sched_config *c)
+{
+    unsigned n = 0;
+    while (n < SCHED_MAX_BACKENDS && budget_ram[n] != 0)
+        n++;
+    c->total_ram = budget_ram[0];
+    c->backend_errors = 0; /* 503s are retried, never take a backend out */
+    snprintf(c->policy, sizeof(c->policy), "%s", budget_policy);
+    if (n < 2)
+        return;
+    c->n_backends = n;
+    snprintf(c->backends_file, sizeof(c->backends_file), "loop_test.backends");
+    c->file_backends.n = n;
+    for (unsigned i = 0; i < n; i++) {
+        if (i > 0)
+            snprintf(c->backend_more[i - 1], sizeof(c->backend_more[i - 1]), "http://fake%u",
+                     i + 1);
+        snprintf(c->file_backends.v[i].url, sizeof(c->file_backends.v[i].url), "%s",
+                 i == 0 ? c->backend : c->backend_more[i - 1]);
+        c->file_backends.v[i].total_ram = budget_ram[i];
+    }
+}
+
+/* What each request got: its one answer, its reservation, where it ran. */
+typedef struct bud_answer {
+    int calls;
+    int code;
+    uint64_t reserve;
+    int backend; /* -1: never dispatched */
+} bud_answer;
+
+static sched *bud_s;
+
+static void bud_record(bud_answer *a, const job *j, int code)
+{
+    a->calls++;
+    a->code = code;
+    a->reserve = j->reserve;
+    a->backend = j->be != NULL ? (int)sched_be_index(bud_s, j->be) : -1;
+}
+
+static void bud_done(void *arg, job *j, const chat_result *r)
+{
+    (void)r;
+    bud_record(arg, j, LMSCHED_OK);
+}
+
+static void bud_fail(void *arg, job *j, int code, const char *msg, const char *field)
+{
+    (void)msg;
+    (void)field;
+    bud_record(arg, j, code);
+}
+
+static const sink_ops bud_ops = {.done = bud_done, .fail = bud_fail};
+
+/* The invariant, checked from the fake server each time the core starts a
+ * transfer (a dispatch or a retry), i.e. right after it reserved: the
+ * reservations of the requests that hold one, summed per backend, equal
+ * the core's bookkeeping and fit that backend's budget; so do the totals. */
+typedef struct bud_check {
+    sched *s;
+    unsigned checks;
+    uint64_t peak[SCHED_MAX_BACKENDS]; /* the largest sum seen */
+} bud_check;
+
+static void bud_check_now(void *arg)
+{
+    bud_check *c = arg;
+    const sched *s = c->s;
+    uint64_t sum[SCHED_MAX_BACKENDS] = {0}, total = 0, budgets = 0;
+    for (const job *j = s->jobs; j != NULL; j = j->next) {
+        if (!j->reserved)
+            continue;
+        assert_non_null(j->be);
+        sum[sched_be_index(s, j->be)] += j->reserve;
+        total += j->reserve;
+    }
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        if (sum[i] > s->be[i].bout.budget_bytes)
+            fail_msg("backend %u: %llu bytes reserved, over its budget of %llu", i,
+                     (unsigned long long)sum[i], (unsigned long long)s->be[i].bout.budget_bytes);
+        assert_int_equal(sum[i], s->be[i].reserved_bytes);
+        budgets += s->be[i].bout.budget_bytes;
+        if (sum[i] > c->peak[i])
+            c->peak[i] = sum[i];
+    }
+    assert_int_equal(total, s->reserved_bytes);
+    assert_true(total <= budgets);
+    c->checks++;
+}
+
+/* A request of about prompt_tokens tokens (user text of 4 bytes a token)
+ * asking for max_tokens back. */
+static void submit_sized(env *e, bud_answer *a, uint64_t owner, const char *system,
+                         unsigned prompt_tokens, int32_t max_tokens)
+{
+    chat_req *r = NULL;
+    assert_int_equal(chat_req_alloc(&r), LMSCHED_OK);
+    free(r->system);
+    r->system = strdup(system);
+    r->messages = calloc(1, sizeof(*r->messages));
+    r->messages[0].role = strdup("user");
+    char *text = malloc((size_t)prompt_tokens * 4 + 1);
+    for (unsigned i = 0; i < prompt_tokens; i++)
+        memcpy(text + (size_t)i * 4, "abc ", 4);
+    text[(size_t)prompt_tokens * 4] = '\0';
+    r->messages[0].content = text;
+    r->n_messages = 1;
+    r->max_tokens = max_tokens;
+    r->priority = 5;
+    sink k = {.ops = &bud_ops, .arg = a, .owner = owner, .id = 1};
+    sched_submit(e->s, r, &k);
+}
+
+/* Many requests of mixed sizes against the backends of budget_ram: small
+ * ones, ones that fit a budget only alone, ones larger than a budget; the
+ * fake server finishes them in random order, with retried 503s, refused
+ * 400s and agents going away. At every dispatch the invariant holds; at
+ * the end every request has its one answer, nothing is reserved, and only
+ * requests larger than every budget were refused as too large. */
+static void budget_run(unsigned seed)
+{
+    env e;
+    env_start_with(&e, tweak_budget, lmstudio_models4, 4);
+    bud_s = e.s;
+    bud_check c = {.s = e.s};
+    fake_http_on_post(e.f, bud_check_now, &c);
+    uint64_t min_budget = UINT64_MAX, max_budget = 0;
+    for (unsigned i = 0; i < e.s->n_backends; i++) {
+        uint64_t b = e.s->be[i].bout.budget_bytes;
+        min_budget = b < min_budget ? b : min_budget;
+        max_budget = b > max_budget ? b : max_budget;
+    }
+    enum { N = 400 };
+    static bud_answer a[N];
+    memset(a, 0, sizeof(a));
+    static const char *const sys[] = {"You review code.", "You write tests.", "You plan.",
+                                      "You summarize."};
+    srand(seed);
+    int sent = 0;
+    for (int round = 0; round < 40000 && (sent < N || e.s->jobs != NULL); round++) {
+        for (int k = rand() % 4; k > 0 && sent < N; k--, sent++) {
+            unsigned prompt = 20 + (unsigned)(rand() % 1500);
+            int32_t max;
+            int kind = rand() % 20;
+            if (kind < 10)
+                max = 16 + rand() % 256; /* small */
+            else if (kind < 15)
+                max = 512 + rand() % 1536;
+            else if (kind < 18)
+                max = 4000 + rand() % 2600; /* with the prompt, alone or nearly */
+            else
+                max = 8192; /* a whole context: 1 GiB */
+            submit_sized(&e, &a[sent], (uint64_t)(1 + rand() % 6), sys[rand() % 4], prompt,
+                         max);
+        }
+        sched_turn(e.s);
+        for (size_t p = fake_http_pending(e.f); p-- > 0;) {
+            int what = rand() % 40;
+            if (what < 12)
+                fake_http_finish(e.f, p, 200, fake_http_completion("ok", 100, 10), 0);
+            else if (what == 12)
+                fake_http_finish(e.f, p, 503, "{\"error\":\"busy\"}", 0);
+            else if (what == 13)
+                fake_http_finish(e.f, p, 400, "{\"error\":\"bad\"}", 0);
+        }
+        if (rand() % 150 == 0)
+            sched_cancel_owner(e.s, (uint64_t)(1 + rand() % 6), "gone");
+        advance_ms(rand() % 30);
+    }
+    fake_http_on_post(e.f, NULL, NULL);
+    int ok = 0, too_large = 0, ok_big = 0, ok_alone = 0;
+    for (int i = 0; i < N; i++) {
+        if (a[i].calls != 1)
+            fail_msg("request %d answered %d times", i, a[i].calls);
+        if (a[i].code == LMSCHED_ETOOLARGE) {
+            too_large++;
+            /* refused only when no backend's whole budget holds it */
+            if (a[i].reserve <= max_budget)
+                fail_msg("request %d (%llu bytes) refused as too large; a budget of %llu "
+                         "holds it", i, (unsigned long long)a[i].reserve,
+                         (unsigned long long)max_budget);
+        } else if (a[i].code == LMSCHED_OK) {
+            ok++;
+            assert_true(a[i].backend >= 0);
+            assert_true(a[i].reserve <= e.s->be[a[i].backend].bout.budget_bytes);
+            ok_big += a[i].reserve > min_budget;
+            ok_alone += a[i].reserve > e.s->be[a[i].backend].bout.budget_bytes / 2;
+        }
+    }
+    assert_true(ok > N / 2);
+    assert_true(ok_alone > 0); /* some ran with room for nothing as large beside them */
+    if (max_budget < (1ull << 30))
+        assert_true(too_large > 0);
+    if (min_budget < max_budget)
+        assert_true(ok_big > 0); /* ran where they fit, not refused */
+    assert_int_equal(c.checks, fake_http_posts(e.f));
+    for (unsigned i = 0; i < e.s->n_backends; i++) {
+        assert_int_equal(e.s->be[i].reserved_bytes, 0);
+        assert_int_equal(e.s->be[i].inflight, 0);
+        /* the budget was the limit, not the slots */
+        assert_true(c.peak[i] > e.s->be[i].bout.budget_bytes / 2);
+    }
+    assert_null(e.s->jobs);
+    assert_int_equal(e.s->queued, 0);
+    assert_int_equal(e.s->inflight, 0);
+    assert_int_equal(e.s->reserved_bytes, 0);
+    assert_int_equal(e.s->st.received,
+                     e.s->st.completed + e.s->st.failed + e.s->st.rejected_busy);
+    env_stop(&e);
+}
+
+/* One backend, a budget of 0.6 x 1.5 GiB - 1 MB (about 920 MiB): a whole
+ * context (1 GiB) is too large, ~5000 tokens fit only alone. */
+static void test_budget_one(void **state)
+{
+    (void)state;
+    memset(budget_ram, 0, sizeof(budget_ram));
+    budget_ram[0] = 3ull << 29;
+    budget_policy = "prefix";
+    budget_run(11);
+    budget_policy = "fifo";
+    budget_run(12);
+}
+
+/* Two backends, budgets of about 2.4 GiB and 920 MiB: a whole context
+ * fits only the first; a request no budget holds is refused. */
+static void test_budget_two(void **state)
+{
+    (void)state;
+    memset(budget_ram, 0, sizeof(budget_ram));
+    budget_ram[0] = 4ull << 30;
+    budget_ram[1] = 3ull << 29;
+    budget_policy = "prefix";
+    budget_run(21);
+    budget_policy = "fifo";
+    budget_run(22);
+    /* both too small for a whole context: those are refused */
+    budget_ram[0] = 3ull << 29;
+    budget_ram[1] = 1ull << 30;
+    budget_run(23);
+}
+
+/* Two backends: a request waiting for memory on one does not hold up
+ * another that has room. Large requests go in one at a time until one
+ * waits for memory; a small one then runs on the other backend. */
+static void test_budget_pending_one_backend(void **state)
+{
+    (void)state;
+    memset(budget_ram, 0, sizeof(budget_ram));
+    budget_ram[0] = 2ull << 30; /* budgets of ~1.2 GiB: one 875 MiB request each */
+    budget_ram[1] = 2ull << 30;
+    budget_policy = "fifo";
+    env e;
+    env_start_with(&e, tweak_budget, lmstudio_models4, 4);
+    bud_s = e.s;
+    bud_answer big[3] = {{0}}, small = {0};
+    const job *waiting = NULL;
+    for (int i = 0; i < 3 && waiting == NULL; i++) {
+        submit_sized(&e, &big[i], 1, "sys", 100, 6900);
+        sched_turn(e.s);
+        if (e.s->jobs->state == JOB_PENDING)
+            waiting = e.s->jobs;
+    }
+    assert_non_null(waiting);
+    unsigned held = sched_be_index(e.s, waiting->be);
+    assert_int_not_equal(e.s->be[held].reserved_bytes, 0);
+    submit_sized(&e, &small, 2, "other", 100, 200);
+    sched_turn(e.s);
+    const job *j = e.s->jobs;
+    assert_int_equal(j->state, JOB_INFLIGHT);
+    assert_int_not_equal(sched_be_index(e.s, j->be), held);
+    assert_int_equal(waiting->state, JOB_PENDING);
+    /* the others finish: the waiting one runs, everyone is answered */
+    for (int round = 0; round < 100 && e.s->jobs != NULL; round++) {
+        if (fake_http_pending(e.f) > 0)
+            fake_http_finish(e.f, 0, 200, fake_http_completion("ok", 100, 0), 0);
+        sched_turn(e.s);
+        advance_ms(10);
+    }
+    assert_null(e.s->jobs);
+    assert_int_equal(small.calls, 1);
+    for (int i = 0; i < 3; i++)
+        assert_true(big[i].calls <= 1);
+    assert_int_equal(e.s->reserved_bytes, 0);
+    env_stop(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -450,7 +762,8 @@ int main(void)
         cmocka_unit_test(test_no_retry_400),  cmocka_unit_test(test_backend_down),
         cmocka_unit_test(test_idle_wake),     cmocka_unit_test(test_drain),
         cmocka_unit_test(test_cancel_owner),  cmocka_unit_test(test_queue_full),
-        cmocka_unit_test(test_exactly_once),
+        cmocka_unit_test(test_exactly_once),  cmocka_unit_test(test_budget_one),
+        cmocka_unit_test(test_budget_two),    cmocka_unit_test(test_budget_pending_one_backend),
     };
     return cmocka_run_group_tests_name("loop", tests, NULL, NULL);
 }
