@@ -20,6 +20,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -66,6 +67,7 @@ typedef struct bn_opts {
     bn_backend_kind backend_kind;
     const char *reset_cmd; /* llama.cpp: /bin/sh command that resets it */
     double time_scale;     /* llama.cpp: `many`'s arrivals run this much faster */
+    bool time_scale_auto;  /* llama.cpp: --time-scale auto (measured, bn_llama_calibrate) */
     const char *policies[BN_MAX_POLICIES];
     int npolicies;
     const char *backend;
@@ -92,7 +94,7 @@ static void bn_usage(FILE *out)
         out,
         "usage: lmbench --workload rounds|roles|many|chat|mixed[-tools] [--policy P[,P...]]\n"
         "               [--backend URL] [--backend-kind auto|lmsim|llamacpp]\n"
-        "               [--reset-cmd CMD] [--time-scale F] [--lmsched PATH]\n"
+        "               [--reset-cmd CMD] [--time-scale F|auto] [--lmsched PATH]\n"
         "               [--daemon-arg ARG]... [--slots N] [--seed N] [--scale F] "
         "[--json]\n"
         "               [--classes LIST] [--dump FILE]\n"
@@ -118,7 +120,9 @@ static void bn_usage(FILE *out)
         "                    (POST /slots/N?action=erase, needs --slot-save-path;\n"
         "                    the host prompt cache survives that)\n"
         "  --time-scale F    llamacpp: send `many`'s arrivals F times faster (default "
-        "1)\n"
+        "1);\n"
+        "                    auto: as much faster as the server prefills the workload's\n"
+        "                    text than lmsim's default 800 tokens/s (measured at start)\n"
         "  --lmsched PATH    the lmsched command (default: next to lmbench)\n"
         "  --daemon-arg ARG  one more argument for `lmsched serve` (repeatable)\n"
         "  --slots N         slots assumed by the optimum (default 4)\n"
@@ -260,6 +264,10 @@ static int bn_parse(int argc, char **argv, bn_opts *o, char **policy_buf)
             o->reset_cmd = optarg;
             break;
         case OPT_TIME_SCALE:
+            if (strcmp(optarg, "auto") == 0) {
+                o->time_scale_auto = true;
+                break;
+            }
             if (bn_parse_num("--time-scale", optarg, 0.001, 1000, &v) != 0)
                 return 2;
             o->time_scale = v;
@@ -372,6 +380,66 @@ static int bn_llama_wait_healthy(const char *base)
         }
     }
     return -1;
+}
+
+/* lmsim's default --prefill-tps: its tokens (4 bytes of text) per simulated
+ * second. */
+#define BN_LMSIM_PREFILL_TPS 800.0
+
+/* --time-scale auto: the time scale at which `many`'s arrivals load the
+ * server as they load lmsim with its defaults. The same text costs the
+ * server other tokens than lmsim's 4 bytes each, at its own speed on this
+ * machine now; so it prefills the workload's longest system prompt (no
+ * cache, three times, the median) and the scale is its rate in lmsim's
+ * tokens over lmsim's. Returns 0, or -1 with why set. */
+static int bn_llama_calibrate(const char *base, const bn_workload *w, double *scale,
+                              char *why, size_t whylen)
+{
+    const char *text = NULL;
+    for (int i = 0; i < w->nsystems; i++)
+        if (w->systems[i] != NULL && (text == NULL || strlen(w->systems[i]) > strlen(text)))
+            text = w->systems[i];
+    if (text == NULL) {
+        snprintf(why, whylen, "--time-scale auto: the workload has no system prompt");
+        return -1;
+    }
+    json_t *req = json_pack("{s:s, s:i, s:b}", "prompt", text, "n_predict", 1,
+                            "cache_prompt", 0);
+    char *body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    double ms[3];
+    int64_t n = -1;
+    for (int i = 0; i < 3; i++) {
+        json_t *r = NULL;
+        if (body == NULL || bn_http_req(base, "/completion", body, false, NULL, &r) != 0) {
+            free(body);
+            snprintf(why, whylen, "--time-scale auto: POST %s/completion failed", base);
+            return -1;
+        }
+        json_t *t = json_object_get(r, "timings");
+        ms[i] = json_number_value(json_object_get(t, "prompt_ms"));
+        n = bn_json_int(t, "prompt_n");
+        json_decref(r);
+    }
+    free(body);
+    for (int i = 1; i < 3; i++) /* sort the three */
+        for (int k = i; k > 0 && ms[k] < ms[k - 1]; k--) {
+            double x = ms[k];
+            ms[k] = ms[k - 1];
+            ms[k - 1] = x;
+        }
+    if (!(ms[1] > 0) || n <= 0) {
+        snprintf(why, whylen, "--time-scale auto: %s/completion reported no prompt timings",
+                 base);
+        return -1;
+    }
+    double lmsim_tokens = ceil((double)strlen(text) / 4.0);
+    *scale = lmsim_tokens / (ms[1] / 1000.0) / BN_LMSIM_PREFILL_TPS;
+    fprintf(stderr,
+            "lmbench: --time-scale auto: %s prefills %" PRId64 " tokens (%.0f of lmsim's) in "
+            "%.0f ms: %.0f of lmsim's tokens/s, time scale %.2f\n",
+            base, n, lmsim_tokens, ms[1], lmsim_tokens / (ms[1] / 1000.0), *scale);
+    return 0;
 }
 
 /* A fresh llama-server for the next policy: --reset-cmd (a restart also
@@ -1093,12 +1161,18 @@ static int bn_fleet_stats(const bn_opts *o, json_t **outp, char *why, size_t why
 /* Resets the backend before a policy's run and returns the time scale for
  * `many`'s arrivals (lmsim's clock speed, or --time-scale for llama-server).
  * Returns 0, or -1 with why set. */
-static int bn_backend_reset(const bn_opts *o, double *time_scale, char *why,
-                            size_t whylen)
+static int bn_backend_reset(const bn_opts *o, const bn_workload *w, double *time_scale,
+                            char *why, size_t whylen)
 {
     json_t *reset = NULL, *stats = NULL;
     if (o->backend_kind == BN_BACKEND_LLAMACPP) {
-        *time_scale = o->time_scale;
+        /* measured once, before the first reset: every policy gets the
+         * same arrivals */
+        static double measured;
+        if (o->time_scale_auto && measured == 0 &&
+            bn_llama_calibrate(o->backend, w, &measured, why, whylen) != 0)
+            return -1;
+        *time_scale = o->time_scale_auto ? measured : o->time_scale;
         return bn_llama_reset(o, why, whylen);
     }
     for (int i = -1; i < o->nmore_backends; i++) {
@@ -1134,7 +1208,7 @@ static int bn_run_policy(const bn_opts *o, bn_workload *w, const char *lmsched,
     bool llama = o->backend_kind == BN_BACKEND_LLAMACPP;
 
     bn_workload_reset(w);
-    if (bn_backend_reset(o, &time_scale, why, sizeof(why)) != 0)
+    if (bn_backend_reset(o, w, &time_scale, why, sizeof(why)) != 0)
         goto out;
     if (bn_daemon_start(&d, o, lmsched, policy, why, sizeof(why)) != 0)
         goto out;
