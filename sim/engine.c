@@ -124,30 +124,9 @@ struct sim_engine {
     unsigned max_active;
 };
 
-/* Three letters and a space: every reply token is exactly 4 bytes, so the
- * reply's tokens line up with the tokenizer rule when it is sent back. */
-static const char *const simeng_words[64] = {
-    "the ", "cat ", "sat ", "oak ", "mat ", "and ", "dog ", "ran ", "far ", "sun ",
-    "sky ", "red ", "big ", "old ", "new ", "map ", "key ", "box ", "cup ", "tea ",
-    "pen ", "ink ", "car ", "bus ", "way ", "day ", "one ", "two ", "six ", "ten ",
-    "top ", "end ", "log ", "bit ", "net ", "web ", "app ", "api ", "job ", "run ",
-    "set ", "get ", "put ", "add ", "sum ", "max ", "min ", "low ", "row ", "col ",
-    "tab ", "arg ", "var ", "let ", "for ", "use ", "can ", "may ", "now ", "yet ",
-    "all ", "any ", "few ", "out ",
-};
-
-static uint64_t simeng_mix(uint64_t x)
-{
-    /* splitmix64 finalizer */
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
 static double simeng_uniform(sim_engine *e)
 {
-    e->rng = simeng_mix(e->rng);
+    e->rng = sim_mix64(e->rng);
     return (double)(e->rng >> 11) * (1.0 / 9007199254740992.0);
 }
 
@@ -162,12 +141,6 @@ static bool simeng_draw(sim_engine *e, double rate)
 unsigned simeng_tokens(size_t len)
 {
     return (unsigned)((len + SIMENG_BYTES_PER_TOKEN - 1) / SIMENG_BYTES_PER_TOKEN);
-}
-
-const char *simeng_word(uint64_t word_seed, unsigned i)
-{
-    uint64_t h = simeng_mix(word_seed ^ ((uint64_t)i * 0x9e3779b97f4a7c15ULL));
-    return simeng_words[h % 64];
 }
 
 bool simeng_final(sim_state s)
@@ -743,7 +716,7 @@ static unsigned simeng_target(const sim_config *cfg, const sim_req_params *p,
 uint64_t simeng_reply_seed(const sim_config *cfg, const char *prompt, size_t len,
                            uint64_t seed)
 {
-    return simeng_mix(cfg->seed ^ simeng_mix(simeng_hash(prompt, len) ^ seed));
+    return sim_mix64(cfg->seed ^ sim_mix64(simeng_hash(prompt, len) ^ seed));
 }
 
 static uint64_t simeng_word_seed(const sim_config *cfg, const sim_req_params *p)

@@ -18,12 +18,10 @@
 
 #include "sim/config.h"
 #include "sim/reply.h"
+#include "sim/words.h"
 
 /* Requests that may wait for a slot at once; more are answered 503. */
 #define SIMENG_MAX_QUEUED 4096u
-
-/* Bytes per token of the simulator's tokenizer (see docs/simulator.md). */
-#define SIMENG_BYTES_PER_TOKEN 4u
 
 typedef struct sim_engine sim_engine;
 typedef struct sim_req sim_req;
@@ -117,10 +115,6 @@ typedef struct sim_stats {
 
 /* Tokens of a byte string: ceil(len / 4). */
 unsigned simeng_tokens(size_t len);
-
-/* The reply token i (0-based) of a request: a static 4-byte string, a
- * three-letter word and a space. */
-const char *simeng_word(uint64_t word_seed, unsigned i);
 
 /* The word seed of a request: from --seed, the rendered prompt and the
  * request's "seed", so the same request gets the same reply. */

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sim/engine.h"
+#include "sim/words.h"
 
 /* Mixed into the word seed so the reasoning words are not the content's. */
 #define SIMREPLY_REASONING_SALT 0x7265617326f6e21ULL
