@@ -78,8 +78,16 @@ static void fz_check_limits(const lms_msg *m, const lms_limits *lim)
         FZ_CHECK(c->n_messages >= 1 && c->n_messages <= lim->max_messages,
                  "%zu messages accepted", c->n_messages);
         for (size_t i = 0; i < c->n_messages; i++) {
-            fz_check_str(c->messages[i].role, lim->max_name_bytes, "role", 1);
-            fz_check_str(c->messages[i].content, lim->max_text_bytes, "content", 1);
+            const lms_chat_msg *mm = &c->messages[i];
+            fz_check_str(mm->role, lim->max_name_bytes, "role", 1);
+            /* The content is text, or an array of parts (parts_json), or
+             * absent in an assistant message that has only tool_calls. */
+            fz_check_str(mm->content, lim->max_text_bytes, "content",
+                         mm->parts_json == NULL && mm->tool_calls_json == NULL);
+            FZ_CHECK(mm->content == NULL || mm->parts_json == NULL,
+                     "message %zu has both text and parts", i);
+            fz_check_str(mm->parts_json, lim->max_text_bytes, "parts", 0);
+            fz_check_str(mm->tool_calls_json, lim->max_text_bytes, "tool_calls", 0);
         }
         FZ_CHECK(c->n_stop <= lim->max_stop, "%zu stop strings accepted", c->n_stop);
         FZ_CHECK((c->n_stop == 0) == (c->stop == NULL), "stop array and count disagree");
