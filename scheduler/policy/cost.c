@@ -89,6 +89,11 @@ double pol_unrestored(const policy *p)
     return p->meter.n_loads >= 3 ? 1.0 - p->meter.restore : 1.0;
 }
 
+bool pol_restores(const policy *p)
+{
+    return p->meter.n_loads >= 3 && p->meter.restore >= POL_RESTORING;
+}
+
 /* Decays the recent prefill work to now. */
 static double pol_work_at(const pol_meter *m, int64_t now_us)
 {
@@ -107,7 +112,7 @@ double pol_engine_load(const policy *p, int64_t now_us)
 }
 
 void pol_cost_start(policy *p, pol_slot *s, const pol_item *it, uint32_t cached,
-                    int64_t now_us)
+                    uint32_t seen, int64_t now_us)
 {
     pol_meter *m = &p->meter;
     double pf = pol_prefill_us(p, (double)it->tokens - cached);
@@ -123,6 +128,7 @@ void pol_cost_start(policy *p, pol_slot *s, const pol_item *it, uint32_t cached,
     s->start_us = now_us;
     s->est_prompt = it->tokens;
     s->est_cached = cached;
+    s->est_seen = seen > cached ? seen : cached;
     if (it->max_tokens > 0)
         s->gen = it->max_tokens;
     else
@@ -182,13 +188,16 @@ void pol_cost_end(policy *p, pol_slot *s, const pol_done *d)
     double x = d->prompt_tokens > 0 && d->cached_tokens >= 0
                    ? (double)(d->prompt_tokens - d->cached_tokens)
                    : est_unc * m->kappa;
-    /* A load: did the backend have more cached than the model said? */
+    /* A reload: of what slots held before and the model expected the
+     * backend to have lost, how much did it have cached anyway? Only that
+     * part counts: a prompt's new text (a first load, a conversation's new
+     * message) is cached nowhere, whatever the server. */
     if (d->ok && d->prompt_tokens > 0 && d->cached_tokens >= 0 && s->est_prompt > 0) {
         double scale = (double)d->prompt_tokens / s->est_prompt;
         double exp_cached = s->est_cached * scale,
-               exp_unc = d->prompt_tokens - exp_cached;
-        if (exp_unc >= POL_MIN_LOAD_TOKENS * scale) {
-            double r = ((double)d->cached_tokens - exp_cached) / exp_unc;
+               exp_lost = ((double)s->est_seen - s->est_cached) * scale;
+        if (exp_lost >= POL_MIN_LOAD_TOKENS * scale) {
+            double r = ((double)d->cached_tokens - exp_cached) / exp_lost;
             r = r < 0 ? 0 : r > 1 ? 1 : r;
             m->restore = pol_ewma(m->restore, r, m->n_loads);
             m->n_loads++;

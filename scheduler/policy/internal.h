@@ -50,6 +50,9 @@
  * neither set the engine's time scale nor measure what the backend
  * restores (cost.c). */
 #define POL_MIN_LOAD_TOKENS 64
+/* A backend restores evicted prefixes by itself (llama.cpp's host cache)
+ * once the restore share (cost.c) is at least this (pol_restores). */
+#define POL_RESTORING 0.75
 
 struct policy;
 
@@ -126,6 +129,7 @@ typedef struct pol_slot {
     int64_t start_us;     /* dispatched then */
     uint32_t est_prompt;  /* its estimated prompt tokens */
     uint32_t est_cached;  /* of those, expected cached */
+    uint32_t est_seen;    /* of those, held by a slot before (>= est_cached) */
     uint32_t gen;         /* tokens it may generate (max_tokens, else the mean seen) */
     bool end_unstamped;   /* ended without a time: measured at the next policy_next */
     double end_x, end_g;  /* ... with these prefilled and generated tokens */
@@ -273,10 +277,11 @@ bool pol_rates_known(const policy *p);
 /* Engine time to prefill n estimated tokens, and to generate n tokens. */
 double pol_prefill_us(const policy *p, double est_tokens);
 double pol_gen_us(const policy *p, double tokens);
-/* A request starts on slot s (its estimated cached tokens): remembered for
- * the estimates and the measurements. */
+/* A request starts on slot s (its estimated cached tokens, and of its
+ * tokens those a slot held before and none holds now, at least cached):
+ * remembered for the estimates and the measurements. */
 void pol_cost_start(policy *p, pol_slot *s, const pol_item *it, uint32_t cached,
-                    int64_t now_us);
+                    uint32_t seen, int64_t now_us);
 /* The request on s ended: learn from it (now_us: the end, or 0 unknown). */
 void pol_cost_end(policy *p, pol_slot *s, const pol_done *d);
 /* Measures the ends that came without a time, at now_us. */
@@ -288,6 +293,16 @@ double pol_engine_load(const policy *p, int64_t now_us);
 double pol_remaining_us(const policy *p, const pol_slot *s, int64_t now_us);
 /* A request of g arrived at now_us (before it is queued). */
 void pol_group_arrival(const policy *p, pol_group *g, const pol_item *it, int64_t now_us);
+/* Whether the backend is seen to restore most of what its slots lost by
+ * itself (llama.cpp's host cache): restore measured over at least 3 loads
+ * and at least POL_RESTORING. What it still misses there is mostly a
+ * prompt that another request's start had not yet moved out of its slot.
+ * Rules 2 and 7 stop paying for cache depth there: a conversation's slot
+ * is not kept for its next turn (policy.c), and among the hits on a slot
+ * the oldest goes first, not the deepest (rule_prefix.c); either only
+ * made the queued requests wait for a prefill the backend saves anyway,
+ * and overtaking them spread the waits unevenly. */
+bool pol_restores(const policy *p);
 /* The share of a reload the backend does not restore by itself (1 until
  * three loads were seen). */
 double pol_unrestored(const policy *p);

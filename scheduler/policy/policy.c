@@ -469,6 +469,32 @@ static void pol_served_add(policy *p, const pol_item *it)
     p->served_pos = (p->served_pos + 1) % POL_SERVED;
 }
 
+/* Leading blocks of it that a slot held before and no slot but s holds
+ * now (evicted): its group's prefix, once a member of the group was
+ * started, if no other slot holds it; or a remembered prompt it extends (a
+ * conversation's earlier turns) that no other slot holds. A server that
+ * restores evicted prefixes by itself can bring these back; the rest of
+ * the prompt is new to it, or still in another slot. */
+static uint32_t pol_seen_blocks(const policy *p, const pol_item *it, const pol_group *g,
+                                unsigned s)
+{
+    if (it->n_blocks == 0 || it->blocks == NULL)
+        return 0;
+    unsigned elsewhere = g->resident - (p->slots[s].group == g ? 1u : 0u);
+    uint32_t seen = g->requests + g->inflight > 0 && elsewhere == 0 ? g->pfx_blocks : 0;
+    for (unsigned i = 0; i < POL_SERVED; i++) {
+        uint32_t n = p->served[i].n;
+        if (n <= seen || n > it->n_blocks || it->blocks[n - 1] != p->served[i].h)
+            continue;
+        bool held = false;
+        for (unsigned j = 0; j < p->n_slots && !held; j++)
+            held = j != s && pol_cached_blocks(p, j, it) >= n;
+        if (!held)
+            seen = n;
+    }
+    return seen;
+}
+
 /* it extends a remembered prompt beyond its group's shared prefix. Chained
  * hashes make one comparison per remembered prompt enough. */
 static bool pol_continues(const policy *p, const pol_item *it, uint32_t pfx_blocks)
@@ -662,7 +688,8 @@ static uint32_t pol_dispatch(policy *p, pol_item *it, unsigned s)
 
     uint32_t held = pol_cached_blocks(p, s, it);
     uint32_t cached = pol_block_tokens(held, it);
-    pol_cost_start(p, sl, it, cached, p->now_us);
+    uint32_t seen = pol_block_tokens(pol_seen_blocks(p, it, g, s), it);
+    pol_cost_start(p, sl, it, cached, seen > cached ? seen : cached, p->now_us);
     pol_unqueue(p, it);
     /* A turn that extends the slot's whole previous prompt, beyond what
      * the group shares, continues a conversation. */
@@ -782,7 +809,8 @@ void policy_slot_end(policy *p, int slot, const pol_done *d)
      * are when their group is conversational. */
     s->hold_pending = ok && g != NULL && p->rule->holds_slots && p->tun.gather_us > 0 &&
                       (pol_group_conv(g) || s->session != 0) &&
-                      s->streak < POL_STICKY_TURNS && s->group == g;
+                      s->streak < POL_STICKY_TURNS && s->group == g &&
+                      !pol_restores(p);
     if (g != NULL) {
         g->inflight--;
         g->requests++;

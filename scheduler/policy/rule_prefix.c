@@ -13,7 +13,9 @@
  *   2. Hit: for each idle slot, the queued requests of the group it holds
  *      (the first POL_SCAN_ITEMS per level, enough to find the deepest
  *      match of a multi-turn conversation) are compared by cached blocks;
- *      the deepest match wins, the oldest on ties. A request of a named
+ *      the deepest match wins, the oldest on ties (on a backend seen to
+ *      restore lost prefixes by itself, pol_restores, the oldest hit wins,
+ *      on its deepest slot). A request of a named
  *      session (an HTTP client's session key) that served its previous
  *      turn on an idle slot wins that slot before any of them.
  *   3. Load: otherwise a group whose prefix no slot holds is loaded into
@@ -100,6 +102,10 @@ static pol_item *pp_hit(policy *p, int lv, int *slot)
     pol_item *best = NULL;
     uint32_t best_c = 0;
     bool best_mine = false;
+    /* Where the backend restores lost prefixes itself, a deeper match
+     * saves next to nothing: the oldest hit goes first (to its deepest
+     * slot). */
+    bool by_age = pol_restores(p);
     for (unsigned i = 0; i < p->n_slots; i++) {
         const pol_slot *s = &p->slots[i];
         const pol_group *g = s->group;
@@ -114,9 +120,14 @@ static pol_item *pp_hit(policy *p, int lv, int *slot)
             if (!mine &&
                 (!pp_real_hit(p, c, n->it, g) || pol_slot_held(p, i, n->it, p->now_us)))
                 continue;
-            if (best == NULL || (mine && !best_mine) ||
-                (mine == best_mine &&
-                 (c > best_c || (c == best_c && n->it->seq < best->seq)))) {
+            bool better;
+            if (best == NULL || mine != best_mine)
+                better = best == NULL || mine;
+            else if (by_age && n->it != best)
+                better = n->it->seq < best->seq;
+            else /* deepest first, the oldest on ties; its deepest slot */
+                better = c > best_c || (c == best_c && n->it->seq < best->seq);
+            if (better) {
                 best = n->it;
                 best_c = c;
                 best_mine = mine;

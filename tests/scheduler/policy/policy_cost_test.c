@@ -5,7 +5,9 @@
  * by what a prefix costs to bring back, not by finish order; holding a
  * load for its group's next arrival on a backend that does not restore
  * prefixes, and not on one observed to restore them; holds bounded by the
- * request's deadline.
+ * request's deadline; a conversation's slot kept for its next turn, and
+ * its deeper match preferred, only where the backend does not restore
+ * what its slots lost.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -222,6 +224,112 @@ static void test_hold_bounded_by_deadline(void **state)
     assert_true(hold_scenario(false, 500000));
 }
 
+/* A prompt of pfx blocks of group g's system prompt, then own blocks of
+ * conv's (a conversation's turns: turn t has 4 t of them, so each turn
+ * extends the one before), plus 5 tokens, sent at enq. */
+static pol_item *mkconv(req *r, uint64_t g, uint32_t pfx, uint64_t conv, uint32_t own,
+                        int64_t enq)
+{
+    mk(r, g, pfx, conv, 0, enq);
+    uint64_t h = pfx > 0 ? r->blocks[pfx - 1] : 0;
+    uint32_t n = pfx;
+    for (uint32_t j = 0; j < own; j++)
+        r->blocks[n++] = h = mix(h ^ mix(conv * 7919u + j + 0x5555));
+    r->pi.n_blocks = n;
+    r->pi.tokens = n * TPB + 5;
+    return &r->pi;
+}
+
+/* policy_next at now starts r: its slot, its expected cached tokens in
+ * *cached. */
+static int start(policy *p, int64_t now, const req *r, uint32_t *cached)
+{
+    return next(p, now, r, -1, cached);
+}
+
+/*
+ * One slot, a 10 ms conversation hold (gather_us). Warm-up: roles W and X
+ * take turns on the slot, each request its role's 20-block system prompt
+ * and 20 blocks of its own text; the first load of each role finds nothing
+ * cached, and on a restoring backend every later one finds its system
+ * prompt cached (a host cache), never its own new text. Then one
+ * conversational group: conversation C takes four turns, then A's and
+ * B's first turns arrive (A first) and A's runs. A's next turn comes a
+ * millisecond after A's answer, or (early) with it, before the policy
+ * looks again; B's turn is queued. Returns whether B's turn started before
+ * A's next one.
+ */
+static bool conversation_scenario(bool restoring, bool early)
+{
+    policy *p = mkpol(1);
+    policy_tuning tun = {.starve_us = 0, .max_overtakes = 0, .gather_us = 10000};
+    policy_set_tuning(p, &tun);
+    req w[12];
+    int64_t t = 0;
+    for (int k = 0; k < 12; k++, t += 10000000) {
+        assert_int_equal(policy_push(p, mkconv(&w[k], k % 2 ? 8 : 9, 20, 900 + k, 20, t)),
+                         LMSCHED_OK);
+        uint32_t c = 1;
+        /* past the gather window: a load that evicts waits that long */
+        start(p, t + 20000, &w[k], &c);
+        assert_int_equal(c, 0);
+        finish(p, 0, &w[k], t + 20000, restoring && k >= 2 ? 20 * TPB : 0);
+    }
+    /* C: four turns on the slot, each continuing the last (from the third
+     * on beyond what the group's members share so far: the group becomes
+     * conversational). */
+    req cv[4], a1, b1, a2;
+    uint32_t c = 0;
+    for (uint32_t k = 0; k < 4; k++, t += 1000000) {
+        assert_int_equal(policy_push(p, mkconv(&cv[k], 1, 10, 1, 4 * (k + 1), t)), LMSCHED_OK);
+        start(p, t + 20000, &cv[k], &c);
+        assert_int_equal(c, k == 0 ? 0 : (10 + 4 * k) * TPB);
+        finish(p, 0, &cv[k], t + 20000, c);
+    }
+    assert_int_equal(policy_push(p, mkconv(&a1, 1, 10, 2, 4, t)), LMSCHED_OK);
+    assert_int_equal(policy_push(p, mkconv(&b1, 1, 10, 3, 4, t + 1)), LMSCHED_OK);
+    start(p, t + 2, &a1, &c);
+    assert_int_equal(c, 10 * TPB);
+    int64_t end = finish(p, 0, &a1, t + 2, c);
+    int64_t a2_at = early ? end : end + 1000;
+    if (early)
+        assert_int_equal(policy_push(p, mkconv(&a2, 1, 10, 2, 8, a2_at)), LMSCHED_OK);
+    int slot = -7;
+    pol_item *it = policy_next(p, end + 1, &slot, &c);
+    if (!early)
+        assert_int_equal(policy_push(p, mkconv(&a2, 1, 10, 2, 8, a2_at)), LMSCHED_OK);
+    bool b_first = it == &b1.pi;
+    if (b_first) {
+        assert_int_equal(c, 10 * TPB);
+        finish(p, 0, &b1, end + 1, c);
+        start(p, end + 1000, &a2, &c);
+    } else {
+        if (early) { /* the deeper match goes first */
+            assert_ptr_equal(it, &a2.pi);
+        } else { /* the slot is kept for A's next turn */
+            assert_ptr_equal(it, NULL);
+            start(p, a2_at, &a2, &c);
+        }
+        assert_int_equal(c, 14 * TPB); /* the whole of A's first turn */
+    }
+    policy_free(p);
+    return b_first;
+}
+
+/* Where reloads cost a prefill, A's next turn starts before B's, older,
+ * and hits A's whole first turn: the slot is kept for it, or, when both
+ * are queued, its deeper match goes first. Where the backend is seen to
+ * restore what its slots lost (the system prompts, though every request's
+ * own text is new to it), that saves nothing: B's turn, queued first,
+ * starts first either way. */
+static void test_conversation_hold_stops_on_restoring_backend(void **state)
+{
+    (void)state;
+    assert_false(conversation_scenario(false, false));
+    assert_false(conversation_scenario(false, true));
+    assert_true(conversation_scenario(true, false));
+    assert_true(conversation_scenario(true, true));
+}
 
 int main(void)
 {
@@ -229,6 +337,7 @@ int main(void)
         cmocka_unit_test(test_evicts_cheapest_reload),
         cmocka_unit_test(test_hold_stops_on_restoring_backend),
         cmocka_unit_test(test_hold_bounded_by_deadline),
+        cmocka_unit_test(test_conversation_hold_stops_on_restoring_backend),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
