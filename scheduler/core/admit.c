@@ -234,7 +234,10 @@ job *sched_submit(sched *s, chat_req *req, const sink *k)
     j->pi.session = admit_session(j->req->session);
     j->pi.max_tokens = j->req->max_tokens > 0 ? (uint32_t)j->req->max_tokens : 0;
     j->pi.source = j->sink.owner;
-    j->reserve = capacity_reserve(s, j->chain.tokens, j->req->max_tokens);
+    j->reserve_tokens = capacity_prompt_tokens(s, &j->chain, j->req->n_messages +
+                                                                 (j->req->system != NULL &&
+                                                                  j->req->system[0] != '\0'));
+    j->reserve = capacity_reserve(s, j->reserve_tokens, j->req->max_tokens);
     if (s->n_backends > 1 && admit_route(s, j, why, sizeof(why))) {
         code = LMSCHED_EINVAL;
         field = "model";

@@ -13,6 +13,28 @@
 #include "scheduler/memory/gguf.h"
 #include "scheduler/util/log.h"
 
+/* Before the backend reported a count the estimate (4 bytes a token) is
+ * scaled by 5/4, i.e. 3.2 bytes a token: English text takes 4-5 bytes a
+ * token with today's BPE vocabularies, code and JSON 3-4, so the common
+ * prompt is not under-reserved. Then the template's tokens the estimate may
+ * miss: chain.c renders ChatML's markers as text, 28 bytes (7 estimated
+ * tokens) a message where real templates spend about 5 tokens (a start
+ * marker, the role, a newline, an end marker and a newline: ChatML, Llama 3,
+ * Gemma), so per message they are covered; what is not is the BOS token and
+ * the text some templates add (a date line in Llama 3.1's system header),
+ * plus a margin for short messages, which tokenize denser. */
+#define CAPACITY_FALLBACK_SCALE_PERCENT 125
+#define CAPACITY_TEMPLATE_REQUEST 4
+#define CAPACITY_TEMPLATE_MESSAGE 2
+/* Over the learned ratio: the prompts' density varies, so the next one may
+ * be a little denser than the densest of the window (docs/memory-budget.md). */
+#define CAPACITY_MARGIN_PERCENT 3
+#define CAPACITY_MARGIN_TOKENS 2
+/* A reported ratio outside [1/8, 8] backend tokens per estimated one is not
+ * a tokenizer's (a server that counts something else): it is ignored. */
+#define CAPACITY_RATIO_MIN 125
+#define CAPACITY_RATIO_MAX 8000
+
 /* Slots the policy models at most. */
 #define CAPACITY_MAX_SLOTS 256
 
@@ -195,6 +217,41 @@ void capacity_update(sched *s)
      * them once; afterwards every change is logged. */
     if (old != s->max_concurrent && s->started)
         log_info("memory budget: %s", s->bout.explain);
+}
+
+uint32_t capacity_prompt_tokens(const sched *s, const prefix_chain *c, size_t n_messages)
+{
+    uint64_t t;
+    if (s->n_tok_ratio > 0) {
+        /* The largest ratio of the last answers: a prompt as dense as the
+         * densest of them is not under-reserved. */
+        uint32_t r = 0;
+        for (unsigned i = 0; i < s->n_tok_ratio; i++)
+            r = s->tok_ratio[i] > r ? s->tok_ratio[i] : r;
+        t = ((uint64_t)c->tokens * r + 999) / 1000;
+        /* Texts tokenize unevenly (names, code, another language), so this
+         * prompt may be a little denser than every one measured: a margin. */
+        t += t * CAPACITY_MARGIN_PERCENT / 100 + CAPACITY_MARGIN_TOKENS;
+    } else {
+        t = ((uint64_t)c->tokens * CAPACITY_FALLBACK_SCALE_PERCENT + 99) / 100 +
+            CAPACITY_TEMPLATE_REQUEST +
+            (uint64_t)n_messages * CAPACITY_TEMPLATE_MESSAGE;
+    }
+    return t > UINT32_MAX ? UINT32_MAX : (uint32_t)t;
+}
+
+void capacity_learn_tokens(sched *s, uint32_t est, int64_t prompt_tokens)
+{
+    if (est == 0 || prompt_tokens <= 0)
+        return;
+    /* ratio x 1000, rounded up so that est x ratio covers prompt_tokens */
+    uint64_t r = ((uint64_t)prompt_tokens * 1000 + est - 1) / est;
+    if (r < CAPACITY_RATIO_MIN || r > CAPACITY_RATIO_MAX)
+        return;
+    s->tok_ratio[s->tok_next] = (uint32_t)r;
+    s->tok_next = (s->tok_next + 1) % SCHED_TOK_WINDOW;
+    if (s->n_tok_ratio < SCHED_TOK_WINDOW)
+        s->n_tok_ratio++;
 }
 
 uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_tokens)

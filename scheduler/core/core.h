@@ -23,6 +23,8 @@
 
 #define SCHED_MAX_FRONTS 4
 #define SCHED_MAX_BACKENDS CONFIG_MAX_BACKENDS
+/* Answers whose prompt-token ratio the reservation remembers. */
+#define SCHED_TOK_WINDOW 32
 #define LAT_SAMPLES 1024
 
 /* While a backend is unreachable dispatch is paused; the loop then wakes
@@ -89,6 +91,7 @@ struct job {
     int bound;            /* --routing round-robin|least-loaded: the backend it
                            * is bound to (pi.backends is that one), -1 if none */
     uint64_t reserve;     /* KV bytes this request reserves while it runs */
+    uint32_t reserve_tokens; /* the prompt tokens reserve counts (capacity_prompt_tokens) */
     bool reserved;        /* reserve is counted in sched.reserved_bytes */
     job *prev, *next;     /* every live job */
 };
@@ -154,6 +157,11 @@ struct sched {
     uint64_t reserved_bytes;   /* KV reserved by running requests */
     uint64_t kv_bytes_per_token;
     const char *kv_source;     /* where kv_bytes_per_token came from */
+    /* Backend prompt tokens per estimated one (x 1000), of the last
+     * SCHED_TOK_WINDOW answers that reported usage.prompt_tokens: the
+     * reservation scales the estimate by the largest (capacity.c). */
+    uint32_t tok_ratio[SCHED_TOK_WINDOW];
+    unsigned n_tok_ratio, tok_next;
     bool pin_slots;            /* requests carry the policy's slot */
 
     budget_in bin;
@@ -227,6 +235,13 @@ int capacity_init(sched *s);
 void capacity_update(sched *s);
 /* The KV bytes a request with this prompt reserves while it runs. */
 uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_tokens);
+/* The prompt tokens a request is reserved for: its estimate (chain.c) scaled
+ * by the largest ratio the backends reported lately, or before any report
+ * the estimate plus the template's tokens (CAPACITY_TEMPLATE_*). */
+uint32_t capacity_prompt_tokens(const sched *s, const prefix_chain *c, size_t n_messages);
+/* A request estimated at est tokens was counted prompt_tokens by its backend
+ * (usage.prompt_tokens; <= 0 unknown, ignored). */
+void capacity_learn_tokens(sched *s, uint32_t est, int64_t prompt_tokens);
 
 /* ---- loop.c -------------------------------------------------------------- */
 

@@ -557,6 +557,11 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
         lat_add(&s->st.ttft, r.timings.ttft_ms);
     lat_add(&s->st.total, r.timings.total_ms);
 
+    if (resp->prompt_tokens > 0)
+        log_debug("request %" PRIu64 "/%" PRIu64 ": %" PRId64 " prompt tokens by the backend, "
+                  "%u estimated, %u reserved", j->sink.owner, j->sink.id, resp->prompt_tokens,
+                  j->chain.tokens, j->reserve_tokens);
+    capacity_learn_tokens(s, j->chain.tokens, resp->prompt_tokens);
     pol_done done = {.ok = true,
                      .prompt_tokens = resp->prompt_tokens,
                      .cached_tokens = resp->cached_tokens,

@@ -14,6 +14,7 @@
  * and assert only on what another test cannot disturb.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -239,6 +240,75 @@ static void test_cached_system_prompt(void **state)
     lmsched_result_free(res2);
     lmsched_request_free(r1);
     lmsched_request_free(r2);
+    lmsched_client_close(c);
+}
+
+/* The daemon's count for its n-th answered request (from 0), from its debug
+ * log line "request O/I: P prompt tokens by the backend, E estimated, R
+ * reserved". Returns false when the log has no such line (yet). */
+static bool real_token_line(kit_env *e, int n, long *prompt, long *est, long *reserved)
+{
+    char path[320], line[1024];
+    snprintf(path, sizeof(path), "%s/lmsched.log", e->dir);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    bool found = false;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, "prompt tokens by the backend") == NULL)
+            continue;
+        for (const char *p = strstr(line, "request "); p != NULL; p = strstr(p + 1, "request ")) {
+            unsigned long long o, i;
+            if (sscanf(p, "request %llu/%llu: %ld prompt tokens by the backend, %ld estimated, "
+                          "%ld reserved", &o, &i, prompt, est, reserved) == 5) {
+                found = n-- == 0;
+                break;
+            }
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* The prompt tokens a request is reserved for, against llama-server's own
+ * usage.prompt_tokens: once one request was answered, the next ones (same
+ * system prompt, other questions) are reserved for at least the server's
+ * count and not 15% more (the prompts' density varies: this model's
+ * vocabulary, built from license text, takes a question's plain words at
+ * 1-2 bytes a token and the license-like system prompt at 3; the
+ * reservation scales by the densest prompt seen lately). The first one has
+ * only the estimate: printed, not asserted. */
+static void test_reserve_counts_real(void **state)
+{
+    kit_env *e = real_env(state);
+    char sys[512];
+    real_unique_system(sys, sizeof(sys), "token counts");
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    static const char *const q[] = {
+        "First question about the license.", "Second question, about the program's terms.",
+        "May I copy the software?", "Which notice must appear in all copies of it?",
+        "Summarize the permission notice in one sentence, please."};
+    for (int k = 0; k < 5; k++) {
+        lmsched_request *r = real_req(sys, q[k], 4);
+        lmsched_result *res = real_chat_ok(e, c, r);
+        int64_t server = lmsched_result_prompt_tokens(res);
+        long p = -1, est = -1, rsv = -1;
+        for (int t = 0; t < 200 && !real_token_line(e, k, &p, &est, &rsv); t++)
+            usleep(10000);
+        printf("request %d: llama-server %" PRId64 " prompt tokens, estimate %ld, "
+               "reserved for %ld\n", k, server, est, rsv);
+        if (p != server) {
+            kit_env_dump_logs(e);
+            fail_msg("request %d: the daemon logged %ld prompt tokens, the reply says %" PRId64,
+                     k, p, server);
+        }
+        if (k > 0 && (rsv < server || rsv > server + server * 15 / 100 + 2))
+            fail_msg("request %d reserved for %ld prompt tokens; llama-server counted %" PRId64,
+                     k, rsv, server);
+        lmsched_result_free(res);
+        lmsched_request_free(r);
+    }
     lmsched_client_close(c);
 }
 
@@ -818,6 +888,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_chat_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cached_system_prompt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_counts_real, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prompt_over_context, setup, teardown),
         cmocka_unit_test_setup_teardown(test_autodetect_props, setup, teardown),
         cmocka_unit_test_setup_teardown(test_id_slot_placement, setup, teardown),

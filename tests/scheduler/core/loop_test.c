@@ -169,6 +169,46 @@ static void test_answer(void **state)
     env_stop(&e);
 }
 
+/* The reservation counts the prompt as the backend does: before any answer
+ * the estimate plus the template's tokens; once the backend reported
+ * usage.prompt_tokens (here a tokenizer 3x as dense as the estimate), the
+ * next request of that shape is reserved for at least the backend's count,
+ * and not for much more. */
+static void test_reserve_tokens(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    uint64_t kv = e.s->kv_bytes_per_token;
+    answer a = {0}, b = {0};
+    submit(&e, &a, 1, "You review code.", "Please review this change to the parser.", 5, 0);
+    assert_non_null(e.s->jobs);
+    uint32_t est = e.s->jobs->chain.tokens;
+    /* two messages (system, user): more than the bare estimate */
+    assert_true(e.s->jobs->reserve_tokens >= est + 2);
+    assert_int_equal(e.s->jobs->reserve, kv * (e.s->jobs->reserve_tokens + 8));
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 1);
+    fake_http_finish(e.f, 0, 200, fake_http_completion("ok", (int)(3 * est), 0), 0);
+    sched_turn(e.s);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.code, LMSCHED_OK);
+
+    submit(&e, &b, 1, "You review code.", "Please review this change to the lexer.", 5, 0);
+    assert_non_null(e.s->jobs);
+    const job *j = e.s->jobs;
+    uint32_t server = 3 * j->chain.tokens; /* what this backend will count */
+    assert_true(j->reserve_tokens >= server);
+    assert_true(j->reserve_tokens <= server + server * 3 / 100 + 4); /* ratio, margin */
+    assert_int_equal(j->reserve, kv * (j->reserve_tokens + 8));
+    sched_turn(e.s);
+    fake_http_finish(e.f, 0, 200, fake_http_completion("ok", (int)server, 0), 0);
+    sched_turn(e.s);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(e.s->reserved_bytes, 0);
+    env_stop(&e);
+}
+
 /* Two slots: a third request waits for one to free. */
 static void test_slots_bound(void **state)
 {
@@ -580,6 +620,17 @@ static void submit_sized(env *e, bud_answer *a, uint64_t owner, const char *syst
     sched_submit(e->s, r, &k);
 }
 
+/* What a server would count for the pending request p of submit_sized: a
+ * token per "abc " and about 20 for the system prompt and the template, as
+ * the daemon estimates it (the reservation learns the ratio, capacity.c). */
+static int bud_prompt_tokens(fake_http *f, size_t p)
+{
+    int n = 20;
+    for (const char *b = fake_http_body(f, p); (b = strstr(b, "abc ")) != NULL; b += 4)
+        n++;
+    return n;
+}
+
 /* Many requests of mixed sizes against the backends of budget_ram: small
  * ones, ones that fit a budget only alone, ones larger than a budget; the
  * fake server finishes them in random order, with retried 503s, refused
@@ -626,7 +677,8 @@ static void budget_run(unsigned seed)
         for (size_t p = fake_http_pending(e.f); p-- > 0;) {
             int what = rand() % 40;
             if (what < 12)
-                fake_http_finish(e.f, p, 200, fake_http_completion("ok", 100, 10), 0);
+                fake_http_finish(e.f, p, 200,
+                                 fake_http_completion("ok", bud_prompt_tokens(e.f, p), 10), 0);
             else if (what == 12)
                 fake_http_finish(e.f, p, 503, "{\"error\":\"busy\"}", 0);
             else if (what == 13)
@@ -637,10 +689,11 @@ static void budget_run(unsigned seed)
         advance_ms(rand() % 30);
     }
     fake_http_on_post(e.f, NULL, NULL);
-    int ok = 0, too_large = 0, ok_big = 0, ok_alone = 0;
+    int ok = 0, too_large = 0, ok_big = 0, ok_alone = 0, canceled = 0;
     for (int i = 0; i < N; i++) {
         if (a[i].calls != 1)
             fail_msg("request %d answered %d times", i, a[i].calls);
+        canceled += a[i].code == LMSCHED_ECANCELED;
         if (a[i].code == LMSCHED_ETOOLARGE) {
             too_large++;
             /* refused only when no backend's whole budget holds it */
@@ -656,7 +709,9 @@ static void budget_run(unsigned seed)
             ok_alone += a[i].reserve > e.s->be[a[i].backend].bout.budget_bytes / 2;
         }
     }
-    assert_true(ok > N / 2);
+    /* most of those its agent did not cancel ran (how many the agents'
+     * cancels catch depends on how long the queue was at the time) */
+    assert_true(ok > (N - canceled) / 2);
     assert_true(ok_alone > 0); /* some ran with room for nothing as large beside them */
     if (max_budget < (1ull << 30))
         assert_true(too_large > 0);
@@ -757,7 +812,8 @@ static void test_budget_pending_one_backend(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_answer),        cmocka_unit_test(test_slots_bound),
+        cmocka_unit_test(test_answer),        cmocka_unit_test(test_reserve_tokens),
+        cmocka_unit_test(test_slots_bound),
         cmocka_unit_test(test_deadline),      cmocka_unit_test(test_retry),
         cmocka_unit_test(test_no_retry_400),  cmocka_unit_test(test_backend_down),
         cmocka_unit_test(test_idle_wake),     cmocka_unit_test(test_drain),
