@@ -44,6 +44,7 @@
 #include "kit/proc.h"
 #include "lmsched/agent.h"
 #include "proto/proto.h"
+#include "scheduler/util/num.h"
 
 #define BN_MAX_POLICIES 8
 #define BN_MAX_DAEMON_ARGS 32
@@ -136,15 +137,11 @@ static void bn_usage(FILE *out)
 static int bn_parse_num(const char *flag, const char *s, double lo, double hi,
                         double *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || !(v >= lo && v <= hi)) {
+    if (num_parse_double(s, lo, hi, false, false, out) != 0) {
         fprintf(stderr, "lmbench: %s: expected a number from %g to %g, got '%s'\n", flag,
                 lo, hi, s);
         return -1;
     }
-    *out = v;
     return 0;
 }
 

@@ -70,6 +70,7 @@
 #include "kit/pstat.h"
 #include "kit/sim.h"
 #include "lmsched/agent.h"
+#include "scheduler/util/num.h"
 
 #define OV_MAX_CLIENTS 256
 #define OV_MAX_ARGS 32
@@ -137,11 +138,8 @@ static void ov_usage(FILE *out)
 static int ov_num(const char *flag, const char *s, double lo, double hi, bool whole,
                   double *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || !(v >= lo && v <= hi) ||
-        (whole && v != floor(v))) {
+    double v;
+    if (num_parse_double(s, lo, hi, false, false, &v) != 0 || (whole && v != floor(v))) {
         fprintf(stderr, "lmoverhead: %s: expected a%s number from %g to %g, got '%s'\n",
                 flag, whole ? " whole" : "", lo, hi, s);
         return -1;

@@ -70,6 +70,7 @@
 #include "kit/proc.h"
 #include "kit/sim.h"
 #include "lmsched/agent.h"
+#include "scheduler/util/num.h"
 
 #define ST_MAX_AGENTS 64
 #define ST_MAX_REPS 99
@@ -121,11 +122,8 @@ static void st_usage(FILE *out)
 static int st_num(const char *flag, const char *s, double lo, double hi, bool whole,
                   double *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || !(v >= lo && v <= hi) ||
-        (whole && v != floor(v))) {
+    double v;
+    if (num_parse_double(s, lo, hi, false, false, &v) != 0 || (whole && v != floor(v))) {
         fprintf(stderr, "lmstream: %s: expected a%s number from %g to %g, got '%s'\n",
                 flag, whole ? " whole" : "", lo, hi, s);
         return -1;
