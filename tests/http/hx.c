@@ -79,66 +79,32 @@ void hx_stop(hx *h)
     }
 }
 
-static size_t hx_header_cb(char *data, size_t size, size_t n, void *resp)
-{
-    kit_http_resp *r = resp;
-    size_t add = size * n;
-    char *p = realloc(r->headers, r->hlen + add + 1);
-    if (p == NULL)
-        return 0;
-    r->headers = p;
-    memcpy(r->headers + r->hlen, data, add);
-    r->hlen += add;
-    r->headers[r->hlen] = '\0';
-    return add;
-}
+/* Header lines a test gives one request, at most. */
+#define HX_MAX_HEADERS 32
 
 int hx_req(const hx *h, const char *method, const char *path, const char *const *headers,
            const char *body, long timeout_ms, kit_http_resp *r)
 {
     char url[512];
-    struct curl_slist *hl = NULL;
+    const char *hl[HX_MAX_HEADERS + 3];
+    size_t n = 0;
     bool ctype = false;
-    memset(r, 0, sizeof(*r));
-    r->cc = CURLE_FAILED_INIT;
-    CURL *c = curl_easy_init();
-    if (c == NULL)
-        return -1;
     snprintf(url, sizeof(url), "%s%s", h->base, path);
     for (size_t i = 0; headers != NULL && headers[i] != NULL; i++) {
-        hl = curl_slist_append(hl, headers[i]);
+        if (n == HX_MAX_HEADERS) {
+            fprintf(stderr, "hx_req: more than %d header lines\n", HX_MAX_HEADERS);
+            abort();
+        }
+        hl[n++] = headers[i];
         ctype |= strncasecmp(headers[i], "Content-Type:", 13) == 0;
     }
+    /* JSON even for an empty body, unless the test says otherwise. */
     if (body != NULL && !ctype)
-        hl = curl_slist_append(hl, "Content-Type: application/json");
+        hl[n++] = "Content-Type: application/json";
     /* No "Expect: 100-continue": the body goes with the headers. */
-    hl = curl_slist_append(hl, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (strcmp(method, "HEAD") == 0)
-        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-    if (body != NULL) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kit_http_body_cb);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, hx_header_cb);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_PROXY, "");
-    r->cc = (int)curl_easy_perform(c);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    char *ct = NULL;
-    if (curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct != NULL)
-        snprintf(r->ctype, sizeof(r->ctype), "%s", ct);
-    if (r->body != NULL)
-        r->json = json_loadb(r->body, r->len, 0, NULL);
-    curl_slist_free_all(hl);
-    curl_easy_cleanup(c);
-    return r->cc == CURLE_OK ? 0 : -1;
+    hl[n++] = "Expect:";
+    hl[n] = NULL;
+    return kit_http_with(method, url, hl, body, timeout_ms, r);
 }
 
 const char *hx_header(const kit_http_resp *r, const char *name, char *buf, size_t len)

@@ -3,6 +3,7 @@
  */
 #include "kit/http.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +65,14 @@ void kit_http_resp_fini(kit_http_resp *r)
 int kit_http(const char *method, const char *url, const char *body, long timeout_ms,
              kit_http_resp *r)
 {
+    return kit_http_with(method, url, NULL, body, timeout_ms, r);
+}
+
+int kit_http_with(const char *method, const char *url, const char *const *headers,
+                  const char *body, long timeout_ms, kit_http_resp *r)
+{
     struct curl_slist *hdrs = NULL;
+    bool ctype = false;
     memset(r, 0, sizeof(*r));
     r->cc = CURLE_FAILED_INIT;
     CURL *h = curl_easy_init();
@@ -72,15 +80,20 @@ int kit_http(const char *method, const char *url, const char *body, long timeout
         return -1;
     if (method == NULL)
         method = body != NULL ? "POST" : "GET";
+    for (size_t i = 0; headers != NULL && headers[i] != NULL; i++) {
+        hdrs = curl_slist_append(hdrs, headers[i]);
+        ctype |= strncasecmp(headers[i], "Content-Type:", 13) == 0;
+    }
+    if (body != NULL && *body != '\0' && !ctype)
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    if (body != NULL) {
-        if (*body != '\0') {
-            hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-        }
+    if (strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+    if (hdrs != NULL)
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    if (body != NULL)
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    }
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kit_http_body_cb);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, kit_http_header_cb);

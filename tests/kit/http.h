@@ -39,6 +39,12 @@ typedef struct kit_http_resp {
 int kit_http(const char *method, const char *url, const char *body, long timeout_ms,
              kit_http_resp *r);
 
+/* kit_http with more header lines ("Name: value", NULL-terminated; NULL
+ * for none). A Content-Type among them replaces the JSON one; HEAD asks
+ * for no body. */
+int kit_http_with(const char *method, const char *url, const char *const *headers,
+                  const char *body, long timeout_ms, kit_http_resp *r);
+
 /* Frees what r holds and zeroes it. */
 void kit_http_resp_fini(kit_http_resp *r);
 
