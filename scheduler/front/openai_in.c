@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,12 +136,15 @@ static int oai_int(oai_in *in, const json_t *v, const char *param, int64_t lo, i
         return LMSCHED_OK;
     if (!json_is_integer(v)) {
         /* 5.0 is an integer to JavaScript clients. */
-        if (json_is_real(v) &&
-            json_real_value(v) == (double)(int64_t)json_real_value(v)) {
-            *out = (int64_t)json_real_value(v);
-        } else {
+        double d = json_is_real(v) ? json_real_value(v) : 0.5;
+        if (!json_is_real(v) || d != floor(d))
             return oai_wrong_type(in, param, "an integer", v);
-        }
+        /* Checked before the conversion, which is undefined past int64. */
+        if (!(d >= (double)lo && d <= (double)hi && fabs(d) < 9e18))
+            return oai_fail(in, LMSCHED_EPROTO, param,
+                            "%s: %g is out of range %" PRId64 "..%" PRId64, param, d, lo,
+                            hi);
+        *out = (int64_t)d;
     } else {
         *out = json_integer_value(v);
     }
