@@ -67,6 +67,9 @@ typedef struct pol_rule {
     /* Keeps a slot that just served a conversation's turn for its next
      * turn (gather_us), and refuses to dispatch onto such a slot. */
     bool holds_slots;
+    /* Whether it would start now on an empty idle slot, were one freed for
+     * it (policy_top); NULL: always. */
+    bool (*takes_free_slot)(const struct policy *p, const pol_item *it);
 } pol_rule;
 
 extern const pol_rule pol_rule_fifo;

@@ -507,16 +507,14 @@ static bool pol_continues(const policy *p, const pol_item *it, uint32_t pfx_bloc
     return false;
 }
 
-/* The item stays owned by the caller; the policy links it and keeps a node
- * of its own in it->priv until the item leaves. Returns LMSCHED_EINVAL for
- * a NULL or already queued item (linking it twice would corrupt the lists),
- * LMSCHED_EBUSY when full, LMSCHED_ENOMEM when its group or node cannot be
- * allocated (the item is then not queued). Loop thread; does not block. */
-int policy_push(policy *p, pol_item *it)
+/* Queues it: a new arrival at the tail of its lists, or (again) one that
+ * was dispatched and comes back at its old place, its seq kept, not
+ * counted as an arrival nor bounded by max_queue. */
+static int pol_enqueue(policy *p, pol_item *it, bool again)
 {
     if (p == NULL || it == NULL || it->queued)
         return LMSCHED_EINVAL;
-    if (p->depth >= p->max_queue)
+    if (!again && p->depth >= p->max_queue)
         return LMSCHED_EBUSY;
     if (it->priority >= POL_LEVELS)
         it->priority = POL_LEVELS - 1;
@@ -538,33 +536,47 @@ int policy_push(policy *p, pol_item *it)
         free(n);
         return LMSCHED_ENOMEM;
     }
-    pol_group_arrival(p, g, it, it->enq_us);
+    if (!again)
+        pol_group_arrival(p, g, it, it->enq_us);
     bool shrunk = pol_group_learn(g, it);
-    /* +2 per continuation, -1 per other request: a group is conversational
-     * while at least a third of its requests continue a conversation (the
-     * first turns of conversations are not continuations). */
-    if (it->n_blocks > 0 && it->blocks != NULL && pol_continues(p, it, g->pfx_blocks)) {
-        g->conv_score = g->conv_score + 2 < 8 ? g->conv_score + 2 : 8;
-    } else if (g->conv_score > 0) {
-        g->conv_score--;
+    if (!again) {
+        /* +2 per continuation, -1 per other request: a group is
+         * conversational while at least a third of its requests continue a
+         * conversation (the first turns of conversations are not
+         * continuations). One that comes back continues its own prompt
+         * (served when it was dispatched): not counted again. */
+        if (it->n_blocks > 0 && it->blocks != NULL &&
+            pol_continues(p, it, g->pfx_blocks)) {
+            g->conv_score = g->conv_score + 2 < 8 ? g->conv_score + 2 : 8;
+        } else if (g->conv_score > 0) {
+            g->conv_score--;
+        }
+        it->seq = p->next_seq++;
     }
 
     memset(n, 0, sizeof(*n));
     n->it = it;
     n->g = g;
-    n->gprev = g->lv[lv].tail;
-    if (g->lv[lv].tail != NULL)
-        g->lv[lv].tail->gnext = n;
+    /* After the last node that arrived before it (the tail for a new one). */
+    pol_node *after = g->lv[lv].tail;
+    while (again && after != NULL && after->it->seq > it->seq)
+        after = after->gprev;
+    n->gprev = after;
+    n->gnext = after != NULL ? after->gnext : g->lv[lv].head;
+    if (n->gnext != NULL)
+        n->gnext->gprev = n;
+    else
+        g->lv[lv].tail = n;
+    if (after != NULL)
+        after->gnext = n;
     else
         g->lv[lv].head = n;
-    g->lv[lv].tail = n;
     g->n_lv[lv]++;
     g->queued++;
     pol_touch(p, g);
 
     pol_list *l = &p->lv[lv];
     it->priv = n;
-    it->seq = p->next_seq++;
     /* The heaps compare heads' seq, so it is set before they move. */
     if (g->n_lv[lv] == 1)
         pol_heap_add(&p->active[lv], g, lv);
@@ -574,13 +586,19 @@ int policy_push(policy *p, pol_item *it)
         for (int k = 0; k < POL_LEVELS; k++)
             if (g->n_lv[k] > 0)
                 pol_heap_fix(&p->active[k], g->lv_pos[k], k);
-    it->next = NULL;
-    it->prev = l->tail;
-    if (l->tail != NULL)
-        l->tail->next = it;
+    pol_item *prev = l->tail;
+    while (again && prev != NULL && prev->seq > it->seq)
+        prev = prev->prev;
+    it->prev = prev;
+    it->next = prev != NULL ? prev->next : l->head;
+    if (it->next != NULL)
+        it->next->prev = it;
+    else
+        l->tail = it;
+    if (prev != NULL)
+        prev->next = it;
     else
         l->head = it;
-    l->tail = it;
     it->queued = 1;
     p->depth++;
     if (it->deadline_us != 0) {
@@ -589,6 +607,22 @@ int policy_push(policy *p, pol_item *it)
             p->deadline_low = it->deadline_us;
     }
     return LMSCHED_OK;
+}
+
+/* The item stays owned by the caller; the policy links it and keeps a node
+ * of its own in it->priv until the item leaves. Returns LMSCHED_EINVAL for
+ * a NULL or already queued item (linking it twice would corrupt the lists),
+ * LMSCHED_EBUSY when full, LMSCHED_ENOMEM when its group or node cannot be
+ * allocated (the item is then not queued). Loop thread; does not block. */
+int policy_push(policy *p, pol_item *it)
+{
+    return pol_enqueue(p, it, false);
+}
+
+/* Loop thread; does not block. */
+int policy_requeue(policy *p, pol_item *it)
+{
+    return pol_enqueue(p, it, true);
 }
 
 pol_item *policy_pop(policy *p, int64_t now_us)
@@ -779,6 +813,73 @@ pol_item *policy_next(policy *p, int64_t now_us, int *slot, uint32_t *cached)
     if (cached != NULL)
         *cached = c;
     return it;
+}
+
+pol_item *policy_top(const policy *p)
+{
+    if (p == NULL)
+        return NULL;
+    for (int lv = POL_LEVELS - 1; lv >= 0; lv--) {
+        int scan = POL_SCAN_ITEMS;
+        for (pol_item *it = p->lv[lv].head; it != NULL && scan-- > 0; it = it->next)
+            if (p->rule->takes_free_slot == NULL || p->rule->takes_free_slot(p, it))
+                return it;
+    }
+    return NULL;
+}
+
+double policy_stop_cost_us(policy *p, int slot, int64_t now_us)
+{
+    if (p == NULL || slot < 0 || (unsigned)slot >= p->n_slots || !p->slots[slot].busy)
+        return 0;
+    const pol_slot *sl = &p->slots[slot];
+    double done = (double)(now_us - sl->start_us);
+    double total = pol_prefill_us(p, (double)sl->est_prompt - sl->est_cached) +
+                   pol_gen_us(p, sl->gen);
+    if (total > 0 && done > total)
+        done = total;
+    if (done < 0)
+        done = 0;
+    if (!pol_rates_known(p))
+        return done;
+    p->now_us = now_us;
+    return done + pol_reload_us(p, (unsigned)slot, 0);
+}
+
+bool policy_idle_slot(const policy *p, uint32_t mask)
+{
+    if (p == NULL)
+        return false;
+    uint32_t up = p->be_up & (mask != 0 ? mask : ~0u);
+    for (unsigned i = 0; i < p->n_slots; i++)
+        if (!p->slots[i].busy && (up >> p->slot_be[i] & 1u))
+            return true;
+    return false;
+}
+
+/* The item leaves the queue and belongs to the caller again, running on
+ * slot as after policy_next. Loop thread; does not block. */
+int policy_take(policy *p, pol_item *it, int slot, int64_t now_us, uint32_t *cached)
+{
+    if (p == NULL || it == NULL || !it->queued || slot < 0 || (unsigned)slot >= p->n_slots ||
+        p->slots[slot].busy || !pol_slot_ok(p, (unsigned)slot, it))
+        return -1;
+    p->now_us = now_us;
+    pol_cost_stamp(p, now_us);
+    if (!p->pinned) {
+        /* Sent without a slot id, it runs where the backend's own rule puts
+         * it among that backend's idle slots; the model follows. */
+        uint32_t up = p->be_up;
+        p->be_up &= 1u << p->slot_be[slot];
+        int b = pol_backend_choice(p, it, p->similarity);
+        p->be_up = up;
+        if (b >= 0)
+            slot = b;
+    }
+    uint32_t c = pol_dispatch(p, it, (unsigned)slot);
+    if (cached != NULL)
+        *cached = c;
+    return slot;
 }
 
 void policy_slot_done(policy *p, int slot, bool ok, int64_t prompt_tokens,

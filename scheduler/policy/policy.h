@@ -153,6 +153,36 @@ typedef struct pol_group_info {
 /* Fills up to max groups (most recently active first). Returns the count. */
 size_t policy_groups(const policy *p, pol_group_info *out, size_t max);
 
+/* Priority preemption (the core stops a running lower-priority request for
+ * a queued higher-priority one, docs/scheduling.md):
+ * policy_top: the queued item that preemption would serve: the oldest of
+ * the highest priority that the rule would start on a freed slot (prefix:
+ * not a follower waiting for its group's leader), or NULL.
+ * policy_idle_slot: whether a slot of a backend in mask (0: any) that is up
+ * is idle.
+ * policy_take: starts queued item it on idle slot (one that may run it)
+ * without asking the rule, as policy_next would have (*cached: the prompt
+ * tokens expected cached there). Returns the slot it runs in (without
+ * pinning, the backend's own choice among that backend's idle slots), or
+ * -1 (nothing changed) when it is not queued or the slot is not idle or
+ * may not run it.
+ * policy_requeue: puts an item that was dispatched back into the queue, at
+ * its old place: its seq (arrival order) and enq_us are kept, it is not
+ * counted as an arrival again, and max_queue does not apply (it was
+ * accepted once). Its slot must have been ended (policy_slot_end) first.
+ * Returns 0, LMSCHED_EINVAL (already queued) or LMSCHED_ENOMEM. */
+pol_item *policy_top(const policy *p);
+bool policy_idle_slot(const policy *p, uint32_t mask);
+int policy_take(policy *p, pol_item *it, int slot, int64_t now_us, uint32_t *cached);
+int policy_requeue(policy *p, pol_item *it);
+
+/* The engine time, in microseconds, that stopping the request running on
+ * slot throws away: the work it has done so far (its run time, at most
+ * what it was expected to take) and, once the backend's rates are
+ * measured, bringing back what of the slot's cache other queued requests
+ * want (a group's prefix that no other slot holds). 0 for an idle slot. */
+double policy_stop_cost_us(policy *p, int slot, int64_t now_us);
+
 /* Removes a queued item (canceled, or its agent went away). No-op if not queued. */
 void policy_remove(policy *p, pol_item *it);
 

@@ -341,8 +341,22 @@ static pol_item *prefix_choose(policy *p, int64_t now_us, int *slot)
     return NULL;
 }
 
+/* Whether it would start on an empty idle slot (one a preemption frees):
+ * unless it follows a leader of its group that runs where the prefix is
+ * (rule 4), and copying the prefix is not worth it yet. Such a request
+ * waits for the slot its group's running request holds, not for the work
+ * a preemption would stop. */
+static bool prefix_takes_free_slot(const policy *p, const pol_item *it)
+{
+    (void)p;
+    const pol_group *g = pol_node_of(it)->g;
+    return !pol_group_held(g) || g->pfx_blocks <= POL_CHEAP_COPY_BLOCKS ||
+           g->queued > POL_DUP_FACTOR * g->resident;
+}
+
 const pol_rule pol_rule_prefix = {
     .name = "prefix",
     .choose = prefix_choose,
     .holds_slots = true,
+    .takes_free_slot = prefix_takes_free_slot,
 };

@@ -459,6 +459,90 @@ static void test_backends_prefix(void **state)
     backends_case("prefix");
 }
 
+/* Preemption's calls: an item that ran comes back at its old place (not
+ * at the tail, and past max_queue), policy_top names the oldest of the
+ * highest priority, policy_take starts it on the given idle slot, and a
+ * stopped slot counts as idle again. */
+static void test_requeue_take(void **state)
+{
+    (void)state;
+    policy *p = NULL;
+    pol_item it[5];
+    int slot = -1;
+    uint32_t cached = 0;
+    assert_int_equal(policy_alloc(&p, "fifo", 3), LMSCHED_OK);
+    assert_int_equal(policy_set_slots(p, 2), LMSCHED_OK);
+    memset(it, 0, sizeof(it));
+    for (int i = 0; i < 5; i++) {
+        it[i].priority = 1;
+        it[i].enq_us = i;
+    }
+    it[4].priority = 8;
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(policy_push(p, &it[i]), LMSCHED_OK);
+    assert_ptr_equal(policy_next(p, 10, &slot, &cached), &it[0]);
+    assert_ptr_equal(policy_next(p, 10, &slot, &cached), &it[1]);
+    assert_int_equal(slot, 1);
+    assert_false(policy_idle_slot(p, 0));
+    for (int i = 2; i < 4; i++)
+        assert_int_equal(policy_push(p, &it[i]), LMSCHED_OK);
+    assert_int_equal(policy_push(p, &it[4]), LMSCHED_OK);
+    assert_ptr_equal(policy_top(p), &it[4]);
+    assert_true(policy_stop_cost_us(p, 1, 20) >= 10);
+    assert_int_equal(policy_stop_cost_us(p, 5, 20), 0);
+    /* it[1] is stopped: back before it[2] and it[3], past max_queue 3 */
+    assert_int_equal(policy_requeue(p, &it[1]), LMSCHED_OK);
+    assert_int_equal(policy_requeue(p, &it[1]), LMSCHED_EINVAL);
+    assert_int_equal(policy_depth(p), 4);
+    policy_slot_done(p, 1, false, -1, -1);
+    assert_true(policy_idle_slot(p, 0));
+    /* not queued, a busy slot, a slot out of range: refused, nothing changes */
+    assert_int_equal(policy_take(p, &it[0], 1, 20, &cached), -1);
+    assert_int_equal(policy_take(p, &it[4], 0, 20, &cached), -1);
+    assert_int_equal(policy_take(p, &it[4], 7, 20, &cached), -1);
+    assert_int_equal(policy_take(p, &it[4], 1, 20, &cached), 1);
+    assert_int_equal(it[4].queued, 0);
+    assert_false(policy_idle_slot(p, 0));
+    assert_ptr_equal(policy_top(p), &it[1]);
+    /* the rest in arrival order: the stopped one first */
+    const pol_item *want[] = {&it[1], &it[2], &it[3]};
+    for (int k = 0; k < 3; k++)
+        assert_ptr_equal(policy_pop(p, 30), want[k]);
+    assert_null(policy_top(p));
+    policy_free(p);
+}
+
+/* prefix: one that comes back is again its group's oldest, so it leads
+ * the group's next load. */
+static void test_requeue_prefix(void **state)
+{
+    (void)state;
+    policy *p = NULL;
+    pol_item it[3];
+    int slot = -1;
+    uint32_t cached = 0;
+    assert_int_equal(policy_alloc(&p, "prefix", 8), LMSCHED_OK);
+    assert_int_equal(policy_set_slots(p, 1), LMSCHED_OK);
+    memset(it, 0, sizeof(it));
+    for (int i = 0; i < 3; i++) {
+        it[i].priority = 5;
+        it[i].enq_us = i;
+        it[i].group = 42;
+    }
+    assert_int_equal(policy_push(p, &it[0]), LMSCHED_OK);
+    assert_int_equal(policy_push(p, &it[1]), LMSCHED_OK);
+    assert_ptr_equal(policy_next(p, 10, &slot, &cached), &it[0]);
+    assert_int_equal(policy_push(p, &it[2]), LMSCHED_OK);
+    assert_int_equal(policy_requeue(p, &it[0]), LMSCHED_OK);
+    policy_slot_done(p, 0, false, -1, -1);
+    const pol_item *want[] = {&it[0], &it[1], &it[2]};
+    for (int k = 0; k < 3; k++) {
+        assert_ptr_equal(policy_next(p, 20 + k, &slot, &cached), want[k]);
+        policy_slot_done(p, 0, true, -1, -1);
+    }
+    policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -476,6 +560,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pop_any_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_rounds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fifo_slots, setup, teardown),
+        cmocka_unit_test(test_requeue_take),
+        cmocka_unit_test(test_requeue_prefix),
         cmocka_unit_test(test_backends_fifo),
         cmocka_unit_test(test_backends_prefix),
     };
