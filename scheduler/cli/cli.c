@@ -478,6 +478,8 @@ int cli_render_status(const char *json, FILE *out)
     double bad;
     if (st_num(req, "bad_messages", &bad) && bad > 0)
         fprintf(out, "  bad messages %s", st_int(a, sizeof(a), req, "bad_messages"));
+    if (st_num(req, "preempted", &bad) && bad > 0)
+        fprintf(out, "  preempted %s", st_int(a, sizeof(a), req, "preempted"));
     fputc('\n', out);
 
     json_t *qw = st_get(lat, "queue_wait"), *ttft = st_get(lat, "ttft");

@@ -55,6 +55,8 @@ typedef struct sched_config {
     int starve_ms;             /* prefix policy: queued longer than this runs next */
     unsigned max_overtakes;    /* prefix policy: ... or overtaken this often (0: 4 x slots) */
     int gather_ms;             /* prefix policy: gather window for loads, conversation hold */
+    int preempt;               /* --preempt: 1 (on, not the default) a queued request stops a running one of
+                                * lower priority when nothing else frees a slot; 0 off */
     double slot_similarity;    /* the backend's slot-prompt-similarity (LM Studio placement) */
     int64_t context;           /* fallback per-slot context; 0: none */
     unsigned slots;            /* fallback parallel slots; 0: none */

@@ -34,6 +34,13 @@
  * came back. */
 #define SCHED_DOWN_RECHECK_US 250000
 
+/* --preempt: a request is stopped for a higher-priority one at most this
+ * often. Each stop throws its prefill and decode so far away, and it
+ * waits again; once is enough to let a burst of urgent requests through,
+ * and the bound keeps a low-priority request from being thrown back again
+ * and again while urgent ones keep coming. */
+#define SCHED_MAX_PREEMPTS 1
+
 /* Histogram buckets of latencies since start (status.c has the bounds). */
 #define LAT_BUCKETS 15
 
@@ -56,6 +63,7 @@ typedef struct sched_stats {
     uint64_t completed;
     uint64_t failed; /* answered with an error (not counting BUSY) */
     uint64_t retried;
+    uint64_t preempted; /* running requests stopped for higher-priority ones */
     uint64_t rejected_busy;
     uint64_t failed_by_code[32];
     uint64_t bad_messages; /* undecodable messages answered with an error */
@@ -84,6 +92,9 @@ struct job {
     unsigned refused;     /* of those, ones that could not connect (not counted
                            * against --max-retries: they never reached the backend) */
     int64_t down_wait_us; /* since when it waits for an unreachable backend, 0 if not */
+    int64_t run_us;       /* when its current attempt started */
+    unsigned preempts;    /* times it was stopped for a higher-priority request */
+    bool streamed;        /* a piece of its answer went to its agent */
     http_xfer *xfer;      /* while JOB_INFLIGHT */
     prefix_chain chain;   /* the prompt's prefix blocks (pi points into it) */
     int slot;             /* backend slot chosen by the policy, -1 before */

@@ -16,6 +16,10 @@
  *   exponential backoff while the job keeps its concurrency slot; once any
  *   token has been streamed the error goes to the agent, since a retry
  *   would restart the answer.
+ * - Preemption (--preempt, loop_preempt): a queued request that cannot
+ *   start stops a running one of lower priority, which goes back into the
+ *   queue at its old place and runs again later; the answer of that run is
+ *   its one answer. Stopping is closing its transfer, as a cancel does.
  * - Every accepted request gets exactly one answer: job_complete or
  *   job_fail (job.c) end every job.
  */
@@ -213,8 +217,9 @@ static void loop_job_start(sched *s, job *j)
                     : -1,
     };
     j->attempts++;
+    j->run_us = clock_now_us();
     if (j->dispatch_us == 0)
-        j->dispatch_us = clock_now_us();
+        j->dispatch_us = j->run_us;
     int rc = backend_chat_start(j->be, j->req, &o, j, &j->xfer);
     if (rc != LMSCHED_OK) {
         j->xfer = NULL;
@@ -259,17 +264,170 @@ static bool loop_reserve(sched *s, job *j, int64_t now)
     return false;
 }
 
+/* j, just taken from the queue for slot, runs there: counted, logged, and
+ * its memory reserved (loop_reserve). Returns true when it waits for
+ * memory. */
+static bool loop_assign(sched *s, job *j, int slot, uint32_t cached, int64_t now)
+{
+    unsigned bi = policy_slot_backend(s->pol, slot);
+    j->slot = slot;
+    j->be = &s->backends[bi];
+    j->state = JOB_PENDING;
+    sched_queued_add(s, j, -1);
+    s->inflight++;
+    s->be[bi].inflight++;
+    s->be[bi].routed++;
+    if (s->n_backends > 1)
+        log_debug("request %" PRIu64 "/%" PRIu64 " -> backend %s slot %d, ~%u of %u "
+                  "prompt tokens cached", j->sink.owner, j->sink.id, j->be->url,
+                  slot - (int)s->be[bi].slot_base, cached, j->chain.tokens);
+    else
+        log_debug("request %" PRIu64 "/%" PRIu64 " -> slot %d, ~%u of %u prompt tokens "
+                  "cached", j->sink.owner, j->sink.id, slot, cached, j->chain.tokens);
+    return loop_reserve(s, j, now);
+}
+
+/* Whether running j may be stopped for a request of priority prio: strictly
+ * lower priority, stopped fewer than SCHED_MAX_PREEMPTS times, and nothing
+ * of its answer handed to its agent (a streamed piece cannot be taken
+ * back; pieces received but not yet handed over count as handed). */
+static bool loop_preemptible(const job *j, uint8_t prio)
+{
+    return j->state == JOB_INFLIGHT && j->xfer != NULL && j->slot >= 0 &&
+           j->pi.priority < prio && j->preempts < SCHED_MAX_PREEMPTS && !j->streamed &&
+           j->xfer->resp.n_deltas == 0;
+}
+
+/* Stops running v for the higher-priority request t: v's transfer is
+ * closed (llama.cpp and LM Studio stop generating when the client goes
+ * away, as for a cancel), its slot and memory are given back, and it is
+ * queued again at its old place, where it waits like any queued request.
+ * Returns false, with v untouched, when it cannot be queued again (out of
+ * memory). */
+static bool loop_preempt_job(sched *s, job *v, const job *t)
+{
+    int64_t deadline = v->pi.deadline_us;
+    v->pi.deadline_us = 0; /* see below; the queue counts it at the push */
+    if (policy_requeue(s->pol, &v->pi) != LMSCHED_OK) {
+        v->pi.deadline_us = deadline;
+        return false;
+    }
+    unsigned bi = sched_be_index(s, v->be);
+    log_debug("request %" PRIu64 "/%" PRIu64 " (priority %u) stopped after %" PRId64 " ms on "
+              "slot %d for request %" PRIu64 "/%" PRIu64 " (priority %u); queued again",
+              v->sink.owner, v->sink.id, v->pi.priority,
+              (clock_now_us() - v->run_us) / 1000, v->slot, t->sink.owner, t->sink.id,
+              t->pi.priority);
+    http_xfer_free(s->http, v->xfer);
+    v->xfer = NULL;
+    job_release_slot(s, v, NULL); /* the slot's cache is unknown now */
+    s->inflight--;
+    s->be[bi].inflight--;
+    sched_queued_add(s, v, 1);
+    v->state = JOB_QUEUED;
+    v->preempts++;
+    /* The stopped attempt was the scheduler's doing: not a retry, and not
+     * counted against --max-retries. Its wait goes on: queue_ms counts up
+     * to the start of the run that answers. */
+    v->attempts--;
+    v->dispatch_us = 0;
+    /* Its deadline (pi.deadline_us, cleared above) was to start by then,
+     * and it did: expiring it in the queue now would answer it with an
+     * error it did not cause. */
+    s->st.preempted++;
+    return true;
+}
+
+/* The running request to stop for one of priority prio that needs need
+ * bytes of KV memory on a backend in where: of strictly lower priority
+ * (loop_preemptible), and only one whose stop leaves memory enough for it;
+ * of the lowest priority, the one stopped least often, and of those the
+ * one whose stop throws away the least work (policy_stop_cost_us: its run
+ * so far, and a prefix others queue for that only its slot holds). NULL
+ * if none. */
+static job *loop_victim(sched *s, uint8_t prio, uint32_t where, uint64_t need, int64_t now)
+{
+    job *v = NULL;
+    double v_cost = 0;
+    for (job *j = s->jobs; j != NULL; j = j->next) {
+        if (!loop_preemptible(j, prio))
+            continue;
+        unsigned bi = sched_be_index(s, j->be);
+        const sched_be *e = &s->be[bi];
+        if (!((where >> bi) & 1u) ||
+            e->reserved_bytes - j->reserve + need > e->bout.budget_bytes)
+            continue;
+        double cost = policy_stop_cost_us(s->pol, j->slot, now);
+        if (v == NULL || j->pi.priority < v->pi.priority ||
+            (j->pi.priority == v->pi.priority &&
+             (j->preempts < v->preempts || (j->preempts == v->preempts && cost < v_cost)))) {
+            v = j;
+            v_cost = cost;
+        }
+    }
+    return v;
+}
+
+/* --preempt, for memory: backend bi waits for KV memory for the request
+ * the policy chose for it (sched_be.pending); a running request there of
+ * lower priority is stopped for it when that makes room, and it starts.
+ * Returns true when it still waits. */
+static bool loop_preempt_memory(sched *s, unsigned bi, int64_t now)
+{
+    job *p = s->be[bi].pending;
+    job *v = loop_victim(s, p->pi.priority, 1u << bi, p->reserve, now);
+    if (v == NULL || !loop_preempt_job(s, v, p))
+        return true;
+    return loop_reserve(s, p, now);
+}
+
+/* --preempt, for a slot: while the request policy_top names (the oldest of
+ * the highest queued priority that would start on a freed slot) cannot
+ * start because every slot (or the concurrency) of its backends is taken,
+ * a running request of lower priority on one of them is stopped for it
+ * (loop_victim, loop_preempt_job), and the freed slot goes to that request,
+ * whatever the rule would say of it (policy_take). Nothing happens while a
+ * backend it may use has an idle slot: then the policy chose to wait (a
+ * gather window, a slot kept for a conversation). A backend waiting for
+ * memory for a request it chose is left to loop_preempt_memory. */
+static void loop_preempt(sched *s, uint32_t up, uint32_t waiting, int64_t now)
+{
+    for (unsigned round = 0; round < s->max_concurrent; round++) {
+        pol_item *it = policy_top(s->pol);
+        if (it == NULL)
+            return;
+        job *t = (job *)it;
+        uint32_t where = (it->backends != 0 ? it->backends : ~0u) & up & ~waiting;
+        if (where == 0 ||
+            (s->inflight < s->max_concurrent && policy_idle_slot(s->pol, where)))
+            return;
+        job *v = loop_victim(s, it->priority, where, t->reserve, now);
+        if (v == NULL)
+            return;
+        int slot = v->slot;
+        if (!loop_preempt_job(s, v, t))
+            return;
+        uint32_t cached = 0;
+        slot = policy_take(s->pol, it, slot, now, &cached);
+        if (slot < 0)
+            return; /* cannot happen: the slot is idle and may run it */
+        loop_assign(s, t, slot, cached, now);
+    }
+}
+
 /* Starts what may start: first each backend's request waiting for memory,
  * then the policy's choices. A backend whose request still waits takes
  * nothing else (the waiting one keeps its place), but the others do: the
- * policy sees it as down until this dispatch ends. */
+ * policy sees it as down until this dispatch ends. Then, if a request
+ * still cannot start, the preemption of a lower-priority one. */
 static void loop_dispatch(sched *s, uint32_t up, int64_t now)
 {
     if (s->draining)
         return;
     uint32_t waiting = 0;
     for (unsigned i = 0; i < s->n_backends; i++)
-        if (s->be[i].pending != NULL && loop_reserve(s, s->be[i].pending, now))
+        if (s->be[i].pending != NULL && loop_reserve(s, s->be[i].pending, now) &&
+            (!s->cfg.preempt || loop_preempt_memory(s, i, now)))
             waiting |= 1u << i;
     while (s->inflight < s->max_concurrent && (up & ~waiting) != 0) {
         policy_set_backends_up(s->pol, up & ~waiting);
@@ -280,22 +438,13 @@ static void loop_dispatch(sched *s, uint32_t up, int64_t now)
             break;
         job *j = (job *)it;
         unsigned bi = policy_slot_backend(s->pol, slot);
-        j->slot = slot;
-        j->be = &s->backends[bi];
-        j->state = JOB_PENDING;
-        sched_queued_add(s, j, -1);
-        s->inflight++;
-        s->be[bi].inflight++;
-        s->be[bi].routed++;
-        if (s->n_backends > 1)
-            log_debug("request %" PRIu64 "/%" PRIu64 " -> backend %s slot %d, ~%u of %u "
-                      "prompt tokens cached", j->sink.owner, j->sink.id, j->be->url,
-                      slot - (int)s->be[bi].slot_base, cached, j->chain.tokens);
-        else
-            log_debug("request %" PRIu64 "/%" PRIu64 " -> slot %d, ~%u of %u prompt tokens "
-                      "cached", j->sink.owner, j->sink.id, slot, cached, j->chain.tokens);
-        if (loop_reserve(s, j, now))
+        if (loop_assign(s, j, slot, cached, now) &&
+            (!s->cfg.preempt || s->be[bi].pending != j || loop_preempt_memory(s, bi, now)))
             waiting |= 1u << bi;
+    }
+    if (s->cfg.preempt && (up & ~waiting) != 0) {
+        policy_set_backends_up(s->pol, up & ~waiting);
+        loop_preempt(s, up, waiting, now);
     }
     policy_set_backends_up(s->pol, up);
 }
@@ -348,6 +497,7 @@ static void loop_stream(sched *s, job *j, http_xfer *x)
             };
         }
         j->sink.ops->chunk(j->sink.arg, j, view, k);
+        j->streamed = true;
     }
     oa_deltas_free(d, n);
 }

@@ -128,6 +128,7 @@ void status_take(sched *s, status_snapshot *o)
     o->requests.completed = s->st.completed;
     o->requests.failed = s->st.failed;
     o->requests.retried = s->st.retried;
+    o->requests.preempted = s->st.preempted;
     o->requests.rejected_busy = s->st.rejected_busy;
     o->requests.bad_messages = s->st.bad_messages;
     o->requests.auth_refused = s->st.auth_refused;
@@ -239,9 +240,10 @@ char *status_json(const status_snapshot *o)
     }
 
     json_t *requests = json_pack(
-        "{s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I}", "received", (json_int_t)o->requests.received,
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I}", "received", (json_int_t)o->requests.received,
         "completed", (json_int_t)o->requests.completed, "failed",
         (json_int_t)o->requests.failed, "retried", (json_int_t)o->requests.retried,
+        "preempted", (json_int_t)o->requests.preempted,
         "rejected_busy", (json_int_t)o->requests.rejected_busy, "failed_by_class", failed,
         "bad_messages", (json_int_t)o->requests.bad_messages, "auth_refused",
         (json_int_t)o->requests.auth_refused);

@@ -84,7 +84,7 @@ typedef struct status_snapshot {
     unsigned queue_depth, queue_max, inflight;
     unsigned queue_by_priority[10];    /* queued requests at each priority 0..9 */
     struct {
-        uint64_t received, completed, failed, retried, rejected_busy;
+        uint64_t received, completed, failed, retried, preempted, rejected_busy;
         uint64_t bad_messages, auth_refused, status_requests;
         uint64_t failed_by_code[STATUS_ERR_CODES];
     } requests;

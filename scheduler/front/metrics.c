@@ -164,6 +164,9 @@ char *metrics_text(const status_snapshot *s, const metrics_http *h, size_t *len)
     mx_one(&m, "lmsched_retries_total", "counter",
            "Retries of requests against the backend after transient errors.",
            (double)s->requests.retried);
+    mx_one(&m, "lmsched_preemptions_total", "counter",
+           "Running requests stopped and queued again for a higher-priority one (--preempt).",
+           (double)s->requests.preempted);
     mx_one(&m, "lmsched_bad_messages_total", "counter",
            "Messages that were not a valid request.", (double)s->requests.bad_messages);
     mx_one(&m, "lmsched_auth_refused_total", "counter",

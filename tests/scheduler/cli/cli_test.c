@@ -175,6 +175,23 @@ static void test_render_http(void **state)
     free(out);
 }
 
+/* Preemptions, when there were some, end the requests line. */
+static void test_render_preempted(void **state)
+{
+    (void)state;
+    json_t *doc = json_loads(example_json, 0, NULL);
+    assert_non_null(doc);
+    json_object_set_new(json_object_get(doc, "requests"), "preempted", json_integer(7));
+    char *text = json_dumps(doc, 0);
+    json_decref(doc);
+    int rc;
+    char *out = render(text, &rc);
+    free(text);
+    assert_int_equal(rc, 0);
+    assert_contains(line_of(out, "requests "), "  retried 5  busy 0  preempted 7\n");
+    free(out);
+}
+
 static void test_render_nulls(void **state)
 {
     int rc;
@@ -995,6 +1012,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render_example),
         cmocka_unit_test(test_render_http),
+        cmocka_unit_test(test_render_preempted),
         cmocka_unit_test(test_render_nulls),
         cmocka_unit_test(test_render_missing_sections),
         cmocka_unit_test(test_render_hostile_strings),

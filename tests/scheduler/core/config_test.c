@@ -144,6 +144,7 @@ static void test_table(void **state)
         "starve-ms",
         "max-overtakes",
         "gather-ms",
+        "preempt",
         "socket-mode",
         "socket-group",
         "auth-token-file",

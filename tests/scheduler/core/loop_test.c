@@ -94,6 +94,7 @@ static void env_start_with(env *e, void (*tweak)(sched_config *), const char *mo
     snprintf(e->cfg.backend, sizeof(e->cfg.backend), "http://fake");
     e->cfg.total_ram = 64ull << 30;
     e->cfg.backend_wait_ms = 1000;
+    e->cfg.preempt = 1; /* off by default; on here so it is exercised */
     if (tweak != NULL)
         tweak(&e->cfg);
     http_client *hc = NULL;
@@ -504,6 +505,10 @@ static const char lmstudio_models4[] =
  * budget is 0.6 x RAM - the 1 MB model. */
 static uint64_t budget_ram[SCHED_MAX_BACKENDS];
 static const char *budget_policy = "prefix";
+/* Requests' priorities are drawn from 0-9 (preemption), or all
+ * budget_priority. */
+static bool budget_priorities;
+static uint8_t budget_priority = 5;
 
 static void tweak_budget(sched_config *c)
 {
@@ -615,7 +620,7 @@ static void submit_sized(env *e, bud_answer *a, uint64_t owner, const char *syst
     r->messages[0].content = text;
     r->n_messages = 1;
     r->max_tokens = max_tokens;
-    r->priority = 5;
+    r->priority = budget_priorities ? (uint8_t)(rand() % 10) : budget_priority;
     sink k = {.ops = &bud_ops, .arg = a, .owner = owner, .id = 1};
     sched_submit(e->s, r, &k);
 }
@@ -730,6 +735,17 @@ static void budget_run(unsigned seed)
     assert_int_equal(e.s->reserved_bytes, 0);
     assert_int_equal(e.s->st.received,
                      e.s->st.completed + e.s->st.failed + e.s->st.rejected_busy);
+    /* preemptions where priorities differ, and the policy's books agree:
+     * nothing queued or running in any group (each stopped request's slot
+     * was given back once) */
+    assert_true(e.s->st.preempted > 0 || !budget_priorities);
+    assert_int_equal(policy_depth(e.s->pol), 0);
+    pol_group_info gi[16];
+    size_t ng = policy_groups(e.s->pol, gi, 16);
+    for (size_t i = 0; i < ng; i++) {
+        assert_int_equal(gi[i].queued, 0);
+        assert_int_equal(gi[i].inflight, 0);
+    }
     env_stop(&e);
 }
 
@@ -762,6 +778,27 @@ static void test_budget_two(void **state)
     budget_ram[0] = 3ull << 29;
     budget_ram[1] = 1ull << 30;
     budget_run(23);
+}
+
+/* The same with priorities 0-9: higher ones stop lower ones that run (for
+ * a slot, or for the memory a chosen request waits for), which run again
+ * later. The reservations stay within every budget at every dispatch, and
+ * every request still gets exactly one answer. */
+static void test_budget_preempt(void **state)
+{
+    (void)state;
+    budget_priorities = true;
+    memset(budget_ram, 0, sizeof(budget_ram));
+    budget_ram[0] = 3ull << 29;
+    budget_policy = "prefix";
+    budget_run(31);
+    budget_policy = "fifo";
+    budget_run(32);
+    budget_ram[0] = 4ull << 30;
+    budget_ram[1] = 3ull << 29;
+    budget_policy = "prefix";
+    budget_run(33);
+    budget_priorities = false;
 }
 
 /* Two backends: a request waiting for memory on one does not hold up
@@ -809,6 +846,99 @@ static void test_budget_pending_one_backend(void **state)
     env_stop(&e);
 }
 
+/* Both slots run priority-1 requests with a deadline of 100 ms; a
+ * priority-8 request stops the later one, which goes back to the queue
+ * after it had started: its deadline, met, no longer applies, and it is
+ * answered when it runs again, long after the 100 ms. */
+static void test_preempt_deadline(void **state)
+{
+    (void)state;
+    env e;
+    env_start(&e, NULL);
+    answer low[2] = {{0}}, high = {0};
+    submit(&e, &low[0], 1, "You are terse.", "first", 1, 100);
+    submit(&e, &low[1], 1, "You are terse.", "second", 1, 100);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 2);
+    advance_ms(5);
+    submit(&e, &high, 2, "You are urgent.", "now", 8, 0);
+    sched_turn(e.s);
+    assert_int_equal(e.s->st.preempted, 1);
+    assert_int_equal(e.s->queued, 1);
+    assert_int_equal(e.s->inflight, 2);
+    assert_int_equal(fake_http_pending(e.f), 2);
+    /* equal priority: nothing more is stopped for the queued priority-1 one */
+    advance_ms(200);
+    sched_turn(e.s);
+    assert_int_equal(e.s->st.preempted, 1);
+    for (int round = 0; round < 20 && e.s->jobs != NULL; round++) {
+        if (fake_http_pending(e.f) > 0)
+            fake_http_finish(e.f, 0, 200, fake_http_completion("ok", 20, 0), 0);
+        sched_turn(e.s);
+        advance_ms(10);
+    }
+    assert_null(e.s->jobs);
+    assert_int_equal(high.calls, 1);
+    assert_int_equal(high.code, LMSCHED_OK);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(low[i].calls, 1);
+        assert_int_equal(low[i].code, LMSCHED_OK);
+    }
+    assert_int_equal(e.s->st.failed, 0);
+    assert_int_equal(e.s->st.retried, 0);
+    env_stop(&e);
+}
+
+/* Memory: a high-priority request the policy chose waits for KV memory
+ * that a running low-priority one holds; that one is stopped (its
+ * transfer closed) and queued again, the high one starts; the low one
+ * runs again when the memory is back, and both get one answer. */
+static void test_preempt_memory(void **state)
+{
+    (void)state;
+    memset(budget_ram, 0, sizeof(budget_ram));
+    budget_ram[0] = 3ull << 29; /* ~920 MiB: one 875 MiB request at a time */
+    budget_policy = "prefix";
+    env e;
+    env_start_with(&e, tweak_budget, lmstudio_models4, 4);
+    bud_s = e.s;
+    bud_answer low = {0}, high = {0};
+    budget_priorities = false;
+    submit_sized(&e, &low, 1, "sys", 100, 6900);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 1);
+    const job *lj = e.s->jobs;
+    assert_int_equal(lj->state, JOB_INFLIGHT);
+    budget_priority = 8;
+    submit_sized(&e, &high, 2, "other", 100, 6900);
+    budget_priority = 5;
+    sched_turn(e.s);
+    assert_int_equal(e.s->st.preempted, 1);
+    assert_int_equal(fake_http_pending(e.f), 1); /* the low one's transfer was closed */
+    /* queued again, and (the policy gave it the slot it left) waiting for
+     * the memory the high one now holds */
+    assert_int_equal(lj->preempts, 1);
+    assert_int_equal(lj->state, JOB_PENDING);
+    assert_false(lj->reserved);
+    assert_int_equal(e.s->jobs->state, JOB_INFLIGHT);
+    assert_int_equal(e.s->jobs->pi.priority, 8);
+    assert_int_equal(e.s->be[0].reserved_bytes, e.s->jobs->reserve);
+    for (int round = 0; round < 100 && e.s->jobs != NULL; round++) {
+        if (fake_http_pending(e.f) > 0)
+            fake_http_finish(e.f, 0, 200, fake_http_completion("ok", 120, 0), 0);
+        sched_turn(e.s);
+        advance_ms(10);
+    }
+    assert_null(e.s->jobs);
+    assert_int_equal(high.calls, 1);
+    assert_int_equal(high.code, LMSCHED_OK);
+    assert_int_equal(low.calls, 1);
+    assert_int_equal(low.code, LMSCHED_OK);
+    assert_int_equal(e.s->st.preempted, 1);
+    assert_int_equal(e.s->reserved_bytes, 0);
+    env_stop(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -820,6 +950,8 @@ int main(void)
         cmocka_unit_test(test_cancel_owner),  cmocka_unit_test(test_queue_full),
         cmocka_unit_test(test_exactly_once),  cmocka_unit_test(test_budget_one),
         cmocka_unit_test(test_budget_two),    cmocka_unit_test(test_budget_pending_one_backend),
+        cmocka_unit_test(test_budget_preempt), cmocka_unit_test(test_preempt_memory),
+        cmocka_unit_test(test_preempt_deadline),
     };
     return cmocka_run_group_tests_name("loop", tests, NULL, NULL);
 }
