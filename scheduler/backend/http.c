@@ -9,9 +9,12 @@
  * write callback never calls curl_multi_* (that would be a recursive API
  * call); to stop a transfer it returns 0, which curl reports as
  * CURLE_WRITE_ERROR, and the error it recorded wins over that code.
- * Finished transfers are collected from curl_multi_info_read onto a done
- * list that http_done pops. Easy handles are reset and kept for the next
- * transfer; connections stay in the multi handle's cache (keep-alive).
+ * A JSON POST (a side request: a token count) is a chat's POST with a
+ * probe's handling: its answer is kept whole in raw, bounded by max_body,
+ * under the probe timeout. Finished transfers are collected from
+ * curl_multi_info_read onto a done list that http_done pops. Easy handles
+ * are reset and kept for the next transfer; connections stay in the multi
+ * handle's cache (keep-alive).
  *
  * Wakeups: another thread's http_wakeup costs a write to curl's wakeup
  * socket, and the loop a read of it, only while the loop sleeps in
@@ -337,6 +340,12 @@ static int bk_post_start(http_client *hc, http_target *tg, const char *path, cha
     return bk_add(c, t, xp);
 }
 
+static long bk_probe_timeout(const bk_client *c)
+{
+    return c->o.request_timeout_ms < BK_PROBE_TIMEOUT_MS ? c->o.request_timeout_ms
+                                                         : BK_PROBE_TIMEOUT_MS;
+}
+
 static int bk_get_start(http_client *hc, http_target *tg, const char *path, void *owner,
                         int tag, http_xfer **xp)
 {
@@ -345,9 +354,27 @@ static int bk_get_start(http_client *hc, http_target *tg, const char *path, void
     if (t == NULL)
         return LMSCHED_ENOMEM;
     curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, tg->get_headers);
-    long to = c->o.request_timeout_ms < BK_PROBE_TIMEOUT_MS ? c->o.request_timeout_ms
-                                                            : BK_PROBE_TIMEOUT_MS;
-    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, to);
+    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, bk_probe_timeout(c));
+    return bk_add(c, t, xp);
+}
+
+/* A side request: a chat's body and headers, a probe's raw answer and
+ * timeout (is_chat stays false, so the write callback keeps the body). */
+static int bk_post_json_start(http_client *hc, http_target *tg, const char *path, char *body,
+                              void *owner, int tag, http_xfer **xp)
+{
+    bk_client *c = (bk_client *)hc;
+    bk_xfer *t = bk_xfer_new(c, tg, path, owner, tag);
+    if (t == NULL) {
+        free(body);
+        return LMSCHED_ENOMEM;
+    }
+    t->x.is_json = true;
+    t->body = body;
+    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, tg->json_headers);
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
+    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, bk_probe_timeout(c));
     return bk_add(c, t, xp);
 }
 
@@ -525,6 +552,7 @@ static const http_ops bk_ops = {
     .target_free = bk_target_free,
     .post_start = bk_post_start,
     .get_start = bk_get_start,
+    .post_json_start = bk_post_json_start,
     .poll = bk_poll,
     .perform = bk_perform,
     .done = bk_done,
@@ -582,6 +610,16 @@ int http_get_start(http_client *c, http_target *t, const char *path, void *owner
                    http_xfer **xp)
 {
     return c->ops->get_start(c, t, path, owner, tag, xp);
+}
+
+int http_post_json_start(http_client *c, http_target *t, const char *path, char *body,
+                         void *owner, int tag, http_xfer **xp)
+{
+    if (c->ops->post_json_start == NULL) {
+        free(body);
+        return LMSCHED_EINTERNAL;
+    }
+    return c->ops->post_json_start(c, t, path, body, owner, tag, xp);
 }
 
 int http_poll(http_client *c, int timeout_ms)

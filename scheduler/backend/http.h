@@ -2,8 +2,10 @@
  * http - the daemon's HTTP client for LLM servers: transfers that run
  * inside the loop's one poll, keep-alive connections, streamed chat
  * completions parsed as they arrive (SSE, then openai.c's chunk parser),
- * and plain GETs for probing. The poll is also where the loop sleeps: any
- * thread may interrupt it with http_wakeup.
+ * plain GETs for probing, and small JSON POSTs whose whole answer comes
+ * back as one body (side requests such as llama.cpp's /tokenize). The
+ * poll is also where the loop sleeps: any thread may interrupt it with
+ * http_wakeup.
  *
  * The client is a table of functions (http_ops) with two implementations:
  * libcurl's multi interface (http_curl_alloc, the daemon's) and the fake of
@@ -32,13 +34,15 @@ typedef struct http_target http_target;
  * it. An implementation may embed this in a larger struct of its own. */
 typedef struct http_xfer {
     void *owner;            /* caller's pointer (a job, a backend's probe) */
-    int tag;                /* caller's tag (which probe stage) */
+    int tag;                /* caller's tag (which probe stage, which count step) */
     bool is_chat;
+    bool is_json;           /* a small JSON POST (http_post_json_start) */
     /* Outcome: */
     oa_error err;           /* err.code == LMSCHED_OK on success */
     oa_resp resp;           /* chat: content, usage, timings */
     long http_status;       /* 0 if no response */
-    char *raw;              /* body of non-streamed responses (probes, errors), NUL-terminated */
+    char *raw;              /* body of non-streamed responses (probes, JSON POSTs,
+                             * errors), NUL-terminated */
     size_t raw_len;
     int64_t start_us;       /* when it was started */
     int64_t first_token_us; /* when the first token arrived, 0 if none */
@@ -62,6 +66,8 @@ typedef struct http_ops {
                       void *owner, http_xfer **xp);
     int (*get_start)(http_client *c, http_target *t, const char *path, void *owner, int tag,
                      http_xfer **xp);
+    int (*post_json_start)(http_client *c, http_target *t, const char *path, char *body,
+                           void *owner, int tag, http_xfer **xp);
     int (*poll)(http_client *c, int timeout_ms);
     int (*perform)(http_client *c);
     http_xfer *(*done)(http_client *c);
@@ -94,6 +100,12 @@ int http_post_start(http_client *c, http_target *t, const char *path, char *body
 /* Starts GET base_url + path. */
 int http_get_start(http_client *c, http_target *t, const char *path, void *owner, int tag,
                    http_xfer **xp);
+/* Starts a POST of a small JSON body to base_url + path whose answer is
+ * one JSON body (not a stream): it comes back in raw, bounded and timed
+ * out as a probe's, on the same poll as everything else. Takes ownership
+ * of body (malloc'd), also on failure. is_json is set on the transfer. */
+int http_post_json_start(http_client *c, http_target *t, const char *path, char *body,
+                         void *owner, int tag, http_xfer **xp);
 
 /* Waits up to timeout_ms for network activity or a wakeup, then runs
  * transfers. Returns LMSCHED_OK or LMSCHED_EINTERNAL. */

@@ -39,7 +39,11 @@ struct fake_http {
     size_t n_pending;
     fake_xfer *gets[FAKE_XFERS];    /* probes, answered on the next perform */
     size_t n_gets;
-    fake_xfer *done[FAKE_XFERS * 2];
+    fake_xfer *jsons[FAKE_XFERS];   /* JSON POSTs: answered on the next perform, unless held */
+    size_t n_jsons;
+    bool hold_json;
+    unsigned n_json_total;
+    fake_xfer *done[FAKE_XFERS * 3];
     size_t n_done;
     unsigned posts, n_get_total;
     void (*on_post)(void *arg);
@@ -92,21 +96,47 @@ static int f_post_start(http_client *hc, http_target *t, const char *path, char 
     return LMSCHED_OK;
 }
 
+/* x's answer from the route table. */
+static void f_answer(fake_http *f, fake_xfer *x, const char *path)
+{
+    x->status = 404;
+    for (size_t i = 0; i < f->n_routes; i++) {
+        if (strcmp(f->routes[i].path, path) == 0) {
+            x->status = f->routes[i].status;
+            free(x->reply);
+            x->reply = f->routes[i].body ? strdup(f->routes[i].body) : NULL;
+        }
+    }
+    if (x->status == 0)
+        x->curlcode = 7; /* CURLE_COULDNT_CONNECT */
+}
+
+static int f_post_json_start(http_client *hc, http_target *t, const char *path, char *body,
+                             void *owner, int tag, http_xfer **xp)
+{
+    fake_http *f = (fake_http *)hc;
+    (void)t;
+    if (f->n_jsons >= FAKE_XFERS) {
+        free(body);
+        return LMSCHED_ENOMEM;
+    }
+    fake_xfer *x = f_new(owner, tag);
+    x->x.is_json = true;
+    x->body = body;
+    f_answer(f, x, path);
+    f->jsons[f->n_jsons++] = x;
+    f->n_json_total++;
+    *xp = &x->x;
+    return LMSCHED_OK;
+}
+
 static int f_get_start(http_client *hc, http_target *t, const char *path, void *owner, int tag,
                        http_xfer **xp)
 {
     fake_http *f = (fake_http *)hc;
     (void)t;
     fake_xfer *x = f_new(owner, tag);
-    x->status = 404;
-    for (size_t i = 0; i < f->n_routes; i++) {
-        if (strcmp(f->routes[i].path, path) == 0) {
-            x->status = f->routes[i].status;
-            x->reply = f->routes[i].body ? strdup(f->routes[i].body) : NULL;
-        }
-    }
-    if (x->status == 0)
-        x->curlcode = 7; /* CURLE_COULDNT_CONNECT */
+    f_answer(f, x, path);
     f->gets[f->n_gets++] = x;
     f->n_get_total++;
     *xp = &x->x;
@@ -142,6 +172,11 @@ static int f_perform(http_client *hc)
     for (size_t i = 0; i < f->n_gets; i++)
         f_complete(f, f->gets[i]);
     f->n_gets = 0;
+    if (!f->hold_json) {
+        for (size_t i = 0; i < f->n_jsons; i++)
+            f_complete(f, f->jsons[i]);
+        f->n_jsons = 0;
+    }
     size_t k = 0;
     for (size_t i = 0; i < f->n_pending; i++) {
         if (f->pending[i]->finishing)
@@ -196,6 +231,7 @@ static void f_xfer_free(http_client *hc, http_xfer *x)
     fake_xfer *t = (fake_xfer *)x;
     f_remove(f->pending, &f->n_pending, t);
     f_remove(f->gets, &f->n_gets, t);
+    f_remove(f->jsons, &f->n_jsons, t);
     f_remove(f->done, &f->n_done, t);
     f_release(t);
 }
@@ -212,6 +248,8 @@ static void f_free(http_client *hc)
         f_release(f->pending[i]);
     for (size_t i = 0; i < f->n_gets; i++)
         f_release(f->gets[i]);
+    for (size_t i = 0; i < f->n_jsons; i++)
+        f_release(f->jsons[i]);
     for (size_t i = 0; i < f->n_done; i++)
         f_release(f->done[i]);
     for (size_t i = 0; i < f->n_routes; i++)
@@ -224,6 +262,7 @@ static const http_ops f_ops = {
     .target_free = f_target_free,
     .post_start = f_post_start,
     .get_start = f_get_start,
+    .post_json_start = f_post_json_start,
     .poll = f_poll,
     .perform = f_perform,
     .done = f_done,
@@ -283,6 +322,21 @@ unsigned fake_http_posts(const fake_http *f)
 unsigned fake_http_gets(const fake_http *f)
 {
     return f->n_get_total;
+}
+
+unsigned fake_http_json_posts(const fake_http *f)
+{
+    return f->n_json_total;
+}
+
+size_t fake_http_json_pending(const fake_http *f)
+{
+    return f->n_jsons;
+}
+
+void fake_http_hold_json(fake_http *f, bool hold)
+{
+    f->hold_json = hold;
 }
 
 void fake_http_on_post(fake_http *f, void (*fn)(void *arg), void *arg)

@@ -1,6 +1,7 @@
 /*
  * fake_http - an HTTP client for the core's unit tests: nothing goes on
  * the network. Probes are answered from a table of paths set by the test;
+ * JSON POSTs too, on the next perform unless the test holds them;
  * chat transfers wait until the test finishes them (fake_http_finish) with
  * a body, an HTTP error or a transport error, as a real server and libcurl
  * would report them. Its poll never sleeps: the test moves the clock.
@@ -18,8 +19,10 @@ typedef struct fake_http fake_http;
 /* A fake client; *hcp is what the core takes (sched_alloc_http). */
 fake_http *fake_http_new(http_client **hcp);
 
-/* The answer to GET path: status and body (copied); status 0 means the
- * connection is refused. Unset paths answer 404. */
+/* The answer to GET path, or to a JSON POST to path (http_post_json_start,
+ * a token count), as the table is when the transfer starts: status and
+ * body (copied); status 0 means the connection is refused. Unset paths
+ * answer 404. */
 void fake_http_route(fake_http *f, const char *path, long status, const char *body);
 
 /* Chat transfers started and not finished yet, oldest first. */
@@ -29,6 +32,12 @@ const char *fake_http_body(const fake_http *f, size_t i);
 /* Chat transfers started in all, and GETs. */
 unsigned fake_http_posts(const fake_http *f);
 unsigned fake_http_gets(const fake_http *f);
+/* JSON POSTs started in all, and those still in flight. */
+unsigned fake_http_json_posts(const fake_http *f);
+size_t fake_http_json_pending(const fake_http *f);
+/* While held, JSON POSTs stay in flight (a count request the backend has
+ * not answered yet); released, they are answered on the next perform. */
+void fake_http_hold_json(fake_http *f, bool hold);
 
 /* Finishes the i-th pending chat transfer on the next perform:
  * - status 200 and a whole chat.completion JSON body: an answer;
