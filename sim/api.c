@@ -1230,6 +1230,53 @@ char *api_completion(const sim_config *cfg, const sim_view *v)
     return simapi_dump(o);
 }
 
+int api_template(const api_chat *c, char **out)
+{
+    *out = simapi_dump(json_pack("{s:s%}", "prompt", c->prompt, c->prompt_len));
+    if (*out == NULL)
+        return 500;
+    return 0;
+}
+
+int api_tokenize(const char *body, size_t len, char **out)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    json_t *content = json_object_get(root, "content");
+    json_t *tokens = NULL;
+    int rc = 500;
+    *out = NULL;
+    if (!json_is_string(content)) {
+        json_decref(root);
+        *out = api_param_error_json("content", "'content' must be a string");
+        return 400;
+    }
+    /* The engine's tokenizer: one token per SIMENG_BYTES_PER_TOKEN bytes of
+     * the prompt, at least one. Each token's id is drawn from its bytes, so
+     * the same text gives the same ids, as a real tokenizer does. */
+    const unsigned char *p = (const unsigned char *)json_string_value(content);
+    size_t n = json_string_length(content);
+    unsigned count = simeng_tokens(n);
+    tokens = json_array();
+    if (tokens == NULL)
+        goto done;
+    for (unsigned i = 0; i < (count < 1 ? 1 : count); i++) {
+        uint32_t h = 2166136261u;
+        for (size_t k = (size_t)i * SIMENG_BYTES_PER_TOKEN;
+             k < n && k < ((size_t)i + 1) * SIMENG_BYTES_PER_TOKEN; k++)
+            h = (h ^ p[k]) * 16777619u;
+        if (json_array_append_new(tokens, json_integer((json_int_t)(h % 32000u))) != 0)
+            goto done;
+    }
+    *out = simapi_dump(json_pack("{s:o}", "tokens", tokens));
+    tokens = NULL; /* the pack took it, also on failure */
+    rc = *out != NULL ? 0 : 500;
+done:
+    json_decref(tokens);
+    json_decref(root);
+    return rc;
+}
+
 char *api_models_openai(const sim_config *cfg)
 {
     return simapi_dump(json_pack("{s:[{s:s,s:s,s:s}],s:s}", "data", "id", cfg->model,
@@ -1276,7 +1323,8 @@ static json_t *simapi_config(const sim_config *cfg)
                              json_integer((json_int_t)cfg->garbage_bytes)) != 0 ||
          json_object_set_new(c, "instant", json_boolean(cfg->instant)) != 0 ||
          json_object_set_new(c, "reasoning_tokens",
-                             json_integer((json_int_t)cfg->reasoning_tokens)) != 0)) {
+                             json_integer((json_int_t)cfg->reasoning_tokens)) != 0 ||
+         json_object_set_new(c, "no_tokenize", json_boolean(cfg->no_tokenize)) != 0)) {
         json_decref(c);
         return NULL;
     }
@@ -1318,7 +1366,11 @@ char *api_stats(const sim_config *cfg, const sim_stats *st)
         json_object_set_new(faults, "hang", json_integer((json_int_t)st->fault_hang)) != 0 ||
         json_object_set_new(faults, "garbage", json_integer((json_int_t)st->fault_garbage)) !=
             0 ||
-        json_object_set_new(o, "hanging", json_integer((json_int_t)st->hanging)) != 0) {
+        json_object_set_new(o, "hanging", json_integer((json_int_t)st->hanging)) != 0 ||
+        json_object_set_new(o, "template_requests",
+                            json_integer((json_int_t)st->template_requests)) != 0 ||
+        json_object_set_new(o, "tokenize_requests",
+                            json_integer((json_int_t)st->tokenize_requests)) != 0) {
         json_decref(o);
         return NULL;
     }

@@ -87,6 +87,17 @@ char *api_chunk_usage(const sim_config *cfg, const sim_view *v);
  * reasoning_content, tool_calls and logprobs from v->reply. */
 char *api_completion(const sim_config *cfg, const sim_view *v);
 
+/* llama-server's token counts. api_template: the {"prompt": ...} answer of
+ * POST /apply-template for a request parsed by api_parse_chat (its
+ * rendered prompt, the text the engine counts). api_tokenize: the answer
+ * of POST /tokenize {"content": S}: {"tokens": [...]} with as many tokens
+ * as the engine counts for a prompt S (simeng_tokens, at least 1), so that
+ * the count of a chat's template is its usage.prompt_tokens. Returns 0 and
+ * a malloc'd body, or an HTTP status (400, 500) and an error body in *out
+ * (NULL on ENOMEM). */
+int api_template(const api_chat *c, char **out);
+int api_tokenize(const char *body, size_t len, char **out);
+
 char *api_models_openai(const sim_config *cfg);
 char *api_models_lmstudio(const sim_config *cfg);
 char *api_stats(const sim_config *cfg, const sim_stats *st);

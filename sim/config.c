@@ -171,6 +171,14 @@ static const opt_spec simcfg_specs[] = {
      .doc = "Answer every chat at once, without slots, time model or faults ([Instant "
             "mode](#instant-mode---instant)); for overhead benchmarks. Not combinable "
             "with the fault flags (exit 2)."},
+    {.name = "no-tokenize",
+     OPT_FLAG_FIELD(CFG, no_tokenize),
+     .group = G_MACHINE,
+     .help = "answer POST /apply-template and /tokenize with 404, as a server without "
+             "them (LM Studio)",
+     .doc = "Answer `POST /apply-template` and `POST /tokenize` with 404, as a server "
+            "without them (LM Studio's REST API); by default lmsim serves them as "
+            "llama-server does ([Token counts](#post-apply-template-post-tokenize))."},
 
     {.name = "fail-rate",
      .arg = "P",

@@ -57,6 +57,7 @@ typedef struct sim_config {
     uint64_t seed;
     log_level log_level;
     bool instant;  /* answer chats at once, outside the engine (--instant) */
+    bool no_tokenize; /* no /apply-template nor /tokenize: 404, as LM Studio */
 } sim_config;
 
 struct opt_table;

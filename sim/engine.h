@@ -111,6 +111,9 @@ typedef struct sim_stats {
     double sim_ms; /* simulated time since start or reset */
     unsigned n_slots;
     sim_slot_stats *slots; /* caller's array of cfg->slots entries */
+    /* Filled by the HTTP side, not the engine: token counts answered. */
+    uint64_t template_requests; /* POST /apply-template answered 200 */
+    uint64_t tokenize_requests; /* POST /tokenize answered 200 */
 } sim_stats;
 
 /* Tokens of a byte string: ceil(len / 4). */

@@ -17,6 +17,10 @@
  *   that goes away frees its slot as llama-server does.
  * - Request bodies accumulate in the per-request context (con_cls) up to
  *   SIMHTTP_MAX_BODY; the rest is discarded and answered with 413.
+ * - POST /apply-template and /tokenize (llama-server's token counts) are
+ *   answered at once, without the engine or a slot, as llama-server does:
+ *   the template is the chat's rendered prompt, and its tokens are counted
+ *   by the engine's own rule, so the count equals usage.prompt_tokens.
  * - --instant answers a chat from a buffer formatted at once, without the
  *   engine's clock, so no handler blocks: MHD then runs a small pool of
  *   event-loop threads instead of a thread per connection, which keeps the
@@ -29,6 +33,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +71,7 @@ struct sim_http {
     const sim_config *cfg;
     sim_engine *engine;
     struct MHD_Daemon *daemon;
+    atomic_uint_fast64_t n_template, n_tokenize; /* answered 200 (/sim/stats) */
 };
 
 /* State of one HTTP request (MHD's con_cls). */
@@ -465,6 +471,38 @@ static enum MHD_Result simhttp_chat(struct MHD_Connection *c, simhttp_conn *cc)
     return ret;
 }
 
+/* POST /apply-template (tokenize false) or /tokenize: llama-server's
+ * token counts, or 404 with --no-tokenize (a server without them). */
+static enum MHD_Result simhttp_count(struct MHD_Connection *c, simhttp_conn *cc,
+                                     const char *url, bool tokenize)
+{
+    sim_http *h = cc->h;
+    char *out = NULL;
+    int status;
+    if (h->cfg->no_tokenize) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "Unexpected endpoint or method. (POST %.200s)", url);
+        return simhttp_error(c, MHD_HTTP_NOT_FOUND, "invalid_request_error", msg);
+    }
+    if (cc->too_large)
+        return simhttp_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error",
+                             "request body too large (limit 8 MiB)");
+    if (tokenize) {
+        status = api_tokenize(cc->body ? cc->body : "", cc->body_len, &out);
+    } else {
+        api_chat chat;
+        status = api_parse_chat(cc->body ? cc->body : "", cc->body_len, &chat, &out);
+        if (status == 0) {
+            status = api_template(&chat, &out);
+            api_chat_fini(&chat);
+        }
+    }
+    if (status != 0)
+        return simhttp_json(c, (unsigned)status, out);
+    atomic_fetch_add(tokenize ? &h->n_tokenize : &h->n_template, 1);
+    return simhttp_json(c, MHD_HTTP_OK, out);
+}
+
 static enum MHD_Result simhttp_route(struct MHD_Connection *c, simhttp_conn *cc,
                                      const char *url, const char *method)
 {
@@ -475,6 +513,9 @@ static enum MHD_Result simhttp_route(struct MHD_Connection *c, simhttp_conn *cc,
     if (strcmp(url, "/v1/chat/completions") == 0) {
         if (post)
             return simhttp_chat(c, cc);
+    } else if (strcmp(url, "/apply-template") == 0 || strcmp(url, "/tokenize") == 0) {
+        if (post)
+            return simhttp_count(c, cc, url, strcmp(url, "/tokenize") == 0);
     } else if (strcmp(url, "/v1/models") == 0) {
         if (get)
             return simhttp_json(c, MHD_HTTP_OK, api_models_openai(h->cfg));
@@ -486,11 +527,15 @@ static enum MHD_Result simhttp_route(struct MHD_Connection *c, simhttp_conn *cc,
             sim_slot_stats slots[SIMCFG_MAX_SLOTS];
             sim_stats st = {.slots = slots};
             simeng_stats(h->engine, &st);
+            st.template_requests = atomic_load(&h->n_template);
+            st.tokenize_requests = atomic_load(&h->n_tokenize);
             return simhttp_json(c, MHD_HTTP_OK, api_stats(h->cfg, &st));
         }
     } else if (strcmp(url, "/sim/reset") == 0) {
         if (post) {
             simeng_reset(h->engine);
+            atomic_store(&h->n_template, 0);
+            atomic_store(&h->n_tokenize, 0);
             return simhttp_json(c, MHD_HTTP_OK, strdup("{\"reset\":true}"));
         }
     } else {

@@ -1061,6 +1061,142 @@ static void test_bad_requests(void **state)
     sim_stop(s);
 }
 
+/* POSTs body to path and returns the JSON of a 200 answer. */
+static json_t *post_json_ok(const sim *s, const char *path, const char *body)
+{
+    resp r;
+    http(s, "POST", path, body, &r);
+    assert_int_equal(r.cc, CURLE_OK);
+    if (r.status != 200)
+        fail_msg("POST %s: status %ld: %s", path, r.status, r.body ? r.body : "");
+    assert_non_null(r.json);
+    json_t *j = json_incref(r.json);
+    resp_fini(&r);
+    return j;
+}
+
+/* The tokens /tokenize gives the template /apply-template renders for body:
+ * llama-server's exact count of a chat. */
+static long long count_tokens(const sim *s, const char *body, char **prompt)
+{
+    json_t *t = post_json_ok(s, "/apply-template", body);
+    const char *text = json_string_value(json_object_get(t, "prompt"));
+    assert_non_null(text);
+    json_t *req = json_pack("{s:s,s:b,s:b}", "content", text, "add_special", 1,
+                            "parse_special", 1);
+    char *rb = json_dumps(req, JSON_COMPACT);
+    json_t *k = post_json_ok(s, "/tokenize", rb);
+    json_t *tokens = json_object_get(k, "tokens");
+    assert_true(json_is_array(tokens));
+    for (size_t i = 0; i < json_array_size(tokens); i++)
+        assert_true(json_is_integer(json_array_get(tokens, i)));
+    long long n = (long long)json_array_size(tokens);
+    if (prompt != NULL)
+        *prompt = strdup(text);
+    json_decref(k);
+    free(rb);
+    json_decref(req);
+    json_decref(t);
+    return n;
+}
+
+/* llama-server's token counts: the template of a chat is the prompt lmsim
+ * renders for it, and its /tokenize count is the chat's usage.prompt_tokens,
+ * for plain messages and with tools; each answered without a slot. */
+static void test_token_counts(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {"--slots", "1", NULL};
+    sim_start(s, args);
+    const char *sys = "You are a careful reviewer of C code.";
+    const char *user = "Is this loop off by one? for (i = 0; i <= n; i++) a[i] = 0;";
+    const char *extras[] = {
+        "{\"max_tokens\":1,\"stream\":true,\"id_slot\":0,\"cache_prompt\":true}",
+        "{\"max_tokens\":1,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":"
+        "\"read_file\",\"description\":\"Reads a file\",\"parameters\":{\"type\":"
+        "\"object\",\"properties\":{\"path\":{\"type\":\"string\"}}}}}]}",
+    };
+    for (size_t i = 0; i < sizeof(extras) / sizeof(extras[0]); i++) {
+        char *body = chat_body(sys, user, extras[i]);
+        char *prompt = NULL;
+        long long n = count_tokens(s, body, &prompt);
+        if (i == 0) {
+            /* Plain messages: the documented ChatML rendering. */
+            assert_int_equal(strlen(prompt), rendered_len(sys, user));
+            assert_int_equal(n, prompt_tokens(sys, user));
+        } else {
+            /* Tools are rendered into the prompt, so they count. */
+            assert_true((size_t)n > (rendered_len(sys, user) + 3) / 4);
+        }
+        free(prompt);
+        /* The same body as a (non-streamed) chat: the same count. */
+        json_t *o = json_loads(body, 0, NULL);
+        json_object_del(o, "stream");
+        char *chat_b = json_dumps(o, JSON_COMPACT);
+        json_t *c = post_json_ok(s, "/v1/chat/completions", chat_b);
+        assert_int_equal(jint(json_object_get(c, "usage"), "prompt_tokens"), n);
+        json_decref(c);
+        free(chat_b);
+        json_decref(o);
+        free(body);
+    }
+    /* An empty text is one token, as the engine counts an empty prompt. */
+    json_t *k = post_json_ok(s, "/tokenize", "{\"content\":\"\"}");
+    assert_int_equal(json_array_size(json_object_get(k, "tokens")), 1);
+    json_decref(k);
+    json_t *st = get_stats(s);
+    assert_int_equal(jint(st, "template_requests"), 2);
+    assert_int_equal(jint(st, "tokenize_requests"), 3);
+    assert_int_equal(jint(st, "requests"), 2); /* the counts took no slot */
+    json_decref(st);
+
+    /* Bad bodies: 400, counted nowhere. */
+    resp r;
+    http(s, "POST", "/tokenize", "{\"content\":7}", &r);
+    assert_int_equal(r.status, 400);
+    resp_fini(&r);
+    http(s, "POST", "/apply-template", "{\"model\":\"m\"}", &r);
+    assert_int_equal(r.status, 400);
+    resp_fini(&r);
+    http(s, "GET", "/tokenize", NULL, &r);
+    assert_int_equal(r.status, 405);
+    resp_fini(&r);
+    assert_int_equal(stat_int(s, "tokenize_requests"), 3);
+    http(s, "POST", "/sim/reset", "", &r);
+    resp_fini(&r);
+    assert_int_equal(stat_int(s, "tokenize_requests"), 0);
+    assert_int_equal(stat_int(s, "template_requests"), 0);
+    sim_stop(s);
+}
+
+/* --no-tokenize: a server without the count endpoints (LM Studio's REST
+ * API) answers them 404, and chats as before. */
+static void test_no_tokenize(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {"--no-tokenize", NULL};
+    sim_start(s, args);
+    char *body = chat_body("sys", "hello there", "{\"max_tokens\":1}");
+    resp r;
+    http(s, "POST", "/apply-template", body, &r);
+    assert_int_equal(r.status, 404);
+    assert_non_null(json_object_get(r.json, "error"));
+    resp_fini(&r);
+    http(s, "POST", "/tokenize", "{\"content\":\"hello\"}", &r);
+    assert_int_equal(r.status, 404);
+    resp_fini(&r);
+    json_t *c = post_json_ok(s, "/v1/chat/completions", body);
+    assert_int_equal(jint(json_object_get(c, "usage"), "prompt_tokens"),
+                     prompt_tokens("sys", "hello there"));
+    json_decref(c);
+    free(body);
+    json_t *st = get_stats(s);
+    assert_int_equal(jint(st, "tokenize_requests"), 0);
+    assert_true(json_is_true(json_object_get(json_object_get(st, "config"), "no_tokenize")));
+    json_decref(st);
+    sim_stop(s);
+}
+
 static void test_refuse_then_listen(void **state)
 {
     /* Learn a free port, then ask lmsim to refuse for a while on it. */
@@ -2124,6 +2260,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tool_result_and_cache, sim_setup,
                                         sim_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_tool, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_token_counts, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_no_tokenize, sim_setup, sim_teardown),
         cmocka_unit_test_setup_teardown(test_structured_output, sim_setup, sim_teardown),
         cmocka_unit_test_setup_teardown(test_logprobs, sim_setup, sim_teardown),
         cmocka_unit_test_setup_teardown(test_reasoning_and_modes, sim_setup,
