@@ -22,6 +22,7 @@ int backend_init(backend *b, http_client *http, const backend_config *cfg)
             return LMSCHED_EINVAL;
     }
     b->context_length = b->slots = b->size_bytes = -1;
+    b->tokenizes = -1;
     b->probe_interval_us = (int64_t)cfg->probe_interval_ms * 1000;
     b->http = http;
     return http_target_alloc(http, b->url, cfg->token, &b->target);
@@ -196,6 +197,10 @@ static unsigned backend_learn(backend *b, const dialect *d, const oa_model_info 
     if (b->kind != d || strcmp(b->model, model) != 0 || b->size_bytes != mi->size_bytes ||
         b->context_length != mi->context_length || b->slots != mi->parallel)
         changed |= BACKEND_INFO;
+    /* Another kind or model (a server restarted, maybe a newer build): ask
+     * it for counts again. */
+    if (b->kind != d || strcmp(b->model, model) != 0)
+        b->tokenizes = -1;
     b->kind = d;
     snprintf(b->model, sizeof(b->model), "%s", model);
     b->size_bytes = mi->size_bytes;
@@ -279,18 +284,100 @@ out:
 
 /* ---- chat ----------------------------------------------------------------- */
 
-int backend_chat_start(backend *b, const chat_req *r, const backend_chat_opts *o, void *owner,
-                       http_xfer **xp)
+/* The body r is sent with (the chat, and the template of its count). */
+static char *backend_chat_body(const backend *b, const chat_req *r,
+                               const backend_chat_opts *o, bool stream)
 {
     oa_body_opts bo = {
-        .stream = true,
+        .stream = stream,
         .cache_prompt = o->cache_prompt,
         .model = b->model[0] ? b->model : NULL,
         .max_tokens = o->max_tokens,
         .id_slot = backend_pins_slots(b) ? o->slot : -1,
     };
-    char *body = oa_build_chat_body(r, &bo);
+    return oa_build_chat_body(r, &bo);
+}
+
+int backend_chat_start(backend *b, const chat_req *r, const backend_chat_opts *o, void *owner,
+                       http_xfer **xp)
+{
+    char *body = backend_chat_body(b, r, o, true);
     if (body == NULL)
         return LMSCHED_ENOMEM;
     return http_post_start(b->http, b->target, "/v1/chat/completions", body, owner, xp);
+}
+
+/* ---- exact token counts ------------------------------------------------------ */
+
+bool backend_counts_tokens(const backend *b)
+{
+    const dialect *d = b->forced != NULL ? b->forced : b->kind;
+    return d != NULL && d->tokenizes && b->tokenizes != 0;
+}
+
+int backend_count_start(backend *b, const chat_req *r, const backend_chat_opts *o,
+                        void *owner, http_xfer **xp)
+{
+    /* The same body as the chat's: the template sees the same messages,
+     * tools and options (stream and id_slot do not change the prompt). */
+    char *body = backend_chat_body(b, r, o, true);
+    if (body == NULL)
+        return LMSCHED_ENOMEM;
+    return http_post_json_start(b->http, b->target, "/apply-template", body, owner,
+                                BACKEND_TAG_TEMPLATE, xp);
+}
+
+/* b answered path in a way that says it cannot count (an old build, a
+ * proxy, another server behind a llama.cpp URL): asked no more. */
+static void backend_no_counts(backend *b, const char *path, const http_xfer *x)
+{
+    if (b->tokenizes != 0)
+        log_info("backend %s cannot count tokens (POST %s: %s%ld); reservations use the "
+                 "estimate", b->url, path, x->http_status >= 400 ? "HTTP " : "an answer "
+                 "not understood, HTTP ", x->http_status);
+    b->tokenizes = 0;
+}
+
+int backend_count_step(backend *b, http_xfer *x, void *owner, http_xfer **next,
+                       int64_t *tokens)
+{
+    const char *path = x->tag == BACKEND_TAG_TEMPLATE ? "/apply-template" : "/tokenize";
+    int rc = BACKEND_COUNT_FAILED;
+    *next = NULL;
+    if (x->err.code != LMSCHED_OK) {
+        long st = x->http_status;
+        if (st == 404 || st == 405 || st == 501)
+            backend_no_counts(b, path, x);
+        else
+            log_debug("backend %s: POST %s failed: %s", b->url, path, x->err.message);
+        goto out;
+    }
+    if (x->tag == BACKEND_TAG_TEMPLATE) {
+        char *prompt = NULL;
+        int prc = oa_parse_template(x->raw, x->raw_len, &prompt);
+        if (prc == LMSCHED_EBACKEND_STREAM)
+            backend_no_counts(b, path, x);
+        if (prc != LMSCHED_OK)
+            goto out;
+        char *body = oa_build_tokenize_body(prompt);
+        free(prompt);
+        if (body == NULL)
+            goto out;
+        if (http_post_json_start(b->http, b->target, "/tokenize", body, owner,
+                                 BACKEND_TAG_TOKENIZE, next) != LMSCHED_OK) {
+            *next = NULL;
+            goto out;
+        }
+        rc = BACKEND_COUNT_NEXT;
+        goto out;
+    }
+    if (oa_parse_token_count(x->raw, x->raw_len, tokens) != LMSCHED_OK) {
+        backend_no_counts(b, path, x);
+        goto out;
+    }
+    b->tokenizes = 1;
+    rc = BACKEND_COUNT_DONE;
+out:
+    http_xfer_free(b->http, x);
+    return rc;
 }

@@ -59,6 +59,9 @@ typedef struct backend {
     int64_t probe_started_us;
     int64_t probe_interval_us;
     char probe_tried[400];  /* what each stage of the current cycle got */
+    /* Exact token counts: 1 it answered one, 0 it cannot (404, 501 or an
+     * answer not understood: asked no more), -1 not asked yet. */
+    int tokenizes;
     http_client *http;
     http_target *target;
 } backend;
@@ -116,5 +119,39 @@ typedef struct backend_chat_opts {
  * an error (LMSCHED_ENOMEM, LMSCHED_EINTERNAL). */
 int backend_chat_start(backend *b, const chat_req *r, const backend_chat_opts *o,
                        void *owner, http_xfer **xp);
+
+/* ---- exact token counts ------------------------------------------------------
+ *
+ * A chat's prompt tokens as the server will count them: its templated text
+ * (POST /apply-template with the body the chat would be sent with), then
+ * that text's tokens (POST /tokenize). Two small transfers on the shared
+ * client, neither taking a slot; the caller owns whichever is running and
+ * frees it to cancel. Their tags are these (probes' tags are below
+ * n_dialects). */
+enum {
+    BACKEND_TAG_TEMPLATE = 0x100,
+    BACKEND_TAG_TOKENIZE = 0x101,
+};
+/* What backend_count_step made of a finished count transfer. */
+enum {
+    BACKEND_COUNT_NEXT = 1,   /* the template came: *next counts its tokens */
+    BACKEND_COUNT_DONE = 2,   /* *tokens is the count */
+    BACKEND_COUNT_FAILED = 3, /* no count this time (b->tokenizes says whether ever) */
+};
+
+/* Whether b can be asked for a count: of a kind that tokenizes, and not
+ * found unable to. */
+bool backend_counts_tokens(const backend *b);
+/* Starts the count of r as it would be sent with o (its first transfer).
+ * Returns LMSCHED_OK and *xp, or an error. */
+int backend_count_start(backend *b, const chat_req *r, const backend_chat_opts *o,
+                        void *owner, http_xfer **xp);
+/* Takes a finished count transfer x of b (frees it) and returns
+ * BACKEND_COUNT_*: after the template, starts the tokenize transfer (owned
+ * by owner) in *next. A server that answers either endpoint with 404, 405
+ * or 501, or with a body that is not the expected JSON, cannot count:
+ * b->tokenizes becomes 0 (logged once). */
+int backend_count_step(backend *b, http_xfer *x, void *owner, http_xfer **next,
+                       int64_t *tokens);
 
 #endif /* LMSCHED_BACKEND_BACKEND_H */

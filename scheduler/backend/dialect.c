@@ -15,12 +15,15 @@ static const dialect d_lmstudio = {
 };
 
 /* llama.cpp's llama-server: slots and per-slot context from /props; it
- * takes id_slot, so requests go to the slot the policy chose. */
+ * takes id_slot, so requests go to the slot the policy chose; it tokenizes
+ * a chat without a slot, so reservations can be exact. LM Studio's REST
+ * API has no tokenize endpoint (its SDK counts over its websocket API). */
 static const dialect d_llamacpp = {
     .name = "llamacpp",
     .probe_path = "/props",
     .parse = oa_parse_llamacpp_props,
     .pins_slots = true,
+    .tokenizes = true,
 };
 
 /* Any OpenAI-compatible server: the model's name, nothing more. */

@@ -22,6 +22,7 @@ typedef struct dialect {
      * LMSCHED_EBACKEND_STREAM when it is not this kind's answer. */
     int (*parse)(const char *body, size_t len, oa_model_info *out);
     bool pins_slots;        /* takes "id_slot": the scheduler places requests itself */
+    bool tokenizes;         /* counts a chat's tokens: POST /apply-template, /tokenize */
 } dialect;
 
 /* The kinds in the order `auto` probes them. */

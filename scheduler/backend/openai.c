@@ -1157,3 +1157,42 @@ done:
     json_decref(root);
     return rc;
 }
+
+int oa_parse_template(const char *body, size_t len, char **out)
+{
+    int rc = LMSCHED_EBACKEND_STREAM;
+    json_t *root = oa_load_object(body, len);
+    json_t *prompt = json_object_get(root, "prompt");
+    *out = NULL;
+    if (!json_is_string(prompt))
+        goto done;
+    *out = strndup(json_string_value(prompt), json_string_length(prompt));
+    rc = *out != NULL ? LMSCHED_OK : LMSCHED_ENOMEM;
+done:
+    json_decref(root);
+    return rc;
+}
+
+char *oa_build_tokenize_body(const char *prompt)
+{
+    /* The chat handler tokenizes its prompt with the model's BOS and with
+     * special tokens parsed (the template's markers): so must the count. */
+    json_t *o = json_pack("{s:s,s:b,s:b}", "content", prompt, "add_special", 1,
+                          "parse_special", 1);
+    char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+int oa_parse_token_count(const char *body, size_t len, int64_t *n)
+{
+    int rc = LMSCHED_EBACKEND_STREAM;
+    json_t *root = oa_load_object(body, len);
+    json_t *tokens = json_object_get(root, "tokens");
+    if (json_is_array(tokens)) {
+        *n = (int64_t)json_array_size(tokens);
+        rc = LMSCHED_OK;
+    }
+    json_decref(root);
+    return rc;
+}

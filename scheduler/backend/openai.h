@@ -156,4 +156,20 @@ int oa_parse_llamacpp_props(const char *body, size_t len, oa_model_info *out);
 /* OpenAI GET /v1/models: data[0].id as model. */
 int oa_parse_openai_models(const char *body, size_t len, oa_model_info *out);
 
+/* llama.cpp's exact token count of a chat (docs/scheduling.md, "Exact
+ * token counts"): POST /apply-template takes the chat's own body and
+ * answers {"prompt": TEXT}; POST /tokenize of that text, with the BOS and
+ * special tokens as the chat handler parses them, answers {"tokens": [..]},
+ * as many as usage.prompt_tokens of that chat. */
+
+/* The templated prompt of an /apply-template answer, malloc'd, in *out.
+ * Returns LMSCHED_OK, LMSCHED_EBACKEND_STREAM (not that answer) or
+ * LMSCHED_ENOMEM. */
+int oa_parse_template(const char *body, size_t len, char **out);
+/* The /tokenize body for prompt: malloc'd, NULL on ENOMEM. */
+char *oa_build_tokenize_body(const char *prompt);
+/* The number of tokens of a /tokenize answer in *n. Returns LMSCHED_OK or
+ * LMSCHED_EBACKEND_STREAM. */
+int oa_parse_token_count(const char *body, size_t len, int64_t *n);
+
 #endif /* LMSCHED_OPENAI_H */

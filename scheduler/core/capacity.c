@@ -254,6 +254,127 @@ void capacity_learn_tokens(sched *s, uint32_t est, int64_t prompt_tokens)
         s->n_tok_ratio++;
 }
 
+/* ---- exact token counts ----------------------------------------------------- */
+
+/* The backend to ask for j's count: the one it is bound to, else the first
+ * of those that may run it (with one backend, that one), if it is up and
+ * counts tokens; -1 for none. One request, one count: the backends that may
+ * run it serve the same model, so any of them counts the same. */
+static int capacity_count_backend(const sched *s, const job *j)
+{
+    uint32_t all = s->n_backends >= 32 ? ~0u : (1u << s->n_backends) - 1;
+    uint32_t m = j->bound >= 0       ? 1u << j->bound
+                 : j->pi.backends != 0 ? j->pi.backends
+                                       : all;
+    for (unsigned i = 0; i < s->n_backends; i++)
+        if (((m >> i) & 1u) && !s->be[i].removed && s->backends[i].healthy &&
+            backend_counts_tokens(&s->backends[i]))
+            return (int)i;
+    return -1;
+}
+
+void capacity_count_start(sched *s, job *j)
+{
+    if (strcmp(s->cfg.exact_tokens, "off") == 0 || j->count_asked)
+        return;
+    int i = capacity_count_backend(s, j);
+    if (i < 0)
+        return;
+    if (s->be[i].counting >= SCHED_COUNTS_PER_BACKEND) {
+        s->tokc.wanted = true;
+        return;
+    }
+    /* The options the chat goes out with (loop_job_start); the slot is not
+     * chosen yet, and id_slot does not change the prompt. */
+    backend_chat_opts o = {
+        .cache_prompt = s->cfg.cache_prompt,
+        .max_tokens = s->cfg.default_max_tokens,
+        .slot = -1,
+    };
+    j->count_asked = true;
+    if (backend_count_start(&s->backends[i], j->req, &o, j, &j->count) != LMSCHED_OK) {
+        j->count = NULL;
+        s->tokc.failed++;
+        return;
+    }
+    j->count_be = (unsigned)i;
+    s->be[i].counting++;
+    s->tokc.asked++;
+}
+
+void capacity_count_cancel(sched *s, job *j)
+{
+    if (j->count == NULL)
+        return;
+    http_xfer_free(s->http, j->count);
+    j->count = NULL;
+    s->be[j->count_be].counting--;
+}
+
+void capacity_count_more(sched *s)
+{
+    if (!s->tokc.wanted)
+        return;
+    s->tokc.wanted = false;
+    for (job *j = s->jobs; j != NULL; j = j->next)
+        if (j->state == JOB_QUEUED && !j->count_asked)
+            capacity_count_start(s, j); /* sets wanted again while the cap holds */
+}
+
+void capacity_count_done(sched *s, job *j, http_xfer *x)
+{
+    http_xfer *next = NULL;
+    int64_t n = 0;
+    j->count = NULL;
+    int r = backend_count_step(&s->backends[j->count_be], x, j, &next, &n);
+    if (r == BACKEND_COUNT_NEXT) {
+        j->count = next;
+        return;
+    }
+    s->be[j->count_be].counting--;
+    if (r != BACKEND_COUNT_DONE || n <= 0) {
+        s->tokc.failed++;
+        return;
+    }
+    s->tokc.counted++;
+    j->exact_tokens = n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+    /* A perfect observation of the estimate's error: requests dispatched
+     * before their own count arrives reserve by it. */
+    capacity_learn_tokens(s, j->chain.tokens, n);
+    if (j->reserved || (j->state != JOB_QUEUED && j->state != JOB_PENDING)) {
+        /* Its reservation is counted in the budget (or it never was, and it
+         * has ended): that stays as it was. */
+        s->tokc.late++;
+        return;
+    }
+    /* Not counted in any budget yet (queued, or chosen and waiting for
+     * memory: loop_reserve reads j->reserve at each try), so changing it
+     * leaves every sum as it was. */
+    log_debug("request %" PRIu64 "/%" PRIu64 ": %u prompt tokens by the backend's count, %u "
+              "reserved by the estimate", j->sink.owner, j->sink.id, j->exact_tokens,
+              j->reserve_tokens);
+    j->reserve_tokens = j->exact_tokens;
+    j->reserve = capacity_reserve(s, j->reserve_tokens, j->req->max_tokens);
+    if (j->state == JOB_QUEUED)
+        admit_fit(s, j);
+    s->tokc.applied++;
+}
+
+void capacity_note_answer(sched *s, const job *j, int64_t prompt_tokens)
+{
+    if (prompt_tokens <= 0)
+        return;
+    int64_t d = (int64_t)j->reserve_tokens - prompt_tokens;
+    s->tokc.answers++;
+    if (d == 0)
+        s->tokc.exact++;
+    else if (d < 0)
+        s->tokc.under++;
+    else
+        s->tokc.over++;
+    s->tokc.error_tokens += (uint64_t)(d < 0 ? -d : d);
+}
+
 uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_tokens)
 {
     if (s->cfg.kv_per_request)

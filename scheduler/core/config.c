@@ -209,6 +209,7 @@ static const char *config_kind_show(const opt_spec *s, const void *cfg, char *bu
 static const char *const config_policies[] = {"prefix", "fifo", NULL};
 static const char *const config_routings[] = {"cache", "round-robin", "least-loaded", NULL};
 static const char *const config_on_off[] = {"off", "on", NULL};
+static const char *const config_exact_tokens[] = {"auto", "off", NULL};
 
 /* --http: "HOST:PORT", "HOST" (the default port), "PORT" (loopback), with
  * HOST a numeric IPv4 address, "[IPv6]" or "localhost" (127.0.0.1). Names
@@ -522,6 +523,21 @@ static const opt_spec config_specs[] = {
      .help = "do not send \"cache_prompt\": true",
      .doc = "Do not send `\"cache_prompt\": true` (llama.cpp's reuse of a slot's "
             "cached prompt)."},
+    {.name = "exact-tokens",
+     .arg = "WHEN",
+     OPT_CHOICE_FIELD(CFG, exact_tokens),
+     .names = config_exact_tokens,
+     .def = "auto",
+     .group = G_BACKEND,
+     .help = "auto: reserve each request's exact prompt tokens where the backend counts "
+             "them (llama.cpp); off: the estimate",
+     .doc = "`auto`: when a request arrives, ask a llama.cpp backend for its exact prompt "
+            "tokens (`POST /apply-template`, then `/tokenize`: no slot, well under a "
+            "millisecond) and reserve KV memory for that count while it is queued; one "
+            "dispatched before the count arrives keeps the estimate, and every count also "
+            "corrects the estimate of later requests. A server that answers 404 there is "
+            "asked no more. `off`: the estimate only (as for LM Studio, which has no such "
+            "endpoint). ([memory-budget.md](memory-budget.md#exact-token-counts))"},
     {.name = "connect-timeout",
      .arg = "MS",
      OPT_INT_FIELD(CFG, connect_timeout_ms),

@@ -45,6 +45,8 @@ typedef struct sched_config {
                                 * every backend's slots), or a benchmark baseline:
                                 * "round-robin", "least-loaded" */
     bool cache_prompt;         /* send "cache_prompt": true */
+    char exact_tokens[8];      /* "auto": ask llama.cpp backends for each request's
+                                * prompt tokens (reservations); "off": estimate */
     double ram_fraction;       /* share of RAM the model plus KV caches may use */
     uint64_t total_ram;        /* 0: read from the system (a flag for tests and what-ifs) */
     uint64_t model_size;       /* 0: from the backend */

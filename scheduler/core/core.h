@@ -23,6 +23,10 @@
 
 #define SCHED_MAX_FRONTS 4
 #define SCHED_MAX_BACKENDS CONFIG_MAX_BACKENDS
+/* Exact token counts in flight per backend at most (a burst of arrivals
+ * must not take every HTTP worker of the server from its chats); queued
+ * requests over it are asked as earlier counts come back. */
+#define SCHED_COUNTS_PER_BACKEND 4
 /* Answers whose prompt-token ratio the reservation remembers. */
 #define SCHED_TOK_WINDOW 32
 #define LAT_SAMPLES 1024
@@ -104,6 +108,11 @@ struct job {
     uint64_t reserve;     /* KV bytes this request reserves while it runs */
     uint32_t reserve_tokens; /* the prompt tokens reserve counts (capacity_prompt_tokens) */
     bool reserved;        /* reserve is counted in sched.reserved_bytes */
+    http_xfer *count;     /* its exact token count in flight (capacity.c), or NULL;
+                           * freed (cancelled) when the job ends */
+    unsigned count_be;    /* the backend asked for it */
+    bool count_asked;     /* a count was started (each request is counted once) */
+    uint32_t exact_tokens; /* that backend's count of its prompt, 0 none (yet) */
     job *prev, *next;     /* every live job */
 };
 
@@ -128,6 +137,7 @@ typedef struct sched_be {
                                * (its other slots wait too; other backends do not) */
     unsigned inflight;        /* requests dispatched to it, not yet ended */
     unsigned queued;          /* --routing baselines: queued requests bound to it */
+    unsigned counting;        /* exact token counts in flight there */
     unsigned err_run;         /* server errors in a row (--backend-errors) */
     int64_t err_first_us;     /* when the first of them came */
     uint64_t error_outages;   /* times it was taken out for them */
@@ -174,6 +184,18 @@ struct sched {
     uint32_t tok_ratio[SCHED_TOK_WINDOW];
     unsigned n_tok_ratio, tok_next;
     bool pin_slots;            /* requests carry the policy's slot */
+    /* Exact token counts (--exact-tokens) and how reservations fared. */
+    struct {
+        uint64_t asked;   /* counts started */
+        uint64_t counted; /* counts that came back */
+        uint64_t applied; /* of those, to a request still waiting: its reservation */
+        uint64_t late;    /* ... to one already running: it kept the estimate */
+        uint64_t failed;  /* counts that did not come back (error, not counting) */
+        /* Answers with usage.prompt_tokens against the reserved prompt tokens: */
+        uint64_t answers, exact, under, over;
+        uint64_t error_tokens; /* sum of |reserved - used| */
+        bool wanted;      /* a queued request was not asked (the cap): ask when room */
+    } tokc;
 
     budget_in bin;
     budget_out bout;
@@ -211,6 +233,10 @@ void job_release_slot(sched *s, job *j, const pol_done *d);
  * backend of j->elig, preferring those up and not in avoid: the next in
  * turn, or the one with the fewest bound queued plus running requests. */
 void admit_bind(sched *s, job *j, uint32_t avoid);
+/* Several backends, --routing cache: queued j's backends are those of
+ * j->elig whose budget holds its reservation (all of them when none does);
+ * again whenever the reservation changes. */
+void admit_fit(sched *s, job *j);
 /* j enters (d = 1) or leaves (d = -1) the queue: the counts. */
 static inline void sched_queued_add(sched *s, const job *j, int d)
 {
@@ -251,8 +277,21 @@ uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_to
  * the estimate plus the template's tokens (CAPACITY_TEMPLATE_*). */
 uint32_t capacity_prompt_tokens(const sched *s, const prefix_chain *c, size_t n_messages);
 /* A request estimated at est tokens was counted prompt_tokens by its backend
- * (usage.prompt_tokens; <= 0 unknown, ignored). */
+ * (usage.prompt_tokens, or the exact count; <= 0 unknown, ignored). */
 void capacity_learn_tokens(sched *s, uint32_t est, int64_t prompt_tokens);
+/* --exact-tokens: asks a backend that counts tokens for queued j's exact
+ * prompt tokens (nothing when none can). */
+void capacity_count_start(sched *s, job *j);
+/* A finished transfer of j's count (j->count): the next step, or the count,
+ * which sets j's reservation while it waits for its slot or memory. */
+void capacity_count_done(sched *s, job *j, http_xfer *x);
+/* Cancels j's count in flight, if any (j ends). */
+void capacity_count_cancel(sched *s, job *j);
+/* Asks for the counts of queued requests left unasked by the cap, while
+ * there is room (each turn; nothing to do most of the time). */
+void capacity_count_more(sched *s);
+/* The backend answered j: its reservation against usage.prompt_tokens. */
+void capacity_note_answer(sched *s, const job *j, int64_t prompt_tokens);
 
 /* ---- loop.c -------------------------------------------------------------- */
 

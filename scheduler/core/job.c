@@ -73,10 +73,13 @@ void job_release_slot(sched *s, job *j, const pol_done *d)
     j->slot = -1;
 }
 
-/* Detaches j from whatever holds it: the queue, or its transfer, slot and
- * memory. */
+/* Detaches j from whatever holds it: its count, the queue, or its
+ * transfer, slot and memory. */
 static void job_detach(sched *s, job *j)
 {
+    /* A count still running is of no use any more: cancelled with the job
+     * (curl drops the connection), so it never comes back to freed memory. */
+    capacity_count_cancel(s, j);
     if (j->state == JOB_QUEUED) {
         policy_remove(s->pol, &j->pi);
         sched_queued_add(s, j, -1);

@@ -711,7 +711,11 @@ void loop_job_done(sched *s, job *j, http_xfer *x)
         log_debug("request %" PRIu64 "/%" PRIu64 ": %" PRId64 " prompt tokens by the backend, "
                   "%u estimated, %u reserved", j->sink.owner, j->sink.id, resp->prompt_tokens,
                   j->chain.tokens, j->reserve_tokens);
-    capacity_learn_tokens(s, j->chain.tokens, resp->prompt_tokens);
+    /* An exact count taught it already, unless the chat counted otherwise
+     * (the chat's usage is the truth). */
+    if (j->exact_tokens == 0 || resp->prompt_tokens != (int64_t)j->exact_tokens)
+        capacity_learn_tokens(s, j->chain.tokens, resp->prompt_tokens);
+    capacity_note_answer(s, j, resp->prompt_tokens);
     pol_done done = {.ok = true,
                      .prompt_tokens = resp->prompt_tokens,
                      .cached_tokens = resp->cached_tokens,
@@ -734,6 +738,10 @@ static void loop_transfers(sched *s)
     while ((x = http_done(s->http)) != NULL) {
         if (x->is_chat && x->owner != NULL) {
             loop_job_done(s, (job *)x->owner, x);
+            continue;
+        }
+        if (x->is_json && x->owner != NULL) {
+            capacity_count_done(s, (job *)x->owner, x);
             continue;
         }
         backend *b = x->owner;
@@ -944,6 +952,7 @@ int64_t sched_turn(sched *s)
     }
     if (up != 0)
         loop_dispatch(s, up, now);
+    capacity_count_more(s);
     if (up != all)
         down_wake = loop_expire_down(s, up, now);
     if (!s->draining)
@@ -1170,6 +1179,8 @@ void sched_free(sched *s)
         s->jobs = j->next;
         if (j->xfer != NULL)
             http_xfer_free(s->http, j->xfer);
+        if (j->count != NULL)
+            http_xfer_free(s->http, j->count);
         prefix_chain_fini(&j->chain);
         chat_req_free(j->req);
         free(j);

@@ -101,6 +101,7 @@ void status_take(sched *s, status_snapshot *o)
         ob->max_concurrent = e->max_concurrent;
         ob->prompt_tokens = e->prompt_tokens;
         ob->cached_tokens = e->cached_tokens;
+        ob->tokenizes = !backend_counts_tokens(b) ? 0 : b->tokenizes;
         o->n_backends = i + 1;
     }
     o->backend = o->backends[0];
@@ -145,6 +146,26 @@ void status_take(sched *s, status_snapshot *o)
     o->tokens_completion = s->st.tokens_completion;
     o->tokens_cached = s->st.tokens_cached;
     o->n_groups = policy_groups(s->pol, o->groups, STATUS_MAX_GROUPS);
+
+    o->reservation.exact_tokens = s->cfg.exact_tokens;
+    o->reservation.asked = s->tokc.asked;
+    o->reservation.counted = s->tokc.counted;
+    o->reservation.applied = s->tokc.applied;
+    o->reservation.late = s->tokc.late;
+    o->reservation.failed = s->tokc.failed;
+    for (const job *j = s->jobs; j != NULL; j = j->next) {
+        if (j->reserved || (j->state != JOB_QUEUED && j->state != JOB_PENDING))
+            continue;
+        o->reservation.waiting++;
+        o->reservation.waiting_prompt_tokens += j->reserve_tokens;
+        if (j->exact_tokens != 0 && j->reserve_tokens == j->exact_tokens)
+            o->reservation.waiting_exact++;
+    }
+    o->reservation.answers = s->tokc.answers;
+    o->reservation.exact = s->tokc.exact;
+    o->reservation.under = s->tokc.under;
+    o->reservation.over = s->tokc.over;
+    o->reservation.error_tokens = s->tokc.error_tokens;
 }
 
 static json_t *opt_int(int64_t v)
@@ -214,6 +235,8 @@ char *status_json(const status_snapshot *o)
             json_object_set_new(one, "reserved_bytes",
                                 json_integer((json_int_t)x->reserved_bytes));
             json_object_set_new(one, "max_concurrent", json_integer((json_int_t)x->max_concurrent));
+            json_object_set_new(one, "tokenizes",
+                                x->tokenizes < 0 ? json_null() : json_boolean(x->tokenizes));
             json_array_append_new(backends, one);
         }
     }
@@ -269,6 +292,23 @@ char *status_json(const status_snapshot *o)
             json_array_append_new(by, json_integer(o->queue_by_priority[p]));
         json_object_set_new(json_object_get(doc, "queue"), "by_priority", by);
         json_object_set_new(doc, "backends", backends);
+        json_object_set_new(
+            doc, "reservation",
+            json_pack("{s:s,s:{s:I,s:I,s:I,s:I,s:I},s:i,s:i,s:I,s:{s:I,s:I,s:I,s:I,s:I}}",
+                      "exact_tokens", o->reservation.exact_tokens, "counts", "asked",
+                      (json_int_t)o->reservation.asked, "counted",
+                      (json_int_t)o->reservation.counted, "applied",
+                      (json_int_t)o->reservation.applied, "late",
+                      (json_int_t)o->reservation.late, "failed",
+                      (json_int_t)o->reservation.failed, "waiting",
+                      (int)o->reservation.waiting, "waiting_exact",
+                      (int)o->reservation.waiting_exact, "waiting_prompt_tokens",
+                      (json_int_t)o->reservation.waiting_prompt_tokens, "answers", "count",
+                      (json_int_t)o->reservation.answers, "exact",
+                      (json_int_t)o->reservation.exact, "under",
+                      (json_int_t)o->reservation.under, "over",
+                      (json_int_t)o->reservation.over, "error_tokens",
+                      (json_int_t)o->reservation.error_tokens));
     } else {
         json_decref(backends);
     }

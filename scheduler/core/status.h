@@ -55,6 +55,7 @@ typedef struct status_backend {
     uint64_t reserved_bytes; /* of which reserved by running requests */
     unsigned max_concurrent; /* requests it may run at once */
     uint64_t prompt_tokens, cached_tokens; /* as it reported them */
+    int tokenizes;          /* counts tokens: 1 yes, 0 no, -1 not asked yet */
 } status_backend;
 
 #define STATUS_MAX_BACKENDS CONFIG_MAX_BACKENDS
@@ -93,6 +94,15 @@ typedef struct status_snapshot {
     uint64_t tokens_prompt, tokens_completion, tokens_cached;
     pol_group_info groups[STATUS_MAX_GROUPS];
     size_t n_groups;
+    /* Prompt-token reservations and the exact counts behind them. */
+    struct {
+        const char *exact_tokens; /* --exact-tokens */
+        uint64_t asked, counted, applied, late, failed;
+        unsigned waiting;         /* requests not reserved yet (queued, or waiting for memory) */
+        unsigned waiting_exact;   /* of which reserve an exact count */
+        uint64_t waiting_prompt_tokens; /* their reserved prompt tokens */
+        uint64_t answers, exact, under, over, error_tokens;
+    } reservation;
 } status_snapshot;
 
 /* Fills out from the scheduler's state. The strings point into the

@@ -674,6 +674,146 @@ static void test_second_sigterm(void **state)
     lmsched_client_close(c);
 }
 
+/* ---- exact token counts (--exact-tokens) ------------------------------------ */
+
+typedef struct chat_arg {
+    const char *url;
+    const char *user;
+    int max_tokens;
+    int rc;
+    int64_t prompt_tokens;
+} chat_arg;
+
+static void *chat_thread(void *p)
+{
+    chat_arg *a = p;
+    lmsched_client *c;
+    a->rc = -1;
+    if (lmsched_client_open(&c, a->url) != LMSCHED_OK)
+        return NULL;
+    lmsched_request *r = kit_req("You count tokens for a living.", a->user, a->max_tokens);
+    lmsched_result *res = NULL;
+    a->rc = lmsched_chat(c, r, 60000, &res);
+    if (a->rc == LMSCHED_OK)
+        a->prompt_tokens = lmsched_result_prompt_tokens(res);
+    lmsched_result_free(res);
+    lmsched_request_free(r);
+    lmsched_client_close(c);
+    return NULL;
+}
+
+/* One slot: a long request runs, a second waits in the queue. Returns the
+ * prompt tokens reserved for the waiting one as the status showed them once
+ * it waited (and, with want_exact, once its count had come back), and its
+ * usage.prompt_tokens in *used. */
+static int64_t exact_run(kit_env *e, bool want_exact, int64_t *used)
+{
+    chat_arg a = {.url = e->url, .user = "Tell me a long story.", .max_tokens = 90};
+    chat_arg b = {.url = e->url,
+                  .user = "Count these words: alpha beta gamma delta epsilon zeta eta theta "
+                          "iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon.",
+                  .max_tokens = 4};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, chat_thread, &a);
+    assert_int_equal(kit_env_status_wait(e, "inflight", 1, 1, 10000), 1);
+    pthread_create(&tb, NULL, chat_thread, &b);
+    assert_int_equal(kit_env_status_wait(e, "reservation.waiting", 1, 1, 10000), 1);
+    if (want_exact)
+        assert_int_equal(kit_env_status_wait(e, "reservation.waiting_exact", 1, 1, 10000), 1);
+    json_t *st = kit_env_status(e);
+    assert_non_null(st);
+    assert_int_equal(kit_json_int(st, "inflight"), 1); /* the long one still runs */
+    int64_t reserved = kit_json_int(st, "reservation.waiting_prompt_tokens");
+    json_decref(st);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    if (a.rc != LMSCHED_OK || b.rc != LMSCHED_OK)
+        kit_env_dump_logs(e);
+    assert_int_equal(a.rc, LMSCHED_OK);
+    assert_int_equal(b.rc, LMSCHED_OK);
+    *used = b.prompt_tokens;
+    return reserved;
+}
+
+/* lmsim as llama.cpp (--backend-kind llamacpp: id_slot, /apply-template and
+ * /tokenize): the queued request reserves exactly what lmsim then reports
+ * as its usage.prompt_tokens. */
+static void test_exact_tokens(void **state)
+{
+    kit_env *e = *state;
+    const char *sim[] = {"--slots", "1", NULL};
+    const char *d[] = {"--backend-kind", "llamacpp", "--slots", "1", NULL};
+    kit_env_start(e, sim, d);
+    int64_t used = 0, reserved = exact_run(e, true, &used);
+    printf("exact tokens: reserved %lld, used %lld\n", (long long)reserved, (long long)used);
+    assert_true(used > 0);
+    assert_int_equal(reserved, used);
+    json_t *st = kit_env_status(e);
+    assert_true(json_is_true(
+        json_object_get(json_array_get(json_object_get(st, "backends"), 0), "tokenizes")));
+    assert_int_equal(kit_json_int(st, "reservation.counts.asked"), 2);
+    assert_int_equal(kit_json_int(st, "reservation.counts.counted"), 2);
+    assert_int_equal(kit_json_int(st, "reservation.counts.applied"), 1);
+    assert_true(kit_json_int(st, "reservation.answers.exact") >= 1);
+    json_decref(st);
+    json_t *stats = kit_env_sim_get(e, "/sim/stats");
+    assert_int_equal(kit_json_int(stats, "tokenize_requests"), 2);
+    json_decref(stats);
+}
+
+/* --exact-tokens off: the queued request reserves the estimate, which is
+ * not lmsim's count; nothing is asked. */
+static void test_exact_tokens_off(void **state)
+{
+    kit_env *e = *state;
+    const char *sim[] = {"--slots", "1", NULL};
+    const char *d[] = {"--backend-kind", "llamacpp", "--slots", "1", "--exact-tokens", "off",
+                       NULL};
+    kit_env_start(e, sim, d);
+    int64_t used = 0, reserved = exact_run(e, false, &used);
+    printf("estimate: reserved %lld, used %lld\n", (long long)reserved, (long long)used);
+    assert_true(used > 0);
+    assert_int_not_equal(reserved, used);
+    json_t *st = kit_env_status(e);
+    assert_int_equal(kit_json_int(st, "reservation.counts.asked"), 0);
+    json_decref(st);
+    json_t *stats = kit_env_sim_get(e, "/sim/stats");
+    assert_int_equal(kit_json_int(stats, "tokenize_requests"), 0);
+    json_decref(stats);
+}
+
+/* Servers that cannot count: LM Studio's kind is never asked; a llamacpp
+ * one answering 404 (lmsim --no-tokenize) is asked once, then no more.
+ * Both serve every request on the estimate. */
+static void test_exact_tokens_none(void **state)
+{
+    kit_env *e = *state;
+    const char *sim[] = {"--slots", "1", NULL};
+    kit_env_start(e, sim, NULL); /* auto: lmsim answers as LM Studio */
+    int64_t used = 0, reserved = exact_run(e, false, &used);
+    assert_true(used > 0 && reserved > 0);
+    json_t *st = kit_env_status(e);
+    assert_string_equal(json_string_value(kit_json_get(st, "backend.kind")), "lmstudio");
+    assert_int_equal(kit_json_int(st, "reservation.counts.asked"), 0);
+    assert_int_equal(kit_json_int(st, "requests.completed"), 2);
+    json_decref(st);
+}
+
+static void test_exact_tokens_404(void **state)
+{
+    kit_env *e = *state;
+    const char *sim[] = {"--slots", "1", "--no-tokenize", NULL};
+    const char *d[] = {"--backend-kind", "llamacpp", "--slots", "1", NULL};
+    kit_env_start(e, sim, d);
+    int64_t used = 0, reserved = exact_run(e, false, &used);
+    assert_true(used > 0 && reserved > 0);
+    json_t *st = kit_env_status(e);
+    assert_int_equal(kit_json_int(st, "reservation.counts.asked"), 1);
+    assert_int_equal(kit_json_int(st, "reservation.counts.failed"), 1);
+    assert_int_equal(kit_json_int(st, "requests.completed"), 2);
+    json_decref(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -706,6 +846,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_startup_log, kit_env_setup,
                                         kit_env_teardown),
         cmocka_unit_test_setup_teardown(test_second_sigterm, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_exact_tokens, kit_env_setup, kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_exact_tokens_off, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_exact_tokens_none, kit_env_setup,
+                                        kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_exact_tokens_404, kit_env_setup,
                                         kit_env_teardown),
     };
     return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);

@@ -890,12 +890,114 @@ static void test_short_stream_first_delta_real(void **state)
     kit_wire_close(&w);
 }
 
+/* One mode's run of test_exact_reserve_real: the daemon again with
+ * --max-concurrent 1 and --exact-tokens mode; a long answer holds the one
+ * place while N requests queue behind it (a system prompt of their own,
+ * questions of different lengths); then everything finishes. For each
+ * queued request, the prompt tokens it was reserved for against
+ * llama-server's usage.prompt_tokens (the daemon's debug line). Returns the
+ * sum of |reserved - used| over them; *exact: how many matched. */
+#define REAL_EXACT_N 4
+static long real_exact_run(kit_env *e, const char *mode, int *exact)
+{
+    const char *args[] = {"--max-concurrent", "1", "--exact-tokens", mode, NULL};
+    /* the log is appended to: this run's lines come after those there */
+    int base = 0;
+    long p0, e0, r0;
+    while (real_token_line(e, base, &p0, &e0, &r0))
+        base++;
+    kit_proc_stop(&e->daemon, SIGTERM, 10000);
+    if (kit_env_daemon_start(e, args) != 0) {
+        kit_env_dump_logs(e);
+        fail_msg("lmsched serve did not start again");
+    }
+    char sys[512];
+    real_unique_system(sys, sizeof(sys), mode);
+    static const char *const q[REAL_EXACT_N] = {
+        "Is this allowed?", "Which notice must appear in all copies of the software?",
+        "Summarize the permission notice in one sentence, and then say which parts of the "
+        "license matter most to someone who wants to modify and distribute the program.",
+        "ünïcödé, 日本語 and <|im_start|> in a question: how are they counted?"};
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, e->url), LMSCHED_OK);
+    static real_async hold, w[REAL_EXACT_N];
+    real_async_init(&hold);
+    lmsched_request *rh = real_req(sys, "Write a long answer.", 4000);
+    assert_int_equal(lmsched_chat_async(c, rh, REAL_TIMEOUT_MS, real_async_done_cb, &hold),
+                     LMSCHED_OK);
+    assert_int_equal(kit_env_status_wait(e, "inflight", 1, 1, 10000), 1);
+    lmsched_request *r[REAL_EXACT_N];
+    for (int k = 0; k < REAL_EXACT_N; k++) {
+        real_async_init(&w[k]);
+        r[k] = real_req(sys, q[k], 4);
+        assert_int_equal(lmsched_chat_async(c, r[k], REAL_TIMEOUT_MS, real_async_done_cb, &w[k]),
+                         LMSCHED_OK);
+    }
+    /* all queued behind the long one (and, counting, each with its count) */
+    assert_int_equal(kit_env_status_wait(e, "reservation.waiting", REAL_EXACT_N, REAL_EXACT_N,
+                                         10000), REAL_EXACT_N);
+    if (strcmp(mode, "auto") == 0)
+        assert_int_equal(kit_env_status_wait(e, "reservation.waiting_exact", REAL_EXACT_N,
+                                             REAL_EXACT_N, 10000), REAL_EXACT_N);
+    bool held = !real_async_done(&hold);
+    lmsched_result *res = real_async_wait(&hold);
+    assert_non_null(res);
+    assert_int_equal(lmsched_result_error(res), LMSCHED_OK);
+    lmsched_result_free(res);
+    assert_true(held); /* the queue was held full while the counts came */
+    long err = 0;
+    *exact = 0;
+    for (int k = 0; k < REAL_EXACT_N; k++) {
+        res = real_async_wait(&w[k]);
+        assert_non_null(res);
+        assert_int_equal(lmsched_result_error(res), LMSCHED_OK);
+        lmsched_result_free(res);
+        lmsched_request_free(r[k]);
+    }
+    /* the debug lines, in answer order: the long one, then the N */
+    for (int k = 1; k <= REAL_EXACT_N; k++) {
+        long p = -1, est = -1, rsv = -1;
+        for (int t = 0; t < 200 && !real_token_line(e, base + k, &p, &est, &rsv); t++)
+            usleep(10000);
+        assert_true(p > 0);
+        printf("--exact-tokens %s: llama-server %ld prompt tokens, estimate %ld, reserved %ld\n",
+               mode, p, est, rsv);
+        err += rsv > p ? rsv - p : p - rsv;
+        *exact += rsv == p;
+    }
+    lmsched_request_free(rh);
+    lmsched_client_close(c);
+    return err;
+}
+
+/* Exact token counts (--exact-tokens auto, the default for llama.cpp):
+ * requests that wait in the queue reserve exactly llama-server's own
+ * usage.prompt_tokens (its /apply-template then /tokenize); with the
+ * counts off they reserve the estimate, which is off by some tokens. */
+static void test_exact_reserve_real(void **state)
+{
+    kit_env *e = real_env(state);
+    int exact_off = 0, exact_on = 0;
+    long err_off = real_exact_run(e, "off", &exact_off);
+    long err_on = real_exact_run(e, "auto", &exact_on);
+    printf("reservation error over %d queued requests: estimate %ld tokens (%d exact), "
+           "counts %ld tokens (%d exact)\n", REAL_EXACT_N, err_off, exact_off, err_on, exact_on);
+    assert_int_equal(exact_on, REAL_EXACT_N);
+    assert_int_equal(err_on, 0);
+    json_t *st = kit_env_status(e);
+    assert_true(kit_json_int(st, "reservation.counts.applied") >= REAL_EXACT_N);
+    assert_true(json_is_true(
+        json_object_get(json_array_get(json_object_get(st, "backends"), 0), "tokenizes")));
+    json_decref(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_chat_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cached_system_prompt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reserve_counts_real, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exact_reserve_real, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prompt_over_context, setup, teardown),
         cmocka_unit_test_setup_teardown(test_autodetect_props, setup, teardown),
         cmocka_unit_test_setup_teardown(test_id_slot_placement, setup, teardown),

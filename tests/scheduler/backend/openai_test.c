@@ -981,6 +981,46 @@ static void test_truncations(void **state)
     }
 }
 
+/* llama.cpp's exact count: the template's prompt, the tokenize body (BOS
+ * and special tokens as the chat handler parses them), the number of
+ * tokens; anything else is not that answer. */
+static void test_token_count(void **state)
+{
+    (void)state;
+    char *prompt = NULL;
+    const char *tpl = "{\"prompt\":\"<|im_start|>user\\nhi \\u00e9<|im_end|>\\n\"}";
+    assert_int_equal(oa_parse_template(tpl, strlen(tpl), &prompt), LMSCHED_OK);
+    assert_string_equal(prompt, "<|im_start|>user\nhi \xc3\xa9<|im_end|>\n");
+    char *body = oa_build_tokenize_body(prompt);
+    assert_non_null(body);
+    json_t *o = json_loads(body, 0, NULL);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "content")), prompt);
+    assert_true(json_is_true(json_object_get(o, "add_special")));
+    assert_true(json_is_true(json_object_get(o, "parse_special")));
+    json_decref(o);
+    free(body);
+    free(prompt);
+    static const char *const not_template[] = {"", "[]", "{}", "{\"prompt\":3}", "<html>"};
+    for (size_t i = 0; i < sizeof(not_template) / sizeof(not_template[0]); i++) {
+        prompt = (char *)1;
+        assert_int_equal(oa_parse_template(not_template[i], strlen(not_template[i]), &prompt),
+                         LMSCHED_EBACKEND_STREAM);
+        assert_null(prompt);
+    }
+    int64_t n = -1;
+    const char *tok = "{\"tokens\":[1,3,269,42]}";
+    assert_int_equal(oa_parse_token_count(tok, strlen(tok), &n), LMSCHED_OK);
+    assert_int_equal(n, 4);
+    const char *with_pieces = "{\"tokens\":[{\"id\":1,\"piece\":\"<s>\"},{\"id\":2,\"piece\":\"a\"}]}";
+    assert_int_equal(oa_parse_token_count(with_pieces, strlen(with_pieces), &n), LMSCHED_OK);
+    assert_int_equal(n, 2);
+    static const char *const not_tokens[] = {"", "{}", "{\"tokens\":3}", "[1,2]"};
+    for (size_t i = 0; i < sizeof(not_tokens) / sizeof(not_tokens[0]); i++)
+        assert_int_equal(oa_parse_token_count(not_tokens[i], strlen(not_tokens[i]), &n),
+                         LMSCHED_EBACKEND_STREAM);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1004,6 +1044,7 @@ int main(void)
         cmocka_unit_test(test_openai_models),
         cmocka_unit_test(test_model_info_garbage),
         cmocka_unit_test(test_truncations),
+        cmocka_unit_test(test_token_count),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -133,6 +133,7 @@ static void test_table(void **state)
         "backend-errors",
         "backend-errors-ms",
         "routing",
+        "exact-tokens",
         "max-response-bytes",
         "probe-interval",
         "default-max-tokens",
@@ -178,6 +179,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.backend_kind, "auto");
     assert_string_equal(c.policy, "prefix");
     assert_string_equal(c.routing, "cache");
+    assert_string_equal(c.exact_tokens, "auto");
     assert_int_equal(c.backend_errors, 5);
     assert_int_equal(c.backend_errors_ms, 10000);
     assert_true(c.cache_prompt);
@@ -365,6 +367,7 @@ static void test_errors(void **state)
         {"--policy", "lifo", "--policy: expected prefix or fifo, got 'lifo'"},
         {"--routing", "random",
          "--routing: expected cache, round-robin or least-loaded, got 'random'"},
+        {"--exact-tokens", "on", "--exact-tokens: expected auto or off, got 'on'"},
         {"--backend-errors-ms", "0",
          "--backend-errors-ms: expected an integer from 1 to 2147483647, got '0'"},
         {"--log-level", "loud",

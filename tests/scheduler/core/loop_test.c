@@ -84,6 +84,19 @@ static const char lmstudio_models[] =
     "\"loaded_instances\":[{\"id\":\"m1\",\"config\":{\"context_length\":8192,"
     "\"parallel\":2}}]}]}";
 
+/* llama.cpp's /props, for a backend of that kind (env_props set). */
+static const char llama_props[] =
+    "{\"total_slots\":2,\"default_generation_settings\":{\"n_ctx\":8192},"
+    "\"model_alias\":\"m1\"}";
+static const char llama_props4[] =
+    "{\"total_slots\":4,\"default_generation_settings\":{\"n_ctx\":8192},"
+    "\"model_alias\":\"m1\"}";
+/* When set, GET /props answers it (a tweak sets --backend-kind llamacpp),
+ * and so do the two endpoints of an exact count: the template, and
+ * EXACT_TOKENS tokens for any prompt. */
+static const char *env_props;
+#define EXACT_TOKENS 300
+
 static void env_start_with(env *e, void (*tweak)(sched_config *), const char *models,
                           int slots)
 {
@@ -100,6 +113,17 @@ static void env_start_with(env *e, void (*tweak)(sched_config *), const char *mo
     http_client *hc = NULL;
     e->f = fake_http_new(&hc);
     fake_http_route(e->f, "/api/v1/models", 200, models);
+    if (env_props != NULL) {
+        fake_http_route(e->f, "/props", 200, env_props);
+        fake_http_route(e->f, "/apply-template", 200,
+                        "{\"prompt\":\"<|im_start|>user\\nq<|im_end|>\\n\"}");
+        char tokens[EXACT_TOKENS * 4 + 32];
+        size_t n = (size_t)snprintf(tokens, sizeof(tokens), "{\"tokens\":[1");
+        for (int i = 1; i < EXACT_TOKENS; i++)
+            n += (size_t)snprintf(tokens + n, sizeof(tokens) - n, ",%d", 100 + i);
+        snprintf(tokens + n, sizeof(tokens) - n, "]}");
+        fake_http_route(e->f, "/tokenize", 200, tokens);
+    }
     assert_int_equal(sched_alloc_http(&e->s, &e->cfg, hc), 0);
     assert_int_equal(sched_start(e->s, 100), 0);
     for (unsigned i = 0; i < e->s->n_backends; i++) {
@@ -542,6 +566,8 @@ typedef struct bud_answer {
 } bud_answer;
 
 static sched *bud_s;
+/* budget_run's tweak (test_budget_exact: of a llama.cpp backend) */
+static void (*budget_tweak)(sched_config *) = tweak_budget;
 
 static void bud_record(bud_answer *a, const job *j, int code)
 {
@@ -645,7 +671,7 @@ static int bud_prompt_tokens(fake_http *f, size_t p)
 static void budget_run(unsigned seed)
 {
     env e;
-    env_start_with(&e, tweak_budget, lmstudio_models4, 4);
+    env_start_with(&e, budget_tweak, lmstudio_models4, 4);
     bud_s = e.s;
     bud_check c = {.s = e.s};
     fake_http_on_post(e.f, bud_check_now, &c);
@@ -747,6 +773,264 @@ static void budget_run(unsigned seed)
         assert_int_equal(gi[i].inflight, 0);
     }
     env_stop(&e);
+}
+
+/* ---- exact token counts ------------------------------------------------------ */
+
+static void tweak_llama(sched_config *c)
+{
+    snprintf(c->backend_kind, sizeof(c->backend_kind), "llamacpp");
+}
+
+static void tweak_llama_off(sched_config *c)
+{
+    tweak_llama(c);
+    snprintf(c->exact_tokens, sizeof(c->exact_tokens), "off");
+}
+
+static void env_start_llama(env *e, void (*tweak)(sched_config *))
+{
+    env_props = llama_props;
+    env_start_with(e, tweak, lmstudio_models, 2);
+    env_props = NULL;
+}
+
+/* The job of owner, NULL if none. */
+static job *job_of(const env *e, uint64_t owner)
+{
+    for (job *j = e->s->jobs; j != NULL; j = j->next)
+        if (j->sink.owner == owner)
+            return j;
+    return NULL;
+}
+
+/* llama.cpp, two slots, three requests: the two dispatched at once keep
+ * their estimates (dispatch never waits for a count); the queued one's
+ * reservation becomes the server's count once both steps came back, and
+ * its answer then shows no error. Each request is counted once; the counts
+ * teach the estimate (a later request reserves near the count before its
+ * own arrives). */
+static void test_exact_tokens(void **state)
+{
+    (void)state;
+    env e;
+    env_start_llama(&e, tweak_llama);
+    uint64_t kv = e.s->kv_bytes_per_token;
+    answer a[4] = {{0}};
+    /* about 250 estimated tokens: the count is a plausible tokenizer's */
+    char text[1001];
+    for (int i = 0; i < 200; i++)
+        memcpy(text + i * 5, "word ", 5);
+    text[1000] = '\0';
+    for (int i = 0; i < 3; i++)
+        submit(&e, &a[i], (uint64_t)(1 + i), "You are terse.", text, 5, 0);
+    assert_int_equal(fake_http_json_posts(e.f), 3); /* one count each, at once */
+    job *q = job_of(&e, 3);
+    assert_non_null(q);
+    assert_int_not_equal(q->reserve_tokens, EXACT_TOKENS);
+    /* One turn: it dispatches two before anything came back; then the
+     * templates come back (its first perform), and the counts (its last). */
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 2);
+    assert_int_equal(q->state, JOB_QUEUED);
+    assert_int_equal(fake_http_json_posts(e.f), 6);
+    assert_int_equal(fake_http_json_pending(e.f), 0);
+    assert_int_equal(q->exact_tokens, EXACT_TOKENS);
+    assert_int_equal(q->reserve_tokens, EXACT_TOKENS);
+    assert_int_equal(q->reserve, kv * (EXACT_TOKENS + 8));
+    assert_int_equal(e.s->tokc.asked, 3);
+    assert_int_equal(e.s->tokc.counted, 3);
+    assert_int_equal(e.s->tokc.applied, 1);
+    assert_int_equal(e.s->tokc.late, 2);
+    /* the running ones kept what they reserved at dispatch */
+    uint64_t sum = 0;
+    for (const job *j = e.s->jobs; j != NULL; j = j->next)
+        if (j->reserved) {
+            assert_int_not_equal(j->reserve_tokens, EXACT_TOKENS);
+            sum += j->reserve;
+        }
+    assert_int_equal(sum, e.s->reserved_bytes);
+    assert_int_equal(e.s->backends[0].tokenizes, 1);
+    char *st = sched_status_json(e.s);
+    assert_non_null(strstr(st, "\"tokenizes\":true"));
+    assert_non_null(strstr(st, "\"waiting\":1,\"waiting_exact\":1,"
+                               "\"waiting_prompt_tokens\":300"));
+    free(st);
+    /* a fourth request: reserved by the learned ratio, near the count */
+    submit(&e, &a[3], 4, "You are terse.", text, 5, 0);
+    job *d = job_of(&e, 4);
+    assert_true(d->reserve_tokens >= EXACT_TOKENS);
+    assert_true(d->reserve_tokens <= EXACT_TOKENS + EXACT_TOKENS * 3 / 100 + 4);
+    for (int round = 0; round < 20 && e.s->jobs != NULL; round++) {
+        while (fake_http_pending(e.f) > 0)
+            fake_http_finish(e.f, 0, 200, fake_http_completion("ok", EXACT_TOKENS, 0), 0);
+        sched_turn(e.s);
+    }
+    assert_null(e.s->jobs);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(a[i].code, LMSCHED_OK);
+    assert_int_equal(e.s->tokc.answers, 4);
+    /* every reservation set by a count matched the answer's usage */
+    assert_true(e.s->tokc.applied >= 1);
+    assert_int_equal(e.s->tokc.exact, e.s->tokc.applied);
+    assert_int_equal(e.s->reserved_bytes, 0);
+    env_stop(&e);
+}
+
+/* --exact-tokens off: nothing is asked; the estimate stays. */
+static void test_exact_tokens_off(void **state)
+{
+    (void)state;
+    env e;
+    env_start_llama(&e, tweak_llama_off);
+    answer a[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        submit(&e, &a[i], (uint64_t)(1 + i), "You are terse.", "hello", 5, 0);
+    sched_turn(e.s);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_json_posts(e.f), 0);
+    job *q = job_of(&e, 3);
+    assert_int_equal(q->state, JOB_QUEUED);
+    assert_int_equal(q->exact_tokens, 0);
+    assert_int_not_equal(q->reserve_tokens, EXACT_TOKENS);
+    char *st = sched_status_json(e.s);
+    assert_non_null(strstr(st, "\"exact_tokens\":\"off\""));
+    free(st);
+    env_stop(&e);
+}
+
+/* A server without the endpoints (404): the request keeps its estimate and
+ * is answered; the backend is asked no more. LM Studio is never asked. */
+static void test_exact_tokens_404(void **state)
+{
+    (void)state;
+    env e;
+    env_start_llama(&e, tweak_llama);
+    fake_http_route(e.f, "/apply-template", 404, "{\"error\":\"not found\"}");
+    answer a[2] = {{0}};
+    submit(&e, &a[0], 1, "sys", "q", 5, 0);
+    assert_int_equal(fake_http_json_posts(e.f), 1);
+    sched_turn(e.s);
+    assert_int_equal(e.s->backends[0].tokenizes, 0);
+    assert_int_equal(e.s->tokc.failed, 1);
+    submit(&e, &a[1], 2, "sys", "q", 5, 0);
+    assert_int_equal(fake_http_json_posts(e.f), 1);
+    sched_turn(e.s);
+    while (fake_http_pending(e.f) > 0)
+        fake_http_finish(e.f, 0, 200, fake_http_completion("ok", 10, 0), 0);
+    sched_turn(e.s);
+    assert_int_equal(a[0].code, LMSCHED_OK);
+    assert_int_equal(a[1].code, LMSCHED_OK);
+    env_stop(&e);
+
+    env_start(&e, NULL); /* LM Studio */
+    submit(&e, &a[0], 1, "sys", "q", 5, 0);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_json_posts(e.f), 0);
+    env_stop(&e);
+}
+
+/* Counts still in flight when their requests end: a canceled queued one, a
+ * finished one, one failed by its deadline and one at shutdown. Each count
+ * goes with its job (nothing left in flight), and counts answered later
+ * reach nothing (ASan: no use after free). */
+static void test_exact_tokens_inflight_end(void **state)
+{
+    (void)state;
+    env e;
+    env_start_llama(&e, tweak_llama);
+    fake_http_hold_json(e.f, true);
+    answer a[4] = {{0}};
+    submit(&e, &a[0], 1, "sys", "first", 5, 0);
+    submit(&e, &a[1], 2, "sys", "second", 5, 0);
+    submit(&e, &a[2], 3, "sys", "third", 5, 0);
+    submit(&e, &a[3], 4, "sys", "fourth", 5, 50);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 2);
+    assert_int_equal(fake_http_json_pending(e.f), 4);
+    /* canceled while queued */
+    assert_true(sched_cancel(e.s, 3, 1, "agent went away"));
+    assert_int_equal(a[2].code, LMSCHED_ECANCELED);
+    assert_int_equal(fake_http_json_pending(e.f), 3);
+    /* finished before its count came */
+    fake_http_finish(e.f, 0, 200, fake_http_completion("ok", 10, 0), 0);
+    sched_turn(e.s);
+    assert_int_equal(a[0].calls + a[1].calls, 1);
+    assert_int_equal(fake_http_json_pending(e.f), 2);
+    /* a deadline passes while queued */
+    advance_ms(60);
+    sched_turn(e.s);
+    assert_int_equal(a[3].code, LMSCHED_EDEADLINE);
+    assert_int_equal(fake_http_json_pending(e.f), 1);
+    /* the rest come back now: to live jobs only */
+    fake_http_hold_json(e.f, false);
+    sched_turn(e.s);
+    sched_turn(e.s);
+    assert_int_equal(e.s->tokc.asked, 4);
+    assert_int_equal(e.s->tokc.counted, 1);
+    /* and one in flight at shutdown: sched_free frees it */
+    fake_http_hold_json(e.f, true);
+    answer b = {0};
+    submit(&e, &b, 9, "sys", "late", 5, 0);
+    assert_int_equal(fake_http_json_pending(e.f), 1);
+    env_stop(&e);
+}
+
+/* A burst of arrivals: at most SCHED_COUNTS_PER_BACKEND counts in flight
+ * at once; the queued requests left over are asked as room comes, and each
+ * one still queued ends with its count. */
+static void test_exact_tokens_cap(void **state)
+{
+    (void)state;
+    env e;
+    env_start_llama(&e, tweak_llama);
+    fake_http_hold_json(e.f, true);
+    enum { N = 10 };
+    answer a[N] = {{0}};
+    for (int i = 0; i < N; i++)
+        submit(&e, &a[i], (uint64_t)(1 + i), "sys", "a question", 5, 0);
+    assert_int_equal(fake_http_json_pending(e.f), SCHED_COUNTS_PER_BACKEND);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 2);
+    assert_int_equal(fake_http_json_pending(e.f), SCHED_COUNTS_PER_BACKEND);
+    fake_http_hold_json(e.f, false);
+    for (int t = 0; t < 10; t++)
+        sched_turn(e.s);
+    assert_int_equal(fake_http_json_pending(e.f), 0);
+    assert_int_equal(e.s->tokc.counted, e.s->tokc.asked);
+    assert_int_equal(e.s->be[0].counting, 0);
+    unsigned queued = 0;
+    for (const job *j = e.s->jobs; j != NULL; j = j->next)
+        if (j->state == JOB_QUEUED) {
+            queued++;
+            assert_int_equal(j->reserve_tokens, EXACT_TOKENS);
+        }
+    assert_int_equal(queued, N - 2);
+    env_stop(&e);
+}
+
+/* The budget invariant of budget_run with counts changing the
+ * reservations of requests while they wait (queued or for memory). */
+static void tweak_budget_llama(sched_config *c)
+{
+    tweak_budget(c);
+    tweak_llama(c);
+}
+
+static void test_budget_exact(void **state)
+{
+    (void)state;
+    memset(budget_ram, 0, sizeof(budget_ram));
+    budget_ram[0] = 3ull << 29;
+    budget_policy = "prefix";
+    budget_tweak = tweak_budget_llama;
+    env_props = llama_props4;
+    budget_run(31);
+    budget_ram[0] = 4ull << 30;
+    budget_ram[1] = 3ull << 29;
+    budget_run(32);
+    env_props = NULL;
+    budget_tweak = tweak_budget;
 }
 
 /* One backend, a budget of 0.6 x 1.5 GiB - 1 MB (about 920 MiB): a whole
@@ -952,6 +1236,11 @@ int main(void)
         cmocka_unit_test(test_budget_two),    cmocka_unit_test(test_budget_pending_one_backend),
         cmocka_unit_test(test_budget_preempt), cmocka_unit_test(test_preempt_memory),
         cmocka_unit_test(test_preempt_deadline),
+        cmocka_unit_test(test_exact_tokens),  cmocka_unit_test(test_exact_tokens_off),
+        cmocka_unit_test(test_exact_tokens_404),
+        cmocka_unit_test(test_exact_tokens_inflight_end),
+        cmocka_unit_test(test_exact_tokens_cap),
+        cmocka_unit_test(test_budget_exact),
     };
     return cmocka_run_group_tests_name("loop", tests, NULL, NULL);
 }
