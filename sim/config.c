@@ -6,6 +6,7 @@
  */
 #include "sim/config.h"
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -95,6 +96,22 @@ static const opt_spec simcfg_specs[] = {
      .help = "prefix share needed to pick a cached slot",
      .doc = "Share of the prompt a cached prefix must cover to pick that slot "
             "(llama.cpp `--slot-prompt-similarity`)."},
+    {.name = "host-cache",
+     .arg = "TOKENS",
+     OPT_UINT_FIELD(CFG, host_cache),
+     .min = 0,
+     .max = UINT_MAX,
+     .def = "0",
+     .group = G_MACHINE,
+     .help = "tokens of evicted slot prompts kept and restored; 0: none",
+     .doc = "A host prompt cache, as llama.cpp's (`--cache-ram`, on there by default): "
+            "when a request takes a slot and drops part of what the slot held, the "
+            "slot's prompt is kept (up to this many tokens in all, least recently used "
+            "dropped first), and a later request whose prompt shares more with a kept "
+            "prompt than with its slot gets that prompt back into the slot, reported "
+            "as cached tokens. A kept prompt is restored only when at least a quarter "
+            "of it matches, and leaves the cache when restored (it is kept again when "
+            "its slot moves on). 0: none, the slot caches alone."},
     {.name = "prefill-tps",
      .arg = "F",
      OPT_DOUBLE_FIELD(CFG, prefill_tps),

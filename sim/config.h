@@ -36,6 +36,8 @@ typedef struct sim_config {
     char model[SIMCFG_MAX_MODEL_NAME + 1]; /* model key */
     int64_t model_size;     /* bytes, reported as size_bytes */
     double slot_similarity; /* fraction of the prompt a cached prefix must cover */
+    unsigned host_cache;    /* tokens of evicted slot prompts kept in host RAM
+                               (llama.cpp's --cache-ram); 0: none */
     double prefill_tps;     /* prompt tokens/s shared by all prefilling sequences */
     double decode_tps;      /* tokens/s of one sequence decoding alone */
     double batch_slowdown;  /* per extra active sequence, see docs/simulator.md */

@@ -81,6 +81,13 @@ struct sim_req {
     sim_req *next;    /* wait queue link */
 };
 
+/* A prompt kept in the host cache (--host-cache). */
+typedef struct sim_kept {
+    char *text;
+    size_t len;
+    uint64_t last_used; /* LRU stamp */
+} sim_kept;
+
 typedef struct sim_slot {
     sim_req *req; /* NULL when idle */
     char *cache;  /* bytes whose tokens the KV cache holds */
@@ -99,6 +106,11 @@ struct sim_engine {
     bool changed; /* some request changed since the last broadcast */
 
     sim_slot *slots;
+    /* The host cache: slot prompts kept when a request moved their slot
+     * on, restored into a slot for a later request (--host-cache). */
+    sim_kept *kept;
+    size_t n_kept, cap_kept;
+    uint64_t kept_tokens;
     sim_req *q_head, *q_tail;
     unsigned n_queued;
 
@@ -224,6 +236,28 @@ static void simeng_cache_append(sim_slot *s, const char *src, size_t len)
     s->cache_len += len;
 }
 
+/* Bytes two strings share from their start. */
+static size_t simeng_common(const char *a, size_t na, const char *b, size_t nb)
+{
+    size_t n = na < nb ? na : nb, i = 0;
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+static void simeng_kept_drop(sim_engine *e, size_t k)
+{
+    e->kept_tokens -= simeng_tokens(e->kept[k].len);
+    free(e->kept[k].text);
+    e->kept[k] = e->kept[--e->n_kept];
+}
+
+static void simeng_kept_clear(sim_engine *e)
+{
+    while (e->n_kept > 0)
+        simeng_kept_drop(e, e->n_kept - 1);
+}
+
 /* Tokens of the common prefix of the slot cache and r's prompt. */
 static unsigned simeng_lcp_tokens(const sim_slot *s, const sim_req *r)
 {
@@ -323,6 +357,7 @@ static void simeng_crash(sim_engine *e)
     e->n_queued = 0;
     for (unsigned i = 0; i < e->cfg->slots; i++)
         e->slots[i].cache_len = 0;
+    simeng_kept_clear(e);
     e->fault_cut += cut;
     e->fault_crash_failed += failed;
     e->errors_injected += cut + failed;
@@ -360,9 +395,84 @@ static int simeng_pick_slot(const sim_engine *e, const sim_req *r)
     return lru;
 }
 
+/* Keeps the slot's prompt in the host cache, as llama.cpp saves a slot's
+ * state when a task takes the slot: a kept prompt that already holds it
+ * is only refreshed, kept prompts it holds go (it replaces them), and the
+ * least recently used go until it fits. One larger than the whole cache
+ * is not kept. */
+static void simeng_kept_save(sim_engine *e, const sim_slot *s)
+{
+    unsigned tok = simeng_tokens(s->cache_len);
+    if (tok == 0 || tok > e->cfg->host_cache)
+        return;
+    for (size_t k = 0; k < e->n_kept;) {
+        sim_kept *x = &e->kept[k];
+        size_t c = simeng_common(x->text, x->len, s->cache, s->cache_len);
+        if (c == s->cache_len) {
+            x->last_used = ++e->lru_clock;
+            return;
+        }
+        if (c == x->len)
+            simeng_kept_drop(e, k);
+        else
+            k++;
+    }
+    while (e->n_kept > 0 && e->kept_tokens + tok > e->cfg->host_cache) {
+        size_t old = 0;
+        for (size_t k = 1; k < e->n_kept; k++)
+            if (e->kept[k].last_used < e->kept[old].last_used)
+                old = k;
+        simeng_kept_drop(e, old);
+    }
+    if (e->n_kept == e->cap_kept) {
+        size_t cap = e->cap_kept ? e->cap_kept * 2 : 16;
+        sim_kept *v = realloc(e->kept, cap * sizeof(*v));
+        if (v == NULL)
+            return; /* not kept: costs a restore only */
+        e->kept = v;
+        e->cap_kept = cap;
+    }
+    char *t = malloc(s->cache_len);
+    if (t == NULL)
+        return;
+    memcpy(t, s->cache, s->cache_len);
+    e->kept[e->n_kept++] = (sim_kept){.text = t, .len = s->cache_len, .last_used = ++e->lru_clock};
+    e->kept_tokens += tok;
+}
+
+/* r takes slot s (--host-cache): the slot's prompt is kept if r drops part
+ * of it, and the kept prompt that gives r more than the slot would is
+ * restored into the slot (and leaves the cache), as llama.cpp's
+ * server_prompt_cache::load does: one that r matches for less than a
+ * quarter of its length is not taken (llama.cpp does not trash a large
+ * prompt for a small part of it). */
+static void simeng_kept_swap(sim_engine *e, sim_slot *s, const sim_req *r)
+{
+    size_t have = simeng_common(s->cache, s->cache_len, r->prompt, r->prompt_len);
+    if (have < s->cache_len)
+        simeng_kept_save(e, s);
+    size_t best = have;
+    long pick = -1;
+    for (size_t k = 0; k < e->n_kept; k++) {
+        const sim_kept *x = &e->kept[k];
+        size_t c = simeng_common(x->text, x->len, r->prompt, r->prompt_len);
+        if (c > best && c * 4 >= x->len) {
+            best = c;
+            pick = (long)k;
+        }
+    }
+    if (pick < 0)
+        return;
+    simeng_cache_set(s, e->kept[pick].text, e->kept[pick].len);
+    log_debug("host cache: restored %u tokens", simeng_tokens(e->kept[pick].len));
+    simeng_kept_drop(e, (size_t)pick);
+}
+
 static void simeng_place(sim_engine *e, sim_req *r, int slot, double t)
 {
     sim_slot *s = &e->slots[slot];
+    if (e->cfg->host_cache > 0 && r->cache_prompt)
+        simeng_kept_swap(e, s, r);
     unsigned lcp = r->cache_prompt ? simeng_lcp_tokens(s, r) : 0;
     /* llama.cpp always evaluates at least the last prompt token. */
     r->cache_n = lcp < r->prompt_n - 1 ? lcp : r->prompt_n - 1;
@@ -667,6 +777,8 @@ void simeng_free(sim_engine *e)
             simeng_req_unref(e->slots[i].req);
         free(e->slots[i].cache);
     }
+    simeng_kept_clear(e);
+    free(e->kept);
     while (e->q_head) {
         sim_req *r = e->q_head;
         e->q_head = r->next;
@@ -973,6 +1085,7 @@ void simeng_reset(sim_engine *e)
         e->slots[i].cache_len = 0;
         e->slots[i].last_used = 0;
     }
+    simeng_kept_clear(e);
     e->lru_clock = 0;
     e->admit_seq = 0;
     e->requests = e->prompt_tokens = e->prefill_tokens = e->cached_tokens = 0;

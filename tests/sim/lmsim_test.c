@@ -457,6 +457,58 @@ static void test_one_slot_evicts(void **state)
     sim_stop(s);
 }
 
+/* --host-cache: a prompt moved out of its slot comes back from the host
+ * cache, as with llama.cpp's --cache-ram (without it: test_one_slot_evicts). */
+static void test_host_cache(void **state)
+{
+    sim *s = *state;
+    const char *args[] = {"--time-scale", "50", "--slots", "1", "--host-cache", "100000",
+                          NULL};
+    sim_start(s, args);
+    char *a = text('a', 1200), *b = text('n', 1200);
+    long long pa = prompt_tokens(a, "q");
+
+    json_decref(chat(s, a, "q", "{\"id_slot\":0}"));
+    json_decref(chat(s, b, "q", "{\"id_slot\":0}"));
+    /* B took A's slot; A comes back whole (but the last token). */
+    json_t *c = chat(s, a, "q", "{\"id_slot\":0}");
+    assert_int_equal(timing(c, "cache_n"), pa - 1);
+    assert_int_equal(
+        jint(json_object_get(json_object_get(c, "usage"), "prompt_tokens_details"),
+             "cached_tokens"),
+        pa - 1);
+    json_decref(c);
+    /* A prompt that shares less than a quarter of a kept one does not get
+     * it back; one that shares more does, up to where they part. */
+    json_decref(chat(s, b, "q", NULL)); /* A is kept again */
+    char *d = text('h', 1200), *e = text('h', 1200);
+    memcpy(d, a, 200);
+    memcpy(e, a, 800);
+    c = chat(s, d, "q", NULL);
+    assert_int_equal(timing(c, "cache_n"), 19 / 4);
+    json_decref(c);
+    c = chat(s, e, "q", NULL);
+    assert_int_equal(timing(c, "cache_n"), (19 + 800) / 4);
+    json_decref(c);
+    sim_stop(s);
+
+    /* Room for one prompt only: keeping B drops A (least recently used),
+     * so A is prefilled again. */
+    const char *small[] = {"--time-scale", "50", "--slots", "1", "--host-cache", "400",
+                           NULL};
+    sim_start(s, small);
+    json_decref(chat(s, a, "q", NULL));
+    json_decref(chat(s, b, "q", NULL));
+    c = chat(s, a, "q", NULL);
+    assert_int_equal(timing(c, "cache_n"), 19 / 4);
+    json_decref(c);
+    free(a);
+    free(b);
+    free(d);
+    free(e);
+    sim_stop(s);
+}
+
 static void test_similarity_picks_slot(void **state)
 {
     sim *s = *state;
@@ -2232,6 +2284,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_same_prompt_hits_cache, sim_setup,
                                         sim_teardown),
         cmocka_unit_test_setup_teardown(test_one_slot_evicts, sim_setup, sim_teardown),
+        cmocka_unit_test_setup_teardown(test_host_cache, sim_setup, sim_teardown),
         cmocka_unit_test_setup_teardown(test_similarity_picks_slot, sim_setup,
                                         sim_teardown),
         cmocka_unit_test_setup_teardown(test_id_slot, sim_setup, sim_teardown),
