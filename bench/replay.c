@@ -21,8 +21,10 @@
  * Usage: lmreplay --workload W [--policy LIST] [--seed N] [--scale F]
  *        [--slots N] [--unpinned] [--time-scale F] [--prefill-tps F]
  *        [--decode-tps F] [--batch-slowdown F] [--classes LIST]
- *        [--restore] [--gather-ms MS] [--batch-size N]
- * Prints one JSON object per policy.
+ *        [--restore] [--probe] [--gather-ms MS] [--batch-size N]
+ * Prints one JSON object per policy. --probe: the daemon's restore probe
+ * (pinned only): the policy starts knowing whether the engine restores,
+ * as the probe reads it (1 with --restore, 0 without).
  */
 #include <getopt.h>
 #include <math.h>
@@ -50,6 +52,7 @@ typedef struct rp_opts {
     unsigned batch; /* the engine's batch (lmsim --batch-size); 0: the continuous model */
     const char *classes;
     bool restore; /* the server restores evicted prefixes itself (a host cache) */
+    bool probe;   /* the policy is told so before the first request (restore probe) */
     int gather_ms;
 } rp_opts;
 
@@ -504,6 +507,8 @@ static int rp_run(const rp_opts *o, bn_workload *w, const char *name)
     policy_set_placement(s.pol, o->pinned, o->similarity);
     policy_tuning tun = {.starve_us = 30000000, .gather_us = (int64_t)o->gather_ms * 1000};
     policy_set_tuning(s.pol, &tun);
+    if (o->probe && o->pinned)
+        policy_seed_restore(s.pol, o->restore ? 1.0 : 0.0);
     s.jobs = calloc(w->nreqs, sizeof(*s.jobs));
     s.slots = calloc(o->slots, sizeof(*s.slots));
     if (s.jobs == NULL || s.slots == NULL)
@@ -649,6 +654,7 @@ int main(int argc, char **argv)
         {"batch-slowdown", required_argument, NULL, 'B'},
         {"classes", required_argument, NULL, 'c'},
         {"restore", no_argument, NULL, 'r'},
+        {"probe", no_argument, NULL, 'R'},
         {"gather-ms", required_argument, NULL, 'g'},
         {"batch-size", required_argument, NULL, 'b'},
         {NULL, 0, NULL, 0},
@@ -680,6 +686,7 @@ int main(int argc, char **argv)
         case 'B': o.slowdown = atof(optarg); break;
         case 'c': o.classes = optarg; break;
         case 'r': o.restore = true; break;
+        case 'R': o.probe = true; break;
         case 'g': o.gather_ms = atoi(optarg); break;
         case 'b': o.batch = (unsigned)atoi(optarg); break;
         default:
