@@ -207,6 +207,7 @@ static const char *config_kind_show(const opt_spec *s, const void *cfg, char *bu
     return buf;
 }
 static const char *const config_policies[] = {"prefix", "fifo", NULL};
+static const char *const config_off_on[] = {"off", "on", NULL};
 static const char *const config_routings[] = {"cache", "round-robin", "least-loaded", NULL};
 static const char *const config_on_off[] = {"off", "on", NULL};
 static const char *const config_exact_tokens[] = {"auto", "off", NULL};
@@ -623,6 +624,21 @@ static const opt_spec config_specs[] = {
      .def = "10000",
      .group = G_BACKEND,
      .help = "re-read the backend's model info this often"},
+    {.name = "probe-restore",
+     .arg = "on|off",
+     OPT_ENUM_FIELD(CFG, probe_restore),
+     .names = config_off_on,
+     .def = "on",
+     .group = G_BACKEND,
+     .help = "ask a llama.cpp server at start whether it restores evicted prompts",
+     .doc = "When a backend that takes the policy's slot (llama.cpp, with the prefix "
+            "policy) is first found, and when it comes back after being unreachable, send "
+            "it three one-token requests on one of its slots (a prompt, another, the first "
+            "again) to see whether it restores a prompt its slot lost (llama.cpp's host "
+            "prompt cache, `--cache-ram`): the prefix policy then knows from the first "
+            "request ([scheduling.md](scheduling.md#the-restore-probe)). It occupies that "
+            "slot for the three requests (100 to 200 prompt tokens each; at most 5 s), "
+            "which start-up waits for; `off`: learn it from traffic only."},
     {.name = "default-max-tokens",
      .arg = "N",
      OPT_INT_FIELD(CFG, default_max_tokens),

@@ -78,6 +78,8 @@ typedef struct sched_config {
     int backend_errors_ms;     /* ... within this long */
     uint64_t max_response_bytes; /* most bytes of one backend response (stream or body) */
     int probe_interval_ms;     /* how often /api/v1/models (or /props) is re-read */
+    int probe_restore;         /* 1: ask a backend that pins slots whether it restores
+                                * evicted prompts (the restore probe), 0: do not */
     int32_t default_max_tokens;/* used when a request gives none; -1: let the backend decide */
     log_level log_level;
     /* Access control (docs/security.md). */

@@ -124,6 +124,17 @@ typedef enum sched_routing {
     SCHED_ROUTE_LEAST_LOADED,
 } sched_routing;
 
+/* Whether a backend restores evicted prompts by itself, as its restore
+ * probe found (probe.c). */
+typedef enum sched_restore {
+    SCHED_RESTORE_OFF = 0, /* not probed: --probe-restore off, or slots not pinned */
+    SCHED_RESTORE_PENDING, /* to probe once one of its slots is idle */
+    SCHED_RESTORE_RUNNING,
+    SCHED_RESTORE_YES,
+    SCHED_RESTORE_NO,
+    SCHED_RESTORE_UNKNOWN, /* the probe failed, timed out or read nothing */
+} sched_restore;
+
 /* What the core keeps per backend beside the backend object: its budget,
  * its slots in the policy's numbering, what runs there, and its counts. */
 typedef struct sched_be {
@@ -148,6 +159,15 @@ typedef struct sched_be {
     uint64_t routed;          /* requests dispatched to it (attempts on another
                                * backend after a failover count there) */
     uint64_t completed, prompt_tokens, cached_tokens;
+    /* The restore probe (probe.c): */
+    sched_restore restore;
+    double restore_share;     /* what it read (0..1), -1 none */
+    http_xfer *rp_xfer;       /* its running request */
+    int rp_slot;              /* the policy slot it took, -1 none */
+    unsigned rp_step;         /* 0: prompt A, 1: prompt B, 2: A again */
+    int64_t rp_deadline_us;
+    uint64_t rp_nonce;        /* makes its prompts its own */
+    int64_t rp_prompt[3], rp_cached[3]; /* each step's reported tokens */
 } sched_be;
 
 struct sched {
@@ -292,6 +312,28 @@ void capacity_count_cancel(sched *s, job *j);
 void capacity_count_more(sched *s);
 /* The backend answered j: its reservation against usage.prompt_tokens. */
 void capacity_note_answer(sched *s, const job *j, int64_t prompt_tokens);
+
+/* ---- probe.c --------------------------------------------------------------- */
+
+/* Backend i was found healthy (first found, or back after an outage):
+ * probe it when one of its slots is idle, if the probe applies. */
+void probe_restore_want(sched *s, unsigned i);
+/* Starts the probes that are due (taking a slot from the policy) and ends
+ * those past their time. Call before dispatch. */
+void probe_restore_tick(sched *s, int64_t now);
+/* Whether x is a restore probe's transfer. */
+bool probe_restore_owns(const sched *s, const http_xfer *x);
+/* Takes a finished probe transfer (and frees it): the next step, or the
+ * verdict. */
+void probe_restore_done(sched *s, http_xfer *x);
+/* Whether any probe is running. */
+bool probe_restore_running(const sched *s);
+/* When a running probe times out, INT64_MAX if none runs. */
+int64_t probe_restore_wake(const sched *s);
+/* Cancels running probes (shutdown). */
+void probe_restore_fini(sched *s);
+/* "off", "pending", "probing", "restores", "no_restore", "unknown". */
+const char *probe_restore_name(sched_restore r);
 
 /* ---- loop.c -------------------------------------------------------------- */
 

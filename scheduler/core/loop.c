@@ -126,6 +126,8 @@ static int loop_backend_add(sched *s, const config_backend_entry *e, int64_t now
         return -1;
     }
     memset(&s->be[i], 0, sizeof(s->be[i]));
+    s->be[i].rp_slot = -1;
+    s->be[i].restore_share = -1;
     if (backend_init(&s->backends[i], s->http, &bc) != LMSCHED_OK) {
         log_error("--backends-file: backend %s not added: out of memory", e->url);
         return -1;
@@ -736,6 +738,10 @@ static void loop_transfers(sched *s)
     http_xfer *x;
     int64_t now = 0;
     while ((x = http_done(s->http)) != NULL) {
+        if (probe_restore_owns(s, x)) {
+            probe_restore_done(s, x);
+            continue;
+        }
         if (x->is_chat && x->owner != NULL) {
             loop_job_done(s, (job *)x->owner, x);
             continue;
@@ -748,8 +754,13 @@ static void loop_transfers(sched *s)
         if (now == 0)
             now = clock_now_us();
         if (b != NULL && backend_is_probe(b, x)) {
-            if (backend_probe_done(b, x, now) & BACKEND_INFO)
+            unsigned changed = backend_probe_done(b, x, now);
+            if (changed & BACKEND_INFO)
                 capacity_update(s);
+            /* Found, or back after an outage (maybe restarted with other
+             * flags): ask it again whether it restores evicted prompts. */
+            if ((changed & BACKEND_HEALTH) && b->healthy)
+                probe_restore_want(s, sched_be_index(s, b));
         } else {
             http_xfer_free(s->http, x);
         }
@@ -911,6 +922,9 @@ static int64_t loop_next_wake(sched *s, int64_t now)
     int64_t d = policy_next_deadline(s->pol);
     if (d < t)
         t = d;
+    d = probe_restore_wake(s);
+    if (d < t)
+        t = d;
     /* Only a future one: the policy computes it in policy_next, which is
      * not called while every slot is busy, so a past value is stale (and
      * waking for it would spin the loop, taking a core from the server). */
@@ -950,6 +964,8 @@ int64_t sched_turn(sched *s)
             admit_rebind_down(s, up);
         s->up_seen = up;
     }
+    /* Before dispatch, so the slot it takes is not given to a request. */
+    probe_restore_tick(s, now);
     if (up != 0)
         loop_dispatch(s, up, now);
     capacity_count_more(s);
@@ -1050,6 +1066,8 @@ int sched_alloc_http(sched **sp, const sched_config *cfg, http_client *http)
             return 1;
         }
         s->n_backends = i + 1;
+        s->be[i].rp_slot = -1;
+        s->be[i].restore_share = -1;
         if (fl != NULL && i < fl->n)
             s->be[i].total_ram = fl->v[i].total_ram;
     }
@@ -1104,6 +1122,19 @@ int sched_start(sched *s, int wait_ms)
         }
     }
     capacity_update(s);
+    /* The restore probes of the backends found (probe.c), before the
+     * daemon listens: the first request finds the answer. */
+    for (unsigned i = 0; i < s->n_backends; i++)
+        if (s->backends[i].healthy)
+            probe_restore_want(s, i);
+    probe_restore_tick(s, clock_now_us());
+    /* Bounded by the probe's own timeout, and by the polls too (a poll
+     * that returns at once, as the unit tests' does, must not spin). */
+    for (int n = 0; probe_restore_running(s) && n < 400; n++) {
+        http_poll(s->http, 50);
+        loop_transfers(s);
+        probe_restore_tick(s, clock_now_us());
+    }
     char b1[32], b2[32], b3[32];
     for (unsigned i = 0; i < s->n_backends; i++) {
         const backend *b = &s->backends[i];
@@ -1185,6 +1216,7 @@ void sched_free(sched *s)
         chat_req_free(j->req);
         free(j);
     }
+    probe_restore_fini(s);
     for (unsigned i = 0; i < s->n_backends; i++)
         backend_fini(&s->backends[i]);
     http_free(s->http);

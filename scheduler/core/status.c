@@ -102,9 +102,13 @@ void status_take(sched *s, status_snapshot *o)
         ob->prompt_tokens = e->prompt_tokens;
         ob->cached_tokens = e->cached_tokens;
         ob->tokenizes = !backend_counts_tokens(b) ? 0 : b->tokenizes;
+        ob->restore_probe = probe_restore_name(e->restore);
+        ob->restore_share = e->restore_share;
         o->n_backends = i + 1;
     }
     o->backend = o->backends[0];
+    o->restore.restoring =
+        policy_restore_info(s->pol, &o->restore.share, &o->restore.reloads);
 
     o->memory.total_bytes = s->bin.total_ram;
     o->memory.ram_fraction = s->bin.ram_fraction;
@@ -237,6 +241,10 @@ char *status_json(const status_snapshot *o)
             json_object_set_new(one, "max_concurrent", json_integer((json_int_t)x->max_concurrent));
             json_object_set_new(one, "tokenizes",
                                 x->tokenizes < 0 ? json_null() : json_boolean(x->tokenizes));
+            json_object_set_new(one, "restore_probe", json_string(x->restore_probe));
+            json_object_set_new(one, "restore_share", x->restore_share >= 0
+                                                          ? json_real(x->restore_share)
+                                                          : json_null());
             json_array_append_new(backends, one);
         }
     }
@@ -309,6 +317,11 @@ char *status_json(const status_snapshot *o)
                       (json_int_t)o->reservation.under, "over",
                       (json_int_t)o->reservation.over, "error_tokens",
                       (json_int_t)o->reservation.error_tokens));
+        json_object_set_new(
+            doc, "restore",
+            json_pack("{s:o,s:i,s:b}", "share",
+                      o->restore.share >= 0 ? json_real(o->restore.share) : json_null(),
+                      "reloads", (int)o->restore.reloads, "restoring", o->restore.restoring));
     } else {
         json_decref(backends);
     }

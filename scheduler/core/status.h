@@ -56,6 +56,8 @@ typedef struct status_backend {
     unsigned max_concurrent; /* requests it may run at once */
     uint64_t prompt_tokens, cached_tokens; /* as it reported them */
     int tokenizes;          /* counts tokens: 1 yes, 0 no, -1 not asked yet */
+    const char *restore_probe; /* what the restore probe found (probe_restore_name) */
+    double restore_share;      /* what it read, < 0 none */
 } status_backend;
 
 #define STATUS_MAX_BACKENDS CONFIG_MAX_BACKENDS
@@ -103,6 +105,11 @@ typedef struct status_snapshot {
         uint64_t waiting_prompt_tokens; /* their reserved prompt tokens */
         uint64_t answers, exact, under, over, error_tokens;
     } reservation;
+    struct {
+        double share;     /* the policy's measure (< 0: none yet) */
+        unsigned reloads; /* reloads it stands for */
+        bool restoring;   /* the backend counts as restoring */
+    } restore;
 } status_snapshot;
 
 /* Fills out from the scheduler's state. The strings point into the

@@ -94,6 +94,25 @@ bool pol_restores(const policy *p)
     return p->meter.n_loads >= 3 && p->meter.restore >= POL_RESTORING;
 }
 
+void policy_seed_restore(policy *p, double share)
+{
+    if (p == NULL || !(share >= 0))
+        return;
+    /* As POL_SEED_LOADS reloads that each read share: the next real
+     * reload weighs in as a fourth one would (POL_EWMA). */
+    p->meter.restore = share > 1 ? 1 : share;
+    p->meter.n_loads = POL_SEED_LOADS;
+}
+
+bool policy_restore_info(const policy *p, double *share, unsigned *reloads)
+{
+    if (share != NULL)
+        *share = p != NULL && p->meter.n_loads > 0 ? p->meter.restore : -1;
+    if (reloads != NULL)
+        *reloads = p != NULL ? p->meter.n_loads : 0;
+    return p != NULL && pol_restores(p);
+}
+
 /* Decays the recent prefill work to now. */
 static double pol_work_at(const pol_meter *m, int64_t now_us)
 {

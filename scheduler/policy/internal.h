@@ -53,6 +53,10 @@
 /* A backend restores evicted prefixes by itself (llama.cpp's host cache)
  * once the restore share (cost.c) is at least this (pol_restores). */
 #define POL_RESTORING 0.75
+/* What the backend was seen to restore before any request
+ * (policy_seed_restore) counts as this many reloads: as many as
+ * pol_restores needs, so it decides from the start. */
+#define POL_SEED_LOADS 3
 
 struct policy;
 
@@ -136,6 +140,7 @@ typedef struct pol_slot {
     uint32_t gen;         /* tokens it may generate (max_tokens, else the mean seen) */
     bool end_unstamped;   /* ended without a time: measured at the next policy_next */
     double end_x, end_g;  /* ... with these prefilled and generated tokens */
+    bool taken;           /* busy with the caller's own use (policy_slot_take) */
 } pol_slot;
 
 typedef struct pol_garr {

@@ -899,7 +899,7 @@ void policy_slot_end(policy *p, int slot, const pol_done *d)
     if (p == NULL || slot < 0 || (unsigned)slot >= p->n_slots)
         return;
     pol_slot *s = &p->slots[slot];
-    if (!s->busy)
+    if (!s->busy || s->taken)
         return;
     s->busy = false;
     s->last_used = ++p->lru_clock;
@@ -931,6 +931,41 @@ void policy_slot_end(policy *p, int slot, const pol_done *d)
     }
 }
 
+
+int policy_slot_take(policy *p, int slot)
+{
+    if (p == NULL || slot < 0 || (unsigned)slot >= p->n_slots)
+        return -1;
+    pol_slot *s = &p->slots[slot];
+    if (s->busy || (p->rule->holds_slots && s->hold_until > p->now_us))
+        return -1;
+    s->busy = true;
+    s->taken = true;
+    s->run = NULL;
+    s->hold_pending = false;
+    s->hold_until = 0;
+    s->end_unstamped = false;
+    s->last_used = ++p->lru_clock;
+    return 0;
+}
+
+void policy_slot_give(policy *p, int slot)
+{
+    if (p == NULL || slot < 0 || (unsigned)slot >= p->n_slots)
+        return;
+    pol_slot *s = &p->slots[slot];
+    if (!s->taken)
+        return;
+    s->taken = false;
+    s->busy = false;
+    s->last_used = ++p->lru_clock;
+    slot_cache_forget(&s->cache);
+    s->session = 0;
+    s->streak = 0;
+    if (s->group != NULL)
+        s->group->resident--;
+    s->group = NULL;
+}
 
 int policy_backend_choice(const policy *p, const pol_item *it, double similarity)
 {

@@ -132,6 +132,27 @@ typedef struct pol_done {
  * prefill and decode rates from it (docs/scheduling.md, "The cost model"). */
 void policy_slot_end(policy *p, int slot, const pol_done *d);
 
+/* Takes idle slot for the caller's own use (the daemon's restore probe,
+ * docs/scheduling.md): busy, so nothing is placed there, until
+ * policy_slot_give. Returns 0, or -1 when the slot is busy, held for a
+ * conversation or out of range. */
+int policy_slot_take(policy *p, int slot);
+/* Gives back a slot taken with policy_slot_take: idle, its content
+ * unknown (what the caller ran there replaced it). No-op when the slot is
+ * not taken (the slots were laid out again meanwhile). */
+void policy_slot_give(policy *p, int slot);
+
+/* What the backend was seen to restore before any request: of a prompt
+ * evicted from a slot, the share (0..1) it had cached when that prompt
+ * came back (the daemon's restore probe). Stands for three reloads'
+ * measure (docs/scheduling.md, "The cost model"), so whether the backend
+ * restores is decided from the first request; real reloads go on
+ * updating it. A negative share is ignored. */
+void policy_seed_restore(policy *p, double share);
+/* The measured restore share (-1 before any), the reloads it stands for,
+ * and whether the backend counts as restoring (for status). */
+bool policy_restore_info(const policy *p, double *share, unsigned *reloads);
+
 /* The idle slot the backend itself would pick for an item when it is sent
  * without a slot id (LM Studio, llama.cpp without id_slot): the idle slot
  * with the longest cached prefix if that covers >= similarity of the prompt,

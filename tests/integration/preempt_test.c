@@ -162,7 +162,8 @@ static void test_preempt(void **state)
  * slot, sent by number, is the one the high-priority request gets. */
 static void test_preempt_pinned(void **state)
 {
-    const char *d[] = {"--backend-kind", "llamacpp", "--slots", "2", "--preempt", "on", NULL};
+    const char *d[] = {"--backend-kind", "llamacpp", "--slots", "2", "--preempt", "on",
+                       "--probe-restore", "off", NULL};
     preempt_run(*state, d);
 }
 

@@ -2,7 +2,9 @@
  * prefix_test - prefix-aware scheduling against lmsim, measured by lmsim's
  * own ground truth: the same small workload run through the daemon with
  * --policy fifo and with --policy prefix, on a fresh backend each time;
- * prefix must prefill fewer tokens.
+ * prefix must prefill fewer tokens. And the restore probe: the daemon
+ * knows, before its first request, whether the backend restores evicted
+ * prompts (lmsim with and without --host-cache).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -124,10 +126,84 @@ static void test_prefix_prefills_less_than_fifo(void **state)
     kit_env_fini(&e);
 }
 
+/* The daemon's verdict on an lmsim with these flags, right after start:
+ * backends[0].restore_probe, and the policy's restore figures. Checks
+ * that no request but the probe's three reached lmsim. */
+static char *probe_verdict(const char *const *sim, const char *const *daemon,
+                           json_t **restore)
+{
+    kit_env e;
+    kit_env_init(&e);
+    assert_int_equal(kit_env_sim_start(&e, 0, sim), 0);
+    if (kit_env_daemon_start(&e, daemon) != 0) {
+        kit_env_dump_logs(&e);
+        fail_msg("daemon did not start");
+    }
+    json_t *ds = kit_env_status(&e);
+    assert_non_null(ds);
+    json_t *b0 = json_array_get(kit_json_get(ds, "backends"), 0);
+    const char *v = json_string_value(json_object_get(b0, "restore_probe"));
+    assert_non_null(v);
+    char *out = strdup(v);
+    *restore = json_incref(kit_json_get(ds, "restore"));
+    assert_int_equal(kit_json_int(ds, "requests.received"), 0);
+    json_decref(ds);
+    json_t *st = kit_env_sim_get(&e, "/sim/stats");
+    assert_non_null(st);
+    int64_t n = kit_json_int(st, "requests");
+    assert_int_equal(n, strcmp(out, "off") == 0 ? 0 : 3);
+    json_decref(st);
+    kit_env_fini(&e);
+    return out;
+}
+
+static void test_restore_probe(void **state)
+{
+    (void)state;
+    const char *plain[] = {"--time-scale", "50", "--slots", "2", NULL};
+    const char *host[] = {"--time-scale", "50", "--slots", "2", "--host-cache", "100000",
+                          NULL};
+    const char *pinned[] = {"--backend-kind", "llamacpp", "--slots", "2", NULL};
+    const char *off[] = {"--backend-kind", "llamacpp", "--slots", "2", "--probe-restore",
+                         "off", NULL};
+    json_t *r = NULL;
+
+    char *v = probe_verdict(host, pinned, &r);
+    assert_string_equal(v, "restores");
+    assert_true(json_is_true(json_object_get(r, "restoring")));
+    assert_true(json_real_value(json_object_get(r, "share")) >= 0.9);
+    assert_int_equal(json_integer_value(json_object_get(r, "reloads")), 3);
+    free(v);
+    json_decref(r);
+
+    v = probe_verdict(plain, pinned, &r);
+    assert_string_equal(v, "no_restore");
+    assert_true(json_is_false(json_object_get(r, "restoring")));
+    assert_true(json_real_value(json_object_get(r, "share")) <= 0.1);
+    free(v);
+    json_decref(r);
+
+    /* Turned off: learned from traffic only, nothing known at start. */
+    v = probe_verdict(host, off, &r);
+    assert_string_equal(v, "off");
+    assert_true(json_is_false(json_object_get(r, "restoring")));
+    assert_true(json_is_null(json_object_get(r, "share")));
+    free(v);
+    json_decref(r);
+
+    /* lmsim as LM Studio places requests itself: no slot to probe. */
+    const char *auto_kind[] = {NULL};
+    v = probe_verdict(host, auto_kind, &r);
+    assert_string_equal(v, "off");
+    free(v);
+    json_decref(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefix_prefills_less_than_fifo),
+        cmocka_unit_test(test_restore_probe),
     };
     return cmocka_run_group_tests_name("prefix", tests, NULL, NULL);
 }

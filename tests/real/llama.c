@@ -76,10 +76,17 @@ long rl_state_long(const rl_server *s, const char *name)
 
 int rl_start(rl_server *s, int port, const char *extra)
 {
-    char args[256], portarg[32] = "";
+    return rl_start_cache(s, port, "0", extra);
+}
+
+int rl_start_cache(rl_server *s, int port, const char *cache_ram, const char *extra)
+{
+    char args[256], portarg[32] = "", cachearg[48] = "";
     if (port > 0)
         snprintf(portarg, sizeof(portarg), "--port %d ", port);
-    snprintf(args, sizeof(args), "start %s--cache-ram 0%s%s >/dev/null", portarg,
+    if (cache_ram != NULL)
+        snprintf(cachearg, sizeof(cachearg), "--cache-ram %s", cache_ram);
+    snprintf(args, sizeof(args), "start %s%s%s%s >/dev/null", portarg, cachearg,
              extra != NULL ? " -- " : "", extra != NULL ? extra : "");
     if (rl_script(s, args) != 0) {
         fprintf(stderr, "real: scripts/llama-server %s failed (log %s/log)\n", args, s->state);

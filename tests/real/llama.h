@@ -46,6 +46,9 @@ long rl_state_long(const rl_server *s, const char *name);
  * placement is not hidden by it; extra: more llama-server arguments
  * ("-np 2 -c 16384") or NULL. Returns 0, or -1. */
 int rl_start(rl_server *s, int port, const char *extra);
+/* rl_start with the host prompt cache's --cache-ram MIB (NULL: the
+ * server's default, on). */
+int rl_start_cache(rl_server *s, int port, const char *cache_ram, const char *extra);
 
 /* Stops s if it runs and removes a state dir of ours. */
 void rl_fini(rl_server *s);

@@ -136,6 +136,7 @@ static void test_table(void **state)
         "exact-tokens",
         "max-response-bytes",
         "probe-interval",
+        "probe-restore",
         "default-max-tokens",
         "policy",
         "log-level",
@@ -206,6 +207,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.backend_wait_ms, 20000);
     assert_true(c.max_response_bytes == 8u << 20);
     assert_int_equal(c.probe_interval_ms, 10000);
+    assert_int_equal(c.probe_restore, 1);
     assert_int_equal(c.default_max_tokens, -1);
     assert_int_equal(c.log_level, LOG_INFO);
     assert_int_equal(c.socket_mode, 0600);
@@ -246,7 +248,7 @@ static void test_values(void **state)
               "--max-retries", "0", "--request-timeout", "2147483647",
               "--connect-timeout", "1", "--drain-timeout", "0", "--backend-wait", "0",
               "--max-response-bytes", "4K", "--probe-interval", "100",
-              "--default-max-tokens", "1048576", "--policy", "fifo", "--starve-ms", "1",
+              "--probe-restore", "off", "--default-max-tokens", "1048576", "--policy", "fifo", "--starve-ms", "1",
               "--max-overtakes", "1000000", "--gather-ms", "10000", "--slot-similarity",
               "0", "--log-level", "debug", "--socket-mode", "0777", "--socket-group",
               "staff", "--auth-token-file", "/t", "--max-per-conn", "1", NULL);
@@ -277,6 +279,7 @@ static void test_values(void **state)
     assert_int_equal(c.backend_wait_ms, 0);
     assert_true(c.max_response_bytes == 4096);
     assert_int_equal(c.probe_interval_ms, 100);
+    assert_int_equal(c.probe_restore, 0);
     assert_int_equal(c.default_max_tokens, 1048576);
     assert_string_equal(c.policy, "fifo");
     assert_int_equal(c.starve_ms, 1);

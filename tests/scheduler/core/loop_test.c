@@ -780,6 +780,9 @@ static void budget_run(unsigned seed)
 static void tweak_llama(sched_config *c)
 {
     snprintf(c->backend_kind, sizeof(c->backend_kind), "llamacpp");
+    /* the restore probe's requests would take the fake's transfers these
+     * tests count (the probe has its own tests below) */
+    c->probe_restore = 0;
 }
 
 static void tweak_llama_off(sched_config *c)
@@ -1223,10 +1226,139 @@ static void test_preempt_memory(void **state)
     env_stop(&e);
 }
 
+/* ---- the restore probe (probe.c) ---------------------------------------------- */
+
+static const char llamacpp_props[] =
+    "{\"total_slots\":2,\"default_generation_settings\":{\"n_ctx\":8192},"
+    "\"model_path\":\"/models/m1.gguf\"}";
+
+static void tweak_llamacpp(sched_config *c)
+{
+    snprintf(c->backend_kind, sizeof(c->backend_kind), "llamacpp");
+}
+
+/* A llama.cpp backend of 2 slots behind the prefix policy: its restore
+ * probe starts at sched_start (the fake never answers by itself, so the
+ * start returns with it running). */
+static void env_start_llamacpp(env *e)
+{
+    memset(e, 0, sizeof(*e));
+    clock_set_source(fake_clock, NULL);
+    log_set_level(LOG_ERROR);
+    config_defaults(&e->cfg, "ipc:///tmp/loop_test.sock");
+    snprintf(e->cfg.backend, sizeof(e->cfg.backend), "http://fake");
+    e->cfg.total_ram = 64ull << 30;
+    tweak_llamacpp(&e->cfg);
+    http_client *hc = NULL;
+    e->f = fake_http_new(&hc);
+    fake_http_route(e->f, "/props", 200, llamacpp_props);
+    assert_int_equal(sched_alloc_http(&e->s, &e->cfg, hc), 0);
+    assert_int_equal(sched_start(e->s, 100), 0);
+    assert_int_equal(e->s->backends[0].slots, 2);
+    assert_int_equal(e->s->be[0].restore, SCHED_RESTORE_RUNNING);
+}
+
+/* The pending transfer whose body has this text, or -1. */
+static long pending_with(const env *e, const char *text)
+{
+    for (size_t i = 0; i < fake_http_pending(e->f); i++)
+        if (strstr(fake_http_body(e->f, i), text) != NULL)
+            return (long)i;
+    return -1;
+}
+
+/* The probe's three one-token requests on the last slot, one after the
+ * other; a request arriving meanwhile runs on the other slot. A, B, A
+ * with A found cached again beyond what B shared: the backend restores,
+ * and the policy counts it as restoring from the start. */
+static void test_restore_probe_verdict(void **state)
+{
+    (void)state;
+    env e;
+    env_start_llamacpp(&e);
+    assert_int_equal(fake_http_pending(e.f), 1);
+    const char *body = fake_http_body(e.f, 0);
+    assert_non_null(strstr(body, "\"id_slot\":1"));
+    assert_non_null(strstr(body, "\"max_tokens\":1"));
+    answer a = {0};
+    submit(&e, &a, 1, "You are terse.", "hello", 5, 0);
+    sched_turn(e.s);
+    long r = pending_with(&e, "You are terse.");
+    assert_true(r >= 0);
+    assert_non_null(strstr(fake_http_body(e.f, (size_t)r), "\"id_slot\":0"));
+    static const int cached[3] = {0, 7, 149};
+    for (int step = 0; step < 3; step++) {
+        long p = pending_with(&e, "\"id_slot\":1");
+        assert_true(p >= 0);
+        fake_http_finish(e.f, (size_t)p, 200, fake_http_completion("x", 150, cached[step]), 0);
+        sched_turn(e.s);
+        assert_int_equal(e.s->be[0].restore,
+                         step < 2 ? SCHED_RESTORE_RUNNING : SCHED_RESTORE_YES);
+    }
+    assert_true(e.s->be[0].restore_share > 0.99);
+    assert_int_equal(e.s->st.completed, 0); /* the probe is no request of anyone's */
+    double share = 0;
+    unsigned reloads = 0;
+    assert_true(policy_restore_info(e.s->pol, &share, &reloads));
+    assert_int_equal(reloads, 3);
+    /* Slot 1 is the policy's again: a second request runs there. */
+    answer b = {0};
+    submit(&e, &b, 2, "You are verbose.", "hello", 5, 0);
+    sched_turn(e.s);
+    r = pending_with(&e, "You are verbose.");
+    assert_true(r >= 0);
+    assert_non_null(strstr(fake_http_body(e.f, (size_t)r), "\"id_slot\":1"));
+    assert_int_equal(a.calls + b.calls, 0);
+    env_stop(&e);
+}
+
+/* A probe the server does not answer in time leaves the answer unknown
+ * and gives its slot back; a failed one too, and the policy learns from
+ * traffic only. Without a host cache (A found as little as B shared) the
+ * verdict is no_restore. */
+static void test_restore_probe_unknown(void **state)
+{
+    (void)state;
+    env e;
+    env_start_llamacpp(&e);
+    advance_ms(5001);
+    sched_turn(e.s);
+    assert_int_equal(e.s->be[0].restore, SCHED_RESTORE_UNKNOWN);
+    assert_int_equal(fake_http_pending(e.f), 0); /* canceled */
+    double share = 0;
+    assert_false(policy_restore_info(e.s->pol, &share, NULL));
+    assert_true(share < 0);
+    answer a = {0}, b = {0};
+    submit(&e, &a, 1, "You are terse.", "hello", 5, 0);
+    submit(&e, &b, 2, "You are verbose.", "hello", 5, 0);
+    sched_turn(e.s);
+    assert_int_equal(fake_http_pending(e.f), 2); /* both slots */
+    env_stop(&e);
+
+    env_start_llamacpp(&e);
+    fake_http_finish(e.f, 0, 500, "{\"error\":{\"message\":\"boom\"}}", 0);
+    sched_turn(e.s);
+    assert_int_equal(e.s->be[0].restore, SCHED_RESTORE_UNKNOWN);
+    env_stop(&e);
+
+    env_start_llamacpp(&e);
+    static const int cached[3] = {0, 7, 7};
+    for (int step = 0; step < 3; step++) {
+        fake_http_finish(e.f, 0, 200, fake_http_completion("x", 150, cached[step]), 0);
+        sched_turn(e.s);
+    }
+    assert_int_equal(e.s->be[0].restore, SCHED_RESTORE_NO);
+    assert_false(policy_restore_info(e.s->pol, &share, NULL));
+    assert_true(share == 0);
+    env_stop(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_answer),        cmocka_unit_test(test_reserve_tokens),
+        cmocka_unit_test(test_restore_probe_verdict),
+        cmocka_unit_test(test_restore_probe_unknown),
         cmocka_unit_test(test_slots_bound),
         cmocka_unit_test(test_deadline),      cmocka_unit_test(test_retry),
         cmocka_unit_test(test_no_retry_400),  cmocka_unit_test(test_backend_down),

@@ -259,14 +259,15 @@ static int start(policy *p, int64_t now, const req *r, uint32_t *cached)
  * looks again; B's turn is queued. Returns whether B's turn started before
  * A's next one.
  */
-static bool conversation_scenario(bool restoring, bool early)
+static bool conversation_run(bool restoring, bool early, int warm, double seed)
 {
     policy *p = mkpol(1);
     policy_tuning tun = {.starve_us = 0, .max_overtakes = 0, .gather_us = 10000};
     policy_set_tuning(p, &tun);
+    policy_seed_restore(p, seed);
     req w[12];
     int64_t t = 0;
-    for (int k = 0; k < 12; k++, t += 10000000) {
+    for (int k = 0; k < warm; k++, t += 10000000) {
         assert_int_equal(policy_push(p, mkconv(&w[k], k % 2 ? 8 : 9, 20, 900 + k, 20, t)),
                          LMSCHED_OK);
         uint32_t c = 1;
@@ -316,6 +317,11 @@ static bool conversation_scenario(bool restoring, bool early)
     return b_first;
 }
 
+static bool conversation_scenario(bool restoring, bool early)
+{
+    return conversation_run(restoring, early, 12, -1);
+}
+
 /* Where reloads cost a prefill, A's next turn starts before B's, older,
  * and hits A's whole first turn: the slot is kept for it, or, when both
  * are queued, its deeper match goes first. Where the backend is seen to
@@ -331,6 +337,53 @@ static void test_conversation_hold_stops_on_restoring_backend(void **state)
     assert_true(conversation_scenario(true, true));
 }
 
+/* The restore probe's verdict (policy_seed_restore) decides from the
+ * first request, with no reload seen yet: seeded as restoring, B's turn
+ * starts first; seeded as not restoring, or not seeded (the policy cannot
+ * tell yet), A's slot is kept or its deeper match goes first. */
+static void test_seeded_restore_decides_from_the_start(void **state)
+{
+    (void)state;
+    for (int early = 0; early < 2; early++) {
+        assert_false(conversation_run(false, early, 0, -1));
+        assert_false(conversation_run(false, early, 0, 0.0));
+        assert_true(conversation_run(false, early, 0, 1.0));
+    }
+    /* Real reloads go on updating it: a seeded verdict that traffic
+     * contradicts (reloads that find nothing restored) is dropped. */
+    assert_false(conversation_run(false, false, 12, 1.0));
+    assert_true(conversation_run(true, false, 12, 0.0));
+}
+
+/* A slot taken for the caller's own use (the restore probe) gets no
+ * request until given back, and comes back with its content unknown. */
+static void test_taken_slot_gets_nothing(void **state)
+{
+    (void)state;
+    policy *p = mkpol(2);
+    req a, b, c;
+    assert_int_equal(policy_push(p, mk(&a, 1, 20, 1, 0, 0)), LMSCHED_OK);
+    next(p, 1, &a, 0, NULL);
+    finish(p, 0, &a, 1, 0);
+    assert_int_equal(policy_slot_take(p, 0), 0);
+    assert_int_equal(policy_slot_take(p, 0), -1); /* taken already */
+    assert_int_equal(policy_push(p, mk(&b, 1, 20, 2, 0, 100000)), LMSCHED_OK);
+    assert_int_equal(policy_push(p, mk(&c, 1, 20, 3, 0, 100001)), LMSCHED_OK);
+    uint32_t cached = 7;
+    next(p, 100002, &b, 1, &cached);
+    assert_int_equal(cached, 0);
+    int slot = -7;
+    assert_ptr_equal(policy_next(p, 100003, &slot, &cached), NULL);
+    /* An end reported for it is not the policy's (no request ran there). */
+    policy_slot_done(p, 0, true, 100, 90);
+    assert_ptr_equal(policy_next(p, 100004, &slot, &cached), NULL);
+    policy_slot_give(p, 0);
+    /* Back, but not holding a's prompt any more. */
+    next(p, 100005, &c, 0, &cached);
+    assert_int_equal(cached, 0);
+    policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,6 +391,8 @@ int main(void)
         cmocka_unit_test(test_hold_stops_on_restoring_backend),
         cmocka_unit_test(test_hold_bounded_by_deadline),
         cmocka_unit_test(test_conversation_hold_stops_on_restoring_backend),
+        cmocka_unit_test(test_seeded_restore_decides_from_the_start),
+        cmocka_unit_test(test_taken_slot_gets_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
