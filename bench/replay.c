@@ -64,7 +64,8 @@ typedef struct rp_job {
     prefix_chain chain;
     rp_state state;
     double t_send, t_dispatch, t_first, t_done; /* simulated ms */
-    int slot;
+    int slot;                                   /* where it runs */
+    int pol_slot; /* where the policy put it: the daemon reports the end there */
     unsigned prompt_n, cache_n, n_gen, target;
     double prefill_left, decode_acc;
     double step_pf; /* prompt tokens of it in the current step */
@@ -227,6 +228,7 @@ static int rp_backend_slot(rp_sim *s, const bn_req *q, unsigned prompt_n)
 static void rp_start(rp_sim *s, rp_job *j, int slot)
 {
     const bn_req *q = &s->w->reqs[j->idx];
+    j->pol_slot = slot;
     if (!s->o->pinned)
         slot = rp_backend_slot(s, q, simeng_tokens(q->render_len));
     rp_slot *sl = &s->slots[slot];
@@ -419,7 +421,7 @@ static void rp_finish(rp_sim *s, rp_job *j)
         .first_token_us = rp_us(s, j->t_first),
         .completion_tokens = j->n_gen,
     };
-    policy_slot_end(s->pol, j->slot, &d);
+    policy_slot_end(s->pol, j->pol_slot, &d);
     if (rp_rounds(w, q->agent)) {
         if (--s->round_left == 0) {
             s->round++;
@@ -517,6 +519,7 @@ static int rp_run(const rp_opts *o, bn_workload *w, const char *name)
         s.jobs[i].idx = i;
         s.jobs[i].t_send = INFINITY;
         s.jobs[i].slot = -1;
+        s.jobs[i].pol_slot = -1;
     }
     for (int a = 0; a < w->nagents; a++) {
         if (!rp_active(&s, a))
