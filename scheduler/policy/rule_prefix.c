@@ -28,10 +28,11 @@
  *      unless it has more than POL_DUP_FACTOR queued requests per slot
  *      holding it; then its prefix is copied onto the idle slot.
  *   5. Wait for a better load (once the backend's rates are measured):
- *      for the group's next arrival when its agents send without waiting
- *      and that is expected to save more engine time than the wait costs
- *      its queued requests, or for a busy slot that is cheaper to evict. Never past the request's deadline;
- *      rule 1 bounds it too.
+ *      for the group's next arrivals when its agents send without waiting,
+ *      until the batch that balances the load's engine time against the
+ *      queued requests' waits has arrived (an economic order quantity), or
+ *      for a busy slot that is cheaper to evict. Never past the request's
+ *      deadline; rule 1 bounds it too.
  * Cost per decision: O(slots x POL_SCAN_ITEMS x log blocks) for rule 2
  * and O(slots log slots) for rules 3-4 (a walk of the level's demand heap
  * that skips at most one group per busy slot), whatever the queue length
@@ -183,13 +184,20 @@ static double pp_engine_weight(const policy *p, int64_t now_us)
 
 static bool pp_wait(policy *p, const pol_item *it, int64_t now_us, double until_us);
 
-/* Holding a load for its group's next arrival: the q queued requests of g
- * wait until it comes (expected 1/rate, the group's mean gap), and then it
- * shares the load instead of needing one of its own once g is evicted
- * again. Per unit of time held, that costs q and is expected to save
- * rate x the load's engine time (weighted, pp_engine_weight): hold while
- * rate x load x weight > q, for at most one mean gap after the oldest of
- * them arrived. */
+/* Holding a load for its group's next arrivals, as an economic order
+ * quantity. A group whose prefix no slot keeps between its requests is
+ * loaded once per cycle: every T, a load of engine time L (weighted,
+ * pp_engine_weight: K = L w) serves the rate x T requests that arrived
+ * since the last one, which waited T / 2 on average. Per unit of time
+ * that costs K / T + rate T / 2, least at the cycle T* = sqrt(2 K / rate),
+ * a batch of Q* = sqrt(2 rate K) requests. So hold while fewer than Q* are
+ * queued, until the oldest of them has waited T* at the group's mean rate.
+ * The rate used for Q* falls while the group is quiet (pol_group_rate), so
+ * a group that stops sending is not waited for; a deadline and rule 1 end
+ * a hold sooner. Holding only for the next arrival (while rate x K > q,
+ * at most one mean gap) stopped at half the cycle or less wherever loads
+ * pay: `many` loaded its prompts 37 times where the optimum needs about 25
+ * (docs/benchmarks.md). */
 static bool pp_hold_for_arrival(policy *p, const pol_group *g, int lv, int64_t now_us)
 {
     double rate = pol_group_rate(g, now_us);
@@ -198,9 +206,10 @@ static bool pp_hold_for_arrival(policy *p, const pol_group *g, int lv, int64_t n
     const pol_item *it = g->lv[lv].head->it;
     double load = pol_prefill_us(p, (double)g->pfx_blocks * POL_TOKENS_PER_BLOCK) *
                   pol_unrestored(p);
-    if (rate * load * pp_engine_weight(p, now_us) <= (double)g->n_lv[lv])
+    double k = load * pp_engine_weight(p, now_us);
+    if (sqrt(2.0 * rate * k) <= (double)g->n_lv[lv])
         return false;
-    return pp_wait(p, it, now_us, (double)it->enq_us + 1.0 / rate);
+    return pp_wait(p, it, now_us, (double)it->enq_us + sqrt(2.0 * k * g->gap_us));
 }
 
 /* Waits until `until` (policy_next_wake), unless it would pass the item's

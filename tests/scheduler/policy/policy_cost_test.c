@@ -3,9 +3,9 @@
  * cost.c) as the rules use it, driven by plain clock values and by what a
  * backend would report at each request's end (policy_slot_end): eviction
  * by what a prefix costs to bring back, not by finish order; holding a
- * load for its group's next arrival on a backend that does not restore
- * prefixes, and not on one observed to restore them; holds bounded by the
- * request's deadline; a conversation's slot kept for its next turn, and
+ * load for its group's next arrivals, for the group's economic cycle, on a
+ * backend that does not restore prefixes, and not on one observed to
+ * restore them; holds bounded by the request's deadline; a conversation's slot kept for its next turn, and
  * its deeper match preferred, only where the backend does not restore
  * what its slots lost.
  */
@@ -154,13 +154,17 @@ static void test_evicts_cheapest_reload(void **state)
  * request 100 ms after the last without waiting for the answer: G1 loads,
  * G2 arrives while G1 runs and hits, a tiny Y evicts G, and G3 arrives
  * while Y runs. When Y ends, G3 needs a load. Returns whether the policy
- * held it (and then checks the hold ends one mean gap after G3 arrived);
- * deadline: G3's deadline after its arrival, 0 none.
+ * held it (and then checks the hold lasts G's economic cycle, rule 8:
+ * sqrt(2 x load x weight / rate), here sqrt(2 x 160 ms x 100 ms) on a
+ * nearly idle engine, about 1.8 mean gaps, not one); deadline: G3's
+ * deadline after its arrival, 0 none. g4_after: G4 arrives that long
+ * after G3, during the hold (0: it does not); with two queued, G's batch
+ * is complete and G3 loads at once.
  */
-static bool hold_scenario(bool restoring, int64_t deadline)
+static bool hold_scenario(bool restoring, int64_t deadline, int64_t g4_after)
 {
     policy *p = mkpol(1);
-    req w[12], g1, g2, g3, y;
+    req w[12], g1, g2, g3, g4, y;
     int64_t t = 0;
     for (int k = 0; k < 12; k++, t += 10000000) {
         assert_int_equal(policy_push(p, mk(&w[k], k % 2 ? 8 : 9, 100, 900 + k, 0, t)),
@@ -193,11 +197,25 @@ static bool hold_scenario(bool restoring, int64_t deadline)
     pol_item *it = policy_next(p, end, &slot, &c);
     bool held = it == NULL;
     if (held) {
-        /* Until the next arrival is due, one mean gap (100 ms) after G3's. */
+        /* The cycle: at least sqrt(2 x 160 ms x 100 ms) = 179 ms after G3
+         * arrived (an engine weight of 1), at most 200 ms (1.25: the
+         * engine was busy less than a fifth of the time). */
         int64_t wake = policy_next_wake(p);
-        assert_true(wake >= ty + 1 + 90000 && wake <= ty + 1 + 110000);
+        assert_true(wake >= ty + 1 + 178885 && wake <= ty + 1 + 200000);
         assert_true(deadline == 0 || wake < ty + 1 + deadline);
-        next(p, wake, &g3, 0, NULL);
+        if (g4_after != 0) {
+            int64_t g4_at = ty + 1 + g4_after;
+            assert_true(g4_at > end && g4_at < wake);
+            assert_int_equal(policy_push(p, mk(&g4, 1, 100, 5, 7, g4_at)), LMSCHED_OK);
+            next(p, g4_at, &g3, 0, NULL);
+        } else {
+            /* Still held past one mean gap, until the cycle is over (the
+             * engine's weight has decayed a little meanwhile). */
+            assert_null(policy_next(p, ty + 1 + 150000, &slot, &c));
+            int64_t wake2 = policy_next_wake(p);
+            assert_true(wake2 >= ty + 1 + 178885 && wake2 <= wake);
+            next(p, wake2, &g3, 0, NULL);
+        }
     } else {
         assert_ptr_equal(it, &g3.pi);
     }
@@ -211,8 +229,8 @@ static bool hold_scenario(bool restoring, int64_t deadline)
 static void test_hold_stops_on_restoring_backend(void **state)
 {
     (void)state;
-    assert_true(hold_scenario(false, 0));
-    assert_false(hold_scenario(true, 0));
+    assert_true(hold_scenario(false, 0, 0));
+    assert_false(hold_scenario(true, 0, 0));
 }
 
 /* A hold never passes the request's deadline: with one due before the
@@ -220,8 +238,20 @@ static void test_hold_stops_on_restoring_backend(void **state)
 static void test_hold_bounded_by_deadline(void **state)
 {
     (void)state;
-    assert_false(hold_scenario(false, 50000));
-    assert_true(hold_scenario(false, 500000));
+    assert_false(hold_scenario(false, 50000, 0));
+    assert_true(hold_scenario(false, 500000, 0));
+}
+
+/* The hold lasts G's economic cycle (rule 8), not one mean gap: G3 is
+ * still held 150 ms after it arrived (1.5 mean gaps), and loads when the
+ * cycle ends (hold_scenario checks both). When G4 arrives during the hold,
+ * G's batch (sqrt(2 x rate x load x weight), about 1.8 requests) is
+ * complete and G3 loads at once. */
+static void test_hold_lasts_the_cycle(void **state)
+{
+    (void)state;
+    assert_true(hold_scenario(false, 0, 0));
+    assert_true(hold_scenario(false, 0, 120000));
 }
 
 /* A prompt of pfx blocks of group g's system prompt, then own blocks of
@@ -390,6 +420,7 @@ int main(void)
         cmocka_unit_test(test_evicts_cheapest_reload),
         cmocka_unit_test(test_hold_stops_on_restoring_backend),
         cmocka_unit_test(test_hold_bounded_by_deadline),
+        cmocka_unit_test(test_hold_lasts_the_cycle),
         cmocka_unit_test(test_conversation_hold_stops_on_restoring_backend),
         cmocka_unit_test(test_seeded_restore_decides_from_the_start),
         cmocka_unit_test(test_taken_slot_gets_nothing),
