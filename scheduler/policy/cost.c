@@ -86,12 +86,15 @@ double pol_gen_us(const policy *p, double tokens)
 
 double pol_unrestored(const policy *p)
 {
+    if (p->meter.n_loads < p->meter.probe_until) /* the probe's verdict stands */
+        return fmin(1.0 - p->meter.restore, 1.0 - POL_RESTORING);
     return p->meter.n_loads >= 3 ? 1.0 - p->meter.restore : 1.0;
 }
 
 bool pol_restores(const policy *p)
 {
-    return p->meter.n_loads >= 3 && p->meter.restore >= POL_RESTORING;
+    return p->meter.n_loads < p->meter.probe_until ||
+           (p->meter.n_loads >= 3 && p->meter.restore >= POL_RESTORING);
 }
 
 void policy_seed_restore(policy *p, double share)
@@ -102,6 +105,7 @@ void policy_seed_restore(policy *p, double share)
      * reload weighs in as a fourth one would (POL_EWMA). */
     p->meter.restore = share > 1 ? 1 : share;
     p->meter.n_loads = POL_SEED_LOADS;
+    p->meter.probe_until = share >= POL_RESTORING ? POL_SEED_LOADS + POL_PROBE_TRUST : 0;
 }
 
 bool policy_restore_info(const policy *p, double *share, unsigned *reloads)

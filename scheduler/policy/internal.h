@@ -57,6 +57,15 @@
  * (policy_seed_restore) counts as this many reloads: as many as
  * pol_restores needs, so it decides from the start. */
 #define POL_SEED_LOADS 3
+/* A probe that saw the backend restore is believed for this many reloads
+ * of real traffic whatever they read: at the start of a burst, turns race
+ * the server's save of the prompts their slots are losing (a reload that
+ * comes too soon finds nothing restored), and two such reloads would turn
+ * the verdict over (POL_EWMA 0.25 from 1 to 0.56). On llama-server's chat
+ * runs those low readings came within the first 10-13 reloads
+ * (docs/benchmarks.md); past this many, the traffic decides alone, so a
+ * host cache that fills up is still noticed. */
+#define POL_PROBE_TRUST 12
 
 struct policy;
 
@@ -166,6 +175,7 @@ typedef struct pol_meter {
      * evicted prefixes itself (llama.cpp's host cache). */
     double restore;
     unsigned n_loads;
+    unsigned probe_until; /* n_loads below which the probe's "restores" stands */
     /* Prefill work started recently (expected engine time, decaying with
      * time constant tau_us), for the engine's utilisation. */
     double work_us, tau_us;
