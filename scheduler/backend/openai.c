@@ -745,7 +745,30 @@ static const char *oa_text(json_t *obj, const char *key, size_t *len, bool *bad)
         return NULL;
     }
     *len = json_string_length(v);
-    return json_string_value(v);
+    const char *t = json_string_value(v);
+    if (memchr(t, '\0', *len) != NULL) {
+        /* A model can emit U+0000 (a tiny or broken one does): it is valid
+         * JSON, but the agent's text is a C string, where it would cut the
+         * answer short. Dropped, so the rest of the answer arrives. */
+        char *c = malloc(*len);
+        if (c == NULL) {
+            *bad = true;
+            return NULL;
+        }
+        size_t n = 0;
+        for (size_t i = 0; i < *len; i++)
+            if (t[i] != '\0')
+                c[n++] = t[i];
+        int rc = json_string_setn(v, c, n);
+        free(c);
+        if (rc != 0) {
+            *bad = true;
+            return NULL;
+        }
+        *len = n;
+        t = json_string_value(v);
+    }
+    return t;
 }
 
 /* Reads choices[0] of a chunk (part "delta") or a whole response (part
@@ -826,7 +849,8 @@ static int oa_parse(oa_resp *r, const char *data, size_t len, const char *part,
 {
     json_error_t jerr;
     int rc;
-    json_t *root = json_loadb(data, len, 0, &jerr);
+    /* JSON_ALLOW_NUL: "\u0000" in a model's text is valid JSON (oa_text). */
+    json_t *root = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
     if (root == NULL)
         return oa_malformed(err, kind, jerr.text);
     if (!json_is_object(root)) {

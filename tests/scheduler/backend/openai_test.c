@@ -383,6 +383,33 @@ static void test_cached_tokens_precedence(void **state)
     oa_resp_fini(&r);
 }
 
+/* A model that emits U+0000 ("\u0000", valid JSON) does not fail the
+ * request: the character is dropped and the rest of the text arrives,
+ * streamed or whole. */
+static void test_nul_in_text(void **state)
+{
+    (void)state;
+    oa_resp r;
+    oa_error e;
+    oa_resp_init(&r, 100);
+    assert_int_equal(feed(&r, "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\\u0000b\"}}]}",
+                          &e),
+                     LMSCHED_OK);
+    assert_int_equal(feed(&r, "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\u0000c\"}}]}",
+                          &e),
+                     LMSCHED_OK);
+    assert_int_equal(r.content_len, 3);
+    assert_string_equal(r.content, "abc");
+    oa_resp_fini(&r);
+    const char *whole = "{\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                        "\"content\":\"x\\u0000y\"},\"finish_reason\":\"stop\"}]}";
+    oa_resp_init(&r, 100);
+    memset(&e, 0, sizeof(e));
+    assert_int_equal(oa_resp_parse_full(&r, whole, strlen(whole), &e), LMSCHED_OK);
+    assert_string_equal(r.content, "xy");
+    oa_resp_fini(&r);
+}
+
 static void test_stream_inline_errors(void **state)
 {
     (void)state;
@@ -446,8 +473,7 @@ static void test_stream_malformed(void **state)
         "{\"choices\":[7]}",                           /* choice not an object */
         "{\"choices\":[{\"delta\":\"x\"}]}",           /* delta not an object */
         "{\"choices\":[{\"delta\":{\"content\":5}}]}", /* content not a string */
-        "{\"choices\":[{\"delta\":{\"content\":\"\\u0000\"}}]}", /* NUL in content */
-        "",                                                      /* empty event */
+        "", /* empty event */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         oa_resp_init(&r, 100);
@@ -1030,6 +1056,7 @@ int main(void)
         cmocka_unit_test(test_stream_lmstudio),
         cmocka_unit_test(test_stream_llamacpp),
         cmocka_unit_test(test_cached_tokens_precedence),
+        cmocka_unit_test(test_nul_in_text),
         cmocka_unit_test(test_stream_inline_errors),
         cmocka_unit_test(test_stream_malformed),
         cmocka_unit_test(test_content_limit),
