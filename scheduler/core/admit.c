@@ -77,7 +77,7 @@ static bool admit_route(sched *s, job *j, char *why, size_t len)
             admit_bind(s, j, 0);
             return false;
         }
-        admit_fit(s, j);
+        capacity_fit(s, j);
         return false;
     }
     size_t at = (size_t)snprintf(why, len, "no backend serves the model '%.100s'; the models "
@@ -94,21 +94,6 @@ static bool admit_route(sched *s, job *j, char *why, size_t len)
         }
     }
     return true;
-}
-
-void admit_fit(sched *s, job *j)
-{
-    if (s->routing != SCHED_ROUTE_CACHE || j->elig == 0)
-        return;
-    /* Only where its reservation fits the whole budget: placed on a
-     * smaller one it would be refused although another holds it. When
-     * none does, any (it is refused at dispatch). */
-    uint32_t fit = 0;
-    for (unsigned i = 0; i < s->n_backends; i++)
-        if (((j->elig >> i) & 1u) &&
-            (s->be[i].bout.model_too_big || j->reserve <= s->be[i].bout.budget_bytes))
-            fit |= 1u << i;
-    j->pi.backends = fit != 0 ? fit : j->elig;
 }
 
 void admit_bind(sched *s, job *j, uint32_t avoid)

@@ -356,7 +356,7 @@ void capacity_count_done(sched *s, job *j, http_xfer *x)
     j->reserve_tokens = j->exact_tokens;
     j->reserve = capacity_reserve(s, j->reserve_tokens, j->req->max_tokens);
     if (j->state == JOB_QUEUED)
-        admit_fit(s, j);
+        capacity_fit(s, j);
     s->tokc.applied++;
 }
 
@@ -388,4 +388,19 @@ uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_to
     if (toks > ctx)
         toks = ctx;
     return s->kv_bytes_per_token * (uint64_t)(toks > 0 ? toks : 1);
+}
+
+void capacity_fit(sched *s, job *j)
+{
+    if (s->routing != SCHED_ROUTE_CACHE || j->elig == 0)
+        return;
+    /* Only where its reservation fits the whole budget: placed on a
+     * smaller one it would be refused although another holds it. When
+     * none does, any (it is refused at dispatch). */
+    uint32_t fit = 0;
+    for (unsigned i = 0; i < s->n_backends; i++)
+        if (((j->elig >> i) & 1u) &&
+            (s->be[i].bout.model_too_big || j->reserve <= s->be[i].bout.budget_bytes))
+            fit |= 1u << i;
+    j->pi.backends = fit != 0 ? fit : j->elig;
 }

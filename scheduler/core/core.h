@@ -253,10 +253,6 @@ void job_release_slot(sched *s, job *j, const pol_done *d);
  * backend of j->elig, preferring those up and not in avoid: the next in
  * turn, or the one with the fewest bound queued plus running requests. */
 void admit_bind(sched *s, job *j, uint32_t avoid);
-/* Several backends, --routing cache: queued j's backends are those of
- * j->elig whose budget holds its reservation (all of them when none does);
- * again whenever the reservation changes. */
-void admit_fit(sched *s, job *j);
 /* j enters (d = 1) or leaves (d = -1) the queue: the counts. */
 static inline void sched_queued_add(sched *s, const job *j, int d)
 {
@@ -295,6 +291,10 @@ uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_to
 /* The prompt tokens a request is reserved for: its estimate (chain.c) scaled
  * by the largest ratio the backends reported lately, or before any report
  * the estimate plus the template's tokens (CAPACITY_TEMPLATE_*). */
+/* Several backends, --routing cache: queued j's backends are those of
+ * j->elig whose budget holds its reservation (all of them when none does);
+ * again whenever the reservation changes (admission, an exact count). */
+void capacity_fit(sched *s, job *j);
 uint32_t capacity_prompt_tokens(const sched *s, const prefix_chain *c, size_t n_messages);
 /* A request estimated at est tokens was counted prompt_tokens by its backend
  * (usage.prompt_tokens, or the exact count; <= 0 unknown, ignored). */
