@@ -38,12 +38,18 @@
 /* Slots the policy models at most. */
 #define CAPACITY_MAX_SLOTS 256
 
-int64_t sched_context(const sched *s)
+int64_t sched_context(const sched *s, int bi)
 {
-    const backend *b = &s->backends[0];
-    if (b->context_length > 0)
-        return b->context_length;
-    return s->cfg.context > 0 ? s->cfg.context : BUDGET_DEFAULT_CONTEXT;
+    int64_t fallback = s->cfg.context > 0 ? s->cfg.context : BUDGET_DEFAULT_CONTEXT;
+    if (bi >= 0)
+        return s->backends[bi].context_length > 0 ? s->backends[bi].context_length : fallback;
+    int64_t ctx = 0;
+    for (unsigned i = 0; i < s->n_backends; i++) {
+        int64_t c = s->be[i].removed ? 0 : sched_context(s, (int)i);
+        if (c > ctx)
+            ctx = c;
+    }
+    return ctx > 0 ? ctx : fallback;
 }
 
 int capacity_init(sched *s)
@@ -377,10 +383,17 @@ void capacity_note_answer(sched *s, const job *j, int64_t prompt_tokens)
 
 uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_tokens)
 {
+    return capacity_reserve_on(s, -1, prompt_tokens, max_tokens);
+}
+
+uint64_t capacity_reserve_on(const sched *s, int bi, uint32_t prompt_tokens, int32_t max_tokens)
+{
     if (s->cfg.kv_per_request)
         return s->cfg.kv_per_request;
-    /* prompt + what it may generate, never more than one slot's context */
-    int64_t ctx = sched_context(s);
+    /* prompt + what it may generate, never more than one slot's context:
+     * before it is placed, the largest context of any backend, so the
+     * budget fit (capacity_fit) never counts it smaller than it can be. */
+    int64_t ctx = sched_context(s, bi);
     int64_t gen = max_tokens > 0                  ? max_tokens
                   : s->cfg.default_max_tokens > 0 ? s->cfg.default_max_tokens
                                                   : ctx - (int64_t)prompt_tokens;

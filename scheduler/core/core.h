@@ -269,9 +269,10 @@ void admit_reroute_queued(sched *s);
 
 /* ---- capacity.c ---------------------------------------------------------- */
 
-/* The per-slot context the core plans with: the (first) backend's,
- * --context, or the default. */
-int64_t sched_context(const sched *s);
+/* The per-slot context the core plans with on backend bi: its own when it
+ * reported one, else --context, else the default; bi < 0: the largest of
+ * the backends' (what a request not yet placed may grow to). */
+int64_t sched_context(const sched *s, int bi);
 /* The index of a backend of s. */
 static inline unsigned sched_be_index(const sched *s, const backend *b)
 {
@@ -288,6 +289,9 @@ int capacity_init(sched *s);
 void capacity_update(sched *s);
 /* The KV bytes a request with this prompt reserves while it runs. */
 uint64_t capacity_reserve(const sched *s, uint32_t prompt_tokens, int32_t max_tokens);
+/* The same on backend bi, capped at its own context: what a request placed
+ * there can take (loop_reserve). */
+uint64_t capacity_reserve_on(const sched *s, int bi, uint32_t prompt_tokens, int32_t max_tokens);
 /* The prompt tokens a request is reserved for: its estimate (chain.c) scaled
  * by the largest ratio the backends reported lately, or before any report
  * the estimate plus the template's tokens (CAPACITY_TEMPLATE_*). */

@@ -239,8 +239,12 @@ static void loop_job_start(sched *s, job *j)
  * there finish. Returns true when it waits. */
 static bool loop_reserve(sched *s, job *j, int64_t now)
 {
-    sched_be *e = &s->be[sched_be_index(s, j->be)];
+    unsigned bi = sched_be_index(s, j->be);
+    sched_be *e = &s->be[bi];
     uint64_t budget = e->bout.budget_bytes;
+    /* Placed now: what it can take there, capped at that backend's own
+     * context (not counted in any sum yet, so it may change). */
+    j->reserve = capacity_reserve_on(s, (int)bi, j->reserve_tokens, j->req->max_tokens);
     if (e->reserved_bytes + j->reserve > budget) {
         if (e->reserved_bytes == 0 && !e->bout.model_too_big) {
             char why[200], b1[32], b2[32];

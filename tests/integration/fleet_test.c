@@ -407,6 +407,54 @@ static void test_fleet_models(void **state)
     fleet_stop(&f);
 }
 
+/* Backends of different contexts: a request with no max_tokens may grow to
+ * the context of the backend it runs on, and reserves that much KV there:
+ * on the large one, its large context (once it was the first backend's,
+ * here the small one's: under-reserved); on the small one, no more than
+ * its own. Model routing places each request. */
+static void test_fleet_context_per_backend(void **state)
+{
+    fleet f = {.e = *state};
+    /* 2 tokens a second: each answer runs for seconds, long enough to read
+     * the reservations while both run */
+    const char *sim_a[] = {"--time-scale", "1",  "--decode-tps", "2", "--ctx", "2048", "--model",
+                           "alpha-7b",     SMALL_MODEL, NULL};
+    const char *sim_b[] = {"--time-scale", "1",  "--decode-tps", "2", "--ctx", "16384", "--model",
+                           "beta-3b",      SMALL_MODEL, NULL};
+    assert_int_equal(fleet_sim_start(&f, 0, 0, sim_a), 0);
+    assert_int_equal(fleet_sim_start(&f, 1, 0, sim_b), 0);
+    const char *d[] = {"--total-ram",       "64G",      "--kv-bytes-per-token", "1024",
+                       "--backend",         f.url[0],   "--backend",            f.url[1],
+                       NULL};
+    kit_env_start(f.e, NULL, d);
+    lmsched_client *c;
+    assert_int_equal(lmsched_client_open(&c, f.e->url), LMSCHED_OK);
+    uint64_t id[2];
+    static const char *const models[] = {"alpha-7b", "beta-3b"};
+    for (int i = 0; i < 2; i++) {
+        lmsched_request *r = kit_req("You reserve by context.", "hello", 0);
+        assert_int_equal(lmsched_request_set_model(r, models[i]), LMSCHED_OK);
+        assert_int_equal(lmsched_chat_start(c, r, 60000, NULL, NULL, NULL, &id[i]), LMSCHED_OK);
+        lmsched_request_free(r);
+    }
+    assert_int_equal(kit_env_status_wait(f.e, "inflight", 2, 2, 10000), 2);
+    json_t *st = kit_env_status(f.e);
+    int64_t ra = be_int(st, 0, "reserved_bytes"), rb = be_int(st, 1, "reserved_bytes");
+    printf("reserved: ctx 2048 backend %lld bytes, ctx 16384 backend %lld bytes\n",
+           (long long)ra, (long long)rb);
+    json_decref(st);
+    assert_int_equal(ra, 2048 * 1024);
+    assert_int_equal(rb, 16384 * 1024);
+    for (int i = 0; i < 2; i++) {
+        lmsched_result *res = NULL;
+        assert_int_equal(lmsched_wait(c, id[i], &res), LMSCHED_OK);
+        assert_string_equal(lmsched_result_model(res), models[i]);
+        lmsched_result_free(res);
+    }
+    lmsched_client_close(c);
+    fleet_stop(&f);
+}
+
 /* The sum of key over the backends' status entries. */
 static int64_t be_sum(json_t *st, const char *key, int n)
 {
@@ -834,6 +882,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_fleet_models, kit_env_setup, kit_env_teardown),
+        cmocka_unit_test_setup_teardown(test_fleet_context_per_backend, kit_env_setup,
+                                        kit_env_teardown),
         cmocka_unit_test_setup_teardown(test_fleet_stickiness, kit_env_setup,
                                         kit_env_teardown),
         cmocka_unit_test_setup_teardown(test_fleet_failover, kit_env_setup, kit_env_teardown),
