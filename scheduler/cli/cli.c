@@ -433,6 +433,23 @@ int cli_render_status(const char *json, FILE *out)
                 fprintf(out, "  taken out for errors %s",
                         st_count(a, sizeof(a), be, "error_outages"));
         }
+        /* The restore probe's verdict (the backends[] entry has it, also
+         * with one backend): whether the server restores evicted prompts
+         * itself, i.e. has a host prompt cache. */
+        json_t *bx = json_is_array(all) ? json_array_get(all, i) : NULL;
+        json_t *verdict = bx != NULL ? st_get(bx, "restore_probe") : NULL;
+        if (json_is_string(verdict)) {
+            const char *v = json_string_value(verdict);
+            const char *yn = strcmp(v, "restores") == 0     ? "yes"
+                             : strcmp(v, "no_restore") == 0 ? "no"
+                             : strcmp(v, "off") == 0        ? NULL
+                                                            : "unknown";
+            double share;
+            if (yn != NULL && st_num(bx, "restore_share", &share))
+                fprintf(out, "  host cache %s (probe %.2f)", yn, share);
+            else if (yn != NULL)
+                fprintf(out, "  host cache %s", yn);
+        }
         if (json_is_string(st_get(be, "last_error"))) {
             fprintf(out, "  last error: %s", st_str(a, sizeof(a), be, "last_error"));
             if (st_get(be, "checked_ago_s") != NULL)

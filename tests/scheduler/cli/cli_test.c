@@ -192,6 +192,39 @@ static void test_render_preempted(void **state)
     free(out);
 }
 
+/* The restore probe's verdict, from the backends[] entry: yes with the
+ * share it read; nothing when the probe is off. */
+static void test_render_restore_probe(void **state)
+{
+    (void)state;
+    static const char *const verdicts[] = {"restores", "no_restore", "probing", "off"};
+    static const char *const shown[] = {"  host cache yes (probe 1.00)", "  host cache no (probe 0.00)",
+                                        "  host cache unknown", NULL};
+    for (int k = 0; k < 4; k++) {
+        json_t *doc = json_loads(example_json, 0, NULL);
+        assert_non_null(doc);
+        json_t *one = json_deep_copy(json_object_get(doc, "backend"));
+        json_object_set_new(one, "restore_probe", json_string(verdicts[k]));
+        if (k < 2)
+            json_object_set_new(one, "restore_share", json_real(k == 0 ? 1.0 : 0.0));
+        json_t *arr = json_array();
+        json_array_append_new(arr, one);
+        json_object_set_new(doc, "backends", arr);
+        char *text = json_dumps(doc, 0);
+        json_decref(doc);
+        int rc;
+        char *out = render(text, &rc);
+        free(text);
+        assert_int_equal(rc, 0);
+        const char *line = line_of(out, "backend ");
+        if (shown[k] != NULL)
+            assert_contains(line, shown[k]);
+        else
+            assert_null(strstr(out, "host cache"));
+        free(out);
+    }
+}
+
 static void test_render_nulls(void **state)
 {
     int rc;
@@ -1013,6 +1046,7 @@ int main(void)
         cmocka_unit_test(test_render_example),
         cmocka_unit_test(test_render_http),
         cmocka_unit_test(test_render_preempted),
+        cmocka_unit_test(test_render_restore_probe),
         cmocka_unit_test(test_render_nulls),
         cmocka_unit_test(test_render_missing_sections),
         cmocka_unit_test(test_render_hostile_strings),
