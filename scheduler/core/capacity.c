@@ -315,16 +315,24 @@ void capacity_count_cancel(sched *s, job *j)
     http_xfer_free(s->http, j->count);
     j->count = NULL;
     s->be[j->count_be].counting--;
+    s->tokc.freed = true;
 }
 
 void capacity_count_more(sched *s)
 {
-    if (!s->tokc.wanted)
+    /* Only when a count has ended since the last look: otherwise the cap
+     * still holds, and walking every job each turn costs O(queued). */
+    if (!s->tokc.wanted || !s->tokc.freed)
         return;
     s->tokc.wanted = false;
-    for (job *j = s->jobs; j != NULL; j = j->next)
+    s->tokc.freed = false;
+    for (job *j = s->jobs; j != NULL; j = j->next) {
         if (j->state == JOB_QUEUED && !j->count_asked)
             capacity_count_start(s, j); /* sets wanted again while the cap holds */
+        /* One backend: at its cap, no other job can be asked either. */
+        if (s->tokc.wanted && s->n_backends == 1)
+            break;
+    }
 }
 
 void capacity_count_done(sched *s, job *j, http_xfer *x)
@@ -338,6 +346,7 @@ void capacity_count_done(sched *s, job *j, http_xfer *x)
         return;
     }
     s->be[j->count_be].counting--;
+    s->tokc.freed = true;
     if (r != BACKEND_COUNT_DONE || n <= 0) {
         s->tokc.failed++;
         return;

@@ -215,6 +215,7 @@ struct sched {
         uint64_t answers, exact, under, over;
         uint64_t error_tokens; /* sum of |reserved - used| */
         bool wanted;      /* a queued request was not asked (the cap): ask when room */
+        bool freed;       /* a count ended since the last look for room */
     } tokc;
 
     budget_in bin;
