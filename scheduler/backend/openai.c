@@ -590,6 +590,31 @@ static int oa_take_name(json_t *obj, const char *key, char **dst)
     return oa_set_name(dst, v);
 }
 
+/* The string v without U+0000: a model can emit it (a tiny or broken one
+ * does), and it is valid JSON, but the agent's text is a C string, where it
+ * would cut the answer short; dropped, so the rest arrives. Sets *len; NULL
+ * when out of memory. */
+static const char *oa_without_nul(json_t *v, size_t *len)
+{
+    *len = json_string_length(v);
+    const char *t = json_string_value(v);
+    if (memchr(t, '\0', *len) == NULL)
+        return t;
+    char *c = malloc(*len);
+    if (c == NULL)
+        return NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < *len; i++)
+        if (t[i] != '\0')
+            c[n++] = t[i];
+    int rc = json_string_setn(v, c, n);
+    free(c);
+    if (rc != 0)
+        return NULL;
+    *len = n;
+    return json_string_value(v);
+}
+
 /* One entry of tool_calls, in a delta (pieces) or a whole message. */
 static int oa_read_tool_call(oa_resp *r, json_t *tc, size_t pos, const char *kind,
                              oa_error *err)
@@ -611,8 +636,10 @@ static int oa_read_tool_call(oa_resp *r, json_t *tc, size_t pos, const char *kin
         (json_is_object(fn) && oa_take_name(fn, "name", &t->name) != LMSCHED_OK))
         return oa_err_set(err, LMSCHED_ENOMEM, false, "%s", "out of memory");
     json_t *args = json_is_object(fn) ? json_object_get(fn, "arguments") : NULL;
-    const char *a = json_is_string(args) ? json_string_value(args) : NULL;
-    size_t an = a != NULL ? json_string_length(args) : 0;
+    size_t an = 0;
+    const char *a = json_is_string(args) ? oa_without_nul(args, &an) : NULL;
+    if (json_is_string(args) && a == NULL)
+        return oa_err_set(err, LMSCHED_ENOMEM, false, "%s", "out of memory");
     int rc = oa_append_to(r, &t->arguments, a, an, err);
     if (rc != LMSCHED_OK)
         return rc;
@@ -744,30 +771,9 @@ static const char *oa_text(json_t *obj, const char *key, size_t *len, bool *bad)
         *bad = true;
         return NULL;
     }
-    *len = json_string_length(v);
-    const char *t = json_string_value(v);
-    if (memchr(t, '\0', *len) != NULL) {
-        /* A model can emit U+0000 (a tiny or broken one does): it is valid
-         * JSON, but the agent's text is a C string, where it would cut the
-         * answer short. Dropped, so the rest of the answer arrives. */
-        char *c = malloc(*len);
-        if (c == NULL) {
-            *bad = true;
-            return NULL;
-        }
-        size_t n = 0;
-        for (size_t i = 0; i < *len; i++)
-            if (t[i] != '\0')
-                c[n++] = t[i];
-        int rc = json_string_setn(v, c, n);
-        free(c);
-        if (rc != 0) {
-            *bad = true;
-            return NULL;
-        }
-        *len = n;
-        t = json_string_value(v);
-    }
+    const char *t = oa_without_nul(v, len);
+    if (t == NULL)
+        *bad = true;
     return t;
 }
 

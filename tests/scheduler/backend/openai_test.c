@@ -408,6 +408,18 @@ static void test_nul_in_text(void **state)
     assert_int_equal(oa_resp_parse_full(&r, whole, strlen(whole), &e), LMSCHED_OK);
     assert_string_equal(r.content, "xy");
     oa_resp_fini(&r);
+    /* ... and so in a tool call's arguments */
+    oa_resp_init(&r, 100);
+    assert_int_equal(feed(&r,
+                          "{\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,"
+                          "\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+                          "\"arguments\":\"{\\\"a\\\":\\u00001}\"}}]}}]}",
+                          &e),
+                     LMSCHED_OK);
+    assert_int_equal(r.n_tool_calls, 1);
+    assert_int_equal(r.tool_calls[0].arguments.len, 7);
+    assert_memory_equal(r.tool_calls[0].arguments.data, "{\"a\":1}", 7);
+    oa_resp_fini(&r);
 }
 
 static void test_stream_inline_errors(void **state)
