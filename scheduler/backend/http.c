@@ -322,21 +322,32 @@ static int bk_add(bk_client *c, bk_xfer *t, http_xfer **xp)
     return LMSCHED_OK;
 }
 
-static int bk_post_start(http_client *hc, http_target *tg, const char *path, char *body,
-                         void *owner, http_xfer **xp)
+/* A JSON POST of body (taken over, freed on failure too) to path, with
+ * this timeout; the caller says what kind of transfer it is. */
+static bk_xfer *bk_post_new(bk_client *c, http_target *tg, const char *path, char *body,
+                            void *owner, int tag, long timeout_ms)
 {
-    bk_client *c = (bk_client *)hc;
-    bk_xfer *t = bk_xfer_new(c, tg, path, owner, 0);
+    bk_xfer *t = bk_xfer_new(c, tg, path, owner, tag);
     if (t == NULL) {
         free(body);
-        return LMSCHED_ENOMEM;
+        return NULL;
     }
-    t->x.is_chat = true;
     t->body = body;
     curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, tg->json_headers);
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
-    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long)c->o.request_timeout_ms);
+    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
+    return t;
+}
+
+static int bk_post_start(http_client *hc, http_target *tg, const char *path, char *body,
+                         void *owner, http_xfer **xp)
+{
+    bk_client *c = (bk_client *)hc;
+    bk_xfer *t = bk_post_new(c, tg, path, body, owner, 0, (long)c->o.request_timeout_ms);
+    if (t == NULL)
+        return LMSCHED_ENOMEM;
+    t->x.is_chat = true;
     return bk_add(c, t, xp);
 }
 
@@ -364,17 +375,10 @@ static int bk_post_json_start(http_client *hc, http_target *tg, const char *path
                               void *owner, int tag, http_xfer **xp)
 {
     bk_client *c = (bk_client *)hc;
-    bk_xfer *t = bk_xfer_new(c, tg, path, owner, tag);
-    if (t == NULL) {
-        free(body);
+    bk_xfer *t = bk_post_new(c, tg, path, body, owner, tag, bk_probe_timeout(c));
+    if (t == NULL)
         return LMSCHED_ENOMEM;
-    }
     t->x.is_json = true;
-    t->body = body;
-    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, tg->json_headers);
-    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
-    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
-    curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, bk_probe_timeout(c));
     return bk_add(c, t, xp);
 }
 
