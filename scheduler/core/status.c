@@ -124,9 +124,18 @@ void status_take(sched *s, status_snapshot *o)
 
     o->http = s->cfg.http[0] ? s->cfg.http : NULL;
     o->queue_depth = s->queued;
-    for (const job *j = s->jobs; j != NULL; j = j->next)
+    /* One walk: the queue by priority, and the waiting requests'
+     * reservations (not counted in any budget yet). */
+    for (const job *j = s->jobs; j != NULL; j = j->next) {
         if (j->state == JOB_QUEUED)
             o->queue_by_priority[j->req->priority < 10 ? j->req->priority : 9]++;
+        if (j->reserved || (j->state != JOB_QUEUED && j->state != JOB_PENDING))
+            continue;
+        o->reservation.waiting++;
+        o->reservation.waiting_prompt_tokens += j->reserve_tokens;
+        if (j->exact_tokens != 0 && j->reserve_tokens == j->exact_tokens)
+            o->reservation.waiting_exact++;
+    }
     o->queue_max = s->cfg.max_queue;
     o->inflight = s->inflight;
     o->requests.received = s->st.received;
@@ -157,14 +166,6 @@ void status_take(sched *s, status_snapshot *o)
     o->reservation.applied = s->tokc.applied;
     o->reservation.late = s->tokc.late;
     o->reservation.failed = s->tokc.failed;
-    for (const job *j = s->jobs; j != NULL; j = j->next) {
-        if (j->reserved || (j->state != JOB_QUEUED && j->state != JOB_PENDING))
-            continue;
-        o->reservation.waiting++;
-        o->reservation.waiting_prompt_tokens += j->reserve_tokens;
-        if (j->exact_tokens != 0 && j->reserve_tokens == j->exact_tokens)
-            o->reservation.waiting_exact++;
-    }
     o->reservation.answers = s->tokc.answers;
     o->reservation.exact = s->tokc.exact;
     o->reservation.under = s->tokc.under;
